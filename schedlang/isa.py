@@ -1,0 +1,415 @@
+"""The instruction-stream format: the one contract between the compiler and any runtime.
+
+A compiled schedule is a :class:`Streams`: one :class:`RankStream` per rank, each an ordered
+tuple of :class:`Instr`. The runtime (``schedlang.runtime``) imports this module and nothing else
+of the compiler, so it must stay free of lark, ortools and torch.
+
+Semantics (version 1)
+---------------------
+Compute instructions name a stage and a microbatch:
+
+- ``F``   forward of ``stage`` on microbatch ``mb`` (the last stage also computes the loss).
+- ``B``   backward for the input (activation gradient) of ``stage``/``mb``.
+- ``W``   backward for the weights of ``stage``/``mb``; runs after its ``B`` on the same rank.
+- ``BW``  fused full backward (``B`` then ``W`` at once).
+- ``FB``  an overlapped pair: the forward of ``stage``/``mb`` together with the full or input
+  backward of ``stage2``/``mb2`` (DualPipe-style); ``kind`` names the backward part (``B``/``BW``).
+- ``USER`` a user-declared op kind (``kind`` names it, e.g. a recompute op).
+
+Point-to-point instructions move one tensor between two ranks:
+
+- ``SEND_ACT`` sends the output activation of ``stage``/``mb`` to ``peer`` (which holds
+  ``peer_stage``, the consumer stage); ``RECV_ACT`` receives the input activation of
+  ``stage``/``mb`` from ``peer`` (which holds ``peer_stage``, the producer stage).
+- ``SEND_GRAD`` sends the input gradient of ``stage``/``mb`` to ``peer`` (holding the producer
+  stage ``peer_stage``); ``RECV_GRAD`` receives the output gradient of ``stage``/``mb`` from
+  ``peer`` (holding the consumer stage ``peer_stage``).
+
+Sends are non-blocking for the issuing rank (the runtime waits for them before it frees the
+buffer or ends the step); a receive blocks until its data has arrived. ``BATCH`` groups several
+point-to-point instructions that are issued together (one ``batch_isend_irecv``); its members are
+in ``parts``. ``REDUCE_GRAD`` finishes the gradients of ``stage`` (scale by 1/num_microbatches,
+all-reduce over data-parallel replicas when there are any). ``OPT_STEP`` steps the optimizer of
+every stage on the rank.
+
+Text form (one instruction per line, ``key=value`` fields, ``#`` comments)::
+
+    schedlang-isa 1
+    pipeline ranks=2 stages=2 microbatches=2 placement=0,1
+    rank 0 stages=0
+      F stage=0 mb=0
+      SEND_ACT stage=0 mb=0 peer=1 peer_stage=1
+      BATCH
+        SEND_ACT stage=0 mb=1 peer=1 peer_stage=1
+        RECV_GRAD stage=0 mb=0 peer=1 peer_stage=1
+      END
+      ...
+
+The JSON form is ``{"format": "schedlang-isa", "version": 1, ...}`` with one object per
+instruction holding only its non-default fields. :func:`parse_text` and :func:`from_json` invert
+:func:`to_text` and :func:`to_json` exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from typing import Any
+
+VERSION = 1
+
+
+class Op(Enum):
+    """Instruction opcodes; see the module docstring for their meaning."""
+
+    F = "F"
+    B = "B"
+    W = "W"
+    BW = "BW"
+    FB = "FB"
+    USER = "USER"
+    SEND_ACT = "SEND_ACT"
+    RECV_ACT = "RECV_ACT"
+    SEND_GRAD = "SEND_GRAD"
+    RECV_GRAD = "RECV_GRAD"
+    BATCH = "BATCH"
+    REDUCE_GRAD = "REDUCE_GRAD"
+    OPT_STEP = "OPT_STEP"
+
+    @property
+    def is_compute(self) -> bool:
+        return self in COMPUTE_OPS
+
+    @property
+    def is_p2p(self) -> bool:
+        return self in P2P_OPS
+
+    @property
+    def is_send(self) -> bool:
+        return self in (Op.SEND_ACT, Op.SEND_GRAD)
+
+    @property
+    def is_recv(self) -> bool:
+        return self in (Op.RECV_ACT, Op.RECV_GRAD)
+
+
+COMPUTE_OPS = frozenset({Op.F, Op.B, Op.W, Op.BW, Op.FB, Op.USER})
+P2P_OPS = frozenset({Op.SEND_ACT, Op.RECV_ACT, Op.SEND_GRAD, Op.RECV_GRAD})
+SYNC_OPS = frozenset({Op.REDUCE_GRAD, Op.OPT_STEP})
+
+
+class IsaError(ValueError):
+    """A malformed stream file: carries the 1-based line number when known."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        self.line = line
+        super().__init__(f"line {line}: {message}" if line is not None else message)
+
+
+@dataclass(frozen=True, slots=True)
+class Instr:
+    """One instruction. Fields that do not apply to an opcode keep their defaults (-1 / "")."""
+
+    op: Op
+    stage: int = -1
+    mb: int = -1
+    peer: int = -1
+    peer_stage: int = -1
+    stage2: int = -1
+    mb2: int = -1
+    kind: str = ""
+    parts: tuple[Instr, ...] = ()
+
+    def __str__(self) -> str:
+        return _format_instr(self)
+
+
+@dataclass(frozen=True, slots=True)
+class RankStream:
+    """The instructions one rank executes, and the stages it holds (ascending)."""
+
+    rank: int
+    stages: tuple[int, ...]
+    instrs: tuple[Instr, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Streams:
+    """A whole compiled schedule: the pipeline's shape and one stream per rank."""
+
+    num_ranks: int
+    num_stages: int
+    num_microbatches: int
+    placement: tuple[int, ...]
+    ranks: tuple[RankStream, ...]
+    version: int = VERSION
+    meta: tuple[tuple[str, str], ...] = field(default=())
+
+    def stream(self, rank: int) -> RankStream:
+        return self.ranks[rank]
+
+
+def flatten(instrs: tuple[Instr, ...]) -> Iterator[Instr]:
+    """Yield the instructions with every ``BATCH`` replaced by its parts, in order."""
+    for ins in instrs:
+        if ins.op is Op.BATCH:
+            yield from ins.parts
+        else:
+            yield ins
+
+
+# --------------------------------------------------------------------------- text form
+
+_INT_FIELDS = ("stage", "mb", "peer", "peer_stage", "stage2", "mb2")
+
+
+def _format_instr(ins: Instr) -> str:
+    out = [ins.op.value]
+    for name in _INT_FIELDS:
+        value = getattr(ins, name)
+        if value != -1:
+            out.append(f"{name}={value}")
+    if ins.kind:
+        out.append(f"kind={ins.kind}")
+    return " ".join(out)
+
+
+def to_text(streams: Streams) -> str:
+    """Render streams in the versioned text form (see the module docstring)."""
+    lines = [f"schedlang-isa {streams.version}"]
+    placement = ",".join(str(r) for r in streams.placement)
+    lines.append(
+        f"pipeline ranks={streams.num_ranks} stages={streams.num_stages} "
+        f"microbatches={streams.num_microbatches} placement={placement}"
+    )
+    for key, value in streams.meta:
+        lines.append(f"meta {key}={value}")
+    for rs in streams.ranks:
+        lines.append(f"rank {rs.rank} stages={','.join(str(s) for s in rs.stages)}")
+        for ins in rs.instrs:
+            if ins.op is Op.BATCH:
+                lines.append("  BATCH")
+                lines.extend(f"    {_format_instr(p)}" for p in ins.parts)
+                lines.append("  END")
+            else:
+                lines.append(f"  {_format_instr(ins)}")
+    return "\n".join(lines) + "\n"
+
+
+def _int(text: str, lineno: int, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise IsaError(f"{what}: expected an integer, got {text!r}", lineno) from None
+
+
+def _int_list(text: str, lineno: int, what: str) -> tuple[int, ...]:
+    if text == "":
+        return ()
+    return tuple(_int(t, lineno, what) for t in text.split(","))
+
+
+def _kv(tokens: list[str], lineno: int) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for tok in tokens:
+        key, sep, value = tok.partition("=")
+        if not sep:
+            raise IsaError(f"expected key=value, got {tok!r}", lineno)
+        if key in out:
+            raise IsaError(f"field {key!r} given twice", lineno)
+        out[key] = value
+    return out
+
+
+def _parse_instr(tokens: list[str], lineno: int) -> Instr:
+    try:
+        op = Op(tokens[0])
+    except ValueError:
+        raise IsaError(f"unknown instruction {tokens[0]!r}", lineno) from None
+    kv = _kv(tokens[1:], lineno)
+    args: dict[str, Any] = {}
+    for key, value in kv.items():
+        if key in _INT_FIELDS:
+            args[key] = _int(value, lineno, key)
+        elif key == "kind":
+            args[key] = value
+        else:
+            raise IsaError(f"unknown field {key!r} for {op.value}", lineno)
+    return Instr(op, **args)
+
+
+def parse_text(text: str) -> Streams:
+    """Parse the text form; raises :class:`IsaError` with a line number on malformed input."""
+    header: dict[str, str] | None = None
+    version = None
+    meta: list[tuple[str, str]] = []
+    ranks: list[RankStream] = []
+    cur: tuple[int, tuple[int, ...]] | None = None
+    cur_instrs: list[Instr] = []
+    batch: list[Instr] | None = None
+
+    def close_rank() -> None:
+        if cur is not None:
+            ranks.append(RankStream(cur[0], cur[1], tuple(cur_instrs)))
+
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        tokens = line.split()
+        head = tokens[0]
+        if version is None:
+            if head != "schedlang-isa" or len(tokens) != 2:
+                raise IsaError("expected 'schedlang-isa VERSION' first", lineno)
+            version = _int(tokens[1], lineno, "version")
+            if version != VERSION:
+                raise IsaError(f"unsupported version {version} (this reader knows {VERSION})", lineno)
+        elif head == "pipeline":
+            header = _kv(tokens[1:], lineno)
+        elif head == "meta":
+            key, _, value = line[len("meta"):].strip().partition("=")
+            meta.append((key, value))
+        elif head == "rank":
+            if batch is not None:
+                raise IsaError("BATCH not closed by END", lineno)
+            close_rank()
+            if len(tokens) < 2:
+                raise IsaError("expected 'rank N stages=...'", lineno)
+            kv = _kv(tokens[2:], lineno)
+            cur = (_int(tokens[1], lineno, "rank"), _int_list(kv.get("stages", ""), lineno, "stages"))
+            cur_instrs = []
+        elif cur is None:
+            raise IsaError(f"instruction {head!r} outside a rank section", lineno)
+        elif head == "BATCH":
+            if batch is not None:
+                raise IsaError("nested BATCH", lineno)
+            batch = []
+        elif head == "END":
+            if batch is None:
+                raise IsaError("END without BATCH", lineno)
+            cur_instrs.append(Instr(Op.BATCH, parts=tuple(batch)))
+            batch = None
+        else:
+            ins = _parse_instr(tokens, lineno)
+            (batch if batch is not None else cur_instrs).append(ins)
+    if batch is not None:
+        raise IsaError("BATCH not closed by END")
+    close_rank()
+    if version is None or header is None:
+        raise IsaError("missing 'schedlang-isa' or 'pipeline' header")
+    try:
+        return Streams(
+            num_ranks=int(header["ranks"]),
+            num_stages=int(header["stages"]),
+            num_microbatches=int(header["microbatches"]),
+            placement=_int_list(header.get("placement", ""), 0, "placement"),
+            ranks=tuple(ranks),
+            version=version,
+            meta=tuple(meta),
+        )
+    except (KeyError, ValueError) as exc:
+        raise IsaError(f"bad pipeline header: {exc}") from None
+
+
+# --------------------------------------------------------------------------- JSON form
+
+
+def _instr_to_obj(ins: Instr) -> dict[str, Any]:
+    obj: dict[str, Any] = {"op": ins.op.value}
+    for f in fields(Instr):
+        if f.name in ("op", "parts"):
+            continue
+        value = getattr(ins, f.name)
+        if value != f.default:
+            obj[f.name] = value
+    if ins.parts:
+        obj["parts"] = [_instr_to_obj(p) for p in ins.parts]
+    return obj
+
+
+def _instr_from_obj(obj: dict[str, Any]) -> Instr:
+    args = dict(obj)
+    try:
+        op = Op(args.pop("op"))
+    except (KeyError, ValueError) as exc:
+        raise IsaError(f"bad instruction {obj!r}: {exc}") from None
+    parts = tuple(_instr_from_obj(p) for p in args.pop("parts", ()))
+    known = {f.name for f in fields(Instr)}
+    unknown = set(args) - known
+    if unknown:
+        raise IsaError(f"unknown fields {sorted(unknown)} in {obj!r}")
+    return Instr(op, parts=parts, **args)
+
+
+def to_json(streams: Streams) -> str:
+    """Render streams as JSON (stable key order, one line per instruction is not promised)."""
+    doc = {
+        "format": "schedlang-isa",
+        "version": streams.version,
+        "num_ranks": streams.num_ranks,
+        "num_stages": streams.num_stages,
+        "num_microbatches": streams.num_microbatches,
+        "placement": list(streams.placement),
+        "meta": dict(streams.meta),
+        "ranks": [
+            {
+                "rank": rs.rank,
+                "stages": list(rs.stages),
+                "instrs": [_instr_to_obj(i) for i in rs.instrs],
+            }
+            for rs in streams.ranks
+        ],
+    }
+    return json.dumps(doc, indent=1) + "\n"
+
+
+def from_json(text: str) -> Streams:
+    """Parse the JSON form produced by :func:`to_json`."""
+    try:
+        doc = json.loads(text)
+        if doc.get("format") != "schedlang-isa":
+            raise IsaError("not a schedlang-isa JSON document")
+        if doc["version"] != VERSION:
+            raise IsaError(f"unsupported version {doc['version']}")
+        return Streams(
+            num_ranks=doc["num_ranks"],
+            num_stages=doc["num_stages"],
+            num_microbatches=doc["num_microbatches"],
+            placement=tuple(doc["placement"]),
+            ranks=tuple(
+                RankStream(r["rank"], tuple(r["stages"]), tuple(_instr_from_obj(i) for i in r["instrs"]))
+                for r in doc["ranks"]
+            ),
+            version=doc["version"],
+            meta=tuple(doc.get("meta", {}).items()),
+        )
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise IsaError(f"malformed JSON streams: {exc}") from None
+
+
+def load(path: str) -> Streams:
+    """Read streams from a ``.json`` file or a text file."""
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    return from_json(text) if text.lstrip().startswith("{") else parse_text(text)
+
+
+__all__ = [
+    "COMPUTE_OPS",
+    "P2P_OPS",
+    "SYNC_OPS",
+    "VERSION",
+    "Instr",
+    "IsaError",
+    "Op",
+    "RankStream",
+    "Streams",
+    "flatten",
+    "from_json",
+    "load",
+    "parse_text",
+    "to_json",
+    "to_text",
+]

@@ -1,0 +1,202 @@
+"""The timed simulator.
+
+Given a scheduled program, every slot starts as early as its rank and its dependencies allow:
+``start = max(end of the rank's previous slot, max over predecessors of end + latency)``. A slot's
+duration is the sum of its ops' times (``overlap sum``) or their maximum (``overlap max``).
+Because start times are a fixed point of that rule, any topological processing order gives the
+same result; the simulator walks ranks' heads Kahn-style in O(ops + edges).
+
+Reports (REFERENCE.md section 1): makespan; per rank busy time, span (first start to last end),
+idle time within the span and peak memory; ``cost`` = the largest span; ``bubble`` = cost minus
+the busiest rank's work; ``bubble_rate`` = bubble / cost (the paper's definition; a rank's start
+offset is not counted). An order that can never finish raises :class:`DeadlockError` naming the
+ranks and the ops they wait on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schedlang.ir import Orders, Program
+from schedlang.source import Note, SchedlangError
+
+
+class DeadlockError(SchedlangError):
+    """The per-rank orders wait on each other in a cycle (or a rank waits on itself)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RankStats:
+    rank: int
+    busy: float
+    span: float
+    idle: float
+    peak_memory: float
+    first_start: float
+    last_end: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"rank": self.rank, "busy": self.busy, "span": self.span, "idle": self.idle,
+                "peak_memory": self.peak_memory, "start": self.first_start, "end": self.last_end}
+
+
+@dataclass(frozen=True, slots=True)
+class Simulation:
+    makespan: float
+    cost: float
+    bubble: float
+    bubble_rate: float
+    ranks: tuple[RankStats, ...]
+    start: tuple[float, ...]  # per op id
+    end: tuple[float, ...]  # per op id
+
+    def as_dict(self) -> dict[str, object]:
+        return {"makespan": self.makespan, "cost": self.cost, "bubble": self.bubble,
+                "bubble_rate": self.bubble_rate, "ranks": [r.as_dict() for r in self.ranks]}
+
+
+def memory_profile(program: Program, rank: int) -> list[float]:
+    """Memory level on ``rank`` after each op of its order (ops of a slot in slot order)."""
+    level = 0.0
+    out = []
+    for slot in program.orders.ranks[rank]:
+        for k in slot:
+            level += program.ops[k].mem
+            out.append(level)
+    return out
+
+
+def simulate(program: Program) -> Simulation:  # noqa: C901 - one tight loop, kept together for speed
+    """Simulate a scheduled program (requires complete orders; see ``verify``)."""
+    orders: Orders = program.orders
+    ops = program.ops
+    n = len(ops)
+    R = program.num_ranks
+    preds = program.preds()
+    succs = program.succs()
+    use_max = program.overlap == "max"
+    slot_of = [-1] * n  # global slot number of each op
+    slot_rank: list[int] = []
+    slot_ops: list[tuple[int, ...]] = []
+    heads = [0] * R
+    first_slot = [0] * R
+    for r, slots in enumerate(orders.ranks):
+        first_slot[r] = len(slot_ops)
+        for slot in slots:
+            g = len(slot_ops)
+            for k in slot:
+                slot_of[k] = g
+            slot_rank.append(r)
+            slot_ops.append(slot)
+    assert all(x >= 0 for x in slot_of), "simulate() needs every op in an order (run verify first)"
+    nslots = len(slot_ops)
+    pending = [0] * nslots
+    for g, slot in enumerate(slot_ops):
+        pending[g] = sum(1 for k in slot for (src, _) in preds[k] if slot_of[src] != g)
+    limit = [first_slot[r] + len(orders.ranks[r]) for r in range(R)]
+    heads = list(first_slot)
+    end = [0.0] * n
+    start = [0.0] * n
+    free = [0.0] * R
+    busy = [0.0] * R
+    first = [-1.0] * R
+    stack = [r for r in range(R) if heads[r] < limit[r] and pending[heads[r]] == 0]
+    done = 0
+    while stack:
+        r = stack.pop()
+        g = heads[r]
+        slot = slot_ops[g]
+        t0 = free[r]
+        dur = 0.0
+        for k in slot:
+            for src, lat in preds[k]:
+                if slot_of[src] != g:
+                    t = end[src] + lat
+                    if t > t0:
+                        t0 = t
+            d = ops[k].time
+            dur = (d if d > dur else dur) if use_max else dur + d
+        t1 = t0 + dur
+        for k in slot:
+            start[k] = t0
+            end[k] = t1
+        if first[r] < 0:
+            first[r] = t0
+        free[r] = t1
+        busy[r] += dur
+        done += 1
+        heads[r] = g + 1
+        if g + 1 < limit[r] and pending[g + 1] == 0:
+            stack.append(r)
+        for k in slot:
+            for dst, _ in succs[k]:
+                h = slot_of[dst]
+                if h == g:
+                    continue
+                pending[h] -= 1
+                if pending[h] == 0:
+                    r2 = slot_rank[h]
+                    if heads[r2] == h:
+                        stack.append(r2)
+    if done < nslots:
+        raise _deadlock(program, heads, limit, slot_ops, slot_of, first_slot, end_known=set(
+            k for g in range(nslots) for k in slot_ops[g] if _executed(g, heads, slot_rank, first_slot)))
+    stats = []
+    for r in range(R):
+        mem = memory_profile(program, r)
+        peak = max([0.0] + mem)
+        f = max(first[r], 0.0)
+        span = free[r] - f if limit[r] > first_slot[r] else 0.0
+        stats.append(RankStats(r, busy[r], span, span - busy[r], peak, f, free[r]))
+    makespan = max(free) if R else 0.0
+    cost = max(s.span for s in stats)
+    bubble = cost - max(busy)
+    rate = bubble / cost if cost > 0 else 0.0
+    return Simulation(makespan, cost, bubble, rate, tuple(stats), tuple(start), tuple(end))
+
+
+def _executed(g: int, heads: list[int], slot_rank: list[int], first_slot: list[int]) -> bool:
+    return g < heads[slot_rank[g]]
+
+
+def _deadlock(program: Program, heads: list[int], limit: list[int], slot_ops: list[tuple[int, ...]],
+              slot_of: list[int], first_slot: list[int], end_known: set[int]) -> DeadlockError:
+    """Build the wait-for chain among stuck ranks and describe its cycle."""
+    ops = program.ops
+    preds = program.preds()
+    waits: dict[int, tuple[int, int]] = {}  # rank -> (its head op, the unfinished op it waits for)
+    for r in range(program.num_ranks):
+        if heads[r] >= limit[r]:
+            continue
+        for k in slot_ops[heads[r]]:
+            blocker = next((src for src, _ in preds[k] if src not in end_known and slot_of[src] != heads[r]), None)
+            if blocker is not None:
+                waits[r] = (k, blocker)
+                break
+    assert waits, "a stuck simulation must have a waiting rank"
+    r = min(waits)
+    chain: list[int] = []
+    while r not in chain:
+        chain.append(r)
+        _, blocker = waits[r]
+        r = ops[blocker].rank
+        if r not in waits:  # waits on a rank that is itself not stuck at a head: should not happen
+            break
+    cycle = chain[chain.index(r):] if r in chain else chain
+    orders = program.orders
+    notes = []
+    parts = []
+    for x in cycle:
+        k, blocker = waits[x]
+        parts.append(f"rank {x} waits at {ops[k].label} for {ops[blocker].label} (rank {ops[blocker].rank})")
+        pos = heads[x] - first_slot[x]
+        notes.append(Note(orders.slot_span(x, pos), f"rank {x} is stuck here, at {ops[k].label}"))
+    if len(cycle) == 1:
+        x = cycle[0]
+        k, blocker = waits[x]
+        msg = (f"the order of rank {x} runs {ops[k].label} before {ops[blocker].label}, "
+               f"which it depends on")
+    else:
+        msg = "deadlock: " + "; ".join(parts)
+    first_note = notes[0]
+    return DeadlockError(msg, first_note.span, tuple(notes[1:]))

@@ -1,0 +1,1 @@
+"""Schedlang standard library, written in schedlang (package data)."""
