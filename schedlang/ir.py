@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Union
+from typing import Any
 
 from schedlang.source import Span
 
-Value = Union[int, float, bool, str, tuple[Any, ...]]
+Value = int | float | bool | str | tuple[Any, ...]
 
 
 class Role(Enum):
@@ -98,7 +98,7 @@ class SchedulerCall:
     arg_spans: tuple[Span | None, ...] = field(default=(), compare=False, repr=False)
 
 
-Schedule = Union[Orders, SchedulerCall, None]
+Schedule = Orders | SchedulerCall | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,17 @@ from schedlang.evaluate import (
     free_names,
     type_name,
 )
-from schedlang.ir import DEFAULT_ROLES, Edge, Op, OpKind, Orders, Program, Role, SchedulerCall, Value
+from schedlang.ir import (
+    DEFAULT_ROLES,
+    Edge,
+    Op,
+    OpKind,
+    Orders,
+    Program,
+    Role,
+    SchedulerCall,
+    Value,
+)
 from schedlang.load import Item
 from schedlang.source import Note, SchedlangError, Span
 

@@ -8,7 +8,6 @@ equality, so ``parse(format_module(m)) == m`` holds for any module ``m``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 from schedlang.source import Span
 
@@ -116,7 +115,22 @@ class Cond:
     span: Span | None = _span()
 
 
-Expr = Union[IntLit, FloatLit, StrLit, BoolLit, Name, Call, Index, ListLit, Unary, Binary, Compare, BoolOp, Not, Cond]
+Expr = (
+    IntLit
+    | FloatLit
+    | StrLit
+    | BoolLit
+    | Name
+    | Call
+    | Index
+    | ListLit
+    | Unary
+    | Binary
+    | Compare
+    | BoolOp
+    | Not
+    | Cond
+)
 
 # ------------------------------------------------------------------ op patterns and orders
 
@@ -178,7 +192,7 @@ class Emit:
     span: Span | None = _span()
 
 
-Stmt = Union[ForStmt, IfStmt, LetStmt, Emit]
+Stmt = ForStmt | IfStmt | LetStmt | Emit
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,10 +353,21 @@ class ScheduleDecl:
     span: Span | None = _span()
 
 
-Decl = Union[
-    ImportDecl, ParamDecl, LetDecl, RanksDecl, StagesDecl, MicrobatchesDecl, PlaceDecl,
-    CommDecl, MemLimitDecl, OverlapDecl, OpDecl, DepDecl, ScheduleDecl,
-]
+Decl = (
+    ImportDecl
+    | ParamDecl
+    | LetDecl
+    | RanksDecl
+    | StagesDecl
+    | MicrobatchesDecl
+    | PlaceDecl
+    | CommDecl
+    | MemLimitDecl
+    | OverlapDecl
+    | OpDecl
+    | DepDecl
+    | ScheduleDecl
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,10 +30,15 @@ class Arg:
 
 @dataclass(frozen=True)
 class Scheduler:
+    """A registered scheduler. ``warm_start`` marks fast heuristics the optimizer may start from;
+    ``applies`` says whether it can schedule a given program (shape, placement, op roles)."""
+
     name: str
     summary: str
     fn: SchedulerFn
     args: Mapping[str, Arg] = field(default_factory=dict)
+    warm_start: bool = False
+    applies: Callable[[Program], bool] = field(default=lambda _p: True)
 
 
 def _load() -> dict[str, Scheduler]:

@@ -113,6 +113,7 @@ SCHEDULER = Scheduler(
     name="list",
     summary="greedy list scheduling: earliest start, then role priority (default BFW), under mem_limit",
     fn=list_schedule,
+    warm_start=True,
     args={
         "priority": Arg(str, "BFW", "role order among ops that can start at once"),
         "mem_limit": Arg(float, None, "per-rank memory limit (default: the program's)"),
