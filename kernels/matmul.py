@@ -364,11 +364,22 @@ def linear_backward_weight_ref(
     with_bias: bool = False,
     accumulate: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Torch reference of :func:`linear_backward_weight`, with the same buffer semantics."""
-    x2 = as_rows(x).float()
-    dy2 = as_rows(dy).float()
-    gw = dy2.t() @ x2
-    dw = _accumulate_ref(dw, gw, accumulate)
+    """Torch reference of :func:`linear_backward_weight`, with the same buffer semantics.
+
+    fp32 buffers are updated by ``addmm_`` / ``mm(out=)`` with no temporary, so the layers'
+    CPU fallback stays fast.
+    """
+    x2, dy2 = as_rows(x), as_rows(dy)
+    if x2.dtype != torch.float32:
+        x2, dy2 = x2.float(), dy2.float()
+    if dw is None:
+        dw = dy2.t() @ x2
+    elif dw.dtype == torch.float32 and accumulate:
+        dw.addmm_(dy2.t(), x2)
+    elif dw.dtype == torch.float32:
+        torch.mm(dy2.t(), x2, out=dw)
+    else:
+        _accumulate_ref(dw, dy2.t() @ x2, accumulate)
     if with_bias or db is not None:
         db = _accumulate_ref(db, dy2.sum(0), accumulate)
     return dw, db
@@ -380,9 +391,11 @@ def _accumulate_ref(
     """Reference buffer update: new fp32 tensor, in-place add, or in-place overwrite."""
     if buf is None:
         return value
-    if accumulate:
+    if not accumulate:
+        buf.copy_(value)
+    elif buf.dtype == torch.float32:
+        buf.add_(value)
+    else:
         # Like the kernel: add in fp32, round once into the buffer's dtype.
         buf.copy_(buf.float() + value)
-    else:
-        buf.copy_(value)
     return buf
