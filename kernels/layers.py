@@ -24,7 +24,8 @@ Typical use on one pipeline rank::
 The key is read from the store object, not from thread-local state, because autograd runs
 CUDA backward functions on its own device threads; run one backward per store at a time.
 Stashed tensors are detached views that are never modified in place: do not modify a layer's
-input or the incoming gradient in place between B and W either.
+input or the incoming gradient in place between B and W either (``run_w`` checks the autograd
+version counters and raises if one was).
 
 Kernels: ``use_triton=None`` (default) picks the Triton kernels when they can run on the
 tensors (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``) and the torch references
@@ -67,6 +68,7 @@ class _Deferred:
     module: SplitModule
     tensors: tuple[torch.Tensor, ...]
     use_triton: bool
+    versions: tuple[int, ...]  # autograd version counters at stash time
 
 
 class WeightGradStore:
@@ -108,14 +110,19 @@ class WeightGradStore:
     ) -> None:
         """Record one W for the active key (called by the layers' backward)."""
         assert self._key is not None, "stash() needs an active key"
-        entry = _Deferred(module, tuple(t.detach() for t in tensors), use_triton)
+        # detach() drops the graph but shares the version counter, so run_w can tell when a
+        # stashed tensor was modified in place in the meantime.
+        kept = tuple(t.detach() for t in tensors)
+        entry = _Deferred(module, kept, use_triton, tuple(t._version for t in kept))
         self._pending.setdefault(self._key, []).append(entry)
 
     def run_w(self, stage: int, microbatch: int) -> int:
         """Run every W stashed under ``(stage, microbatch)``, free its tensors, return the count.
 
         Gradients accumulate into ``param.grad`` (created when None). A key with nothing
-        stashed is not an error (a stage may hold no split layer): it returns 0.
+        stashed is not an error (a stage may hold no split layer): it returns 0. Raises
+        RuntimeError (and drops the key's entries) when a stashed tensor was modified in place
+        after its B.
         """
         entries = self._pending.pop((stage, microbatch), None)
         if not entries:
@@ -124,6 +131,11 @@ class WeightGradStore:
         with torch.no_grad():
             while entries:
                 entry = entries.pop()
+                if tuple(t._version for t in entry.tensors) != entry.versions:
+                    raise RuntimeError(
+                        f"W of {type(entry.module).__name__} for stage {stage}, microbatch "
+                        f"{microbatch}: a tensor stashed for it was modified in place after B"
+                    )
                 entry.module.accumulate_weight_grad(entry.tensors, entry.use_triton)
                 del entry  # free this entry's tensors before the next W allocates
         return count
@@ -165,6 +177,7 @@ class WeightGradStore:
         return sum(len(v) for v in self._pending.values())
 
     def __repr__(self) -> str:
+        """Key and pending counts, for debugging."""
         return f"WeightGradStore(key={self._key}, pending={len(self)} in {len(self.keys())} keys)"
 
 
@@ -238,18 +251,18 @@ def _fill_grads(
     already hold gradients (rare: someone set one ``.grad`` by hand), the new ones are zeroed.
     """
     slots = [_grad_slot(p) for p in params]
-    live = [(buf, new) for buf, new in slots if buf is not None]
+    live = [(t, new) for t, new in slots if t is not None]
     if not live:
         return
     all_new = all(new for _, new in live)
     if not all_new:
-        for buf, new in live:
+        for t, new in live:
             if new:
-                buf.zero_()
-    run(tuple(buf for buf, _ in slots), not all_new)
-    for p, (buf, new) in zip(params, slots, strict=True):
-        if p is not None and buf is not None and new:
-            p.grad = buf
+                t.zero_()
+    run(tuple(t for t, _ in slots), not all_new)
+    for p, (slot, new) in zip(params, slots, strict=True):
+        if p is not None and slot is not None and new:
+            p.grad = slot
 
 
 def _grad_dtype(grad: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | None:
@@ -378,6 +391,7 @@ class SplitLinear(SplitModule):
         _fill_grads((self.weight, self.bias), run)
 
     def extra_repr(self) -> str:
+        """Shown by ``repr(module)``."""
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, use_triton={self.use_triton}"
@@ -453,6 +467,7 @@ class SplitRMSNorm(SplitModule):
         _fill_grads((self.weight,), run)
 
     def extra_repr(self) -> str:
+        """Shown by ``repr(module)``."""
         return f"{self.normalized_shape}, eps={self.eps}, use_triton={self.use_triton}"
 
 
@@ -536,6 +551,7 @@ class SplitLayerNorm(SplitModule):
         _fill_grads((self.weight, self.bias), run)
 
     def extra_repr(self) -> str:
+        """Shown by ``repr(module)``."""
         return (
             f"{self.normalized_shape}, eps={self.eps}, bias={self.bias is not None}, "
             f"use_triton={self.use_triton}"

@@ -188,6 +188,10 @@ def _matmul(
     if m == 0 or n == 0:
         return
     cfg = blocks or matmul_blocks(m, n, k, a.dtype)
+    upcast = a.dtype in LOW_PRECISION and interpreted()
+    # input_precision matters only for fp32 operands; 16-bit dots keep Triton's default.
+    fp32_dot = a.dtype == torch.float32 or upcast
+    precision = "ieee" if fp32_dot and not allow_tf32 else "tf32"
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
     # Placeholders for absent optional operands: never dereferenced (constexpr flags are off).
     _matmul_kernel[grid](
@@ -209,8 +213,8 @@ def _matmul(
         ROW_SUM=rowsum is not None,
         ACCUMULATE=accumulate,
         ACCUMULATE_SUM=accumulate_sum,
-        UPCAST=a.dtype in LOW_PRECISION and interpreted(),
-        PRECISION="tf32" if allow_tf32 else "ieee",
+        UPCAST=upcast,
+        PRECISION=precision,
         BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,

@@ -30,6 +30,7 @@ from schedlang.kernels.layers import (  # noqa: E402
     SplitRMSNorm,
     WeightGradStore,
     attach_store,
+    split_modules,
 )
 from schedlang.kernels.profile import PARAM_NAMES, format_params, profile_ops  # noqa: E402
 from torch import nn  # noqa: E402
@@ -58,8 +59,11 @@ def rnd(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.randn(*shape, device=DEV).to(dtype)
 
 
-def close(a: torch.Tensor, b: torch.Tensor, atol: float = ATOL, rtol: float = RTOL) -> None:
-    """Assert ``a`` and ``b`` agree in value (compared in fp32)."""
+def close(
+    a: torch.Tensor | None, b: torch.Tensor | None, atol: float = ATOL, rtol: float = RTOL
+) -> None:
+    """Assert ``a`` and ``b`` exist and agree in value (compared in fp32)."""
+    assert a is not None and b is not None
     torch.testing.assert_close(a.float(), b.float(), atol=atol, rtol=rtol)
 
 
@@ -258,8 +262,20 @@ def test_norms_bf16() -> None:
 # ------------------------------------------------------------------------------ layers
 
 
+class Residual(nn.Module):
+    """``x + f(x)``: autograd hands the same gradient tensor to both branches."""
+
+    def __init__(self, f: nn.Module) -> None:
+        super().__init__()
+        self.f = f
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``x + f(x)``."""
+        return x + self.f(x)
+
+
 def split_stages(use_triton: bool | None = None) -> list[nn.Sequential]:
-    """Two pipeline stages built from split layers (plus a plain activation)."""
+    """Two pipeline stages built from split layers (plus an activation and a residual)."""
     torch.manual_seed(1)
     s0 = nn.Sequential(
         SplitLinear(80, 48, use_triton=use_triton), SplitRMSNorm(48, use_triton=use_triton)
@@ -267,7 +283,12 @@ def split_stages(use_triton: bool | None = None) -> list[nn.Sequential]:
     s1 = nn.Sequential(
         nn.Tanh(),
         SplitLinear(48, 40, use_triton=use_triton),
-        SplitLayerNorm(40, use_triton=use_triton),
+        Residual(
+            nn.Sequential(
+                SplitLayerNorm(40, use_triton=use_triton),
+                SplitLinear(40, 40, use_triton=use_triton),
+            )
+        ),
         SplitLinear(40, 24, bias=False, use_triton=use_triton),
     )
     for p in [*s0.parameters(), *s1.parameters()]:  # non-trivial norm weights and biases
@@ -280,7 +301,10 @@ def plain_stages(split: list[nn.Sequential]) -> list[nn.Sequential]:
     """The plain-torch equivalent of ``split_stages``, with the same parameter values."""
     s0 = nn.Sequential(nn.Linear(80, 48), nn.RMSNorm(48, eps=1e-6))
     s1 = nn.Sequential(
-        nn.Tanh(), nn.Linear(48, 40), nn.LayerNorm(40, eps=1e-5), nn.Linear(40, 24, bias=False)
+        nn.Tanh(),
+        nn.Linear(48, 40),
+        Residual(nn.Sequential(nn.LayerNorm(40, eps=1e-5), nn.Linear(40, 40))),
+        nn.Linear(40, 24, bias=False),
     )
     plain = [s0.to(DEV), s1.to(DEV)]
     for p, q in zip(plain, split, strict=True):
@@ -293,12 +317,12 @@ def run_pipeline(
     xs: list[torch.Tensor],
     dys: list[torch.Tensor],
     store: WeightGradStore | None,
-) -> list[torch.Tensor]:
+) -> list[torch.Tensor | None]:
     """F then B for every microbatch, stage by stage (as two pipeline ranks would); W not run.
 
     Returns the input gradient of stage 0 per microbatch.
     """
-    grads = []
+    grads: list[torch.Tensor | None] = []
     for mb, (x, dy) in enumerate(zip(xs, dys, strict=True)):
         x = x.clone().requires_grad_()
         h = stages[0](x)
@@ -317,11 +341,11 @@ def run_pipeline(
 
 def reference_grads(
     split: list[nn.Sequential], xs: list[torch.Tensor], dys: list[torch.Tensor]
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
     """Input and parameter gradients of the plain-torch model over all microbatches."""
     plain = plain_stages(split)
     model = nn.Sequential(*plain)
-    grads = []
+    grads: list[torch.Tensor | None] = []
     for x, dy in zip(xs, dys, strict=True):
         x = x.clone().requires_grad_()
         model(x).backward(dy)
@@ -330,6 +354,7 @@ def reference_grads(
 
 
 def microbatches(n: int = 4) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``n`` microbatches of inputs (3, 3, 80) and output gradients (3, 3, 24)."""
     xs = [rnd(3, 3, 80) for _ in range(n)]  # 9 rows per microbatch
     dys = [rnd(3, 3, 24) for _ in range(n)]
     return xs, dys
@@ -341,9 +366,9 @@ def test_deferred_w_matches_autograd(use_triton: bool | None) -> None:
         pytest.skip("Triton kernels cannot run here")
     stages = split_stages(use_triton)
     if use_triton is None:  # auto must pick the Triton kernels on this device
-        assert all(m.triton_for(torch.empty(0, device=DEV)) for m in stages[1][1:])
+        assert all(m.triton_for(torch.empty(0, device=DEV)) for m in split_modules(stages[1]))
     store = WeightGradStore()
-    assert attach_store(stages[0], store) == 2 and attach_store(stages[1], store) == 3
+    assert attach_store(stages[0], store) == 2 and attach_store(stages[1], store) == 4
     xs, dys = microbatches()
     want_dx, want_params = reference_grads(stages, xs, dys)
 
@@ -352,7 +377,7 @@ def test_deferred_w_matches_autograd(use_triton: bool | None) -> None:
     assert all(p.grad is None for p in params), "B must not touch weight gradients"
     keys = [(s, mb) for s in (0, 1) for mb in range(4)]
     assert store.keys() == keys
-    assert len(store) == 4 * 5
+    assert len(store) == 4 * 6
     for a, b in zip(got_dx, want_dx, strict=True):
         close(a, b)
 
@@ -386,6 +411,7 @@ def test_run_w_adds_to_existing_grads() -> None:
     for k in store.keys():
         store.run_w(*k)
     for i, (p, g0, w) in enumerate(zip(params, before, want, strict=True)):
+        assert w is not None
         close(p.grad, w if i == 1 else g0 + w)
 
 
@@ -445,6 +471,20 @@ def test_expanded_output_grad() -> None:
     close(layer.bias.grad, torch.full((4,), 5.0, device=DEV))
 
 
+def test_in_place_change_between_b_and_w_is_caught() -> None:
+    layer = SplitLinear(8, 4, use_triton=False).to(DEV)
+    store = WeightGradStore()
+    layer.wgrad_store = store
+    x = rnd(5, 8).requires_grad_()
+    with store.scope(0, 0):
+        layer(x).backward(rnd(5, 4))
+    with torch.no_grad():
+        x.mul_(2.0)  # W would now see the wrong input
+    with pytest.raises(RuntimeError, match="modified in place after B"):
+        store.run_w(0, 0)
+    assert len(store) == 0
+
+
 def test_frozen_weight_trainable_bias() -> None:
     layer = SplitLinear(8, 4, use_triton=False).to(DEV)
     layer.weight.requires_grad_(False)
@@ -484,7 +524,8 @@ def test_profile_ops_and_format_params() -> None:
     assert rows[1]["mem_f"] == (5 * 48 + 5 * 16) * 4
     # Profiling leaves gradients and store attachments as they were.
     assert all(p.grad is None for s in stages for p in s.parameters())
-    assert stages[0][0].wgrad_store is mine and len(mine) == 0
+    assert len(mine) == 0
+    assert stages[0][0].wgrad_store is mine
 
     text = format_params(rows)
     lines = text.splitlines()
