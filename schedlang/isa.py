@@ -32,6 +32,23 @@ in ``parts``. ``REDUCE_GRAD`` finishes the gradients of ``stage`` (scale by 1/nu
 all-reduce over data-parallel replicas when there are any). ``OPT_STEP`` steps the optimizer of
 every stage on the rank.
 
+Guarantees a runtime can rely on (codegen output; :func:`schedlang.codegen.check_deadlock`
+checks them, and its docstring states the blocking semantics precisely):
+
+- Messages between an ordered pair of ranks match in issue order: the k-th send from rank a to
+  rank b (counting ``BATCH`` parts in order) is the k-th receive on b from a, with the same
+  payload kind (ACT/GRAD), microbatch and stages (``stage``/``peer_stage`` swapped). A runtime
+  may therefore use one tag per pair, or tag by (stage, mb) as it likes.
+- A ``BATCH`` issues all its sends and posts all its receives, then waits for all its receives.
+- Every receive is placed before the compute instruction that consumes it (maybe earlier, when a
+  later message of the same pair is needed first: the runtime keeps it until used).
+- ``REDUCE_GRAD stage=s`` appears once per stage with backward ops, after that stage's last
+  backward on the rank; ``OPT_STEP`` is the last instruction when the program has backwards.
+- In ``FB``, ``kind`` is the backward's role, ``B`` or ``BW``; in ``USER``, ``kind`` is the
+  schedlang op kind's name and ``stage``/``mb`` its indices (no tensor semantics: a runtime may
+  treat it as a no-op or a hook).
+- ``meta program=NAME`` names the source program (informational).
+
 Text form (one instruction per line, ``key=value`` fields, ``#`` comments)::
 
     schedlang-isa 1

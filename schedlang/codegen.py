@@ -1,0 +1,422 @@
+"""Codegen: a scheduled IR program to per-rank instruction streams (:mod:`schedlang.isa`).
+
+:func:`codegen` requires a scheduled, verified :class:`~schedlang.ir.Program` (explicit orders,
+every op once, dependencies consistent with the orders) and guarantees streams that pass
+:func:`check_deadlock` (buffered sends, see below) and whose sends match the peers' receives in
+order.
+
+What it emits, per rank, walking the rank's slots in order:
+
+1. Receives for every message the slot's ops consume (see *Receive placement*).
+2. The compute instruction(s) of the slot. Roles map to opcodes: F -> ``F``, B -> ``B``,
+   W -> ``W``, BW -> ``BW``, USER -> ``USER kind=NAME``. A two-op slot holding one forward and one
+   backward (B or BW role) becomes one ``FB`` (the forward in ``stage``/``mb``, the backward in
+   ``stage2``/``mb2``, ``kind`` the backward's role). Any other multi-op slot is emitted as its ops
+   one after another, in slot order (a runtime cannot overlap them anyway).
+3. A send, right after the slot, for every message the slot's ops produce.
+
+*Messages.* A dependency edge carries data only between two ranks and only when it is shaped like
+the pipeline's data flow, on the same microbatch:
+
+- forward to forward (roles F -> F): an activation, ``SEND_ACT``/``RECV_ACT``;
+- backward to backward (roles B/BW -> B/BW): a gradient, ``SEND_GRAD``/``RECV_GRAD``.
+
+Every other edge (same rank; different microbatches; anything involving W or a USER kind, or
+F -> B across ranks) is a pure ordering constraint of the schedule: it shapes the orders the
+scheduler produced, but carries no tensor, so it emits no instruction. Such constraints are
+scheduling intent, not a correctness need of the computation.
+
+*Receive placement.* Point-to-point messages between two ranks match in order of issue (one FIFO
+per ordered rank pair, as in ``torch.distributed``). Sends come in the producer rank's compute
+order; receives are placed lazily: before a slot, for each message it consumes, the rank
+receives every not-yet-received message of that channel up to and including it (so a message may
+be received, and buffered, before its consumer's slot when a later message of the channel is
+needed first). This keeps each channel's receives in its send order, and cannot block forever:
+the producer of every such message precedes (on its rank) the producer of the message the slot
+needs, which a valid schedule finishes before the slot starts.
+
+*Batching.* A maximal run of two or more adjacent point-to-point instructions that holds both a
+send and a receive becomes one ``BATCH`` (in 1F1B's steady state: the activation sent to the next
+rank and the gradient received from it). Under buffered sends this changes nothing (a batch posts
+its sends first and then waits for its receives, which the run did anyway); under rendezvous
+sends (a send waits for the peer's receive to be posted) it is what avoids the classic pairwise
+deadlock.
+
+*Gradient reduction.* ``REDUCE_GRAD stage=s`` follows the last backward (B, W, BW or the
+backward part of an FB) of stage ``s`` on its rank, placed before the next compute instruction
+(after that op's sends and any receives that follow); ``OPT_STEP`` ends every stream. Programs
+with no backward ops get neither.
+
+*Deadlock check.* :func:`check_deadlock` executes all streams symbolically. Semantics, ``sends``
+parameter:
+
+- ``"buffered"`` (the ISA v1 semantics): a send completes when issued; a receive completes once the
+  peer has issued the matching send (the k-th receive of a channel matches its k-th send); a
+  ``BATCH`` issues all its sends when the rank reaches it and completes once all its receives
+  are matched; compute, ``REDUCE_GRAD`` and ``OPT_STEP`` never block (gradient reduction is over
+  data-parallel replicas, not pipeline ranks).
+- ``"rendezvous"``: as above, but a send completes only once the peer has posted the matching
+  receive (the peer's current instruction or batch holds it, or it is past it). Stricter; codegen
+  does not promise it, but batching makes the common schedules pass.
+
+If some rank cannot finish, the check reports the cycle of ranks waiting on each other with the
+instruction each one waits on (or a rank waiting on a rank that has finished). Before executing,
+it checks that every channel's sends match the peer's receives in order (same payload, stage, peer
+stage and microbatch) and that counts agree.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from schedlang import isa
+from schedlang.ir import Op as IrOp
+from schedlang.ir import Program, Role
+from schedlang.isa import Instr, RankStream, Streams
+from schedlang.source import SchedlangError
+
+_COMPUTE = {Role.F: isa.Op.F, Role.B: isa.Op.B, Role.W: isa.Op.W, Role.BW: isa.Op.BW}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One tensor moved between ranks: produced by op ``src``, consumed by op ``dst``."""
+
+    src: int
+    dst: int
+    grad: bool  # False: an activation (F -> F); True: a gradient (backward -> backward)
+
+
+# ------------------------------------------------------------------ messages
+
+
+def message_kind(program: Program, src: IrOp, dst: IrOp) -> str | None:
+    """``"act"``, ``"grad"`` or None (a pure ordering constraint) for an edge ``src -> dst``."""
+    if src.rank == dst.rank or src.mb != dst.mb:
+        return None
+    rs, rd = program.role(src), program.role(dst)
+    if rs is Role.F and rd is Role.F:
+        return "act"
+    if rs.is_backward and rd.is_backward:
+        return "grad"
+    return None
+
+
+def messages(program: Program) -> list[Message]:
+    """Every cross-rank, data-carrying dependency of the program, in edge order."""
+    out: list[Message] = []
+    seen: set[tuple[int, int]] = set()
+    for e in program.edges:
+        kind = message_kind(program, program.ops[e.src], program.ops[e.dst])
+        if kind is not None and (e.src, e.dst) not in seen:
+            seen.add((e.src, e.dst))
+            out.append(Message(e.src, e.dst, kind == "grad"))
+    return out
+
+
+def _send(program: Program, m: Message) -> Instr:
+    s, d = program.ops[m.src], program.ops[m.dst]
+    op = isa.Op.SEND_GRAD if m.grad else isa.Op.SEND_ACT
+    return Instr(op, stage=s.stage, mb=s.mb, peer=d.rank, peer_stage=d.stage)
+
+
+def _recv(program: Program, m: Message) -> Instr:
+    s, d = program.ops[m.src], program.ops[m.dst]
+    op = isa.Op.RECV_GRAD if m.grad else isa.Op.RECV_ACT
+    return Instr(op, stage=d.stage, mb=d.mb, peer=s.rank, peer_stage=s.stage)
+
+
+# ------------------------------------------------------------------ compute
+
+
+def compute_instrs(program: Program, slot: tuple[int, ...]) -> list[Instr]:
+    """The compute instruction(s) of one slot (see the module docstring)."""
+    ops = [program.ops[k] for k in slot]
+    roles = [program.role(o) for o in ops]
+    if len(ops) == 2 and sorted(r is Role.F for r in roles) == [False, True]:
+        f, b = (ops[0], ops[1]) if roles[0] is Role.F else (ops[1], ops[0])
+        rb = program.role(b)
+        if rb.is_backward:
+            return [Instr(isa.Op.FB, stage=f.stage, mb=f.mb, stage2=b.stage, mb2=b.mb, kind=rb.value)]
+    out = []
+    for o, r in zip(ops, roles, strict=True):
+        if r is Role.USER:
+            out.append(Instr(isa.Op.USER, stage=o.stage, mb=o.mb, kind=o.kind))
+        else:
+            out.append(Instr(_COMPUTE[r], stage=o.stage, mb=o.mb))
+    return out
+
+
+def _backward_stages(ins: Instr) -> tuple[int, ...]:
+    if ins.op in (isa.Op.B, isa.Op.W, isa.Op.BW):
+        return (ins.stage,)
+    if ins.op is isa.Op.FB:
+        return (ins.stage2,)
+    return ()
+
+
+# ------------------------------------------------------------------ codegen
+
+
+def _rank_items(program: Program, rank: int, outgoing: dict[int, list[Message]],
+                incoming: dict[int, list[Message]], channels: dict[tuple[int, int], list[Message]],
+                received: dict[tuple[int, int], int]) -> list[Instr]:
+    items: list[Instr] = []
+    for slot in program.orders.ranks[rank]:
+        for k in slot:
+            for m in incoming.get(k, ()):
+                ch = (program.ops[m.src].rank, rank)
+                seq = channels[ch]
+                upto = seq.index(m)
+                while received[ch] <= upto:
+                    items.append(_recv(program, seq[received[ch]]))
+                    received[ch] += 1
+        items.extend(compute_instrs(program, slot))
+        for k in slot:
+            items.extend(_send(program, m) for m in outgoing.get(k, ()))
+    return items
+
+
+def _insert_reductions(items: list[Instr]) -> list[Instr]:
+    last: dict[int, int] = {}
+    for i, ins in enumerate(items):
+        for s in _backward_stages(ins):
+            last[s] = i
+    # each reduction goes before the next compute instruction after the stage's last backward
+    at: dict[int, list[int]] = defaultdict(list)
+    for s, i in sorted(last.items()):
+        j = i + 1
+        while j < len(items) and not items[j].op.is_compute:
+            j += 1
+        at[j].append(s)
+    out: list[Instr] = []
+    for i in range(len(items) + 1):
+        out.extend(Instr(isa.Op.REDUCE_GRAD, stage=s) for s in at.get(i, ()))
+        if i < len(items):
+            out.append(items[i])
+    return out
+
+
+def batch(items: list[Instr]) -> list[Instr]:
+    """Group each maximal run of >= 2 adjacent p2p instructions holding a send and a receive."""
+    out: list[Instr] = []
+    run: list[Instr] = []
+
+    def flush() -> None:
+        if len(run) >= 2 and any(i.op.is_send for i in run) and any(i.op.is_recv for i in run):
+            out.append(Instr(isa.Op.BATCH, parts=tuple(run)))
+        else:
+            out.extend(run)
+        run.clear()
+
+    for ins in items:
+        if ins.op.is_p2p:
+            run.append(ins)
+        else:
+            flush()
+            out.append(ins)
+    flush()
+    return out
+
+
+def codegen(program: Program) -> Streams:
+    """Per-rank instruction streams for a scheduled program (see the module docstring)."""
+    msgs = messages(program)
+    outgoing: dict[int, list[Message]] = defaultdict(list)
+    incoming: dict[int, list[Message]] = defaultdict(list)
+    for m in msgs:
+        outgoing[m.src].append(m)
+        incoming[m.dst].append(m)
+    # channel order = the producer rank's send order
+    channels: dict[tuple[int, int], list[Message]] = defaultdict(list)
+    for r, slots in enumerate(program.orders.ranks):
+        for slot in slots:
+            for k in slot:
+                for m in outgoing.get(k, ()):
+                    channels[(r, program.ops[m.dst].rank)].append(m)
+    received: dict[tuple[int, int], int] = defaultdict(int)
+    has_backward = any(program.role(o) is not Role.F and program.role(o) is not Role.USER for o in program.ops)
+    ranks = []
+    for r in range(program.num_ranks):
+        items = _rank_items(program, r, outgoing, incoming, channels, received)
+        items = batch(_insert_reductions(items))
+        if has_backward:
+            items.append(Instr(isa.Op.OPT_STEP))
+        ranks.append(RankStream(r, program.stages_on(r), tuple(items)))
+    return Streams(
+        num_ranks=program.num_ranks,
+        num_stages=program.num_stages,
+        num_microbatches=program.num_microbatches,
+        placement=tuple(program.placement),
+        ranks=tuple(ranks),
+        meta=(("program", program.name.replace("#", "_").replace("\n", " ")),),
+    )
+
+
+# ------------------------------------------------------------------ deadlock check
+
+
+class StreamError(SchedlangError):
+    """Streams that would hang or exchange the wrong tensors; the message explains where."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Rank ``rank`` is stuck at instruction ``index`` (``instr``), waiting on rank ``on``."""
+
+    rank: int
+    index: int
+    instr: Instr
+    on: int
+
+    def __str__(self) -> str:
+        return f"rank {self.rank} at instruction {self.index} ({_fmt(self.instr)}) waits on rank {self.on}"
+
+
+def _fmt(ins: Instr) -> str:
+    if ins.op is isa.Op.BATCH:
+        return "BATCH[" + "; ".join(str(p) for p in ins.parts) + "]"
+    return str(ins)
+
+
+def _channel_of(rank: int, ins: Instr) -> tuple[int, int]:
+    return (rank, ins.peer) if ins.op.is_send else (ins.peer, rank)
+
+
+def _matches(send: Instr, recv: Instr) -> bool:
+    pair = {isa.Op.SEND_ACT: isa.Op.RECV_ACT, isa.Op.SEND_GRAD: isa.Op.RECV_GRAD}
+    return (pair.get(send.op) is recv.op and send.mb == recv.mb
+            and send.stage == recv.peer_stage and send.peer_stage == recv.stage)
+
+
+def check_matching(streams: Streams) -> None:
+    """Every channel's sends must match the peer's receives one to one, in order."""
+    sends: dict[tuple[int, int], list[Instr]] = defaultdict(list)
+    recvs: dict[tuple[int, int], list[Instr]] = defaultdict(list)
+    for rs in streams.ranks:
+        for ins in isa.flatten(rs.instrs):
+            if ins.op.is_p2p:
+                if not 0 <= ins.peer < streams.num_ranks or ins.peer == rs.rank:
+                    raise StreamError(f"rank {rs.rank}: {ins} names a bad peer")
+                (sends if ins.op.is_send else recvs)[_channel_of(rs.rank, ins)].append(ins)
+    for ch in sorted(set(sends) | set(recvs)):
+        s, r = sends.get(ch, []), recvs.get(ch, [])
+        for k, (a, b) in enumerate(zip(s, r, strict=False)):
+            if not _matches(a, b):
+                raise StreamError(f"message {k} from rank {ch[0]} to rank {ch[1]}: rank {ch[0]} sends "
+                                  f"'{a}' but rank {ch[1]} receives '{b}'")
+        if len(s) != len(r):
+            raise StreamError(f"rank {ch[0]} sends {len(s)} messages to rank {ch[1]}, "
+                              f"which receives {len(r)}")
+
+
+class _Exec:
+    """Symbolic execution state of all ranks (see :func:`check_deadlock`)."""
+
+    def __init__(self, streams: Streams, rendezvous: bool) -> None:
+        self.streams = streams
+        self.rendezvous = rendezvous
+        self.pc = [0] * streams.num_ranks
+        self.posted: list[list[tuple[Instr, int]] | None] = [None] * streams.num_ranks
+        self.sent: dict[tuple[int, int], int] = defaultdict(int)  # sends posted per channel
+        self.recvd: dict[tuple[int, int], int] = defaultdict(int)  # receives posted per channel
+
+    def parts(self, r: int) -> list[tuple[Instr, int]]:
+        """Post the rank's current instruction (once); its p2p parts with their channel index."""
+        cur = self.posted[r]
+        if cur is None:
+            ins = self.streams.ranks[r].instrs[self.pc[r]]
+            cur = []
+            for p in (ins.parts if ins.op is isa.Op.BATCH else (ins,)):
+                if p.op.is_p2p:
+                    ch = _channel_of(r, p)
+                    counter = self.sent if p.op.is_send else self.recvd
+                    cur.append((p, counter[ch]))
+                    counter[ch] += 1
+            self.posted[r] = cur
+        return cur
+
+    def blocked_on(self, r: int) -> tuple[Instr, int] | None:
+        """The first part of rank r's current instruction that cannot complete yet, if any."""
+        for p, k in self.parts(r):
+            ch = _channel_of(r, p)
+            if p.op.is_recv and self.sent[ch] <= k:
+                return p, p.peer
+            if p.op.is_send and self.rendezvous and self.recvd[ch] <= k:
+                return p, p.peer
+        return None
+
+    def run(self) -> list[int]:
+        """Advance every rank as far as possible; return the ranks that cannot finish."""
+        progress = True
+        while progress:
+            progress = False
+            for r, rs in enumerate(self.streams.ranks):
+                while self.pc[r] < len(rs.instrs) and self.blocked_on(r) is None:
+                    self.pc[r] += 1
+                    self.posted[r] = None
+                    progress = True
+        return [r for r, rs in enumerate(self.streams.ranks) if self.pc[r] < len(rs.instrs)]
+
+
+def find_deadlock(streams: Streams, sends: str = "buffered") -> list[Wait] | None:
+    """None if every rank finishes; else the waits along a cycle of stuck ranks (or the chain
+    ending at a rank that has finished). Assumes :func:`check_matching` passed."""
+    assert sends in ("buffered", "rendezvous"), sends
+    ex = _Exec(streams, sends == "rendezvous")
+    stuck = ex.run()
+    if not stuck:
+        return None
+    waits: dict[int, Wait] = {}
+    for r in stuck:
+        b = ex.blocked_on(r)
+        assert b is not None
+        waits[r] = Wait(r, ex.pc[r], streams.ranks[r].instrs[ex.pc[r]], b[1])
+    chain: list[Wait] = []
+    r = stuck[0]
+    seen: dict[int, int] = {}
+    while r in waits and r not in seen:
+        seen[r] = len(chain)
+        chain.append(waits[r])
+        r = waits[r].on
+    return chain[seen[r]:] if r in seen else chain
+
+
+def check_deadlock(streams: Streams, sends: str = "buffered") -> None:
+    """Raise :class:`StreamError` if the streams mismatch or some rank would block forever."""
+    if len(streams.ranks) != streams.num_ranks or any(rs.rank != r for r, rs in enumerate(streams.ranks)):
+        raise StreamError("streams must list ranks 0..num_ranks-1 in order")
+    check_matching(streams)
+    waits = find_deadlock(streams, sends)
+    if waits is None:
+        return
+    if waits[-1].on in {w.rank for w in waits}:
+        cycle = " -> ".join(str(w.rank) for w in waits) + f" -> {waits[0].rank}"
+        head = f"deadlock ({sends} sends): ranks {cycle} wait on each other"
+    else:
+        head = f"deadlock ({sends} sends): rank {waits[-1].on} finished but rank {waits[-1].rank} still waits on it"
+    raise StreamError(head + "\n" + "\n".join(f"  {w}" for w in waits))
+
+
+# ------------------------------------------------------------------ emitters
+
+
+def emit_streams(program: Program) -> str:
+    """``--emit streams``: the ISA text form."""
+    return isa.to_text(codegen(program))
+
+
+def emit_json(program: Program) -> str:
+    """``--emit json``: the ISA JSON form."""
+    return isa.to_json(codegen(program))
+
+
+def _register() -> None:
+    from schedlang.cli import EMITTERS
+
+    EMITTERS["streams"] = emit_streams
+    EMITTERS["json"] = emit_json
+
+
+_register()
