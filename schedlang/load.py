@@ -82,7 +82,7 @@ def _what(d: S.Decl) -> str:
     if isinstance(d, S.ParamDecl):
         return f"parameter '{d.name}'"
     if isinstance(d, S.LetDecl):
-        return f"'{d.name}'"
+        return f"let '{d.name}'"
     if isinstance(d, S.OpDecl):
         return f"op kind '{d.name}'"
     return f"'{SINGLETONS[type(d)]}' clause"

@@ -41,6 +41,11 @@ from schedlang.ir import (
 )
 from schedlang.load import Item
 from schedlang.source import Note, SchedlangError, Span
+from schedlang.verify import verify_acyclic
+
+# Sanity caps: a typo such as `microbatches 88888888` must give an error, not exhaust the machine.
+MAX_OPS = 5_000_000
+MAX_LOOP_STEPS = 50_000_000
 
 
 class _Globals(dict[str, Any]):
@@ -77,6 +82,7 @@ class _State:
     placing: bool = False
     globals: Any = None
     place_decl: S.PlaceDecl | None = None
+    stages_span: Span | None = None
 
 
 def lower(items: list[Item], name: str, overrides: Mapping[str, Value] | None = None) -> Program:
@@ -108,8 +114,14 @@ def lower(items: list[Item], name: str, overrides: Mapping[str, Value] | None = 
     R = _positive(g["num_ranks"], clause[S.RanksDecl], "the number of ranks")
     Sn = _positive(g["num_stages"], stages_decl, "the number of stages")
     M = _positive(g["num_microbatches"], clause[S.MicrobatchesDecl], "the number of microbatches")
+    if len([d for d in decls if isinstance(d, S.OpDecl)]) * Sn * M > MAX_OPS:
+        raise SchedlangError(f"{Sn} stages x {M} microbatches x op kinds is over {MAX_OPS:,} ops; "
+                             "is a size parameter wrong?", clause[S.MicrobatchesDecl].span)
+    if R > MAX_OPS:
+        raise SchedlangError(f"{R} ranks is too many", clause[S.RanksDecl].span)
     for n in exprs:  # evaluate every global now, so an error in an unused one is still reported
         g[n]  # noqa: B018
+    st.stages_span = stages_decl.span
     placement = _placement(st, R, Sn)
     env: Env = dict(g)
 
@@ -125,7 +137,7 @@ def lower(items: list[Item], name: str, overrides: Mapping[str, Value] | None = 
     overlap = clause[S.OverlapDecl].mode if S.OverlapDecl in clause else "sum"
 
     program = Program(
-        name=os.path.splitext(os.path.basename(name))[0] or name,
+        name=os.path.splitext(os.path.basename(name.removeprefix("std:")))[0] or name,
         params=tuple((p, g[p]) for p in param_names),
         num_ranks=R,
         num_stages=Sn,
@@ -139,6 +151,7 @@ def lower(items: list[Item], name: str, overrides: Mapping[str, Value] | None = 
         rule_spans=tuple(d.span for d in dep_decls),
         mem_limit_span=ml_span,
     )
+    verify_acyclic(program)
     sched = clause.get(S.ScheduleDecl)
     if sched is None:
         return program
@@ -230,7 +243,7 @@ def _placement(st: _State, R: int, Sn: int) -> tuple[int, ...]:
     if place is None:
         if Sn != R:
             raise SchedlangError(f"{Sn} stages on {R} ranks need a 'place' clause "
-                                 "(e.g. 'place s => s % num_ranks')", None)
+                                 "(e.g. 'place s => s % num_ranks')", st.stages_span)
         result = tuple(range(Sn))
     elif place.binder is None:
         value = compile_expr(place.value, st.funcs)(g)
@@ -377,6 +390,7 @@ class _OrderRun:
     spans: list[list[Span | None]]
     where: dict[int, tuple[int, Span | None]]  # op id -> (rank, span) of its emission
     rank: int = 0
+    steps: int = 0
 
 
 def _run_orders(body: S.Orders, env: Env, program: Program, index: dict[tuple[str, int, int], int],
@@ -389,6 +403,8 @@ def _run_orders(body: S.Orders, env: Env, program: Program, index: dict[tuple[st
         if isinstance(blk, S.RankLoop):
             lo = expect_int(compile_expr(blk.lo, st.funcs)(local), blk.lo.span, "the first rank")
             hi = expect_int(compile_expr(blk.hi, st.funcs)(local), blk.hi.span, "the rank bound")
+            if hi - lo > MAX_OPS:
+                raise SchedlangError(f"rank loop {lo}..{hi} is too long", blk.span)
             ranks = [(r, blk.span) for r in range(lo, hi)]
             var: str | None = blk.var
         else:
@@ -444,6 +460,10 @@ def _compile_stmt(x: S.Stmt, st: _State, run: _OrderRun) -> Callable[[Env], None
         def loop(env: Env) -> None:
             a = expect_int(lo(env), lo_span, "a loop bound")
             b = expect_int(hi(env), hi_span, "a loop bound")
+            run.steps += max(0, b - a)
+            if run.steps > MAX_LOOP_STEPS:
+                raise SchedlangError(f"the schedule block runs over {MAX_LOOP_STEPS:,} loop steps; "
+                                     f"is a loop bound wrong? (this loop: {a}..{b})", x.span)
             for v in range(a, b):
                 env[var] = v
                 body(env)

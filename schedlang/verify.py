@@ -68,6 +68,7 @@ def verify_acyclic(p: Program) -> None:
         rule = next((e.rule for e in p.edges if e.src == a and e.dst == b), -1)
         if 0 <= rule < len(p.rule_spans) and rule not in rules:
             rules.append(rule)
+    rules.sort(reverse=True)  # the latest rule first: the user's own, rather than a library's
     spans = [p.rule_spans[r] for r in rules]
     notes = tuple(Note(s, "this rule is part of the cycle") for s in spans[1:])
     raise SchedlangError(f"dependency cycle: {labels}", spans[0] if spans else None, notes)
