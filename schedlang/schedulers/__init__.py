@@ -42,9 +42,12 @@ class Scheduler:
 
 
 def _load() -> dict[str, Scheduler]:
-    from schedlang.schedulers import list_sched
+    from schedlang.schedulers import (
+        heuristics,  # library (issue 3)
+        list_sched,
+    )
 
-    table = [list_sched.SCHEDULER]
+    table = [list_sched.SCHEDULER, *heuristics.SCHEDULERS]
     return {s.name: s for s in table}
 
 
