@@ -76,7 +76,7 @@ def resolve(call: SchedulerCall) -> tuple[Scheduler, dict[str, Value]]:
 
         near = difflib.get_close_matches(call.name, list(SCHEDULERS), n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
-        raise SchedlangError(f"unknown scheduler '{call.name}'{hint}; known: {', '.join(sorted(SCHEDULERS))}",
+        raise SchedlangError(f"unknown scheduler '{call.name}'{hint}; 'schedlang list' shows them all",
                              call.span)
     args: dict[str, Value] = {}
     for i, (name, value) in enumerate(call.args):
