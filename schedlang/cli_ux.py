@@ -1,0 +1,191 @@
+"""``schedlang render`` and ``schedlang compare``: look at a schedule, and set schedules side by side.
+
+``render FILE -o OUT.svg|OUT.png`` draws the pipeline picture (see :mod:`schedlang.render`).
+
+``compare A B ... [--set NAME=VALUE] [--scheduler S ...]`` lowers every program with the same
+parameter overrides (each override applies to the programs that declare it; one that no program
+declares is an error), schedules it with its own schedule clause or with each ``--scheduler``
+given, simulates it, and prints one row per (program, scheduler): bubble rate, makespan, cost,
+peak memory per rank and the time taken to lower and schedule it (``gen s``). ``--json`` prints a
+list of objects (``peak_memory`` is a per-rank list), ``--csv`` a header and one line per row
+(``peak_memory`` joined by ``;``). In the terminal the best bubble rate, makespan and peak are
+green (on a TTY only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from schedlang.cli import COMMANDS, add_program_args, load_program, write_output
+from schedlang.source import SchedlangError, Span, cli_source
+from schedlang.term import Column, Table, fmt_num, paint, use_colour
+
+# ------------------------------------------------------------------ render
+
+
+def _render_args(p: argparse.ArgumentParser) -> None:
+    add_program_args(p)
+    p.add_argument("-o", "--output", metavar="OUT", help="OUT.svg or OUT.png (default: SVG on stdout)")
+    p.add_argument("--memory", action="store_true", help="plot each rank's memory under its row")
+    p.add_argument("--width", type=int, default=0, help="picture width in pixels (default: from the schedule)")
+    p.add_argument("--format", choices=("svg", "png"), help="output format (default: from OUT's extension)")
+
+
+def _render_run(args: argparse.Namespace) -> int:
+    from schedlang.render import Style, layout, scene_png, scene_svg
+
+    fmt = args.format
+    if fmt is None:
+        ext = os.path.splitext(args.output or "")[1].lower()
+        if args.output and ext not in (".svg", ".png"):
+            raise SchedlangError(f"cannot tell the format of '{args.output}': use .svg or .png, or --format")
+        fmt = "png" if ext == ".png" else "svg"
+    if fmt == "png" and not args.output:
+        raise SchedlangError("PNG output needs -o OUT.png")
+    if args.width and args.width < 200:
+        raise SchedlangError(f"--width {args.width} is too small (at least 200 pixels)")
+    prog = load_program(args)
+    scene = layout(prog, memory=args.memory, style=Style(width=args.width))
+    if fmt == "png":
+        scene_png(scene, args.output)
+    else:
+        write_output(scene_svg(scene), args.output)
+    if args.output and args.output != "-":
+        print(f"wrote {args.output} ({scene.width}x{scene.height}, {len(prog.ops)} ops)", file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------ compare
+
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE", help="programs (.sched files or std:NAME)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a parameter in every program that declares it (repeatable)")
+    p.add_argument("--scheduler", dest="schedulers", action="append", default=[], metavar="NAME[:ARG=VALUE,...]",
+                   help="schedule every program with this scheduler (repeatable; default: each program's own)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print a JSON list, one object per row")
+    out.add_argument("--csv", action="store_true", help="print CSV with a header line")
+    p.add_argument("-o", "--output", metavar="PATH", help="write to PATH instead of stdout")
+
+
+def _declared(path: str) -> set[str]:
+    from schedlang import syntax as S
+    from schedlang.api import load_items
+
+    _, items = load_items(path)
+    return {it.decl.name for it in items if isinstance(it.decl, S.ParamDecl)}
+
+
+def _sets_for(files: list[str], sets: list[str]) -> dict[str, list[str]]:
+    """The ``--set`` arguments each file declares; an override that no file declares is an error."""
+    from schedlang.api import parse_assignment
+
+    declared = {f: _declared(f) for f in files}
+    out: dict[str, list[str]] = {f: [] for f in files}
+    for text in sets:
+        name, _ = parse_assignment(text)
+        users = [f for f in files if name in declared[f]]
+        if not users:
+            raise SchedlangError(f"no program declares a parameter '{name}'",
+                                 Span(cli_source(text), 1, 1, 1, len(name) + 1))
+        for f in users:
+            out[f].append(text)
+    return out
+
+
+def compare_rows(files: list[str], sets: list[str], schedulers: list[str]) -> list[dict[str, Any]]:
+    """One dict per (program, scheduler): the figures ``simulate`` reports plus generation time."""
+    from schedlang.simulate import simulate
+
+    per_file = _sets_for(files, sets)
+    rows = []
+    for f in files:
+        choices: list[str | None] = list(schedulers) or [None]
+        for sched in choices:
+            ns = argparse.Namespace(file=f, sets=per_file[f], scheduler=sched)
+            t0 = time.perf_counter()
+            prog = load_program(ns)
+            gen = time.perf_counter() - t0
+            sim = simulate(prog)
+            rows.append({
+                "program": f, "scheduler": sched or prog.orders.origin,
+                "num_ranks": prog.num_ranks, "num_stages": prog.num_stages,
+                "num_microbatches": prog.num_microbatches, "num_ops": len(prog.ops),
+                "bubble_rate": sim.bubble_rate, "makespan": sim.makespan, "cost": sim.cost, "bubble": sim.bubble,
+                "peak_memory": [r.peak_memory for r in sim.ranks], "generation_s": gen,
+                "ignored_sets": [s for s in sets if s not in per_file[f]],
+            })
+    return rows
+
+
+def _peak_cell(peaks: list[float]) -> str:
+    if len(peaks) <= 8:
+        return " ".join(fmt_num(x, 4) for x in peaks)
+    hi = max(range(len(peaks)), key=lambda r: peaks[r])
+    return f"max {fmt_num(peaks[hi], 4)} (rank {hi}), min {fmt_num(min(peaks), 4)}"
+
+
+def compare_table(rows: list[dict[str, Any]]) -> Table:
+    """The terminal table of :func:`compare_rows`, best figures highlighted."""
+    table = Table([Column("program", "<", str), Column("scheduler", "<", str), Column("p x m", "<", str),
+                   Column("bubble rate", fmt=lambda x: f"{x * 100:.2f}%"), Column("makespan"), Column("cost"),
+                   Column("peak memory per rank", "<", str), Column("gen s", fmt=lambda x: f"{x:.3f}")])
+    for row in rows:
+        shape = f"{row['num_ranks']} x {row['num_microbatches']}"
+        if row["num_stages"] != row["num_ranks"]:
+            shape += f" ({row['num_stages']} stages)"
+        table.add(row["program"], row["scheduler"], shape, row["bubble_rate"], row["makespan"], row["cost"],
+                  _peak_cell(row["peak_memory"]), row["generation_s"])
+    if len(rows) > 1:
+        for col, key in ((3, lambda r: r["bubble_rate"]), (4, lambda r: r["makespan"]),
+                         (6, lambda r: max(r["peak_memory"]))):
+            best = min(key(r) for r in rows)
+            for i, r in enumerate(rows):
+                if key(r) <= best + 1e-12:
+                    table.highlight(i, col, "green", "bold")
+    return table
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    keys = ["program", "scheduler", "num_ranks", "num_stages", "num_microbatches", "num_ops", "bubble_rate",
+            "makespan", "cost", "bubble", "peak_memory", "generation_s"]
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(keys)
+    for r in rows:
+        w.writerow([";".join(repr(x) for x in r[k]) if k == "peak_memory" else
+                    (repr(r[k]) if isinstance(r[k], float) else r[k]) for k in keys])
+    return buf.getvalue()
+
+
+def _compare_run(args: argparse.Namespace) -> int:
+    rows = compare_rows(args.files, args.sets, args.schedulers)
+    if args.json:
+        write_output(json.dumps(rows, indent=1) + "\n", args.output)
+        return 0
+    if args.csv:
+        write_output(_csv_text(rows), args.output)
+        return 0
+    to_file = args.output is not None and args.output != "-"
+    colour = not to_file and use_colour(sys.stdout)
+    text = compare_table(rows).render(colour)
+    for r in rows:
+        if r["ignored_sets"]:
+            note = f"note: {r['program']} does not declare {', '.join(r['ignored_sets'])}; left at its default"
+            text += paint(note, "yellow", enabled=colour) + "\n"
+    write_output(text, args.output)
+    return 0
+
+
+COMMANDS["render"] = ("draw a schedule as SVG or PNG: one row per rank, time across", _render_args, _render_run)
+COMMANDS["compare"] = ("compare programs or schedulers on the same costs: bubble, makespan, memory",
+                       _compare_args, _compare_run)
