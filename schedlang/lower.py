@@ -281,7 +281,7 @@ def _instantiate(decls: list[S.Decl], env: Env, placement: tuple[int, ...], Sn: 
     for d in decls:
         if not isinstance(d, S.OpDecl):
             continue
-        attrs = {type(a): a for a in d.attrs}
+        attrs: dict[type, Any] = {type(a): a for a in d.attrs}
         role_attr = attrs.get(S.RoleAttr)
         role = Role[role_attr.role] if role_attr else DEFAULT_ROLES.get(d.name, Role.USER)
         kinds.append(OpKind(d.name, role, d.span))

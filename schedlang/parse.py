@@ -330,7 +330,8 @@ def _syntax_error(source: Source, exc: UnexpectedInput) -> SchedlangError:
             msg = f"unexpected {str(tok)!r}" + _describe_expected(exc.expected)
             line, col = tok.line or line, tok.column or col
     elif isinstance(exc, UnexpectedCharacters):
-        ch = source.text[exc.pos_in_stream] if exc.pos_in_stream < len(source.text) else ""
+        pos = exc.pos_in_stream or 0
+        ch = source.text[pos] if pos < len(source.text) else ""
         msg = f"unexpected character {ch!r}"
     elif isinstance(exc, UnexpectedEOF):
         msg = "unexpected end of input"
