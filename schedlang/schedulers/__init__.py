@@ -45,9 +45,10 @@ def _load() -> dict[str, Scheduler]:
     from schedlang.schedulers import (
         heuristics,  # library (issue 3)
         list_sched,
+        zb_auto,
     )
 
-    table = [list_sched.SCHEDULER, *heuristics.SCHEDULERS]
+    table = [list_sched.SCHEDULER, *heuristics.SCHEDULERS, zb_auto.SCHEDULER]
     return {s.name: s for s in table}
 
 
