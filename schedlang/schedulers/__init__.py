@@ -44,11 +44,12 @@ class Scheduler:
 def _load() -> dict[str, Scheduler]:
     from schedlang.schedulers import (
         heuristics,  # library (issue 3)
+        ilp,  # optimizer (issue 8); imports ortools only when it runs
         list_sched,
         zb_auto,
     )
 
-    table = [list_sched.SCHEDULER, *heuristics.SCHEDULERS, zb_auto.SCHEDULER]
+    table = [list_sched.SCHEDULER, *heuristics.SCHEDULERS, zb_auto.SCHEDULER, ilp.SCHEDULER]
     return {s.name: s for s in table}
 
 

@@ -1,0 +1,66 @@
+"""``ilp``: the CP-SAT optimizer (issue 8).
+
+Three pieces, as STYLE.md asks: :mod:`.model` builds the model (pure, inspectable),
+:mod:`.solve` solves it (seeded, deterministic time limit; reports objective, bound and gap;
+:mod:`.lns` holds the search loop), :mod:`.apply` turns a solution into orders. :mod:`.bounds`
+derives the structural lower bounds that make the gap meaningful.
+
+Use it from the DSL (``schedule "ilp"(objective = "span", time_limit = 60)``), the command line
+(``--scheduler ilp:objective=makespan,time_limit=10``) or Python (:func:`optimize`, which also
+returns the :class:`~schedlang.schedulers.ilp.solve.Report`). ortools is imported only when the
+optimizer runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+
+from schedlang.ir import Orders, Program, Value
+from schedlang.schedulers import Arg, Scheduler
+from schedlang.schedulers.ilp.solve import Report, optimize
+
+__all__ = ["SCHEDULER", "Report", "optimize", "run"]
+
+
+def _num(args: Mapping[str, Value], name: str, default: float) -> float:
+    v = args.get(name, default)
+    assert isinstance(v, (int, float)) and not isinstance(v, bool)
+    return float(v)
+
+
+def run(program: Program, args: Mapping[str, Value]) -> Orders:
+    """The scheduler function: :func:`optimize` with the call's arguments; the report goes to
+    ``schedlang.schedulers.ilp.solve.last_report`` and (a summary line) to stderr."""
+    limit = args.get("mem_limit")
+    orders, report = optimize(
+        program,
+        objective=str(args.get("objective", "span")),
+        time_limit=_num(args, "time_limit", 60.0),
+        mem_limit=float(limit) if isinstance(limit, (int, float)) and not isinstance(limit, bool) else None,
+        seed=int(_num(args, "seed", 0)),
+        workers=int(_num(args, "workers", 1)),
+        fifo=bool(args.get("fifo", True)),
+        lns=bool(args.get("lns", True)),
+        deterministic=bool(args.get("deterministic", True)),
+        progress=sys.stderr if args.get("progress", True) else None,
+    )
+    return orders
+
+
+SCHEDULER = Scheduler(
+    name="ilp",
+    summary="CP-SAT optimizer under the memory limit, warm-started from the best heuristic, with a proved gap",
+    fn=run,
+    args={
+        "objective": Arg(str, "span", "span (the paper's cost: the largest per-rank span) or makespan"),
+        "time_limit": Arg(float, 60.0, "CP-SAT deterministic time budget (about seconds)"),
+        "mem_limit": Arg(float, None, "per-rank memory limit (default: the program's)"),
+        "seed": Arg(int, 0, "random seed"),
+        "workers": Arg(int, 1, "CP-SAT workers (>1 interleaves subsolvers deterministically)"),
+        "fifo": Arg(bool, True, "microbatches of one op kind and stage in order (when lossless)"),
+        "lns": Arg(bool, True, "large-neighbourhood search after the first full solve"),
+        "deterministic": Arg(bool, True, "deterministic time limit (false: wall-clock seconds)"),
+        "progress": Arg(bool, True, "progress lines on stderr"),
+    },
+)

@@ -1,0 +1,207 @@
+"""Structural lower bounds on a pipeline's span cost and makespan, valid for every schedule.
+
+CP-SAT's own bound stays near "no bubble" for minutes on these problems, so the optimizer feeds it
+these instead (as ``obj >= bound``) and reports its gap against them.
+
+For every rank ``r`` (``busy_r`` = the sum of its op times):
+
+1. **Work**: ``span_r >= busy_r``.
+2. **Start round trip** (REFERENCE.md section 1, appendix B of the zero-bubble paper). On a rank
+   with one stage of interchangeable microbatches and ops F, B (or fused BW) and optionally W,
+   every ``B[s, j]`` starts at least ``RT`` after ``F[s, j]`` starts, where ``RT`` is the longest
+   dependency path from the start of ``F[s, 0]`` to the start of ``B[s, 0]`` (the forwards down
+   the pipeline, the backwards back, the comm both ways). From the rank's first op ``t0`` to
+   ``t0 + RT`` it can run only forwards, and with nothing freed yet at most
+   ``k = floor(limit / M_F)`` of them: idle ``>= RT - min(k, m) * T_F``.
+3. **End round trip** (the mirror): let ``t`` be the start of the rank's last forward. ``B`` of that
+   microbatch starts at ``t + RT`` or later, so within ``[t, t + RT]`` the rank can run only that
+   forward and the ``B``/``W`` of microbatches whose memory it still holds at ``t``: if ``a`` of
+   them still wait for ``B`` (``M_F`` each) and ``b`` only for ``W`` (``M_W`` each), then
+   ``(1 + a) M_F + b M_W <= limit`` and the work is at most ``T_F + a (T_B + T_W) + b T_W``; the
+   idle is at least ``RT`` minus the best such work (a small knapsack over ``a``).
+   When ``m > k`` the two windows are disjoint (the ``(k+1)``-th forward needs a ``B`` first,
+   which cannot start before ``t0 + RT``), so the idles add; otherwise the larger one counts.
+
+So ``span_r >= busy_r + idle_r`` and the span cost is at least the maximum over ranks. For the
+makespan: the critical path, and per rank the earliest its first op can start plus that span
+bound plus the least time after its last op.
+
+Rank shapes outside (2, 3) (several stages per rank, user op kinds) only get the work bound.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from schedlang.ir import Program, Role
+
+EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class RankBound:
+    """How the bound on one rank's span was obtained."""
+
+    rank: int
+    busy: float
+    round_trip: float = 0.0
+    forwards_fit: int = 0
+    start_idle: float = 0.0
+    end_idle: float = 0.0
+    idle: float = 0.0
+
+    @property
+    def span(self) -> float:
+        return self.busy + self.idle
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A lower bound on an objective, with the per-rank parts it came from."""
+
+    objective: str
+    value: float
+    ranks: tuple[RankBound, ...] = field(default=())
+    critical_path: float = 0.0
+
+    def describe(self) -> str:
+        parts = [f"{self.objective} >= {self.value:.6g}"]
+        worst = max(self.ranks, key=lambda b: b.span, default=None)
+        if worst is not None and worst.idle > 0:
+            parts.append(f"(rank {worst.rank}: work {worst.busy:.6g} + idle {worst.start_idle:.6g} at the start"
+                         f" + {worst.end_idle:.6g} at the end, round trip {worst.round_trip:.6g},"
+                         f" {worst.forwards_fit} forwards fit)")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class _Shape:
+    stage: int
+    f: int  # op id of F[s, 0]
+    b: int  # op id of B[s, 0] (or BW)
+    tf: float
+    tb: float
+    tw: float
+    mf: float  # memory one F allocates
+    mw: float  # memory held between B and W
+    w: int | None  # op id of W[s, 0]
+
+
+def _rank_shape(p: Program, r: int, fifo_ok: bool) -> _Shape | None:
+    stages = p.stages_on(r)
+    if not fifo_ok or len(stages) != 1:
+        return None
+    s = stages[0]
+    by_role: dict[Role, list[str]] = {}
+    for k in p.kinds:
+        if p.find(k.name, s, 0) is not None:
+            by_role.setdefault(k.role, []).append(k.name)
+    if Role.USER in by_role or any(len(v) != 1 for v in by_role.values()):
+        return None
+    fk = by_role.get(Role.F)
+    bk = by_role.get(Role.B) or by_role.get(Role.BW)
+    if not fk or not bk or (Role.B in by_role and Role.BW in by_role):
+        return None
+    if Role.W in by_role and Role.B not in by_role:
+        return None
+    f, b = p.find(fk[0], s, 0), p.find(bk[0], s, 0)
+    w = p.find(by_role[Role.W][0], s, 0) if Role.W in by_role else None
+    assert f is not None and b is not None
+    mw = -w.mem if w is not None else 0.0
+    if f.mem <= 0 or mw < -EPS or b.mem > EPS or abs(f.mem + b.mem - mw) > 1e-6 * max(1.0, f.mem):
+        return None
+    return _Shape(s, f.id, b.id, f.time, b.time, w.time if w is not None else 0.0, f.mem, max(0.0, mw),
+                  w.id if w is not None else None)
+
+
+def longest_from(p: Program, src: int) -> list[float]:
+    """Longest dependency path from the start of ``src`` to the start of every op (-inf if none)."""
+    n = len(p.ops)
+    dist = [-math.inf] * n
+    dist[src] = 0.0
+    succs = p.succs()
+    for k in _topo(p):
+        if dist[k] == -math.inf:
+            continue
+        for d, lat in succs[k]:
+            dist[d] = max(dist[d], dist[k] + p.ops[k].time + lat)
+    return dist
+
+
+def _topo(p: Program) -> list[int]:
+    cached = p._cache.get("ilp_topo")
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    from schedlang.schedulers.ilp.model import topo_order
+
+    order = topo_order(len(p.ops), [[d for d, _ in s] for s in p.succs()])
+    p._cache["ilp_topo"] = order
+    return order
+
+
+def _end_work(sh: _Shape, m: int, limit: float) -> float:
+    """The most work a rank can do in the window after its last forward starts (item 3)."""
+    best = -math.inf
+    for a in range(m):
+        room = limit - (1 + a) * sh.mf
+        if room < -EPS * max(1.0, abs(limit)):
+            break
+        rest = m - 1 - a
+        b = rest if sh.mw <= 0 or not math.isfinite(room) else min(rest, math.floor(room / sh.mw + EPS))
+        best = max(best, sh.tf + a * (sh.tb + sh.tw) + b * sh.tw)
+    return best if best > -math.inf else sh.tf
+
+
+def rank_bound(p: Program, r: int, limit: float, fifo_ok: bool) -> RankBound:
+    """The span bound of one rank (module docstring, items 1 to 3)."""
+    busy = sum(o.time for o in p.ops if o.rank == r)
+    sh = _rank_shape(p, r, fifo_ok)
+    if sh is None:
+        return RankBound(r, busy)
+    rt = longest_from(p, sh.f)[sh.b]
+    if rt == -math.inf or (sh.w is not None and longest_from(p, sh.b)[sh.w] == -math.inf):
+        return RankBound(r, busy)  # B not after F, or W not after B: the argument needs both
+    m = p.num_microbatches
+    k = m if not math.isfinite(limit) else math.floor(limit / sh.mf + EPS)
+    start_idle = max(0.0, rt - min(k, m) * sh.tf)
+    end_idle = max(0.0, rt - _end_work(sh, m, limit))
+    idle = start_idle + end_idle if m > k else max(start_idle, end_idle)
+    return RankBound(r, busy, rt, min(k, m), start_idle, end_idle, idle)
+
+
+def lower_bound(p: Program, limits: Sequence[float], objective: str = "span") -> Bound:
+    """A lower bound on ``objective`` (``span`` or ``makespan``) for every valid schedule."""
+    from schedlang.schedulers.ilp.model import fifo_is_safe
+
+    fifo_ok = fifo_is_safe(p)
+    ranks = tuple(rank_bound(p, r, limits[r], fifo_ok) for r in range(p.num_ranks))
+    span = max((b.span for b in ranks), default=0.0)
+    if objective == "span":
+        return Bound("span", span, ranks)
+    head, tail = _heads_tails(p)
+    cp = max((head[k] + tail[k] for k in range(len(p.ops))), default=0.0)
+    best = cp
+    for b in ranks:
+        on = [o.id for o in p.ops if o.rank == b.rank]
+        if on:
+            after = min(tail[k] - p.ops[k].time for k in on)
+            best = max(best, min(head[k] for k in on) + b.span + after)
+    return Bound("makespan", best, ranks, cp)
+
+
+def _heads_tails(p: Program) -> tuple[list[float], list[float]]:
+    """Earliest start of every op, and the longest path from its start to the end of everything."""
+    n = len(p.ops)
+    order = _topo(p)
+    succs, preds = p.succs(), p.preds()
+    head = [0.0] * n
+    for k in order:
+        for d, lat in succs[k]:
+            head[d] = max(head[d], head[k] + p.ops[k].time + lat)
+    tail = [o.time for o in p.ops]
+    for k in reversed(order):
+        for s, lat in preds[k]:
+            tail[s] = max(tail[s], p.ops[s].time + lat + tail[k])
+    return head, tail

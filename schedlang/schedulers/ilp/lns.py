@@ -1,0 +1,108 @@
+"""The search: one full CP-SAT solve, then large-neighbourhood rounds until the time limit.
+
+A round keeps the per-rank order of every op outside a neighbourhood (they may still move in
+time) and lets CP-SAT reorder the ops inside it freely, starting from the incumbent (hints) with
+the incumbent's value as the upper bound. Neighbourhoods cycle deterministically through
+sliding time windows (the ops whose incumbent start lies in a window) of two widths and through
+pairs of adjacent ranks. Every sub-solve has a slice of the deterministic time budget, so the
+whole search is reproducible. The full solve's best bound (with the structural bound as
+``obj >= bound``) is the proof; rounds only improve the incumbent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from schedlang.schedulers.ilp.model import build_model
+
+FULL_SHARE = 0.3  # of the time limit, for the first full solve
+ROUND_TIME = 2.0  # deterministic seconds per neighbourhood round (at most)
+
+
+def search(problem: Any, hint: list[int], *, time_limit: float, seed: int, workers: int,
+           deterministic: bool, lns: bool, shown: Any) -> tuple[list[int], int, float, int, str]:
+    """Returns (best start times, proved bound, deterministic time used, rounds, status of the full solve)."""
+    from schedlang.schedulers.ilp.solve import horizon, model_value, solve_model
+
+    sc = problem.sc
+    best = list(hint)
+    upper = model_value(problem, best)
+    lower = problem.lower
+    if upper <= lower:
+        return best, lower, 0.0, 0, "OPTIMAL"
+
+    def seen(obj: float, bnd: float) -> None:
+        shown.line("solution", sc.to_time(int(obj)), sc.to_time(max(int(bnd), lower)))
+
+    model = build_model(problem.iprog, sc, objective=problem.objective, upper=upper, lower=lower,
+                        horizon=horizon(problem, upper), fifo=problem.fifo, hint=best)
+    budget = time_limit * (FULL_SHARE if lns else 1.0)
+    status, starts, bound, used = solve_model(model, time_limit=budget, seed=seed, workers=workers,
+                                              deterministic=deterministic, on_solution=seen)
+    if starts is not None and model_value(problem, starts) <= upper:
+        best, upper = starts, model_value(problem, starts)
+    bound = max(bound, lower)
+    if status == "OPTIMAL" or upper <= bound or not lns:
+        return best, bound, used, 0, status
+    rounds = 0
+    for hood in neighbourhoods(problem, time_limit):
+        left = time_limit - used
+        if left <= 0.05 or upper <= bound:
+            break
+        free = hood(best)
+        fixed = _fixed_orders(problem, best, free)
+        sub = build_model(problem.iprog, sc, objective=problem.objective, upper=upper, lower=bound,
+                          horizon=horizon(problem, upper), fifo=problem.fifo, hint=best, fixed_order=fixed)
+        _, got, _, dt = solve_model(sub, time_limit=min(ROUND_TIME, left), seed=seed + rounds, workers=1,
+                                    deterministic=deterministic)
+        used += dt
+        rounds += 1
+        if got is not None:
+            val = model_value(problem, got)
+            if val < upper:
+                shown.line(f"lns#{rounds}", sc.to_time(val), sc.to_time(bound))
+            if val <= upper:
+                best, upper = got, val
+    return best, bound, used, rounds, status
+
+
+def _fixed_orders(problem: Any, starts: Sequence[int], free: set[int]) -> dict[int, list[int]]:
+    p = problem.iprog
+    pos = {k: i for i, k in enumerate(problem.topo)}
+    out: dict[int, list[int]] = {}
+    for r in range(p.num_ranks):
+        chain = [o.id for o in p.ops if o.rank == r and o.id not in free]
+        chain.sort(key=lambda k: (starts[k], pos[k]))
+        out[r] = chain
+    return out
+
+
+def neighbourhoods(problem: Any, time_limit: float) -> Any:
+    """An endless deterministic cycle of neighbourhood choosers: incumbent -> set of free op ids."""
+    p = problem.iprog
+    n = len(p.ops)
+    R = p.num_ranks
+    widths = [max(8, min(n, 160)), max(8, min(n, 80))]
+
+    def window(lo_frac: float, size: int) -> Any:
+        def pick(starts: Sequence[int]) -> set[int]:
+            order = sorted(range(n), key=lambda k: (starts[k], k))
+            lo = int(lo_frac * max(0, n - size))
+            return set(order[lo:lo + size])
+        return pick
+
+    def ranks(r0: int, cnt: int) -> Any:
+        def pick(_starts: Sequence[int]) -> set[int]:
+            chosen = {(r0 + i) % R for i in range(cnt)}
+            return {o.id for o in p.ops if o.rank in chosen}
+        return pick
+
+    cycle: list[Any] = []
+    for size in widths:
+        steps = max(1, 2 * (n // size))
+        cycle += [window(i / steps, size) for i in range(steps + 1)]
+    if R > 2:
+        cycle += [ranks(r, 2) for r in range(R - 1)]
+    while True:
+        yield from cycle

@@ -1,0 +1,278 @@
+"""Build the CP-SAT model of a scheduling problem (pure: no solving, no I/O).
+
+The model (REFERENCE.md section 2, in CP-SAT form):
+
+- one fixed-size interval per op (start variable, integer duration);
+- ``AddNoOverlap`` per rank: a rank runs one op at a time;
+- ``start[dst] >= start[src] + dur[src] + latency`` per dependency edge;
+- memory per rank as a reservoir: an op changes its rank's level by its memory delta at its start;
+  the level stays within ``[lowest possible, limit]``. (Ops of one rank never overlap, so the
+  level between two starts is the prefix sum the verifier checks; zero-length ops are the one
+  corner where the two can differ, and the applied orders are re-verified anyway.)
+- FIFO symmetry breaking: the microbatches of one op kind on one stage run in microbatch order.
+  This loses nothing when microbatches are interchangeable (same time and memory per
+  ``(kind, stage)``, every edge within one microbatch, the same edge pattern for each): sort the
+  ops of each ``(kind, stage)`` by start and relabel; dependencies and memory still hold.
+  :func:`fifo_is_safe` checks exactly that and the model drops FIFO otherwise.
+- objective ``span``: ``obj >= end(b) - start(a)`` for every rank, every op ``a`` that can be the
+  rank's first (no ancestor on the rank) and ``b`` that can be its last (no descendant on it);
+  objective ``makespan``: ``obj >= end(o)`` for every sink;
+- ``lower <= obj <= upper``: the structural lower bound (bounds.py) and the warm start's value.
+
+Times are floats in the IR; :func:`scale_program` maps them to integers: every time and latency
+is multiplied by ``scale`` (a power of ten, chosen as the least one that makes all of them
+integers up to 1e-9 relative, at most 10**6; otherwise the one giving about 10**4 steps for the
+longest op, and the result is flagged inexact). Memory deltas and limits get their own power of
+ten (inexact deltas are rounded up: conservative). The applied orders are always re-simulated
+with the exact float times; figures reported to users come from that simulation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from schedlang.ir import Program
+
+MAX_DIGITS = 6
+
+
+@dataclass(frozen=True)
+class Scaled:
+    """The integer view of a program: durations, latencies, memory deltas and limits."""
+
+    scale: int  # model time units per unit of program time
+    dur: tuple[int, ...]  # per op
+    edges: tuple[tuple[int, int, int], ...]  # (src, dst, latency)
+    exact: bool  # True if every time and latency is an exact multiple of 1/scale
+    mem_scale: int
+    mem: tuple[int, ...]  # per op
+    limits: tuple[int | None, ...]  # per rank; None = unlimited
+
+    @property
+    def resolution(self) -> float:
+        """The program-time length of one model time unit."""
+        return 1.0 / self.scale
+
+    def to_time(self, units: int) -> float:
+        return units / self.scale
+
+    def from_time(self, t: float) -> int:
+        return int(round(t * self.scale))
+
+
+def _power_of_ten(values: Sequence[float]) -> tuple[int, bool]:
+    vals = [abs(v) for v in values if v and math.isfinite(v)]
+    for k in range(MAX_DIGITS + 1):
+        s = 10**k
+        if all(abs(v * s - round(v * s)) <= 1e-9 * max(1.0, v * s) for v in vals):
+            return s, True
+    top = max(vals, default=1.0)
+    k = max(0, min(MAX_DIGITS, math.ceil(math.log10(1e4 / top)))) if top > 0 else 0
+    return 10**k, False
+
+
+def scale_program(program: Program, limits: Sequence[float]) -> Scaled:
+    """Integer durations, latencies and memory for ``program`` under per-rank ``limits``."""
+    times = [o.time for o in program.ops] + [e.latency for e in program.edges]
+    s, exact = _power_of_ten(times)
+    dur = tuple(int(round(o.time * s)) for o in program.ops)
+    edges = tuple((e.src, e.dst, int(round(e.latency * s))) for e in program.edges)
+    mems = [o.mem for o in program.ops] + [x for x in limits if math.isfinite(x)]
+    ms, mexact = _power_of_ten(mems)
+    mem = tuple(int(round(o.mem * ms)) if mexact else math.ceil(o.mem * ms - 1e-9) for o in program.ops)
+    lim = tuple(None if not math.isfinite(x) else math.floor(x * ms + 1e-9 * max(1.0, abs(x * ms)))
+                for x in limits)
+    return Scaled(s, dur, edges, exact, ms, mem, lim)
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def fifo_is_safe(program: Program) -> bool:
+    """True if the microbatches are interchangeable, so FIFO order per (kind, stage) loses nothing."""
+    m = program.num_microbatches
+    ref: dict[tuple[str, int], tuple[float, float]] = {}
+    for o in program.ops:
+        key = (o.kind, o.stage)
+        if ref.setdefault(key, (o.time, o.mem)) != (o.time, o.mem):
+            return False
+    counts: dict[tuple[str, int], int] = {}
+    for o in program.ops:
+        counts[(o.kind, o.stage)] = counts.get((o.kind, o.stage), 0) + 1
+    if any(c != m for c in counts.values()):
+        return False
+    patterns: list[set[tuple[str, int, str, int, float]]] = [set() for _ in range(m)]
+    ops = program.ops
+    for e in program.edges:
+        a, b = ops[e.src], ops[e.dst]
+        if a.mb != b.mb:
+            return False
+        patterns[a.mb].add((a.kind, a.stage, b.kind, b.stage, e.latency))
+    per_mb = [0] * m
+    for e in program.edges:
+        per_mb[ops[e.src].mb] += 1
+    return all(p == patterns[0] for p in patterns) and len(set(per_mb)) <= 1
+
+
+def fifo_chains(program: Program) -> list[list[int]]:
+    """Op ids of each (kind, stage), in microbatch order."""
+    groups: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for o in program.ops:
+        groups.setdefault((o.kind, o.stage), []).append((o.mb, o.id))
+    return [[k for _, k in sorted(v)] for _, v in sorted(groups.items())]
+
+
+def topo_order(n: int, succ: Sequence[Sequence[int]]) -> list[int]:
+    indeg = [0] * n
+    for k in range(n):
+        for d in succ[k]:
+            indeg[d] += 1
+    stack = [k for k in range(n) if indeg[k] == 0]
+    out = []
+    while stack:
+        k = stack.pop()
+        out.append(k)
+        for d in succ[k]:
+            indeg[d] -= 1
+            if indeg[d] == 0:
+                stack.append(d)
+    assert len(out) == n, "dependency cycle in the ILP's precedence graph"
+    return out
+
+
+@dataclass(frozen=True)
+class Precedence:
+    """The precedence graph the model uses: program edges plus FIFO chains (with delays)."""
+
+    arcs: tuple[tuple[int, int, int], ...]  # (src, dst, delay): start[dst] >= start[src] + delay
+    head: tuple[int, ...]  # earliest start of each op
+    tail: tuple[int, ...]  # least time from each op's start to the end of everything
+    first: tuple[tuple[int, ...], ...]  # per rank: ops with no ancestor on that rank
+    last: tuple[tuple[int, ...], ...]  # per rank: ops with no descendant on that rank
+    sinks: tuple[int, ...]
+
+
+def precedence(program: Program, sc: Scaled, fifo: bool) -> Precedence:
+    """Longest-path heads and tails and first/last candidates per rank."""
+    n = len(program.ops)
+    arcs = [(s, d, sc.dur[s] + lat) for s, d, lat in sc.edges]
+    if fifo:
+        for chain in fifo_chains(program):
+            arcs += [(a, b, sc.dur[a]) for a, b in zip(chain, chain[1:], strict=False)]
+    succ: list[list[int]] = [[] for _ in range(n)]
+    out_arcs: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+    in_arcs: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+    for s, d, w in arcs:
+        succ[s].append(d)
+        out_arcs[s].append((d, w))
+        in_arcs[d].append((s, w))
+    order = topo_order(n, succ)
+    head = [0] * n
+    anc = [0] * n  # bitmask of ranks holding an ancestor
+    for k in order:
+        for d, w in out_arcs[k]:
+            head[d] = max(head[d], head[k] + w)
+            anc[d] |= anc[k] | (1 << program.ops[k].rank)
+    tail = [sc.dur[k] for k in range(n)]
+    desc = [0] * n
+    for k in reversed(order):
+        for s, w in in_arcs[k]:
+            tail[s] = max(tail[s], w + tail[k])
+            desc[s] |= desc[k] | (1 << program.ops[k].rank)
+    R = program.num_ranks
+    first = [[] for _ in range(R)]  # type: list[list[int]]
+    last = [[] for _ in range(R)]  # type: list[list[int]]
+    for o in program.ops:
+        bit = 1 << o.rank
+        if not anc[o.id] & bit:
+            first[o.rank].append(o.id)
+        if not desc[o.id] & bit:
+            last[o.rank].append(o.id)
+    sinks = tuple(k for k in range(n) if not out_arcs[k])
+    return Precedence(tuple(arcs), tuple(head), tuple(tail), tuple(map(tuple, first)),
+                      tuple(map(tuple, last)), sinks)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass
+class IlpModel:
+    """A built CP-SAT model and the handles needed to read a solution back."""
+
+    model: Any  # ortools.sat.python.cp_model.CpModel
+    start: list[Any]  # IntVar per op
+    obj: Any  # IntVar
+    scaled: Scaled
+    objective: str
+    horizon: int
+    fifo: bool
+    prec: Precedence
+    lower: int
+    upper: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_model(program: Program, sc: Scaled, *, objective: str, upper: int, lower: int, horizon: int,
+                fifo: bool, hint: Sequence[int] | None = None,
+                fixed_order: Mapping[int, Sequence[int]] | None = None,
+                windows: Sequence[tuple[int, int]] | None = None) -> IlpModel:
+    """Build the model (see the module docstring).
+
+    ``upper``/``lower`` bound the objective (model units); ``horizon`` bounds every end time.
+    ``hint`` gives start times to try first. For large-neighbourhood search, ``fixed_order`` maps
+    a rank to a chain of its op ids that must keep that order, and ``windows`` gives per op an
+    allowed start range (both optional).
+    """
+    from ortools.sat.python import cp_model
+
+    assert objective in ("span", "makespan")
+    n = len(program.ops)
+    prec = precedence(program, sc, fifo)
+    m = cp_model.CpModel()
+    start = []
+    for k in range(n):
+        lo, hi = prec.head[k], horizon - prec.tail[k]
+        if windows is not None:
+            lo, hi = max(lo, windows[k][0]), min(hi, windows[k][1])
+        start.append(m.NewIntVar(lo, max(lo, hi), f"s{k}"))
+    R = program.num_ranks
+    for r in range(R):
+        on = [k for k in range(n) if program.ops[k].rank == r]
+        m.AddNoOverlap([m.NewFixedSizeIntervalVar(start[k], sc.dur[k], f"i{k}") for k in on])
+        _memory(m, sc, r, on, start)
+    for s, d, w in prec.arcs:
+        m.Add(start[d] >= start[s] + w)
+    if fixed_order:
+        for chain in fixed_order.values():
+            for a, b in zip(chain, chain[1:], strict=False):
+                m.Add(start[b] >= start[a] + sc.dur[a])
+    obj = m.NewIntVar(lower, max(lower, upper), "obj")
+    if objective == "span":
+        for r in range(R):
+            for b in prec.last[r]:
+                for a in prec.first[r]:
+                    m.Add(obj >= start[b] + sc.dur[b] - start[a])
+    else:
+        for k in prec.sinks:
+            m.Add(obj >= start[k] + sc.dur[k])
+    m.Minimize(obj)
+    if hint is not None:
+        for k in range(n):
+            m.AddHint(start[k], int(hint[k]))
+    return IlpModel(m, start, obj, sc, objective, horizon, fifo, prec, lower, upper)
+
+
+def _memory(m: Any, sc: Scaled, r: int, on: Sequence[int], start: Sequence[Any]) -> None:
+    limit = sc.limits[r]
+    if limit is None:
+        return
+    pos = sum(sc.mem[k] for k in on if sc.mem[k] > 0)
+    if pos <= limit:
+        return  # can never exceed
+    neg = sum(sc.mem[k] for k in on if sc.mem[k] < 0)
+    ev = [k for k in on if sc.mem[k] != 0]
+    m.AddReservoirConstraint([start[k] for k in ev], [sc.mem[k] for k in ev], min(0, neg), limit)

@@ -1,0 +1,368 @@
+"""Solve the scheduling problem with CP-SAT: warm start, structural bound, search, report.
+
+:func:`optimize` is the whole pass: it picks the best registered heuristic (``warm_start=True``,
+``applies(program)``, verifies under the limit) as the start, computes the structural lower bound
+(bounds.py), builds the model (model.py) with the heuristic's objective as an upper bound, its
+times as hints and the structural bound as ``obj >= bound``, solves (a full solve, then
+large-neighbourhood rounds, see :mod:`schedlang.schedulers.ilp.lns`), turns the best solution
+into orders (apply.py) and re-simulates them with the exact float times. The result is never
+worse than the warm start: if the re-simulated objective were worse, the start is returned.
+
+Determinism: the time limit is CP-SAT's *deterministic* time (about seconds of work; it does not
+depend on machine load), with a fixed seed; with more than one worker the subsolvers are
+interleaved deterministically (``interleave_search``). Same program, arguments, seed and workers
+give the same orders. ``deterministic=False`` uses wall-clock seconds instead (faster to use,
+not reproducible).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TextIO
+
+from schedlang.ir import Orders, Program
+from schedlang.schedulers.ilp.apply import orders_from_starts
+from schedlang.schedulers.ilp.bounds import Bound, lower_bound
+from schedlang.schedulers.ilp.model import (
+    Scaled,
+    fifo_is_safe,
+    scale_program,
+    topo_order,
+)
+from schedlang.source import SchedlangError
+
+OBJECTIVES = ("span", "makespan")
+
+
+@dataclass
+class Report:
+    """What the optimizer did: figures are in program time units, from the exact simulator."""
+
+    status: str  # OPTIMAL (proved), FEASIBLE (gap left), WARM_START (no improvement found)
+    objective_name: str
+    objective: float
+    bound: float
+    gap: float  # (objective - bound) / objective
+    time: float  # wall seconds
+    warm_start: str
+    warm_objective: float
+    model_objective: float  # the solver's own figure (times at the model's resolution)
+    resolution: float
+    exact_times: bool
+    fifo: bool
+    bound_detail: str = ""
+    bubble_rate: float = 0.0
+    makespan: float = 0.0
+    cost: float = 0.0
+    deterministic_time: float = 0.0
+    rounds: int = 0
+    candidates: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (f"ilp: {self.status} {self.objective_name} {self.objective:.6g} bound {self.bound:.6g} "
+                f"gap {100 * self.gap:.2f}% bubble rate {self.bubble_rate:.4f} (warm start {self.warm_start} "
+                f"{self.warm_objective:.6g}) in {self.time:.1f}s")
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+last_report: Report | None = None  # the report of the latest optimize() call (for the CLI / API)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def effective_limits(program: Program, mem_limit: float | None) -> tuple[float, ...]:
+    """Per-rank limits: the argument if given, else the program's, else unlimited."""
+    R = program.num_ranks
+    if mem_limit is not None:
+        return (float(mem_limit),) * R
+    if program.mem_limit is not None:
+        return tuple(float(x) for x in program.mem_limit)
+    return (math.inf,) * R
+
+
+def sequential_orders(program: Program) -> Orders:
+    """Microbatch by microbatch (a topological order by (microbatch, op id)): uses the least memory
+    any simple order needs; the fallback start when no heuristic fits the limit."""
+    import heapq
+
+    n = len(program.ops)
+    succs, preds = program.succs(), program.preds()
+    missing = [len(preds[k]) for k in range(n)]
+    heap = [(program.ops[k].mb, k) for k in range(n) if missing[k] == 0]
+    heapq.heapify(heap)
+    ranks: list[list[tuple[int, ...]]] = [[] for _ in range(program.num_ranks)]
+    while heap:
+        _, k = heapq.heappop(heap)
+        ranks[program.ops[k].rank].append((k,))
+        for d, _ in succs[k]:
+            missing[d] -= 1
+            if missing[d] == 0:
+                heapq.heappush(heap, (program.ops[d].mb, d))
+    return Orders(tuple(tuple(r) for r in ranks), origin="sequential")
+
+
+def peaks(program: Program, orders: Orders) -> list[float]:
+    from schedlang.simulate import memory_profile
+
+    prog = program.with_orders(orders)
+    return [max([0.0, *memory_profile(prog, r)]) for r in range(program.num_ranks)]
+
+
+def check_limits(program: Program, limits: Sequence[float]) -> None:
+    """Raise a clear error if a limit is below what a single op needs on its rank."""
+    seq = peaks(program, sequential_orders(program))
+    for r in range(program.num_ranks):
+        on = [o for o in program.ops if o.rank == r]
+        need = max([0.0] + [o.mem for o in on])
+        lim = limits[r]
+        if need > lim + 1e-9 * max(1.0, abs(lim)):
+            op = max(on, key=lambda o: o.mem)
+            least = max(seq) if _one_needs_all(program, seq) else None
+            hint = (f"; the least feasible limit is {least:g}" if least is not None
+                    else f"; the limit must be at least {need:g}")
+            raise SchedlangError(f"ilp: memory limit {lim:g} on rank {r} is below what {op.label} alone "
+                                 f"needs ({need:g}): no schedule fits{hint}")
+
+
+def _one_needs_all(program: Program, seq: Sequence[float]) -> bool:
+    """True if the sequential order's peak equals the largest single op's memory on every rank
+    (then it is the least feasible limit)."""
+    for r in range(program.num_ranks):
+        need = max([0.0] + [o.mem for o in program.ops if o.rank == r])
+        if seq[r] > need + 1e-9 * max(1.0, need):
+            return False
+    return True
+
+
+def objective_value(sim: Any, objective: str) -> float:
+    return float(sim.cost if objective == "span" else sim.makespan)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    orders: Orders
+    value: float
+
+
+def warm_starts(program: Program, objective: str) -> list[Candidate]:
+    """Every registered warm-start heuristic that applies and verifies under ``program``'s limit,
+    best first (ties by name), plus the sequential fallback."""
+    from schedlang.schedulers import SCHEDULERS
+    from schedlang.simulate import simulate
+    from schedlang.verify import verify
+
+    out = []
+    tried: list[tuple[str, Orders]] = []
+    for name in sorted(SCHEDULERS):
+        s = SCHEDULERS[name]
+        if not s.warm_start or name == "ilp":
+            continue
+        try:
+            if not s.applies(program):
+                continue
+            args = {a: spec.default for a, spec in s.args.items() if spec.default is not None}
+            tried.append((name, s.fn(program, args)))
+        except SchedlangError:
+            continue  # the heuristic cannot schedule this program (e.g. under this limit)
+    tried.append(("sequential", sequential_orders(program)))
+    for name, orders in tried:
+        prog = program.with_orders(orders)
+        try:
+            verify(prog)
+        except SchedlangError:
+            continue
+        out.append(Candidate(name, orders, objective_value(simulate(prog), objective)))
+    out.sort(key=lambda c: (c.value, c.name))
+    return out
+
+
+def integer_program(program: Program, sc: Scaled) -> Program:
+    """The program with times and latencies at the model's resolution (in model units)."""
+    ops = tuple(replace(o, time=float(d)) for o, d in zip(program.ops, sc.dur, strict=True))
+    edges = tuple(replace(e, latency=float(lat)) for e, (_, _, lat) in zip(program.edges, sc.edges, strict=True))
+    out = replace(program, ops=ops, edges=edges, schedule=None)
+    return out
+
+
+def fifo_relabel(program: Program, starts: Sequence[float]) -> list[int]:
+    """Reassign start times within each (kind, stage) in microbatch order (valid when
+    :func:`fifo_is_safe`; keeps the objective, see model.py)."""
+    from schedlang.schedulers.ilp.model import fifo_chains
+
+    out = [int(round(x)) for x in starts]
+    for chain in fifo_chains(program):
+        for k, t in zip(chain, sorted(out[k] for k in chain), strict=True):
+            out[k] = t
+    return out
+
+
+# --------------------------------------------------------------------------- solving
+
+
+class Progress:
+    """Progress lines on a stream (stderr by default): status, objective, bound, gap, time."""
+
+    def __init__(self, stream: TextIO | None, scale: int, t0: float) -> None:
+        self.stream = stream
+        self.scale = scale
+        self.t0 = t0
+
+    def line(self, what: str, obj: float, bound: float) -> None:
+        if self.stream is None:
+            return
+        gap = (obj - bound) / obj if obj > 0 else 0.0
+        self.stream.write(f"ilp: {time.perf_counter() - self.t0:7.1f}s {what:<10} objective {obj:.6g} "
+                          f"bound {bound:.6g} gap {100 * gap:.2f}%\n")
+        self.stream.flush()
+
+
+def solver_params(solver: Any, *, time_limit: float, seed: int, workers: int, deterministic: bool) -> None:
+    p = solver.parameters
+    p.random_seed = seed
+    p.num_workers = max(1, workers)
+    if deterministic:
+        p.max_deterministic_time = max(0.01, time_limit)
+        if workers > 1:
+            p.interleave_search = True
+    else:
+        p.max_time_in_seconds = max(0.01, time_limit)
+    p.log_search_progress = False
+
+
+def solve_model(model: Any, *, time_limit: float, seed: int, workers: int, deterministic: bool,
+                on_solution: Any = None) -> tuple[str, list[int] | None, int, float]:
+    """Solve; returns (status name, start times or None, best bound in model units, deterministic time)."""
+    from ortools.sat.python import cp_model
+
+    solver = cp_model.CpSolver()
+    solver_params(solver, time_limit=time_limit, seed=seed, workers=workers, deterministic=deterministic)
+
+    class _Cb(cp_model.CpSolverSolutionCallback):  # type: ignore[misc]
+        def on_solution_callback(self) -> None:
+            if on_solution is not None:
+                on_solution(self.objective_value, self.best_objective_bound)
+
+    status = solver.solve(model.model, _Cb())
+    name = solver.status_name(status)
+    if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        starts = [int(solver.value(v)) for v in model.start]
+        return name, starts, int(math.ceil(solver.best_objective_bound - 1e-9)), solver.deterministic_time
+    return name, None, model.lower, solver.deterministic_time
+
+
+@dataclass
+class Problem:
+    """Everything the search needs, computed once."""
+
+    program: Program  # with the effective limits
+    iprog: Program  # integer times
+    sc: Scaled
+    objective: str
+    fifo: bool
+    topo: list[int]
+    lower: int
+    horizon_slack: int
+
+
+def model_value(problem: Problem, starts: Sequence[int]) -> int:
+    """The objective of start times, in model units (as the model defines it)."""
+    p, sc = problem.iprog, problem.sc
+    ends = [s + d for s, d in zip(starts, sc.dur, strict=True)]
+    if problem.objective == "makespan":
+        return max(ends)
+    out = 0
+    for r in range(p.num_ranks):
+        on = [o.id for o in p.ops if o.rank == r]
+        if on:
+            out = max(out, max(ends[k] for k in on) - min(starts[k] for k in on))
+    return out
+
+
+def horizon(problem: Problem, upper: int) -> int:
+    """A horizon no optimal solution needs to exceed (see model.py)."""
+    if problem.objective == "makespan":
+        return upper
+    return problem.program.num_ranks * upper + problem.horizon_slack
+
+
+def optimize(program: Program, *, objective: str = "span", time_limit: float = 60.0,
+             mem_limit: float | None = None, seed: int = 0, workers: int = 1, fifo: bool = True,
+             lns: bool = True, deterministic: bool = True, progress: TextIO | None = None) -> tuple[Orders, Report]:
+    """Optimize the per-rank orders of ``program`` (see the module docstring)."""
+    global last_report
+    from schedlang.schedulers.ilp import lns as lns_mod
+    from schedlang.simulate import simulate
+
+    t0 = time.perf_counter()
+    if objective not in OBJECTIVES:
+        raise SchedlangError(f"ilp: unknown objective '{objective}' (objectives: {', '.join(OBJECTIVES)})")
+    limits = effective_limits(program, mem_limit)
+    prog = replace(program, mem_limit=None if all(math.isinf(x) for x in limits) else limits, schedule=None)
+    check_limits(prog, limits)
+    cands = warm_starts(prog, objective)
+    if not cands:
+        raise SchedlangError("ilp: no heuristic (not even one microbatch at a time) fits the memory limit "
+                             f"{', '.join(f'{x:g}' for x in limits)}; raise mem_limit")
+    warm = cands[0]
+    sc = scale_program(prog, limits)
+    use_fifo = fifo and fifo_is_safe(prog)
+    iprog = integer_program(prog, sc)
+    topo = topo_order(len(prog.ops), [[d for d, _ in s] for s in prog.succs()])
+    bound_f = lower_bound(prog, limits, objective)
+    bound_i = lower_bound(iprog, limits, objective)
+    problem = Problem(prog, iprog, sc, objective, use_fifo, topo,
+                      int(math.floor(bound_i.value + 1e-6)), max((e[2] for e in sc.edges), default=0) * prog.num_ranks)
+    shown = Progress(progress, sc.scale, t0)
+    warm_starts_i = simulate(iprog.with_orders(warm.orders)).start
+    hint = fifo_relabel(prog, warm_starts_i) if use_fifo else [int(round(x)) for x in warm_starts_i]
+    shown.line(f"start:{warm.name}", warm.value, bound_f.value)
+    best_starts, cp_bound, dtime, rounds, status = lns_mod.search(
+        problem, hint, time_limit=time_limit, seed=seed, workers=workers, deterministic=deterministic,
+        lns=lns, shown=shown)
+    orders = orders_from_starts(prog, best_starts, topo)
+    chosen, rep = _finish(prog, problem, warm, orders, cands, bound_f, cp_bound, t0, dtime, rounds)
+    rep.model_objective = sc.to_time(model_value(problem, best_starts))
+    shown.line(rep.status.lower(), rep.objective, rep.bound)
+    last_report = rep
+    return chosen, rep
+
+
+def _finish(prog: Program, problem: Problem, warm: Candidate, orders: Orders, cands: list[Candidate],
+            bound_f: Bound, cp_bound: int, t0: float, dtime: float, rounds: int) -> tuple[Orders, Report]:
+    from schedlang.simulate import simulate
+    from schedlang.verify import verify
+
+    chosen = orders
+    try:
+        verify(prog.with_orders(orders))
+        value = objective_value(simulate(prog.with_orders(orders)), problem.objective)
+    except SchedlangError:  # rounding (inexact times or memory) broke the solution: keep the start
+        value = math.inf
+    improved = value < warm.value - 1e-9 * max(1.0, warm.value)
+    if not improved:
+        chosen, value = warm.orders, warm.value
+    sim = simulate(prog.with_orders(chosen))
+    bound = bound_f.value
+    if problem.sc.exact:  # the solver's bound is rigorous only at an exact resolution
+        bound = max(bound, problem.sc.to_time(cp_bound))
+    bound = min(bound, value)
+    gap = (value - bound) / value if value > 0 else 0.0
+    tol = 1e-9 * max(1.0, value)
+    st = "OPTIMAL" if value - bound <= tol else ("FEASIBLE" if improved else "WARM_START")
+    return chosen, Report(status=st, objective_name=problem.objective, objective=value, bound=bound,
+                  gap=max(0.0, gap) if value - bound > tol else 0.0, time=time.perf_counter() - t0,
+                  warm_start=warm.name, warm_objective=warm.value,
+                  model_objective=value,
+                  resolution=problem.sc.resolution, exact_times=problem.sc.exact, fifo=problem.fifo,
+                  bound_detail=bound_f.describe(), bubble_rate=sim.bubble_rate, makespan=sim.makespan,
+                  cost=sim.cost, deterministic_time=dtime, rounds=rounds,
+                  candidates={c.name: c.value for c in cands})
