@@ -52,6 +52,8 @@ def load_program(args: argparse.Namespace, *, scheduled: bool = True,
         params[name] = value
         spans[name] = Span(cli_source(text), 1, 1, 1, len(name) + 1)
     program = api.lower_source(read_source(args.file), params, spans)
+    for warning in program.warnings:
+        print(warning.render("warning"), file=sys.stderr)
     if getattr(args, "scheduler", None):
         program = api.with_scheduler(program, args.scheduler)
     if not scheduled:
@@ -113,12 +115,18 @@ def _simulate_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(d, indent=1))
         return 0
+    from schedlang.term import Column, Table, use_colour
+
+    def num(x: float) -> str:  # float noise such as 2e-13 idle reads as 0
+        return f"{0.0 if abs(x) < 1e-9 * max(1.0, d['makespan']) else x:.6g}"
+
     print(f"{prog.name}: {prog.num_ranks} ranks, {prog.num_stages} stages, {prog.num_microbatches} microbatches")
-    print(f"makespan {d['makespan']:.6g}  cost {d['cost']:.6g}  bubble {d['bubble']:.6g}  "
-          f"bubble rate {d['bubble_rate']:.4f}")
-    print(f"{'rank':>4} {'busy':>12} {'span':>12} {'idle':>12} {'peak mem':>12}")
+    print(f"makespan {num(d['makespan'])}  cost {num(d['cost'])}  bubble {num(d['bubble'])}  "
+          f"bubble rate {d['bubble_rate'] * 100:.2f}%")
+    table = Table([Column("rank", fmt=str)] + [Column(h, fmt=num) for h in ("busy", "span", "idle", "peak mem")])
     for r in d["ranks"]:
-        print(f"{r['rank']:>4} {r['busy']:>12.6g} {r['span']:>12.6g} {r['idle']:>12.6g} {r['peak_memory']:>12.6g}")
+        table.add(r["rank"], r["busy"], r["span"], r["idle"], r["peak_memory"])
+    sys.stdout.write(table.render(use_colour(sys.stdout)))
     return 0
 
 
