@@ -120,6 +120,8 @@ class Program:
     rule_spans: tuple[Span | None, ...] = field(default=(), compare=False, repr=False)
     schedule_span: Span | None = field(default=None, compare=False, repr=False)
     mem_limit_span: Span | None = field(default=None, compare=False, repr=False)
+    # Located warnings from the front end (rendered with severity "warning" by the CLI).
+    warnings: tuple[Any, ...] = field(default=(), compare=False, repr=False)
     # Derived lookups (op index, adjacency); rebuilt lazily, never compared.
     _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False, init=False, hash=False)
 

@@ -149,6 +149,7 @@ def lower(items: list[Item], name: str, overrides: Mapping[str, Value] | None = 
         mem_limit=mem_limit,
         overlap=overlap,
         rule_spans=tuple(d.span for d in dep_decls),
+        warnings=_rule_warnings(items, dep_decls, edges, name),
         mem_limit_span=ml_span,
     )
     verify_acyclic(program)
@@ -364,6 +365,19 @@ def _expand_rules(rules: list[S.DepDecl], env: Env, ops: list[Op], index: dict[t
             seen.add((o.id, k))
             edges.append(Edge(o.id, k, latency, ri))
     return edges
+
+
+def _rule_warnings(items: list[Item], rules: list[S.DepDecl], edges: list[Edge], main: str
+                   ) -> tuple[SchedlangError, ...]:
+    """A rule of the user's own file that adds no dependency is almost always a typo (a wrong
+    guard or index); say so instead of silently dropping it. Library rules may legitimately be
+    empty for some shapes (one stage has no F -> F edge)."""
+    used = {e.rule for e in edges}
+    main_rules = {id(it.decl) for it in items if it.module == main}
+    return tuple(
+        SchedlangError(f"this rule adds no dependency ({r.src.kind} -> {r.dst.kind} matched no pair of ops)", r.span)
+        for i, r in enumerate(rules) if i not in used and id(r) in main_rules
+    )
 
 
 def _mem_limit(d: S.MemLimitDecl | None, env: Env, R: int, st: _State) -> tuple[tuple[float, ...] | None, Span | None]:

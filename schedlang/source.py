@@ -59,8 +59,8 @@ class SchedlangError(Exception):
         """(line, col) of the error, for tests."""
         return (self.span.line, self.span.col) if self.span else None
 
-    def render(self) -> str:
-        parts = [_render_one("error", self.message, self.span)]
+    def render(self, severity: str = "error") -> str:
+        parts = [_render_one(severity, self.message, self.span)]
         parts.extend(_render_one("note", n.message, n.span) for n in self.notes)
         return "\n".join(parts)
 

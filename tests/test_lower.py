@@ -145,3 +145,10 @@ def test_mem_limit_list_and_inf() -> None:
     assert loads(BASE).mem_limit is None
     prog = loads(BASE + "mem_limit [4, 5]\n".replace("mem_limit [4, 5]", "mem_limit [4, 5]"))
     assert prog.mem_limit == (4.0, 5.0)
+
+
+def test_a_rule_of_the_users_file_that_matches_nothing_is_warned_about() -> None:
+    prog = loads(BASE + "dep F[s, i] -> W[s, i] where s > 5\n", name="w.sched")
+    assert [w.location for w in prog.warnings] == [(7, 1)]
+    assert "adds no dependency" in prog.warnings[0].render("warning")
+    assert loads(BASE, p=1).warnings == ()  # library rules that are empty for one stage stay quiet
