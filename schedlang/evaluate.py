@@ -121,6 +121,17 @@ def _range_list(args: list[Value], span: Span | None) -> Value:
     return tuple(range(lo, hi))
 
 
+def _require(args: list[Value], span: Span | None) -> Value:
+    """``require(cond, "message")``: true, or a located error with the message (for programs
+    that exist only for some shapes, e.g. ZB-V needs two stages per rank)."""
+    cond, msg = args
+    if not isinstance(cond, bool):
+        raise SchedlangError(f"require() takes a condition first, got {type_name(cond)}", span)
+    if not cond:
+        raise SchedlangError(str(msg) if isinstance(msg, str) else format_value(msg), span)
+    return True
+
+
 # name -> (min args, max args, implementation); max -1 = any number
 BUILTINS: dict[str, tuple[int, int, Callable[[list[Value], Span | None], Value]]] = {
     "at": (2, 2, _at),
@@ -134,6 +145,7 @@ BUILTINS: dict[str, tuple[int, int, Callable[[list[Value], Span | None], Value]]
     "len": (1, 1, _len),
     "sum": (1, 1, _sum),
     "range": (2, 2, _range_list),
+    "require": (2, 2, _require),
 }
 
 # Functions that need the pipeline's placement; bound by lowering once the placement is known.

@@ -47,9 +47,10 @@ def _load() -> dict[str, Scheduler]:
         ilp,  # optimizer (issue 8); imports ortools only when it runs
         list_sched,
         zb_auto,
+        zb_v,
     )
 
-    table = [list_sched.SCHEDULER, *heuristics.SCHEDULERS, zb_auto.SCHEDULER, ilp.SCHEDULER]
+    table = [list_sched.SCHEDULER, *heuristics.SCHEDULERS, zb_auto.SCHEDULER, zb_v.SCHEDULER, ilp.SCHEDULER]
     return {s.name: s for s in table}
 
 
