@@ -43,6 +43,7 @@ class Scheduler:
 
 def _load() -> dict[str, Scheduler]:
     from schedlang.schedulers import (
+        chimera,  # library (issue 3)
         heuristics,  # library (issue 3)
         ilp,  # optimizer (issue 8); imports ortools only when it runs
         list_sched,
@@ -50,7 +51,7 @@ def _load() -> dict[str, Scheduler]:
         zb_v,
     )
 
-    table = [list_sched.SCHEDULER, *heuristics.SCHEDULERS, zb_auto.SCHEDULER, zb_v.SCHEDULER, ilp.SCHEDULER]
+    table = [list_sched.SCHEDULER, *heuristics.SCHEDULERS, zb_auto.SCHEDULER, zb_v.SCHEDULER, chimera.SCHEDULER, ilp.SCHEDULER]
     return {s.name: s for s in table}
 
 
