@@ -3,9 +3,10 @@ section 3.1), the family that produced ZB-1p (memory limit p*M_B) and ZB-2p (lim
 
 Requires: one stage per rank (any permutation), split F / B / W kinds, the standard rules (F flows
 down the stages, B flows back up, W after its own B). Times may differ per stage and per op; the
-comm time is read from the edges' latencies; the memory limit is the ``mem_limit`` argument, else
-the program's limit, else none. Guarantees: orders that respect every dependency and never take
-a rank over the limit (or a located error saying the limit cannot hold the pipeline).
+comm time is read from the edges' latencies; the memory limit is the smaller of the
+``mem_limit`` argument and the program's limit (none if neither is given). Guarantees: orders
+that respect every dependency and never take a rank over the limit (or a located error saying
+the limit cannot hold the pipeline).
 
 The heuristic, per the paper, built round by round (one microbatch per round):
 
@@ -236,12 +237,10 @@ class _Greedy:
 
 
 def _limits(program: Program, arg: Value | None) -> list[float]:
+    """Per-stage limits: the smaller of the ``mem_limit`` argument and the program's limit."""
+    per_rank = list(program.mem_limit) if program.mem_limit is not None else [math.inf] * program.num_ranks
     if isinstance(arg, (int, float)) and not isinstance(arg, bool):
-        per_rank = [float(arg)] * program.num_ranks
-    elif program.mem_limit is not None:
-        per_rank = list(program.mem_limit)
-    else:
-        per_rank = [math.inf] * program.num_ranks
+        per_rank = [min(float(arg), x) for x in per_rank]
     return [per_rank[program.placement[s]] for s in range(program.num_stages)]
 
 
@@ -288,5 +287,5 @@ SCHEDULER = Scheduler(
     fn=zb_auto,
     warm_start=True,
     applies=_applies,
-    args={"mem_limit": Arg(float, None, "per-rank memory limit (default: the program's)")},
+    args={"mem_limit": Arg(float, None, "per-rank memory limit (the program's limit still applies)")},
 )
