@@ -86,8 +86,11 @@ def _check_coverage(program: Program) -> None:
             has = {r for r, name in by_role.items() if program.find(name, s, i) is not None}
             label = f"stage {s}, microbatch {i}"
             if Role.F not in has:
-                raise SchedlangError(f"PyTorch runs one forward per stage and microbatch; {label} has none",
-                                     program.schedule_span)
+                f_kind = by_role.get(Role.F)
+                raise SchedlangError(f"PyTorch runs every stage on every microbatch; {label} has no forward "
+                                     "(its op declaration excludes it)" if f_kind else
+                                     f"PyTorch runs one forward per stage and microbatch; {label} has none",
+                                     _kind_span(program, f_kind) if f_kind else program.schedule_span)
             full, split = Role.BW in has, (Role.B in has, Role.W in has)
             if full == any(split) or split[0] != split[1]:
                 raise SchedlangError(f"PyTorch needs either one full backward (B) or one input backward (I) "
