@@ -18,7 +18,12 @@ Strategies:
 - :func:`valid_orders` / :func:`scheduled_programs` — a program with random per-rank orders that
   are valid by construction (the projection of a random topological order onto the ranks).
 
-Assertion helpers raise ``AssertionError`` with the verifier's located message.
+Assertion helpers raise ``AssertionError`` with the verifier's located message:
+:func:`assert_valid`, :func:`assert_deadlock_free`, :func:`assert_within_memory`,
+:func:`assert_schedule_consistent` (the simulated timeline obeys the orders), :func:`assert_scheduler_ok`
+(schedule with a named scheduler, then all of these) and :func:`assert_no_worse` (against a
+baseline); :func:`schedulers_for` lists the schedulers that apply to a program. docs/testing.md
+shows them at work.
 """
 
 from __future__ import annotations
@@ -185,3 +190,80 @@ def assert_within_memory(program: Program, limit: float | None = None) -> None:
             continue
         peak = max([0.0] + memory_profile(program, r))
         assert peak <= lim + 1e-9 * max(1.0, abs(lim)), f"rank {r}: peak memory {peak:g} over limit {lim:g}"
+
+
+# ------------------------------------------------------------------ more assertion helpers (ux)
+
+
+def assert_schedule_consistent(program: Program, eps: float = 1e-9) -> None:
+    """The simulated timeline obeys the schedule: every op starts no earlier than each of its
+    predecessors' end plus the latency; the slots of a rank run one after another in order, each
+    lasting the sum (``overlap sum``) or the maximum (``overlap max``) of its ops' times; the
+    reported makespan, busy times and bubble rate follow from the timeline. An independent check
+    of the simulator (or of any orders a scheduler returns)."""
+    from schedlang.simulate import simulate
+
+    sim = simulate(program)
+    ops = program.ops
+    for e in program.edges:
+        if sim.start[e.dst] != sim.start[e.src] or sim.end[e.dst] != sim.end[e.src]:  # not one slot
+            assert sim.start[e.dst] >= sim.end[e.src] + e.latency - eps, (
+                f"{ops[e.dst].label} starts at {sim.start[e.dst]:g}, before {ops[e.src].label} "
+                f"ends at {sim.end[e.src]:g} plus latency {e.latency:g}")
+    for r, slots in enumerate(program.orders.ranks):
+        t, busy = 0.0, 0.0
+        for slot in slots:
+            times = [ops[k].time for k in slot]
+            dur = max(times) if program.overlap == "max" else sum(times)
+            t0 = sim.start[slot[0]]
+            assert all(sim.start[k] == t0 and abs(sim.end[k] - (t0 + dur)) <= eps * max(1.0, t0 + dur)
+                       for k in slot), f"rank {r}: slot {[ops[k].label for k in slot]} is not one interval of {dur:g}"
+            assert t0 >= t - eps, f"rank {r}: {ops[slot[0]].label} starts at {t0:g} before the previous slot ends at {t:g}"
+            t, busy = t0 + dur, busy + dur
+        assert abs(sim.ranks[r].busy - busy) <= eps * max(1.0, busy), f"rank {r}: busy {sim.ranks[r].busy:g} != {busy:g}"
+    assert abs(sim.makespan - max(sim.end, default=0.0)) <= eps * max(1.0, sim.makespan)
+    assert 0.0 <= sim.bubble_rate < 1.0 or sim.cost == 0, f"bubble rate {sim.bubble_rate:g} outside [0, 1)"
+    assert sim.cost >= max(r.busy for r in sim.ranks) - eps, "cost below the busiest rank's work"
+
+
+def assert_scheduler_ok(program: Program, scheduler: str) -> Program:
+    """Schedule ``program`` with ``scheduler`` (``NAME[:ARG=VALUE,...]``) and check the result:
+    valid (every op once, dependencies, memory limit), deadlock-free and consistent with its
+    simulation. Returns the scheduled program. A scheduler that rejects the program with a
+    located :class:`SchedlangError` (e.g. the memory limit is infeasible for it) fails the
+    assertion too; catch ``AssertionError`` or filter programs with :func:`schedulers_for`."""
+    from schedlang.api import schedule, with_scheduler
+
+    try:
+        out = schedule(with_scheduler(program, scheduler))
+    except SchedlangError as exc:
+        raise AssertionError(f"scheduler '{scheduler}' failed: {exc.render()}") from None
+    assert_valid(out)
+    assert_deadlock_free(out)
+    assert_within_memory(out)
+    assert_schedule_consistent(out)
+    return out
+
+
+def schedulers_for(program: Program, exclude: tuple[str, ...] = ("ilp",)) -> list[str]:
+    """Names of the registered schedulers that say they apply to ``program`` (the slow ``ilp``
+    is left out unless ``exclude`` is changed)."""
+    from schedlang.schedulers import SCHEDULERS
+
+    return [name for name, s in SCHEDULERS.items() if name not in exclude and s.applies(program)]
+
+
+def assert_no_worse(program: Program, baseline: Program, metric: str = "cost", rel: float = 1e-9) -> None:
+    """``program`` is at least as good as ``baseline`` on ``metric`` (``cost``, ``makespan``,
+    ``bubble_rate`` or ``peak_memory``, the largest over ranks): for checking that an optimizer
+    never loses to its warm start, or that a change to a schedule does not regress it."""
+    from schedlang.simulate import simulate
+
+    def value(p: Program) -> float:
+        sim = simulate(p)
+        if metric == "peak_memory":
+            return max(r.peak_memory for r in sim.ranks)
+        return float(getattr(sim, metric))
+
+    a, b = value(program), value(baseline)
+    assert a <= b + rel * max(1.0, abs(b)), f"{metric} {a:g} is worse than the baseline's {b:g}"

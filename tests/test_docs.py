@@ -10,7 +10,7 @@ Conventions in the Markdown files (docs/*.md):
 - a ```console block holds ``$ schedlang ...`` commands (run through ``cli.main`` in a scratch
   directory holding a copy of examples/); the lines after a command, up to the next ``$``, are its
   exact standard output (a command ending in ``# output varies`` is only checked to succeed).
-- ```python blocks are executed (in a scratch directory too).
+- the ```python blocks of a document run in order in one namespace (in a scratch directory too).
 """
 
 from __future__ import annotations
@@ -138,15 +138,18 @@ def test_console_block(doc: Path, line: int, body: str, after: str, tmp_path: Pa
             assert out.getvalue() == expected, f"{doc.name}:{line}: output of '{cmd}' differs"
 
 
-PY = _cases("python")
+PY_DOCS = [d for d in DOCS if any(kind == "python" for kind, _, _ in blocks(d))]
 
 
-@pytest.mark.parametrize("doc,line,body,after", PY, ids=_ids(PY))
-def test_python_block(doc: Path, line: int, body: str, after: str, tmp_path: Path,
-                      monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("doc", PY_DOCS, ids=[d.name for d in PY_DOCS])
+def test_python_blocks(doc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A document's python blocks run in order in one namespace, like a session."""
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     monkeypatch.chdir(tmp_path)
-    exec(compile(body, f"{doc.name}:{line}", "exec"), {"__name__": "doc_example"})  # noqa: S102
+    namespace: dict[str, object] = {"__name__": "doc_example"}
+    for kind, body, line in blocks(doc):
+        if kind == "python":
+            exec(compile(body, f"{doc.name}:{line}", "exec"), namespace)  # noqa: S102
 
 
 # ------------------------------------------------------------------ examples/
