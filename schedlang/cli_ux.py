@@ -47,8 +47,8 @@ def _render_run(args: argparse.Namespace) -> int:
         if args.output and ext not in (".svg", ".png"):
             raise SchedlangError(f"cannot tell the format of '{args.output}': use .svg or .png, or --format")
         fmt = "png" if ext == ".png" else "svg"
-    if fmt == "png" and not args.output:
-        raise SchedlangError("PNG output needs -o OUT.png")
+    if fmt == "png" and (not args.output or args.output == "-"):
+        raise SchedlangError("PNG output needs -o OUT.png (a file, not stdout)")
     if args.width and args.width < 200:
         raise SchedlangError(f"--width {args.width} is too small (at least 200 pixels)")
     prog = load_program(args)

@@ -3,7 +3,8 @@
 One row per rank, time across. Every op is a box coloured by its kind (F blue, B green, W
 orange, BW purple, user kinds from a further palette; a rank's second, third... stage is drawn
 lighter, so interleaved and V schedules show their chunks) with its microbatch number inside
-when the box is wide enough (labels thin out at p = 32, m = 128). Ops overlapped in one slot
+when the box is wide enough (when most boxes are too narrow, as at p = 32, m = 128, only every
+tenth microbatch keeps its number). Ops overlapped in one slot
 split the row's height. Inside a rank's span (first start to last end), idle time is a hatched
 band; the start offset before the first op is left blank. A cross-rank dependency with a latency
 is a thin grey line from the end of its source to the moment its data arrives on the target row,
@@ -56,6 +57,7 @@ class Rect:
     tip: str = ""
     data: tuple[tuple[str, str], ...] = ()
     opacity: float = 1.0
+    stroke: str = ""  # a thin outline (op boxes: white, so neighbouring boxes stay apart)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +226,7 @@ def _idle(program: Program, sim: Simulation, scene: Scene) -> None:
 def _ops(program: Program, sim: Simulation, scene: Scene, st: Style) -> None:
     colours = kind_colours(program)
     chunk = {s: program.stages_on(program.placement[s]).index(s) for s in range(program.num_stages)}
+    labels: list[Text] = []
     for r, slots in enumerate(program.orders.ranks):
         y, h = _row_y(scene, r)
         for slot in slots:
@@ -237,13 +240,19 @@ def _ops(program: Program, sim: Simulation, scene: Scene, st: Style) -> None:
                 w = (sim.end[k] - sim.start[k]) * scene.scale
                 oy = y + j * sub
                 tip = f"{op.label} rank {r}: {_fmt(sim.start[k])}..{_fmt(sim.end[k])}"
-                scene.add("ops", Rect(x, oy, w, sub, fill, "op", tip=tip,
+                scene.add("ops", Rect(x, oy, w, sub, fill, "op", tip=tip, stroke=BACKGROUND,
                                       data=(("op", str(k)), ("rank", str(r)), ("kind", op.kind))))
                 label = str(op.mb)
                 size = min(st.font, sub - 2)
                 if size >= 6 and w >= len(label) * size * st.char_w + 2:
-                    scene.add("op-labels", Text(x + w / 2, oy + sub / 2 + size * 0.35, label, size, "mb",
-                                                anchor="middle", fill=_text_colour(fill)))
+                    labels.append(Text(x + w / 2, oy + sub / 2 + size * 0.35, label, size, "mb",
+                                       anchor="middle", fill=_text_colour(fill)))
+    # Thin out: when most boxes are too narrow for their number, a run of single digits says
+    # little, so only every tenth microbatch (0, 10, 20, ...) keeps its label.
+    if len(labels) < len(program.ops) / 2:
+        labels = [t for t in labels if int(t.text) % 10 == 0]
+    for t in labels:
+        scene.add("op-labels", t)
 
 
 def _comm(program: Program, sim: Simulation, scene: Scene) -> None:
@@ -360,6 +369,8 @@ def _svg_item(it: Item) -> str:
         else:
             fill = f'fill="{it.fill}"'
             op = f' fill-opacity="{_n(it.opacity)}"' if it.opacity < 1 else ""
+        if it.stroke:
+            op += f' stroke="{it.stroke}" stroke-width="0.5"'
         body = f"<title>{escape(it.tip)}</title>" if it.tip else ""
         head = (f'<rect class="{it.cls}" x="{_n(it.x)}" y="{_n(it.y)}" width="{_n(it.w)}" '
                 f'height="{_n(it.h)}" {fill}{op}{data}')
@@ -432,8 +443,10 @@ def scene_png(scene: Scene, path: str, *, dpi_scale: float = 1.0) -> None:
         for it in items:
             if isinstance(it, Rect):
                 if it.w * k >= 0.5:
-                    draw.rectangle((it.x * k, it.y * k, (it.x + it.w) * k - 1, (it.y + it.h) * k - 1),
-                                   fill=_rgba(it.fill, it.opacity))
+                    box = (it.x * k, it.y * k, max(it.x * k, (it.x + it.w) * k - 1), (it.y + it.h) * k - 1)
+                    draw.rectangle(box, fill=_rgba(it.fill, it.opacity))
+                    if it.stroke and it.w * k >= 3:  # a one-pixel gap on the right keeps boxes apart
+                        draw.line((box[2], box[1], box[2], box[3]), fill=_rgba(it.stroke))
             elif isinstance(it, Line):
                 draw.line((it.x1 * k, it.y1 * k, it.x2 * k, it.y2 * k), fill=_rgba(it.stroke, it.opacity),
                           width=max(1, round(it.width * k)))
