@@ -69,12 +69,27 @@ def ideal_starts(program: Program, per_rank: Sequence[Sequence[int]]) -> dict[in
     return start
 
 
+def bidirectional(program: Program) -> bool:
+    """Two opposite pipelines as ``std:chimera`` declares them (see the module docstring): V
+    placement, every microbatch's forwards on exactly one half, no rule across the halves."""
+    kinds = kinds_of(program)
+    if kinds is None or not v_placement(program):
+        return False
+    p = program.num_ranks
+    for i in range(program.num_microbatches):
+        if (program.find(kinds.f, 0, i) is None) == (program.find(kinds.f, p, i) is None):
+            return False
+    ops = program.ops
+    return all((ops[e.src].stage < p) == (ops[e.dst].stage < p) for e in program.edges)
+
+
 def chimera(program: Program, args: Mapping[str, Value]) -> Orders:
     """Merge the two pipelines' 1F1B orders by ideal start time (see the module docstring)."""
     kinds = kinds_of(program)
-    if kinds is None or not v_placement(program):
+    if kinds is None or not bidirectional(program):
         raise SchedlangError("scheduler 'chimera' needs 2p stages in two opposite pipelines "
-                             "('place s => s < p ? s : 2*p - 1 - s') and F / BW or F / B / W kinds",
+                             "('place s => s < p ? s : 2*p - 1 - s', each microbatch on one half only, "
+                             "no rule across the halves; see std:chimera) and F / BW or F / B / W kinds",
                              program.schedule_span)
     index = program.op_index()
     p = program.num_ranks
@@ -101,5 +116,5 @@ SCHEDULER = Scheduler(
     summary="Chimera: two opposite 1F1B pipelines merged on every rank by ideal start time",
     fn=chimera,
     warm_start=True,
-    applies=lambda p: kinds_of(p) is not None and v_placement(p),
+    applies=bidirectional,
 )

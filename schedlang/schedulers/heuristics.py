@@ -192,23 +192,41 @@ def interleaved(program: Program, args: Mapping[str, Value]) -> Orders:
 # ------------------------------------------------------------------ registration
 
 
-def _applies(pred: Callable[[Program], bool], split: bool = False) -> Callable[[Program], bool]:
+def fits_memory(program: Program, orders: Orders) -> bool:
+    """Whether ``orders`` keep every rank within the program's memory limit."""
+    if program.mem_limit is None:
+        return True
+    for r, slots in enumerate(orders.ranks):
+        level = 0.0
+        for slot in slots:
+            level += sum(program.ops[k].mem for k in slot)
+            if level > program.mem_limit[r] + 1e-9 * max(1.0, abs(program.mem_limit[r])):
+                return False
+    return True
+
+
+def _applies(pred: Callable[[Program], bool], fn: Callable[[Program, Mapping[str, Value]], Orders],
+             split: bool = False) -> Callable[[Program], bool]:
+    """Shape and kinds fit, and (under a memory limit) the fixed order stays within it."""
+
     def applies(program: Program) -> bool:
         k = kinds_of(program)
-        return k is not None and pred(program) and (not split or k.b is not None)
+        if k is None or not pred(program) or (split and k.b is None):
+            return False
+        return fits_memory(program, fn(program, {}))
 
     return applies
 
 
 SCHEDULERS = [
     Scheduler("gpipe", "GPipe fill-drain: all forwards, then all backwards (looped BFS with v > 1)",
-              gpipe, warm_start=True, applies=_applies(lambda _p: True)),
+              gpipe, warm_start=True, applies=_applies(lambda _p: True, gpipe)),
     Scheduler("1f1b", "1F1B / PipeDream-flush: S-1-s warm-up forwards, then F and B(+W) in turn",
-              one_f_one_b, warm_start=True, applies=_applies(chain_placement)),
+              one_f_one_b, warm_start=True, applies=_applies(chain_placement, one_f_one_b)),
     Scheduler("zb-h1", "Zero Bubble ZB-H1: 1F1B with W delayed by p-1 steps (peak p*M_B)",
-              zb_h1, warm_start=True, applies=_applies(chain_placement, split=True)),
+              zb_h1, warm_start=True, applies=_applies(chain_placement, zb_h1, split=True)),
     Scheduler("zb-h2", "Zero Bubble ZB-H2: B delayed 2(p-1-r), W 2(p-1) steps (peak (2p-1)*M_B)",
-              zb_h2, warm_start=True, applies=_applies(chain_placement, split=True)),
+              zb_h2, warm_start=True, applies=_applies(chain_placement, zb_h2, split=True)),
     Scheduler("interleaved-1f1b", "Megatron interleaved 1F1B over v stages per rank (placement s % p)",
-              interleaved, warm_start=True, applies=_applies(looped_placement)),
+              interleaved, warm_start=True, applies=_applies(looped_placement, interleaved)),
 ]

@@ -163,9 +163,11 @@ class _Greedy:
                 cost += self.time(fk)
                 extra[s] += 1
             last_t = max(cost, last_t + comm) + self.time(bk)
-        for s in range(1, S):  # never more warm-up forwards than the stage before
-            while extra[s] > 0 and extra[s] >= extra[s - 1] and self.count[f][s] + extra[s] < self.M:
-                extra[s] -= 1
+        for s in range(1, S):
+            # fewer forwards than the stage before (its forwards feed these), unless it ran them all
+            before = self.count[f][s - 1] + extra[s - 1]
+            cap = before if before >= self.M else before - 1
+            extra[s] = max(0, min(extra[s], cap - self.count[f][s]))
         for s in range(S):
             for _ in range(extra[s]):
                 self.put(f, s)
