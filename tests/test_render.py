@@ -116,6 +116,9 @@ def test_labels_thin_out_at_scale() -> None:
         box = next(b for (cx, y), b in centres.items() if cx == round(t.x, 3) and y <= t.y <= y + b.h)
         assert t.text == str(prog.ops[int(dict(box.data)["op"])].mb)
         assert len(t.text) * t.size * st.char_w <= box.w
+        assert int(t.text) % 10 == 0  # thinned to every tenth microbatch
+    small = layout(api.compile("std:1f1b", p=4, m=8), style=st)  # roomy boxes: every op labelled
+    assert len(small.groups["op-labels"]) == len(op_boxes(small)) == 64
 
 
 def test_png_size_and_pixels(tmp_path: Path) -> None:
