@@ -35,12 +35,16 @@ needed first). This keeps each channel's receives in its send order, and cannot 
 the producer of every such message precedes (on its rank) the producer of the message the slot
 needs, which a valid schedule finishes before the slot starts.
 
-*Batching.* A maximal run of two or more adjacent point-to-point instructions that holds both a
-send and a receive becomes one ``BATCH`` (in 1F1B's steady state: the activation sent to the next
-rank and the gradient received from it). Under buffered sends this changes nothing (a batch posts
-its sends first and then waits for its receives, which the run did anyway); under rendezvous
-sends (a send waits for the peer's receive to be posted) it is what avoids the classic pairwise
-deadlock.
+*Batching.* In a maximal run of adjacent point-to-point instructions (no compute in between),
+the sends to and receives from one peer become one ``BATCH`` when there are both (in 1F1B's steady
+state: the activation sent to the next rank and the gradient received from it). The run is laid
+out as: sends to peers it receives nothing from, then one group per peer it receives from (in
+order of first receive). That layout is kept only if no send ends up waiting for a receive it did
+not wait for in the original order (sends may only move earlier); otherwise the whole run becomes
+one ``BATCH`` with several peers (always safe: a batch issues all its sends, then waits). Within a
+batch, each channel keeps its order. Under buffered sends batching cannot create a deadlock;
+under rendezvous sends (a send waits for the peer's receive to be posted) it is what avoids the
+classic pairwise deadlock.
 
 *Gradient reduction.* ``REDUCE_GRAD stage=s`` follows the last backward (B, W, BW or the
 backward part of an FB) of stage ``s`` on its rank, placed before the next compute instruction
@@ -198,25 +202,53 @@ def _insert_reductions(items: list[Instr]) -> list[Instr]:
     return out
 
 
+def _waited_before_sends(layout: list[list[int]], run: list[Instr]) -> dict[int, frozenset[int]]:
+    """For each send (by index in the run), the receives the rank has waited for when it issues it;
+    ``layout`` is a sequence of groups posted together (a group issues its sends, then waits)."""
+    out: dict[int, frozenset[int]] = {}
+    waited: set[int] = set()
+    for group in layout:
+        for k in group:
+            if run[k].op.is_send:
+                out[k] = frozenset(waited)
+        waited.update(k for k in group if run[k].op.is_recv)
+    return out
+
+
+def _layout_run(run: list[Instr]) -> list[Instr]:
+    """Batch one run of adjacent p2p instructions (see *Batching* in the module docstring)."""
+    if not (any(i.op.is_send for i in run) and any(i.op.is_recv for i in run)):
+        return list(run)
+    recv_peers = list(dict.fromkeys(i.peer for i in run if i.op.is_recv))
+    groups = [[k] for k, i in enumerate(run) if i.op.is_send and i.peer not in recv_peers]
+    groups += [[k for k, i in enumerate(run) if i.peer == peer] for peer in recv_peers]
+    before = _waited_before_sends([[k] for k in range(len(run))], run)
+    after = _waited_before_sends(groups, run)
+    if not all(after[k] <= before[k] for k in before):
+        # splitting per peer would make some send wait for a receive it did not wait for: one batch
+        return [Instr(isa.Op.BATCH, parts=tuple(run))]
+    out: list[Instr] = []
+    for g in groups:
+        parts = [run[k] for k in g]
+        if any(p.op.is_send for p in parts) and any(p.op.is_recv for p in parts):
+            out.append(Instr(isa.Op.BATCH, parts=tuple(parts)))
+        else:
+            out.extend(parts)
+    return out
+
+
 def batch(items: list[Instr]) -> list[Instr]:
-    """Group each maximal run of >= 2 adjacent p2p instructions holding a send and a receive."""
+    """Batch the sends and receives of each run of adjacent p2p instructions, per peer where safe."""
     out: list[Instr] = []
     run: list[Instr] = []
-
-    def flush() -> None:
-        if len(run) >= 2 and any(i.op.is_send for i in run) and any(i.op.is_recv for i in run):
-            out.append(Instr(isa.Op.BATCH, parts=tuple(run)))
-        else:
-            out.extend(run)
-        run.clear()
-
     for ins in items:
         if ins.op.is_p2p:
             run.append(ins)
-        else:
-            flush()
-            out.append(ins)
-    flush()
+            continue
+        out.extend(_layout_run(run))
+        run.clear()
+        out.append(ins)
+    out.extend(_layout_run(run))
     return out
 
 

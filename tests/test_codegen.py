@@ -37,6 +37,9 @@ GOLDEN_BUILTINS = [
     ("zb-h2", {"p": 2, "m": 3}),
     ("interleaved-1f1b", {"p": 2, "m": 4, "v": 2}),
     ("looped-bfs", {"p": 2, "m": 3}),
+    ("zb-v", {"p": 2, "m": 4}),
+    ("dualpipe-v", {"p": 2, "m": 4}),
+    ("chimera", {"p": 2, "m": 4}),
 ]
 
 
