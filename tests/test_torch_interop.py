@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_codegen import _random_orders, pipelines
 
 from schedlang import api
 from schedlang.cli import main
@@ -174,10 +177,20 @@ def test_export_import_round_trip(name: str, prog: Program) -> None:
     for emit, fmt in ((emit_torch_csv, "compute_only"), (emit_torch_csv_comms, "compute_comms")):
         _, back = import_torch(emit(prog), f"{name}.csv", fmt)
         assert back.placement == prog.placement
-        labels = [[[back.ops[k].label for k in slot] for slot in r] for r in back.orders.ranks]
-        assert labels == [[[prog.ops[k].label for k in slot] for slot in r] for r in prog.orders.ranks]
+        labels = [[sorted(back.ops[k].label for k in slot) for slot in r] for r in back.orders.ranks]
+        assert labels == [[sorted(prog.ops[k].label for k in slot) for slot in r] for r in prog.orders.ranks]
         if prog.overlap == back.overlap:
             assert simulate(back).makespan == pytest.approx(simulate(prog).makespan)
+
+
+def test_cli_emit_torch_csv(tmp_path, capsys) -> None:
+    assert main(["compile", "std:zb-h1", "--set", "p=2", "--set", "m=2", "--emit", "torch-csv"]) == 0
+    assert capsys.readouterr().out == "0F0,0F1,0I0,0W0,0I1,0W1\n1F0,1I0,1F1,1I1,1W0,1W1\n"
+    src = tmp_path / "user.sched"
+    src.write_text(REJECTED["user_kind"])
+    assert main(["compile", str(src), "--emit", "torch-csv-comms"]) == 1
+    err = capsys.readouterr().err
+    assert f"{src}:5:9: error: PyTorch's schedule format has no user op kinds" in err and "Traceback" not in err
 
 
 def test_import_mixed_backwards_and_errors(tmp_path, capsys) -> None:
@@ -371,3 +384,46 @@ def test_exported_csv_trains_like_one_process(runs: dict[int, dict[str, list[str
     res = runs[world].get(f"{name}/{fmt}")
     assert res is not None and len(res) == world, f"job did not run on every rank: {res}"
     assert res == ["ok"] * world, "\n".join(res)
+
+
+# ------------------------------------------------------------------ properties over generated schedules
+
+
+@st.composite
+def exportable_programs(draw: st.DrawFn) -> Program:
+    """A random pipeline (no user kinds) with random valid orders, some F & B slots overlapped."""
+    src = draw(pipelines()).replace('op R[s, i] role USER time 0.5 mem 0\n', "")
+    src = "\n".join(line for line in src.splitlines() if "R[" not in line) + "\n"
+    return _random_orders(api.loads(src), draw(st.randoms(use_true_random=False)), draw(st.booleans()))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(exportable_programs())
+def test_random_schedules_round_trip_through_csv(prog: Program) -> None:
+    check_exportable(prog)
+    for emit, fmt in ((emit_torch_csv, "compute_only"), (emit_torch_csv_comms, "compute_comms")):
+        _, back = import_torch(emit(prog), "x.csv", fmt)
+        # the ops of an overlapped slot run together: their order inside the slot is not kept
+        assert [[sorted(back.ops[k].label for k in s) for s in r] for r in back.orders.ranks] == \
+            [[sorted(prog.ops[k].label for k in s) for s in r] for r in prog.orders.ranks]
+
+
+@needs_torch
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(exportable_programs())
+def test_pytorch_accepts_random_valid_schedules(prog: Program) -> None:
+    """PyTorch's validator, its comm lowering (which raises on a cross-rank deadlock) and its
+    untimed simulation of our compute_comms rows accept every valid schedlang order."""
+    from torch.distributed.pipelining.schedules import (
+        _add_reduce_grad,
+        _add_send_recv,
+        _validate_schedule,
+    )
+
+    S, p, m = prog.num_stages, prog.num_ranks, prog.num_microbatches
+    compute = _torch_actions(torch_compute_rows(prog))
+    mapping = _validate_schedule(compute, p, S, m)
+    assert mapping == dict(enumerate(prog.placement))
+    lowered = _add_send_recv({r: _add_reduce_grad(a, m) for r, a in compute.items()}, lambda s: mapping[s], S)
+    _simulate_untimed(lowered, mapping, S)
+    _simulate_untimed(_torch_actions(torch_comms_rows(prog)), mapping, S)
