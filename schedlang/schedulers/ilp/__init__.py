@@ -16,9 +16,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 
-from schedlang.ir import Orders, Program, Value
+from schedlang.ir import Orders, Program, SchedulerCall, Value
 from schedlang.schedulers import Arg, Scheduler
-from schedlang.schedulers.ilp.solve import Report, optimize
+from schedlang.schedulers.ilp.solve import ArgError, Report, optimize
+from schedlang.source import SchedlangError, Span
 
 __all__ = ["SCHEDULER", "Report", "optimize", "run"]
 
@@ -29,11 +30,33 @@ def _num(args: Mapping[str, Value], name: str, default: float) -> float:
     return float(v)
 
 
+def _arg_span(program: Program, name: str) -> Span | None:
+    call = program.schedule
+    if not isinstance(call, SchedulerCall):
+        return None
+    for i, (k, _) in enumerate(call.args):
+        if k == name and i < len(call.arg_spans):
+            return call.arg_spans[i]
+    return call.span
+
+
 def run(program: Program, args: Mapping[str, Value]) -> Orders:
     """The scheduler function: :func:`optimize` with the call's arguments; the report goes to
-    ``schedlang.schedulers.ilp.solve.last_report`` and (a summary line) to stderr."""
+    ``schedlang.schedulers.ilp.solve.last_report`` and (a summary line) to stderr. Errors about
+    an argument point at it (the objective, the memory limit)."""
     limit = args.get("mem_limit")
-    orders, report = optimize(
+    try:
+        orders, _ = _optimize(program, args, limit)
+    except ArgError as exc:
+        span = _arg_span(program, exc.arg)
+        if exc.arg == "mem_limit" and "mem_limit" not in args:
+            span = program.mem_limit_span
+        raise SchedlangError(exc.message, span, exc.notes) from None
+    return orders
+
+
+def _optimize(program: Program, args: Mapping[str, Value], limit: Value | None) -> tuple[Orders, Report]:
+    return optimize(
         program,
         objective=str(args.get("objective", "span")),
         time_limit=_num(args, "time_limit", 60.0),
@@ -45,7 +68,6 @@ def run(program: Program, args: Mapping[str, Value]) -> Orders:
         deterministic=bool(args.get("deterministic", True)),
         progress=sys.stderr if args.get("progress", True) else None,
     )
-    return orders
 
 
 SCHEDULER = Scheduler(

@@ -243,7 +243,7 @@ def build_model(program: Program, sc: Scaled, *, objective: str, upper: int, low
     for r in range(R):
         on = [k for k in range(n) if program.ops[k].rank == r]
         m.AddNoOverlap([m.NewFixedSizeIntervalVar(start[k], sc.dur[k], f"i{k}") for k in on])
-        _memory(m, sc, r, on, start)
+        _memory(m, program, sc, r, on, start, prec, horizon)
     for s, d, w in prec.arcs:
         m.Add(start[d] >= start[s] + w)
     if fixed_order:
@@ -263,16 +263,81 @@ def build_model(program: Program, sc: Scaled, *, objective: str, upper: int, low
     if hint is not None:
         for k in range(n):
             m.AddHint(start[k], int(hint[k]))
+        m.AddHint(obj, upper)  # a complete hint: CP-SAT takes it as the first solution at once
     return IlpModel(m, start, obj, sc, objective, horizon, fifo, prec, lower, upper)
 
 
-def _memory(m: Any, sc: Scaled, r: int, on: Sequence[int], start: Sequence[Any]) -> None:
+def _memory(m: Any, program: Program, sc: Scaled, r: int, on: Sequence[int], start: Sequence[Any],
+            prec: Precedence, horizon: int) -> None:
+    """Memory on rank ``r``: a cumulative when the rank's ops form F -> B -> W lifetimes, else a
+    reservoir."""
     limit = sc.limits[r]
     if limit is None:
         return
-    pos = sum(sc.mem[k] for k in on if sc.mem[k] > 0)
-    if pos <= limit:
+    if sum(sc.mem[k] for k in on if sc.mem[k] > 0) <= limit:
         return  # can never exceed
+    lifetimes = _lifetimes(program, sc, on, prec)
+    if lifetimes is not None:
+        # The level at time t is the sum over microbatches whose F has started and whose B (W)
+        # has not of the part B (W) frees: intervals [start F, start B) and [start F, start W).
+        ivs, dem = [], []
+        for f, frees in lifetimes:
+            for k, amount in frees:
+                size = m.NewIntVar(0, horizon, f"life{f}_{k}")
+                ivs.append(m.NewIntervalVar(start[f], size, start[k], f"hold{f}_{k}"))
+                dem.append(amount)
+        m.AddCumulative(ivs, dem, limit)
+        return
     neg = sum(sc.mem[k] for k in on if sc.mem[k] < 0)
     ev = [k for k in on if sc.mem[k] != 0]
     m.AddReservoirConstraint([start[k] for k in ev], [sc.mem[k] for k in ev], min(0, neg), limit)
+
+
+def _lifetimes(program: Program, sc: Scaled, on: Sequence[int],
+               prec: Precedence) -> list[tuple[int, list[tuple[int, int]]]] | None:
+    """Per (stage, microbatch) on the rank: its allocating F and the ops that free (op, amount),
+    if every op is an F (allocates), B/BW or W (frees) of one (stage, microbatch), the frees sum
+    to the allocation and follow the F in the precedence graph. None otherwise."""
+    from schedlang.ir import Role
+
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k in on:
+        o = program.ops[k]
+        groups.setdefault((o.stage, o.mb), []).append(k)
+    after = _reach(prec)
+    out = []
+    for ids in groups.values():
+        fs = [k for k in ids if program.role(program.ops[k]) is Role.F]
+        rest = [k for k in ids if k not in fs]
+        if len(fs) != 1 or any(program.role(program.ops[k]) is Role.USER for k in rest):
+            return None
+        f = fs[0]
+        if sc.mem[f] < 0 or any(sc.mem[k] > 0 for k in rest) or sc.mem[f] + sum(sc.mem[k] for k in rest) != 0:
+            return None
+        if any(k not in after(f) for k in rest):
+            return None
+        out.append((f, [(k, -sc.mem[k]) for k in rest if sc.mem[k] < 0]))
+    return out
+
+
+def _reach(prec: Precedence) -> Any:
+    """A memoised 'descendants of op' function over the precedence arcs."""
+    succ: dict[int, list[int]] = {}
+    for s, d, _ in prec.arcs:
+        succ.setdefault(s, []).append(d)
+    memo: dict[int, set[int]] = {}
+
+    def desc(k: int) -> set[int]:
+        got = memo.get(k)
+        if got is None:
+            got = set()
+            stack = list(succ.get(k, ()))
+            while stack:
+                x = stack.pop()
+                if x not in got:
+                    got.add(x)
+                    stack.extend(succ.get(x, ()))
+            memo[k] = got
+        return got
+
+    return desc

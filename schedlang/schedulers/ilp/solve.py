@@ -37,6 +37,14 @@ from schedlang.source import SchedlangError
 OBJECTIVES = ("span", "makespan")
 
 
+class ArgError(SchedlangError):
+    """A user error about one argument (``arg``); the scheduler locates it at that argument."""
+
+    def __init__(self, message: str, arg: str) -> None:
+        super().__init__(message)
+        self.arg = arg
+
+
 @dataclass
 class Report:
     """What the optimizer did: figures are in program time units, from the exact simulator."""
@@ -128,8 +136,8 @@ def check_limits(program: Program, limits: Sequence[float]) -> None:
             least = max(seq) if _one_needs_all(program, seq) else None
             hint = (f"; the least feasible limit is {least:g}" if least is not None
                     else f"; the limit must be at least {need:g}")
-            raise SchedlangError(f"ilp: memory limit {lim:g} on rank {r} is below what {op.label} alone "
-                                 f"needs ({need:g}): no schedule fits{hint}")
+            raise ArgError(f"ilp: memory limit {lim:g} on rank {r} is below what {op.label} alone "
+                           f"needs ({need:g}): no schedule fits{hint}", "mem_limit")
 
 
 def _one_needs_all(program: Program, seq: Sequence[float]) -> bool:
@@ -236,6 +244,12 @@ def solver_params(solver: Any, *, time_limit: float, seed: int, workers: int, de
     else:
         p.max_time_in_seconds = max(0.01, time_limit)
     p.log_search_progress = False
+    # Probing in presolve and at the root costs seconds on these models and finds little; the
+    # complete hint (the warm start) then gives the first solution at once.
+    p.cp_model_probing_level = 0
+    # The LP relaxation of these disjunctive models is weak (the structural bound replaces it)
+    # and its wall time per unit of deterministic time is erratic (10x between seeds).
+    p.linearization_level = 0
 
 
 def solve_model(model: Any, *, time_limit: float, seed: int, workers: int, deterministic: bool,
@@ -251,7 +265,7 @@ def solve_model(model: Any, *, time_limit: float, seed: int, workers: int, deter
             if on_solution is not None:
                 on_solution(self.objective_value, self.best_objective_bound)
 
-    status = solver.solve(model.model, _Cb())
+    status = solver.solve(model.model, _Cb() if on_solution is not None else None)
     name = solver.status_name(status)
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         starts = [int(solver.value(v)) for v in model.start]
@@ -304,14 +318,18 @@ def optimize(program: Program, *, objective: str = "span", time_limit: float = 6
 
     t0 = time.perf_counter()
     if objective not in OBJECTIVES:
-        raise SchedlangError(f"ilp: unknown objective '{objective}' (objectives: {', '.join(OBJECTIVES)})")
+        raise ArgError(f"ilp: unknown objective '{objective}' (objectives: {', '.join(OBJECTIVES)})", "objective")
+    if not time_limit > 0:
+        raise ArgError(f"ilp: time_limit must be positive, got {time_limit:g}", "time_limit")
+    if workers < 1:
+        raise ArgError(f"ilp: workers must be at least 1, got {workers}", "workers")
     limits = effective_limits(program, mem_limit)
     prog = replace(program, mem_limit=None if all(math.isinf(x) for x in limits) else limits, schedule=None)
     check_limits(prog, limits)
     cands = warm_starts(prog, objective)
     if not cands:
-        raise SchedlangError("ilp: no heuristic (not even one microbatch at a time) fits the memory limit "
-                             f"{', '.join(f'{x:g}' for x in limits)}; raise mem_limit")
+        raise ArgError("ilp: no heuristic (not even one microbatch at a time) fits the memory limit "
+                       f"{', '.join(f'{x:g}' for x in limits)}; raise mem_limit", "mem_limit")
     warm = cands[0]
     sc = scale_program(prog, limits)
     use_fifo = fifo and fifo_is_safe(prog)
