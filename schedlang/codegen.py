@@ -166,13 +166,14 @@ def _backward_stages(ins: Instr) -> tuple[int, ...]:
 def _rank_items(program: Program, rank: int, outgoing: dict[int, list[Message]],
                 incoming: dict[int, list[Message]], channels: dict[tuple[int, int], list[Message]],
                 received: dict[tuple[int, int], int]) -> list[Instr]:
+    position = {m: k for seq in channels.values() for k, m in enumerate(seq)}
     items: list[Instr] = []
     for slot in program.orders.ranks[rank]:
         for k in slot:
             for m in incoming.get(k, ()):
                 ch = (program.ops[m.src].rank, rank)
                 seq = channels[ch]
-                upto = seq.index(m)
+                upto = position[m]
                 while received[ch] <= upto:
                     items.append(_recv(program, seq[received[ch]]))
                     received[ch] += 1
