@@ -22,7 +22,11 @@ The heuristic, per the paper, built round by round (one microbatch per round):
 4. At the end, each stage runs its remaining Ws.
 
 Like the paper, every combination of the three binary hyperparameters is tried and the
-schedule with the smallest span cost (max over ranks of last end - first start) is kept.
+schedule with the smallest span cost (max over ranks of last end - first start) is kept. Unless
+``handcrafted=false``, the handcrafted ZB-H1 and ZB-H2 orders are candidates too when they fit
+the limit: with uneven stages the greedy alone can lose to them. So with limit p*M_B (2p*M_B)
+zb-auto is never worse than ZB-H1 (ZB-H2) by construction; tests check that the greedy alone is
+not worse either on uniform stages.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from dataclasses import dataclass, field
 from schedlang.ir import Orders, Program, Role, Value
 from schedlang.schedulers import Arg, Scheduler
 from schedlang.schedulers.heuristics import chain_placement, kinds_of
+from schedlang.simulate import simulate
 from schedlang.source import SchedlangError
 
 EPS = 1e-9
@@ -275,7 +280,31 @@ def zb_auto(program: Program, args: Mapping[str, Value]) -> Orders:
     ranks: list[tuple[tuple[int, ...], ...]] = [() for _ in range(program.num_ranks)]
     for s, order in enumerate(best.order):
         ranks[program.placement[s]] = tuple((k,) for k in order)
-    return Orders(tuple(ranks), origin="zb-auto")
+    orders = Orders(tuple(ranks), origin="zb-auto")
+    if args.get("handcrafted", True):
+        orders = _best_with_handcrafted(program, orders, best.cost(), limits)
+    return orders
+
+
+def _best_with_handcrafted(program: Program, orders: Orders, cost: float, limits: list[float]) -> Orders:
+    """The greedy's orders, or ZB-H1's / ZB-H2's when they fit the limits and cost less (with
+    uneven stages the greedy can lose to them; the paper likewise starts its optimizer from the
+    best heuristic)."""
+    from dataclasses import replace
+
+    from schedlang.schedulers.heuristics import fits_memory, zb_h1, zb_h2
+
+    per_rank = [math.inf] * program.num_ranks
+    for s, lim in enumerate(limits):
+        per_rank[program.placement[s]] = lim
+    limited = replace(program, mem_limit=tuple(per_rank))
+    for fn in (zb_h1, zb_h2):
+        cand = fn(program, {})
+        if fits_memory(limited, cand):
+            c = simulate(program.with_orders(cand)).cost
+            if c < cost - EPS:
+                orders, cost = cand, c
+    return Orders(orders.ranks, origin="zb-auto")
 
 
 def _applies(program: Program) -> bool:
@@ -289,5 +318,6 @@ SCHEDULER = Scheduler(
     fn=zb_auto,
     warm_start=True,
     applies=_applies,
-    args={"mem_limit": Arg(float, None, "per-rank memory limit (the program's limit still applies)")},
+    args={"mem_limit": Arg(float, None, "per-rank memory limit (the program's limit still applies)"),
+          "handcrafted": Arg(bool, True, "also try ZB-H1 / ZB-H2 and keep them when they fit and cost less")},
 )
