@@ -346,3 +346,17 @@ def test_cli_emit_and_streams_check(tmp_path, capsys) -> None:
     assert "ranks 0 -> 1 -> 0 wait on each other" in err and "Traceback" not in err
     assert main(["compile", "std:1f1b", "--emit", "streams"]) == 0
     assert capsys.readouterr().out.startswith("schedlang-isa 1\n")
+
+
+def _all_builtins() -> list[str]:
+    from pathlib import Path
+
+    libs = {"costs", "fbw", "fused"}
+    return sorted(p.stem for p in (Path(api.__file__).parent / "stdlib").glob("*.sched") if p.stem not in libs)
+
+
+@pytest.mark.parametrize("name", _all_builtins())
+@pytest.mark.parametrize(("p", "m"), [(2, 4), (4, 8)])
+def test_every_builtin_generates_sound_streams(name: str, p: int, m: int) -> None:
+    prog = _compile(name, {"p": p, "m": m})
+    _assert_streams_sound(prog, codegen(prog))

@@ -200,6 +200,8 @@ def test_import_mixed_backwards_and_errors(tmp_path, capsys) -> None:
     assert main(["import", str(csv), "-o", str(out)]) == 0
     prog = api.compile(str(out))
     assert [prog.ops[k].label for (k,) in prog.orders.ranks[0]] == ["F[0,0]", "F[0,1]", "B[0,0]", "W[0,0]", "BW[0,1]"]
+    resched = api.compile(str(out), scheduler="list")  # an imported schedule can be re-optimized
+    assert sorted(o.label for o in resched.ops) == sorted(o.label for o in prog.ops)
     bad = tmp_path / "bad.csv"
     bad.write_text("0F0,0SEND_F0,0B0\n1RECV_F0,1F0,1B0\n")
     assert main(["import", str(bad), "--format", "compute_only"]) == 1
