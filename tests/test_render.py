@@ -7,8 +7,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from schedlang import api
+from schedlang import testing as sst
 from schedlang.cli import main
 from schedlang.render import Style, Text, layout, op_boxes, render_svg
 from schedlang.trace import chrome_trace, read_trace
@@ -173,3 +175,17 @@ def test_render_bad_output_is_a_user_error(tmp_path: Path, capsys: pytest.Captur
     assert "use .svg or .png" in capsys.readouterr().err
     assert main(["render", "std:gpipe", "--format", "png"]) == 1
     assert "needs -o" in capsys.readouterr().err
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sst.scheduled_programs(max_ranks=4, max_microbatches=4))
+def test_svg_matches_simulation_on_random_pipelines(program) -> None:  # type: ignore[no-untyped-def]
+    _check_svg(program, render_svg(program, memory=True))
+    doc = json.loads(chrome_trace(program))
+    assert sum(1 for e in doc["traceEvents"] if e["ph"] == "X") == len(program.ops)
+
+
+@pytest.mark.parametrize("name", ["dualpipe-v", "zb-v", "interleaved-1f1b", "chimera"])
+def test_svg_of_multi_chunk_builtins(name: str) -> None:
+    prog = api.compile(f"std:{name}")
+    _check_svg(prog, render_svg(prog))
