@@ -1,0 +1,122 @@
+"""The CP-SAT optimizer (``ilp``) against the best built-in heuristic, instance by instance.
+
+Suite (issue [ilp]): p in {4, 8, 16}, m in {8, 24, 64}; profiles ``uniform`` (T_F = T_B = T_W),
+``1.5B`` (the paper's profiled times, REFERENCE.md section 1) and ``heavy`` (1.5B with the last
+stage 1.5x slower); memory limits 0.75, 1, 1.5 and 2 times p*M_B; comm time on. For each
+instance: the best heuristic (name and bubble rate: the peer, scheduled in the same run), the
+ILP's bubble rate, the lower bound (as a bubble rate: no schedule can do better), the gap
+``(cost - bound) / cost``, the status and the solve time. ``--headline`` runs the issue's two
+headline instances (1.5B, limit 2p*M_B: p=4 m=12 and p=8 m=24).
+
+    python benchmarks/optimizer.py --quick --time-limit 10
+    python benchmarks/optimizer.py --headline --time-limit 60
+    python benchmarks/optimizer.py --max-p 8 --time-limit 20
+
+``--time-limit`` is CP-SAT deterministic time per instance (about seconds). Prints a table and
+writes benchmarks/results/optimizer[-NAME].json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from schedlang.schedulers.ilp import optimize
+from schedlang.schedulers.ilp.cases import pipeline
+
+PROFILES = {"uniform": ("uniform", 1.0), "1.5B": ("1.5B", 1.0), "heavy": ("1.5B", 1.5)}
+LIMITS = (0.75, 1.0, 1.5, 2.0)
+
+
+def instances(args: argparse.Namespace) -> list[tuple[str, int, int, float]]:
+    if args.headline:
+        return [("1.5B", 4, 12, 2.0), ("1.5B", 8, 24, 2.0)]
+    ps = [p for p in (4, 8, 16) if p <= args.max_p]
+    ms = (8, 24, 64)
+    if args.quick:
+        ps, ms = [4, 8], (8, 24)
+    out = []
+    for prof in PROFILES:
+        for p in ps:
+            for m in ms:
+                if args.quick and (p, m) == (8, 8):
+                    continue
+                for lim in LIMITS:
+                    out.append((prof, p, m, lim))
+    return out
+
+
+def run_one(prof: str, p: int, m: int, lim: float, time_limit: float, workers: int) -> dict[str, Any]:
+    base, heavy = PROFILES[prof]
+    prog = pipeline(p, m, base, lim, heavy_last=heavy)
+    row: dict[str, Any] = {"profile": prof, "p": p, "m": m, "limit": lim, "ops": len(prog.ops)}
+    t0 = time.perf_counter()
+    try:
+        orders, rep = optimize(prog, time_limit=time_limit, workers=workers)
+    except Exception as exc:  # noqa: BLE001 - a benchmark records failures (e.g. infeasible limits)
+        row.update(status="ERROR", error=str(exc).splitlines()[0], time=time.perf_counter() - t0)
+        return row
+    from schedlang.simulate import simulate
+
+    sim = simulate(prog.with_orders(orders))
+    busy = max(r.busy for r in sim.ranks)
+    heur_rate = (rep.warm_objective - busy) / rep.warm_objective if rep.warm_objective > 0 else 0.0
+    row.update(status=rep.status, heuristic=rep.warm_start, heuristic_cost=rep.warm_objective,
+               heuristic_bubble_rate=heur_rate, ilp_cost=rep.objective, ilp_bubble_rate=sim.bubble_rate,
+               bound=rep.bound, bound_bubble_rate=(rep.bound - busy) / rep.bound if rep.bound > 0 else 0.0,
+               gap=rep.gap, ratio=rep.objective / rep.warm_objective, time=rep.time,
+               deterministic_time=rep.deterministic_time, rounds=rep.rounds, candidates=rep.candidates)
+    return row
+
+
+def show(row: dict[str, Any]) -> str:
+    head = f"{row['profile']:>7} {row['p']:>3} {row['m']:>3} {row['limit']:>5.2f}"
+    if row["status"] == "ERROR":
+        return f"{head}  ERROR {row['error'][:80]}"
+    return (f"{head} {row['heuristic']:>11} {row['heuristic_bubble_rate']:>8.4f} {row['ilp_bubble_rate']:>8.4f} "
+            f"{row['bound_bubble_rate']:>8.4f} {100 * row['gap']:>6.2f}% {row['ratio']:>6.4f} {row['status']:>10} "
+            f"{row['time']:>7.1f}")
+
+
+HEADER = (f"{'profile':>7} {'p':>3} {'m':>3} {'limit':>5} {'heuristic':>11} {'h.bubble':>8} {'ilp':>8} "
+          f"{'bound':>8} {'gap':>7} {'ratio':>6} {'status':>10} {'time s':>7}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--time-limit", type=float, default=60.0, help="deterministic seconds per instance")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="p in {4, 8}, m in {8, 24} (not p=8 m=8)")
+    ap.add_argument("--headline", action="store_true", help="only the issue's two headline instances")
+    ap.add_argument("--max-p", type=int, default=16)
+    ap.add_argument("--only", help="profile name to run (uniform, 1.5B, heavy)")
+    ap.add_argument("--name", default="", help="suffix of the JSON file name")
+    args = ap.parse_args(argv)
+    todo = [x for x in instances(args) if args.only is None or x[0] == args.only]
+    print(HEADER)
+    rows = []
+    for prof, p, m, lim in todo:
+        row = run_one(prof, p, m, lim, args.time_limit, args.workers)
+        rows.append(row)
+        print(show(row), flush=True)
+    done = [r for r in rows if r["status"] != "ERROR"]
+    if done:
+        worse = sum(1 for r in done if r["ilp_cost"] > r["heuristic_cost"] + 1e-9)
+        better = sum(1 for r in done if r["ilp_cost"] < r["heuristic_cost"] - 1e-9)
+        proved = sum(1 for r in done if r["status"] == "OPTIMAL")
+        under1 = sum(1 for r in done if r["gap"] < 0.01)
+        print(f"{len(done)} instances: {better} improved on the best heuristic, {worse} worse, "
+              f"{proved} proved optimal, {under1} with gap < 1%; {len(rows) - len(done)} errors")
+    out = Path(__file__).parent / "results" / f"optimizer{'-' + args.name if args.name else ''}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"time_limit": args.time_limit, "workers": args.workers, "rows": rows}, indent=1))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
