@@ -59,17 +59,16 @@ def trace_events(program: Program, sim: Simulation | None = None, unit_us: float
 def chrome_trace(program: Program, unit_us: float = 1000.0) -> str:
     """The whole trace as JSON text (see the module docstring for the format)."""
     sim = simulate(program)
-    doc = {
-        "traceEvents": trace_events(program, sim, unit_us),
-        "displayTimeUnit": "ms",
-        "otherData": {
-            "source": TRACE_SOURCE, "program": program.name, "unit_us": unit_us,
-            "num_ranks": program.num_ranks, "num_stages": program.num_stages,
-            "num_microbatches": program.num_microbatches,
-            "makespan": sim.makespan, "bubble_rate": sim.bubble_rate,
-        },
+    other = {
+        "source": TRACE_SOURCE, "program": program.name, "unit_us": unit_us,
+        "num_ranks": program.num_ranks, "num_stages": program.num_stages,
+        "num_microbatches": program.num_microbatches,
+        "makespan": sim.makespan, "bubble_rate": sim.bubble_rate,
     }
-    return json.dumps(doc, separators=(",", ":")) + "\n"
+    # One event per line: compact for large schedules, yet diffable line by line.
+    events = ",\n".join(json.dumps(e, separators=(",", ":")) for e in trace_events(program, sim, unit_us))
+    return (f'{{"traceEvents":[\n{events}\n],\n"displayTimeUnit":"ms",\n'
+            f'"otherData":{json.dumps(other, separators=(",", ":"))}}}\n')
 
 
 def read_trace(text: str) -> dict[int, list[dict[str, Any]]]:

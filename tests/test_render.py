@@ -189,3 +189,10 @@ def test_svg_matches_simulation_on_random_pipelines(program) -> None:  # type: i
 def test_svg_of_multi_chunk_builtins(name: str) -> None:
     prog = api.compile(f"std:{name}")
     _check_svg(prog, render_svg(prog))
+
+
+def test_goldens(golden) -> None:  # type: ignore[no-untyped-def]
+    """Small pictures and traces, byte for byte (pytest --update-goldens rewrites them)."""
+    prog = api.compile("std:zb-h1", p=2, m=2, tc=0.25)
+    golden.check("ux/zb-h1-p2-m2.svg", render_svg(prog, memory=True))
+    golden.check("ux/zb-h1-p2-m2.trace.json", chrome_trace(prog))
