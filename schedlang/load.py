@@ -55,8 +55,11 @@ def read_source(path: str, base_dir: str | None = None, span: Span | None = None
         name = path[len(STD_PREFIX):]
         text = _std_text(name) if name and "/" not in name and "\\" not in name else None
         if text is None:
-            known = ", ".join(std_names())
-            raise SchedlangError(f"no standard module '{path}' (known: {known})", span)
+            import difflib
+
+            near = difflib.get_close_matches(name, std_names(), n=1)
+            hint = f" (did you mean 'std:{near[0]}'?)" if near else ""
+            raise SchedlangError(f"no standard module '{path}'{hint}; 'schedlang list' shows the built-ins", span)
         return Source(path, text)
     full = path if base_dir is None or os.path.isabs(path) else os.path.join(base_dir, path)
     try:
