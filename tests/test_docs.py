@@ -130,6 +130,8 @@ def test_console_block(doc: Path, line: int, body: str, after: str, tmp_path: Pa
         varies = cmd.rstrip().endswith("# output varies")
         argv = shlex.split(cmd, comments=True)
         assert argv[0] == "schedlang", f"{doc.name}:{line}: only schedlang commands run here"
+        if any(a.endswith(".png") for a in argv):
+            pytest.importorskip("PIL", reason="PNG output needs Pillow")
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             status = main(argv[1:])
