@@ -366,7 +366,18 @@ def _run_all(world: int, progs: list[tuple[str, Program]], tmp: Path) -> dict[st
     return results
 
 
-RUN_2 = [(n, p) for n, p in EXPORT_2]
+def _torch_imported(cls_name: str, p: int, m: int) -> Program:
+    """One of PyTorch's built-in schedules, imported into schedlang."""
+    order = _torch_builtin_order(cls_name, p, m)
+    text = "".join(",".join("" if a is None else str(a) for a in order[r]) + "\n" for r in range(p))
+    return import_torch(text, f"{cls_name}.csv")[1]
+
+
+# PyTorch's own multi-stage schedules run again from our export of their import (DualPipeV brings
+# OVERLAP_F_B with full backwards and a mix of B and I/W).
+FROM_TORCH = ["ScheduleDualPipeV", "ScheduleZBVZeroBubble", "ScheduleInterleavedZeroBubble"]
+RUN_2 = [(n, p) for n, p in EXPORT_2] + ([(f"torch-{c}", _torch_imported(c, 2, 4)) for c in FROM_TORCH]
+                                         if TORCH_OK else [])
 RUN_4 = [(n, p) for n, p in exportable(4, 4)]
 
 
