@@ -40,6 +40,11 @@ checks them, and its docstring states the blocking semantics precisely):
   payload kind (ACT/GRAD), microbatch and stages (``stage``/``peer_stage`` swapped). A runtime
   may therefore use one tag per pair, or tag by (stage, mb) as it likes.
 - A ``BATCH`` issues all its sends and posts all its receives, then waits for all its receives.
+  Codegen batches per peer where it can; a batch may hold several peers when splitting it would
+  make a send wait longer (then all its parts must be posted together).
+- Sends are never placed where they would need to block: a runtime may use ``isend`` and wait
+  for completion at the end of the step. Receives may be posted early (``irecv``) and waited for
+  at first use, as long as each pair's receives are posted in stream order.
 - Every receive is placed before the compute instruction that consumes it (maybe earlier, when a
   later message of the same pair is needed first: the runtime keeps it until used).
 - ``REDUCE_GRAD stage=s`` appears once per stage with backward ops, after that stage's last
