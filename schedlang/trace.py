@@ -1,26 +1,27 @@
 """Chrome / Perfetto trace of a simulated schedule (``--emit chrome-trace``).
 
 The output is the Chrome "JSON object" trace format, which https://ui.perfetto.dev and
-``chrome://tracing`` open directly. The same layout is meant for measured runs, so a planned and a
-measured timeline can be opened side by side and compared event by event:
+``chrome://tracing`` open directly. It follows the layout of the runtime's measured traces
+(``schedlang.runtime.timeline.chrome_trace``), so a planned and a measured timeline can be opened
+side by side and compared event by event:
 
-- ``{"traceEvents": [...], "displayTimeUnit": "ms", "otherData": {...}}``.
+- ``{"traceEvents": [...], "displayTimeUnit": "ms", "otherData": {...}}``, one event per line.
 - One track per rank: ``pid`` = rank, ``tid`` = 0. Metadata events (``"ph": "M"``) name the
   process ``"rank R"`` (``process_name``), sort it by rank (``process_sort_index``) and name the
   thread ``"compute"`` (``thread_name``).
-- One complete event (``"ph": "X"``) per op, in per-rank order: ``name`` is the kind followed by
-  the microbatch (``"F3"``, ``"BW0"``), ``cat`` is the op's role (``F``, ``B``, ``W``, ``BW``,
-  ``USER``), ``ts`` and ``dur`` are in microseconds, and ``args`` holds ``op`` (the label
-  ``"F[1,3]"``), ``kind``, ``stage``, ``microbatch`` and ``slot`` (position in the rank's order;
-  ops overlapped in one slot share it).
+- One complete event (``"ph": "X"``) per op, rank by rank in order: ``name`` is the kind, the
+  stage, a dot and the microbatch (``"F1.3"``: kind ``F``, stage 1, microbatch 3, as the runtime
+  names an executed instruction); ``cat`` is ``"instr"``; ``ts`` and ``dur`` are in
+  microseconds; ``args`` holds ``op`` (the kind), ``stage``, ``mb``, ``step`` (0), ``index`` (the
+  slot's position in the rank's order; ops overlapped in one slot share it), ``role`` (``F``,
+  ``B``, ``W``, ``BW``, ``USER``) and ``label`` (``"F[1,3]"``).
 - Times: schedlang costs have no unit of their own; the trace reads one cost unit as
   ``unit_us`` microseconds (default 1000, i.e. costs in milliseconds, as in the Zero Bubble
   paper's profiles). ``otherData`` records ``unit_us``, the program name, its shape and the
-  simulated makespan and bubble rate, and ``"source": "schedlang-simulate"`` (a measured run
-  writes ``"source": "schedlang-runtime"``).
+  simulated makespan and bubble rate, and ``"source": "schedlang-simulate"``.
 
-:func:`read_trace` parses such a file back into per-rank lists of complete events, for tests and
-for comparing a plan with a measurement.
+:func:`read_trace` parses such a file (or a measured one) back into per-rank lists of complete
+events, for tests and for comparing a plan with a measurement.
 """
 
 from __future__ import annotations
@@ -47,11 +48,11 @@ def trace_events(program: Program, sim: Simulation | None = None, unit_us: float
             for k in slot:
                 op = program.ops[k]
                 events.append({
-                    "ph": "X", "name": f"{op.kind}{op.mb}", "cat": program.role(op).value,
-                    "pid": r, "tid": 0,
+                    "ph": "X", "name": f"{op.kind}{op.stage}.{op.mb}", "cat": "instr", "pid": r, "tid": 0,
                     "ts": round(sim.start[k] * unit_us, 3),
                     "dur": round((sim.end[k] - sim.start[k]) * unit_us, 3),
-                    "args": {"op": op.label, "kind": op.kind, "stage": op.stage, "microbatch": op.mb, "slot": pos},
+                    "args": {"op": op.kind, "stage": op.stage, "mb": op.mb, "step": 0, "index": pos,
+                             "role": program.role(op).value, "label": op.label},
                 })
     return events
 
@@ -80,5 +81,5 @@ def read_trace(text: str) -> dict[int, list[dict[str, Any]]]:
         if e.get("ph") == "X":
             out.setdefault(int(e["pid"]), []).append(e)
     for evs in out.values():
-        evs.sort(key=lambda e: (e["ts"], e.get("args", {}).get("slot", 0)))
+        evs.sort(key=lambda e: (e["ts"], e.get("args", {}).get("index", 0)))
     return out

@@ -152,15 +152,16 @@ def test_trace_one_complete_event_per_op_and_rank_tracks() -> None:
     assert names == {r: f"rank {r}" for r in range(prog.num_ranks)}
     seen = set()
     for e in xs:
-        k = prog.find(e["args"]["kind"], e["args"]["stage"], e["args"]["microbatch"])
+        k = prog.find(e["args"]["op"], e["args"]["stage"], e["args"]["mb"])
         assert k is not None and k.id not in seen
         seen.add(k.id)
-        assert e["pid"] == k.rank and e["args"]["op"] == k.label
+        assert e["pid"] == k.rank and e["args"]["label"] == k.label and e["name"] == f"{k.kind}{k.stage}.{k.mb}"
+        assert e["cat"] == "instr" and e["args"]["role"] == prog.role(k).value
         assert e["ts"] == pytest.approx(sim.start[k.id] * 1000)
         assert e["dur"] == pytest.approx((sim.end[k.id] - sim.start[k.id]) * 1000)
     per_rank = read_trace(text)
     for r, slots in enumerate(prog.orders.ranks):
-        assert [e["args"]["op"] for e in per_rank[r]] == [prog.ops[k].label for s in slots for k in s]
+        assert [e["args"]["label"] for e in per_rank[r]] == [prog.ops[k].label for s in slots for k in s]
 
 
 def test_emitters_registered(capsys: pytest.CaptureFixture[str]) -> None:
@@ -196,3 +197,25 @@ def test_goldens(golden) -> None:  # type: ignore[no-untyped-def]
     prog = api.compile("std:zb-h1", p=2, m=2, tc=0.25)
     golden.check("ux/zb-h1-p2-m2.svg", render_svg(prog, memory=True))
     golden.check("ux/zb-h1-p2-m2.trace.json", chrome_trace(prog))
+
+
+def test_planned_trace_matches_the_runtime_format() -> None:
+    """A measured trace built by the runtime from the same timeline has the same events."""
+    timeline = pytest.importorskip("schedlang.runtime.timeline")
+    prog = api.compile("std:zb-h1", p=3, m=4, tc=0.5)
+    sim = api.simulate(prog)
+    events = []
+    for r, slots in enumerate(prog.orders.ranks):
+        for pos, slot in enumerate(slots):
+            for k in slot:
+                op = prog.ops[k]
+                events.append(timeline.Event(rank=r, step=0, index=pos, name=op.kind, stage=op.stage, mb=op.mb,
+                                             start_ns=round(sim.start[k] * 1e6), end_ns=round(sim.end[k] * 1e6)))
+    measured = read_trace(json.dumps(timeline.chrome_trace(events)))
+    planned = read_trace(chrome_trace(prog))
+    assert sorted(measured) == sorted(planned) == list(range(prog.num_ranks))
+    for r in planned:
+        assert [(e["name"], e["pid"], e["tid"]) for e in planned[r]] == [(e["name"], e["pid"], e["tid"]) for e in measured[r]]
+        for a, b in zip(planned[r], measured[r], strict=True):
+            assert a["ts"] == pytest.approx(b["ts"]) and a["dur"] == pytest.approx(b["dur"])
+            assert all(a["args"][key] == b["args"][key] for key in ("op", "stage", "mb", "step", "index"))
