@@ -4,13 +4,17 @@ relatives V-Half and V-Min ("Pipeline Parallelism with Controllable Memory", Qi 
 
 The paper builds ZB-V with a greedy search under a memory limit of p*M_B per rank (M_B: the
 activations of one microbatch through a rank's whole share of the model, i.e. both chunks). This
-scheduler does the same kind of search with the core's greedy list scheduler (earliest start,
-then a role priority, under the limit): it runs it with backward-first (``BFW``) and
-forward-first (``FBW``) priorities and keeps the order with the smaller span cost (then
-makespan). With T_F = T_B = T_W it reaches zero bubble at p*M_B for m >= 2p (tests check it);
-with a smaller limit (``mem_limit``) it trades bubble for memory the way V-Half (about half of
-1F1B's memory) and V-Min (about a third) do. It is a greedy stand-in for the paper's
-hand-built V-Half / V-Min building blocks, not a reproduction of them.
+scheduler does the same kind of search with two greedy list schedulers: the core's (earliest
+start, then a role priority, under the limit) and a gap-filling one (:func:`gap_fill`: W runs only
+in a gap before the next F or B, as the Zero Bubble heuristics place it). Each runs with
+backward-first and forward-first priorities, with and without reserving a microbatch's chunk-1
+memory at its chunk-0 forward; the order with the smallest span cost (then makespan) is kept.
+With T_F = T_B = T_W it reaches zero bubble at p*M_B for m >= 2p (tests check it). With the
+paper's profiled times and comm it does not: about 0.15 bubble rate at p = 8, m = 24 (zero with
+unlimited memory), where the paper's own ZB-V search does better. With a smaller limit
+(``mem_limit``, ``mb_limit``) it trades bubble for memory the way V-Half (about half of 1F1B's
+memory) and V-Min (about a third) do: a greedy stand-in for the paper's hand-built V-Half / V-Min
+building blocks, not a reproduction of them.
 
 Requires: the V placement with 2p stages on p ranks and split F / B / W kinds.
 """
@@ -22,7 +26,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import replace
 
-from schedlang.ir import Orders, Program, Role, Value
+from schedlang.ir import Op, Orders, Program, Role, Value
 from schedlang.schedulers import Arg, Scheduler
 from schedlang.schedulers.heuristics import kinds_of
 from schedlang.schedulers.list_sched import list_schedule
@@ -82,9 +86,9 @@ def zb_v(program: Program, args: Mapping[str, Value]) -> Orders:
     limits = _limits(program, arg, args.get("mb_limit"))
     best: tuple[tuple[float, float], Orders] | None = None
     last_error: SchedlangError | None = None
-    for priority, reserve in itertools.product(("BFW", "FBW"), (False, True)):
+    for algo, priority, reserve in itertools.product((_run, gap_fill), ("BFW", "FBW"), (False, True)):
         try:
-            orders = _run(program, limits, priority, reserve)
+            orders = algo(program, limits, priority, reserve)
         except SchedlangError as exc:
             last_error = exc
             continue
@@ -98,6 +102,22 @@ def zb_v(program: Program, args: Mapping[str, Value]) -> Orders:
     return Orders(best[1].ranks, origin="zb-v")
 
 
+def _charged(program: Program, reserve: bool) -> tuple[Op, ...]:
+    """The ops with the memory the greedy charges (see :func:`_run`)."""
+    ops = program.ops
+    if not reserve:
+        return ops
+    p = program.num_ranks
+    index = program.op_index()
+    new = list(ops)
+    for o in ops:
+        if program.role(o) is Role.F:
+            twin = index.get((o.kind, 2 * p - 1 - o.stage, o.mb))
+            if twin is not None:
+                new[o.id] = replace(o, mem=o.mem + ops[twin].mem if o.stage < p else 0.0)
+    return tuple(new)
+
+
 def _run(program: Program, limits: list[float], priority: str, reserve: bool) -> Orders:
     """One greedy list schedule; per-rank limits go in through the program's mem_limit.
 
@@ -105,20 +125,94 @@ def _run(program: Program, limits: list[float], priority: str, reserve: bool) ->
     (and the chunk-1 forward nothing), so the greedy never fills a tight limit with chunk-0
     forwards whose chunk-1 forwards could then not run. Real memory never exceeds the charged
     memory (the same amounts, allocated earlier), so the orders keep the real limit too."""
-    ops = program.ops
-    if reserve:
-        p = program.num_ranks
-        index = program.op_index()
-        new = list(ops)
-        for o in ops:
-            if program.role(o) is Role.F:
-                twin = index.get((o.kind, 2 * p - 1 - o.stage, o.mb))
-                if twin is not None:
-                    new[o.id] = replace(o, mem=o.mem + ops[twin].mem if o.stage < p else 0.0)
-        ops = tuple(new)
-    limited = replace(program, ops=ops,
+    limited = replace(program, ops=_charged(program, reserve),
                       mem_limit=tuple(limits) if not all(math.isinf(x) for x in limits) else None)
     return list_schedule(limited, {"priority": priority})
+
+
+class _GapFill:
+    """List scheduling where W only fills gaps: the state of one run of :func:`gap_fill`."""
+
+    def __init__(self, program: Program, limits: list[float], priority: str, reserve: bool) -> None:
+        self.program = program
+        self.ops = _charged(program, reserve)
+        self.limits = limits
+        self.rank_of_role = {Role.B: priority.index("B"), Role.BW: priority.index("B"),
+                             Role.F: priority.index("F"), Role.W: 3, Role.USER: 3}
+        R = program.num_ranks
+        self.free = [0.0] * R
+        self.mem = [0.0] * R
+        self.end: dict[int, float] = {}
+        self.missing = [len(x) for x in program.preds()]
+        self.est = [0.0] * len(self.ops)
+        self.ready: list[set[int]] = [set() for _ in range(R)]  # F / B ops whose preds are placed
+        self.ws: list[list[int]] = [[] for _ in range(R)]  # Ws whose B is placed, FIFO
+        self.orders: list[list[tuple[int, ...]]] = [[] for _ in range(R)]
+        for k in range(len(self.ops)):
+            if self.missing[k] == 0:
+                self._make_ready(k)
+
+    def _make_ready(self, k: int) -> None:
+        o = self.ops[k]
+        if self.program.role(o) is Role.W:
+            self.ws[o.rank].append(k)
+        else:
+            self.ready[o.rank].add(k)
+
+    def _fits(self, r: int, k: int) -> bool:
+        lim = self.limits[r]
+        return self.mem[r] + self.ops[k].mem <= lim + 1e-9 * max(1.0, abs(lim))
+
+    def action(self, r: int) -> tuple[float, int, int] | None:
+        """(start, priority, op) of what rank r would do next."""
+        t = self.free[r]
+        cands = [(max(t, self.est[k]), self.rank_of_role[self.program.role(self.ops[k])], self.ops[k].mb, k)
+                 for k in self.ready[r] if self._fits(r, k)]
+        now = [c for c in cands if c[0] <= t]
+        if now:
+            s, pr, _, k = min(now, key=lambda c: (c[1], c[2], c[3]))
+            return s, pr, k
+        nxt = min(cands, default=None)
+        w = self.ws[r][0] if self.ws[r] else None
+        if w is not None and (nxt is None or t + self.ops[w].time <= nxt[0] + 1e-12):
+            return t, 3, w
+        if nxt is not None:
+            return nxt[0], nxt[1], nxt[3]
+        return None
+
+    def place(self, r: int, start: float, k: int) -> None:
+        o = self.ops[k]
+        if k in self.ready[r]:
+            self.ready[r].discard(k)
+        else:
+            self.ws[r].remove(k)
+        self.end[k] = start + o.time
+        self.free[r] = self.end[k]
+        self.mem[r] += o.mem
+        self.orders[r].append((k,))
+        for d, lat in self.program.succs()[k]:
+            self.est[d] = max(self.est[d], self.end[k] + lat)
+            self.missing[d] -= 1
+            if self.missing[d] == 0:
+                self._make_ready(d)
+
+    def run(self) -> Orders:
+        for _ in range(len(self.ops)):
+            acts = [(a, r) for r in range(self.program.num_ranks) if (a := self.action(r)) is not None]
+            if not acts:
+                r = max(range(self.program.num_ranks), key=lambda x: len(self.ready[x]))
+                raise SchedlangError(f"gap-filling greedy: no op can run within the memory limit "
+                                     f"(rank {r} holds {self.mem[r]:g}, limit {self.limits[r]:g}); raise mem_limit")
+            (start, _, k), r = min(acts, key=lambda x: (x[0][0], x[0][1], x[1]))
+            self.place(r, start, k)
+        return Orders(tuple(tuple(x) for x in self.orders), origin="zb-v")
+
+
+def gap_fill(program: Program, limits: list[float], priority: str, reserve: bool) -> Orders:
+    """Greedy list scheduling in which a W runs only when it fits in the gap before the rank's
+    next forward or backward (or nothing else can run), as the Zero Bubble heuristics place W;
+    forwards wait for memory (``reserve`` as in :func:`_run`)."""
+    return _GapFill(program, limits, priority, reserve).run()
 
 
 SCHEDULER = Scheduler(
