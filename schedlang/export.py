@@ -408,8 +408,11 @@ def torch_to_sched(ts: TorchSchedule, origin: str = "") -> tuple[str, dict[tuple
         rows = ", ".join("[" + ", ".join("true" if full[(s, i)] else "false"
                                          for i in range(ts.num_microbatches)) + "]"
                          for s in range(ts.num_stages))
-        lines.append(f"let full = [{rows}]   # stage, microbatch -> full backward (B) or split (I, W)")
-        lines += _MIXED_OPS.splitlines()
+        mixed = _MIXED_OPS.splitlines()
+        lines += mixed[:2]
+        lines.append("# full[s][i]: PyTorch ran a full backward (B) for stage s, microbatch i, else I and W")
+        lines.append(f"let full = [{rows}]")
+        lines += mixed[1:]
     lines += ["", f"ranks {len(ts.rows)}", f"stages {ts.num_stages}", f"microbatches {ts.num_microbatches}",
               f"place [{', '.join(map(str, placement))}]", "", "schedule {"]
     where: dict[tuple[int, int], Span] = {}

@@ -440,3 +440,13 @@ def test_pytorch_accepts_random_valid_schedules(prog: Program) -> None:
     lowered = _add_send_recv({r: _add_reduce_grad(a, m) for r, a in compute.items()}, lambda s: mapping[s], S)
     _simulate_untimed(lowered, mapping, S)
     _simulate_untimed(_torch_actions(torch_comms_rows(prog)), mapping, S)
+
+
+@needs_torch
+def test_import_golden(golden) -> None:
+    """The program text the import writes for PyTorch's DualPipeV (mixed B and I/W, overlaps)."""
+    order = _torch_builtin_order("ScheduleDualPipeV", 2, 4)
+    text = "".join(",".join("" if a is None else str(a) for a in order[r]) + "\n" for r in range(2))
+    source, _ = import_torch(text, "DualPipeV.csv")
+    golden.check("codegen/import_dualpipev.sched", source)
+    golden.check("codegen/import_dualpipev.csv", text)
