@@ -1,6 +1,8 @@
 """``schedlang render`` and ``schedlang compare``: look at a schedule, and set schedules side by side.
 
 ``render FILE -o OUT.svg|OUT.png`` draws the pipeline picture (see :mod:`schedlang.render`).
+A ``FILE.json`` is read as a Chrome trace instead (planned by ``compile --emit chrome-trace`` or
+measured by the runtime) and drawn as recorded (see :func:`schedlang.trace.timeline_from_trace`).
 
 ``compare A B ... [--set NAME=VALUE] [--scheduler S ...]`` lowers every program with the same
 parameter overrides (each override applies to the programs that declare it; one that no program
@@ -33,6 +35,8 @@ from schedlang.term import Column, Table, fmt_num, paint, use_colour
 def _render_args(p: argparse.ArgumentParser) -> None:
     add_program_args(p)
     p.add_argument("-o", "--output", metavar="OUT", help="OUT.svg or OUT.png (default: SVG on stdout)")
+    p.description = ("draw a schedule as SVG or PNG: one row per rank, time across; FILE may also be a "
+                     "Chrome trace (.json, planned or measured), drawn as recorded")
     p.add_argument("--memory", action="store_true", help="plot each rank's memory under its row")
     p.add_argument("--width", type=int, default=0, help="picture width in pixels (default: from the schedule)")
     p.add_argument("--format", choices=("svg", "png"), help="output format (default: from OUT's extension)")
@@ -51,8 +55,12 @@ def _render_run(args: argparse.Namespace) -> int:
         raise SchedlangError("PNG output needs -o OUT.png (a file, not stdout)")
     if args.width and args.width < 200:
         raise SchedlangError(f"--width {args.width} is too small (at least 200 pixels)")
-    prog = load_program(args)
-    scene = layout(prog, memory=args.memory, style=Style(width=args.width))
+    if args.file.endswith(".json"):
+        prog, sim = _trace_timeline(args)
+        scene = layout(prog, sim, style=Style(width=args.width))
+    else:
+        prog = load_program(args)
+        scene = layout(prog, memory=args.memory, style=Style(width=args.width))
     if fmt == "png":
         scene_png(scene, args.output)
     else:
@@ -60,6 +68,22 @@ def _render_run(args: argparse.Namespace) -> int:
     if args.output and args.output != "-":
         print(f"wrote {args.output} ({scene.width}x{scene.height}, {len(prog.ops)} ops)", file=sys.stderr)
     return 0
+
+
+def _trace_timeline(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The timeline of a Chrome trace file (planned by ``--emit chrome-trace`` or measured)."""
+    from schedlang.trace import timeline_from_trace
+
+    for flag, given in (("--set", args.sets), ("--scheduler", args.scheduler), ("--memory", args.memory)):
+        if given:
+            raise SchedlangError(f"{flag} does not apply to a trace ('{args.file}' is drawn as recorded)")
+    try:
+        with open(args.file, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise SchedlangError(f"cannot read '{args.file}': {exc.strerror}") from None
+    name = os.path.basename(args.file).removesuffix(".json")
+    return timeline_from_trace(text, name)
 
 
 # ------------------------------------------------------------------ compare

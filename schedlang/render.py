@@ -330,8 +330,9 @@ def _title(program: Program, sim: Simulation, scene: Scene, st: Style) -> None:
     peak_rank = max(range(len(sim.ranks)), key=lambda r: sim.ranks[r].peak_memory)
     head = (f"{program.name}: {program.num_ranks} ranks, {program.num_stages} stages, "
             f"{program.num_microbatches} microbatches")
-    stats = (f"bubble rate {sim.bubble_rate * 100:.2f}%   makespan {_fmt(sim.makespan)}   "
-             f"peak memory {_fmt(sim.ranks[peak_rank].peak_memory)} (rank {peak_rank})")
+    stats = f"bubble rate {sim.bubble_rate * 100:.2f}%   makespan {_fmt(sim.makespan)}"
+    if any(op.mem for op in program.ops):  # a timeline read from a trace has no memory model
+        stats += f"   peak memory {_fmt(sim.ranks[peak_rank].peak_memory)} (rank {peak_rank})"
     scene.add("title", Text(st.left, 20, head, st.font * 1.35, "title", bold=True))
     scene.add("title", Text(st.left, 40, stats, st.font * 1.1, "subtitle"))
 

@@ -13,7 +13,7 @@ from schedlang import api
 from schedlang import testing as sst
 from schedlang.cli import main
 from schedlang.render import Style, Text, layout, op_boxes, render_svg
-from schedlang.trace import chrome_trace, read_trace
+from schedlang.trace import chrome_trace, read_trace, timeline_from_trace
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -219,3 +219,45 @@ def test_planned_trace_matches_the_runtime_format() -> None:
         for a, b in zip(planned[r], measured[r], strict=True):
             assert a["ts"] == pytest.approx(b["ts"]) and a["dur"] == pytest.approx(b["dur"])
             assert all(a["args"][key] == b["args"][key] for key in ("op", "stage", "mb", "step", "index"))
+
+
+@pytest.mark.parametrize("name,params", [("std:dualpipe-v", {}), ("std:1f1b", {"p": 3, "m": 5, "tc": 0.5})])
+def test_trace_draws_like_its_program(name: str, params: dict[str, float]) -> None:
+    """A planned trace read back gives the same timeline and the same boxes as the program."""
+    prog = api.compile(name, **params)
+    sim = api.simulate(prog)
+    tprog, tsim = timeline_from_trace(chrome_trace(prog), "t")
+    assert len(tprog.ops) == len(prog.ops) and tprog.num_ranks == prog.num_ranks
+    assert (tsim.makespan, tsim.cost, tsim.bubble_rate) == pytest.approx((sim.makespan, sim.cost, sim.bubble_rate))
+    assert [r.busy for r in tsim.ranks] == pytest.approx([r.busy for r in sim.ranks])
+    st = Style(width=1200)
+
+    def boxes(p, s):  # type: ignore[no-untyped-def]
+        return sorted((round(b.x, 6), round(b.y, 6), round(b.w, 6), round(b.h, 6), b.fill, dict(b.data)["kind"])
+                      for b in op_boxes(layout(p, s, style=st)))
+
+    assert boxes(tprog, tsim) == boxes(prog, sim)
+
+
+def test_render_cli_draws_a_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "plan.json"
+    assert main(["compile", "std:zb-h1", "--set", "p=3", "--emit", "chrome-trace", "-o", str(trace)]) == 0
+    assert main(["render", str(trace), "-o", str(tmp_path / "plan.svg")]) == 0
+    root = ET.fromstring((tmp_path / "plan.svg").read_text())
+    assert len(list(_groups(root)["ops"].iter(f"{SVG}rect"))) == len(api.compile("std:zb-h1", p=3).ops)
+    assert main(["render", str(trace), "--memory"]) == 1
+    assert "--memory does not apply to a trace" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text('{"x": 1}')
+    assert main(["render", str(tmp_path / "bad.json")]) == 1
+    assert "not a Chrome trace" in capsys.readouterr().err
+
+
+def test_measured_trace_skips_communication() -> None:
+    timeline = pytest.importorskip("schedlang.runtime.timeline")
+    ev = timeline.Event
+    events = [ev(0, 0, 0, "F", 0, 0, 0, 1_000_000), ev(0, 0, 1, "SEND_ACT", 0, 0, 1_000_000, 1_100_000),
+              ev(1, 0, 0, "RECV_ACT", 1, 0, 0, 1_200_000, cat="wait"), ev(1, 0, 1, "F", 1, 0, 1_200_000, 2_200_000),
+              ev(1, 0, 2, "BW", 1, 0, 2_200_000, 4_200_000), ev(0, 0, 2, "BW", 0, 0, 4_300_000, 6_300_000)]
+    prog, sim = timeline_from_trace(json.dumps(timeline.chrome_trace(events)), "measured")
+    assert [o.label for o in prog.ops] == ["F[0,0]", "BW[0,0]", "F[1,0]", "BW[1,0]"]
+    assert sim.makespan == pytest.approx(6.3) and sim.ranks[0].idle == pytest.approx(3.3)
