@@ -226,3 +226,27 @@ def test_require_builtin() -> None:
         loads(src.replace("n % 2 == 0", "n"))
     with pytest.raises(SchedlangError, match="takes 2 arguments, got 1"):
         loads(src.replace(', "n must be even"', ""))
+
+
+# ------------------------------------------------------------------ the V family
+
+
+@given(p=st.integers(1, 6), extra=st.integers(0, 6), t=st.sampled_from([0.5, 1.0, 2.0]), mw=mem_w_frac)
+@settings(max_examples=25, deadline=None)
+def test_zb_v_zero_bubble_with_equal_times(p: int, extra: int, t: float, mw: float) -> None:
+    # REFERENCE.md: ZB-V with T_F = T_B = T_W has zero bubble at p*M_B (M_B = both chunks = 2 mem_f)
+    sim = _sim("zb-v", p=p, m=2 * p + extra, tf=t, tb=t, tw=t, mem_f=1.0, mem_w=mw)
+    assert sim.bubble == pytest.approx(0.0, abs=1e-9)
+    assert max(r.peak_memory for r in sim.ranks) <= 2 * p + 1e-9
+
+
+@given(p=st.integers(1, 6), m=st.integers(1, 14), tf=times, tb=times, tw=times,
+       tc=st.sampled_from([0.0, 0.25]), name=st.sampled_from(["zb-v", "v-half", "v-min"]))
+@settings(max_examples=30, deadline=None)
+def test_v_family_within_budget(p: int, m: int, tf: float, tb: float, tw: float, tc: float, name: str) -> None:
+    # any costs: valid (compile verifies) and within the budget of microbatches per rank
+    import math
+
+    budget = {"zb-v": p, "v-half": math.ceil(p / 2) + 1, "v-min": math.ceil(p / 3) + 1}[name]
+    sim = _sim(name, p=p, m=m, tf=tf, tb=tb, tw=tw, tc=tc, mem_f=1.0, mem_w=0.5)
+    assert max(r.peak_memory for r in sim.ranks) <= 2 * budget + 1e-9
