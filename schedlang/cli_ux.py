@@ -11,7 +11,10 @@ given, simulates it, and prints one row per (program, scheduler): bubble rate, m
 peak memory per rank and the time taken to lower and schedule it (``gen s``). ``--json`` prints a
 list of objects (``peak_memory`` is a per-rank list), ``--csv`` a header and one line per row
 (``peak_memory`` joined by ``;``). In the terminal the best bubble rate, makespan and peak are
-green (on a TTY only).
+green (on a TTY only). A combination that fails (a scheduler that does not apply to a program,
+an infeasible memory limit) becomes a row with its error (``"error"`` in JSON and CSV, the full
+located message on stderr) and the exit status is 1; with a single combination the error is
+simply reported.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from schedlang.cli import COMMANDS, add_program_args, load_program, write_output
@@ -131,13 +135,22 @@ def compare_rows(files: list[str], sets: list[str], schedulers: list[str]) -> li
     from schedlang.simulate import simulate
 
     per_file = _sets_for(files, sets)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for f in files:
         choices: list[str | None] = list(schedulers) or [None]
         for sched in choices:
             ns = argparse.Namespace(file=f, sets=per_file[f], scheduler=sched)
             t0 = time.perf_counter()
-            prog = load_program(ns)
+            try:
+                prog = load_program(ns)
+            except SchedlangError as exc:
+                if len(files) * max(1, len(schedulers)) == 1:
+                    raise
+                # one combination that does not work (a scheduler that does not apply, an
+                # infeasible limit) is a row of the table, not the end of the comparison
+                rows.append({"program": f, "scheduler": sched or "(own)", "error": exc.render(),
+                             "ignored_sets": [s for s in sets if s not in per_file[f]]})
+                continue
             gen = time.perf_counter() - t0
             sim = simulate(prog)
             rows.append({
@@ -160,22 +173,33 @@ def _peak_cell(peaks: list[float]) -> str:
 
 def compare_table(rows: list[dict[str, Any]]) -> Table:
     """The terminal table of :func:`compare_rows`, best figures highlighted."""
+    def opt(fmt: Callable[[Any], str]) -> Callable[[Any], str]:
+        return lambda x: "-" if x is None else fmt(x)
+
     table = Table([Column("program", "<", str), Column("scheduler", "<", str), Column("p x m", "<", str),
-                   Column("bubble rate", fmt=lambda x: f"{x * 100:.2f}%"), Column("makespan"), Column("cost"),
-                   Column("peak memory per rank", "<", str), Column("gen s", fmt=lambda x: f"{x:.3f}")])
+                   Column("bubble rate", fmt=opt(lambda x: f"{x * 100:.2f}%")), Column("makespan", fmt=opt(fmt_num)),
+                   Column("cost", fmt=opt(fmt_num)), Column("peak memory per rank", "<", str),
+                   Column("gen s", fmt=opt(lambda x: f"{x:.3f}"))])
     for row in rows:
+        if "error" in row:  # the located message goes to stderr
+            table.add(row["program"], row["scheduler"], "-", None, None, None, "error (on stderr)", None)
+            continue
         shape = f"{row['num_ranks']} x {row['num_microbatches']}"
         if row["num_stages"] != row["num_ranks"]:
             shape += f" ({row['num_stages']} stages)"
         table.add(row["program"], row["scheduler"], shape, row["bubble_rate"], row["makespan"], row["cost"],
                   _peak_cell(row["peak_memory"]), row["generation_s"])
-    if len(rows) > 1:
+    good = [r for r in rows if "error" not in r]
+    if len(good) > 1:
         for col, key in ((3, lambda r: r["bubble_rate"]), (4, lambda r: r["makespan"]),
                          (6, lambda r: max(r["peak_memory"]))):
-            best = min(key(r) for r in rows)
+            best = min(key(r) for r in good)
             for i, r in enumerate(rows):
-                if key(r) <= best + 1e-12:
+                if "error" not in r and key(r) <= best + 1e-12:
                     table.highlight(i, col, "green", "bold")
+    for i, r in enumerate(rows):
+        if "error" in r:
+            table.highlight(i, 6, "red")
     return table
 
 
@@ -184,21 +208,28 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
     keys = ["program", "scheduler", "num_ranks", "num_stages", "num_microbatches", "num_ops", "bubble_rate",
             "makespan", "cost", "bubble", "peak_memory", "generation_s"]
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(keys)
+    w.writerow(keys + ["error"])
     for r in rows:
+        if "error" in r:
+            w.writerow([r["program"], r["scheduler"]] + [""] * (len(keys) - 2) + [r["error"].splitlines()[0]])
+            continue
         w.writerow([";".join(repr(x) for x in r[k]) if k == "peak_memory" else
-                    (repr(r[k]) if isinstance(r[k], float) else r[k]) for k in keys])
+                    (repr(r[k]) if isinstance(r[k], float) else r[k]) for k in keys] + [""])
     return buf.getvalue()
 
 
 def _compare_run(args: argparse.Namespace) -> int:
     rows = compare_rows(args.files, args.sets, args.schedulers)
+    status = 1 if any("error" in r for r in rows) else 0
+    for r in rows:
+        if "error" in r:
+            print(f"{r['program']} with {r['scheduler']}: {r['error']}", file=sys.stderr)
     if args.json:
         write_output(json.dumps(rows, indent=1) + "\n", args.output)
-        return 0
+        return status
     if args.csv:
         write_output(_csv_text(rows), args.output)
-        return 0
+        return status
     to_file = args.output is not None and args.output != "-"
     colour = not to_file and use_colour(sys.stdout)
     text = compare_table(rows).render(colour)
@@ -207,7 +238,7 @@ def _compare_run(args: argparse.Namespace) -> int:
             note = f"note: {r['program']} does not declare {', '.join(r['ignored_sets'])}; left at its default"
             text += paint(note, "yellow", enabled=colour) + "\n"
     write_output(text, args.output)
-    return 0
+    return status
 
 
 COMMANDS["render"] = ("draw a schedule as SVG or PNG: one row per rank, time across", _render_args, _render_run)

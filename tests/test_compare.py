@@ -102,3 +102,17 @@ def test_use_colour_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     assert use_colour(Tty()) and not use_colour(io.StringIO())
     monkeypatch.setenv("NO_COLOR", "1")
     assert not use_colour(Tty())
+
+
+def test_compare_keeps_going_past_a_combination_that_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", "std:1f1b", "std:zb-h1", "--scheduler", "zb-h1", "--json"]) == 1
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)
+    assert "needs split B / W kinds" in rows[0]["error"] and "makespan" not in rows[0]
+    assert rows[1]["makespan"] == api.simulate(api.compile("std:zb-h1", scheduler="zb-h1")).makespan
+    assert "std:1f1b with zb-h1:" in captured.err and "^" in captured.err
+    assert main(["compare", "std:1f1b", "std:zb-h1", "--scheduler", "zb-h1"]) == 1
+    table = capsys.readouterr().out.splitlines()
+    assert "error (on stderr)" in table[2] and table[3].startswith("std:zb-h1")
+    assert main(["compare", "std:1f1b", "--scheduler", "zb-h1"]) == 1  # one combination: a plain error
+    assert capsys.readouterr().err.startswith("std:1f1b:")
