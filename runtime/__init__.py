@@ -1,0 +1,43 @@
+"""The schedlang runtime: execute compiled instruction streams with ``torch.distributed``.
+
+- :class:`PipelineRunner` (``schedlang.runtime.executor``) runs one rank's stream on real modules:
+  ``runner.step(inputs, targets) -> loss``.
+- :func:`check_streams` (``schedlang.runtime.validate``) rejects streams that cannot run.
+- :func:`split_sequential`, :class:`TinyGPT` and :func:`tiny_gpt` (``schedlang.runtime.models``)
+  cut a model into stages and supply the bundled example.
+- :func:`spawn` (``schedlang.runtime.launch``) starts worker processes on one machine.
+- Timelines and Chrome traces: ``schedlang.runtime.timeline``.
+
+From the compiler this package imports only :mod:`schedlang.isa`. Importing the package is
+light; torch loads with the submodules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "PipelineError",
+    "PipelineRunner",
+    "StreamError",
+    "check_streams",
+    "spawn",
+    "split_sequential",
+]
+
+_WHERE = {
+    "PipelineRunner": "executor",
+    "PipelineError": "fault",
+    "StreamError": "validate",
+    "check_streams": "validate",
+    "spawn": "launch",
+    "split_sequential": "models",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(f"schedlang.runtime.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'schedlang.runtime' has no attribute {name!r}")

@@ -1,0 +1,555 @@
+"""Execute one rank's instruction stream on real modules with ``torch.distributed``.
+
+:class:`PipelineRunner` holds this rank's stage modules, an optimizer over their parameters and
+the checked streams. :meth:`PipelineRunner.step` trains on one batch:
+
+- the batch (on the rank holding stage 0) and the targets (on the rank holding the last stage)
+  are split along dimension 0 into ``num_microbatches`` equal microbatches;
+- instructions run in stream order. Activations and gradients live in a buffer table keyed by
+  (stage, microbatch); every tensor is dropped at its last use, and the table is empty at the
+  end of a step (checked);
+- ``F`` runs the stage module (the last stage also the loss function); ``B`` computes the
+  gradient w.r.t. the stage input only, ``W`` the parameter gradients, ``BW`` both, ``FB`` a
+  forward then a backward. Two ways to split B and W (``split_backward``):
+
+  * ``"autograd"`` (any module): ``B`` is ``torch.autograd.grad`` w.r.t. the stage input with the
+    graph kept; ``W`` is a backward w.r.t. the parameters through the same graph, accumulated
+    into ``.grad``. Stage 0 has no input gradient: its ``B`` does nothing and its ``W`` runs the
+    whole backward (as PyTorch's pipelining does);
+  * ``"kernels"``: the modules use :mod:`schedlang.kernels` split layers; ``B`` is one backward
+    pass in which those layers stash their weight-gradient work in a ``WeightGradStore`` under
+    (stage, microbatch) and ``W`` runs ``store.run_w(stage, mb)``. Parameters of other layers
+    get their gradients during ``B``.
+
+- point-to-point instructions use ``isend``/``irecv`` (``batch_isend_irecv`` for a ``BATCH``).
+  A receive is posted where the stream says and waited for only when its tensor is first used,
+  so computation between the two overlaps the transfer. Sends are waited for at the end of the
+  step. Messages between two ranks match in issue order, which the checks guarantee.
+- ``REDUCE_GRAD`` scales a stage's gradients by 1/num_microbatches (the loss is a mean over
+  microbatches) and all-reduces them (mean) over ``dp_group`` when given; ``OPT_STEP`` steps the
+  optimizer and zeroes the gradients. A stream without them gets them appended.
+
+The loss returned by :meth:`step` is the mean over microbatches of ``loss_fn(output, target)``,
+on the rank holding the last stage; other ranks get None unless ``broadcast_loss=True``.
+
+The shapes of the tensors that cross ranks are inferred once, at the first step: the rank
+holding each stage runs it once without gradients on a zero tensor (stage 0 on the first real
+microbatch) and broadcasts the output shape and dtype. Later steps must use the same microbatch
+shape. Each stage boundary carries exactly one tensor.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from schedlang.runtime.fault import FaultMonitor, PipelineError
+from schedlang.runtime.timeline import Event, event_name
+from schedlang.runtime.validate import StreamError, check_streams
+from torch import nn
+
+from schedlang.isa import Instr, Op, RankStream, Streams
+
+__all__ = ["PipelineRunner", "with_reductions"]
+
+LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+UserOp = Callable[["PipelineRunner", Instr], None]
+
+_RUN_IDS = itertools.count()
+
+
+class _Slot:
+    """Buffers of one (stage, microbatch): input, output (the loss on the last stage), grads."""
+
+    __slots__ = ("x", "x_wait", "out", "dy", "dy_wait", "dx", "done")
+
+    def __init__(self) -> None:
+        self.x: torch.Tensor | None = None
+        self.x_wait: tuple[Any, str] | None = None
+        self.out: torch.Tensor | None = None
+        self.dy: torch.Tensor | None = None
+        self.dy_wait: tuple[Any, str] | None = None
+        self.dx: torch.Tensor | None = None
+        self.done = False  # the whole backward (input and weights) has run
+
+
+def with_reductions(streams: Streams) -> Streams:
+    """Append ``REDUCE_GRAD`` for every stage a stream never reduces, and a final ``OPT_STEP``."""
+    ranks = []
+    for rs in streams.ranks:
+        instrs = list(rs.instrs)
+        reduced = {i.stage for i in instrs if i.op is Op.REDUCE_GRAD}
+        has_step = any(i.op is Op.OPT_STEP for i in instrs)
+        tail = [Instr(Op.REDUCE_GRAD, stage=s) for s in rs.stages if s not in reduced]
+        if has_step and tail and instrs[-1].op is Op.OPT_STEP:
+            instrs = instrs[:-1] + tail + instrs[-1:]
+        else:
+            instrs += tail
+        if not has_step:
+            instrs.append(Instr(Op.OPT_STEP))
+        ranks.append(RankStream(rs.rank, rs.stages, tuple(instrs)))
+    return Streams(streams.num_ranks, streams.num_stages, streams.num_microbatches,
+                   streams.placement, tuple(ranks), streams.version, streams.meta)
+
+
+class PipelineRunner:
+    """Run this rank's part of a pipeline schedule; see the module docstring.
+
+    Args:
+        streams: the compiled schedule (all ranks' streams; they are checked as a whole).
+        rank: this process's rank in the pipeline group (the stream to run).
+        stage_modules: stage index -> module, exactly the stages the placement puts on ``rank``.
+        loss_fn: ``loss_fn(last_stage_output, target) -> scalar``, a mean over the microbatch.
+        optimizer_factory: builds the optimizer from the parameters of all local stages.
+        split_backward: ``"autograd"`` (any module) or ``"kernels"`` (schedlang.kernels layers).
+        group: the pipeline process group (default: the whole world, rank = global rank).
+        dp_group: data-parallel replicas of this rank's stages, gradients are averaged over it.
+        timeout: seconds an instruction may take before the watchdog stops every rank.
+        fault_action: ``"exit"`` (a failure elsewhere ends this process, status 1) or ``"raise"``.
+        store: the key-value store for fault reports (default: the default group's store).
+        user_ops: handlers for ``USER`` instructions, by kind name.
+        record: record a timeline event per instruction (:attr:`events`).
+    """
+
+    def __init__(self, streams: Streams, rank: int, stage_modules: Mapping[int, nn.Module],
+                 loss_fn: LossFn, optimizer_factory: OptimizerFactory | None = None, *,
+                 split_backward: str = "autograd", group: Any = None, dp_group: Any = None,
+                 device: torch.device | str | None = None, timeout: float = 60.0,
+                 fault_action: str = "exit", store: Any = None,
+                 user_ops: Mapping[str, UserOp] | None = None, record: bool = True) -> None:
+        streams = with_reductions(streams)
+        check_streams(streams)
+        rs = streams.stream(rank)
+        _check_modules(rs, stage_modules)
+        self.user_ops = dict(user_ops or {})
+        _check_user_ops(rs, self.user_ops)
+        if split_backward not in ("autograd", "kernels"):
+            raise ValueError(f"split_backward must be 'autograd' or 'kernels', not {split_backward!r}")
+        self.streams, self.rank, self.stream = streams, rank, rs
+        self.modules = {s: stage_modules[s] for s in rs.stages}
+        self.loss_fn = loss_fn
+        self.split_backward = split_backward
+        self.group, self.dp_group = group, dp_group
+        self.m = streams.num_microbatches
+        self.last_stage = streams.num_stages - 1
+        self.device = torch.device(device) if device is not None else _module_device(self.modules.values())
+        self.params = {s: [p for p in mod.parameters() if p.requires_grad] for s, mod in self.modules.items()}
+        all_params = [p for s in rs.stages for p in self.params[s]]
+        self.optimizer = optimizer_factory(all_params) if optimizer_factory is not None else None
+        self.wgrad_store: Any = None
+        if split_backward == "kernels":
+            from schedlang.kernels.layers import WeightGradStore, attach_store
+
+            self.wgrad_store = WeightGradStore()
+            for mod in self.modules.values():
+                attach_store(mod, self.wgrad_store)
+        self._global = _global_ranks(group, streams.num_ranks)
+        self.record = record
+        self.events: list[Event] = []
+        self.step_index = 0
+        self._shapes: dict[int, tuple[tuple[int, ...], torch.dtype]] | None = None
+        self._mb_shape: tuple[int, ...] | None = None
+        self._table: dict[tuple[int, int], _Slot] = {}
+        self._sends: list[tuple[Any, torch.Tensor]] = []
+        self._losses: dict[int, torch.Tensor] = {}
+        self._inputs: Sequence[torch.Tensor] = ()
+        self._targets: Sequence[Any] = ()
+        if store is None and dist.is_available() and dist.is_initialized():
+            store = _default_store()
+        self.monitor = FaultMonitor(store, rank, prefix=f"schedlang/run{next(_RUN_IDS)}",
+                                    timeout=timeout, action=fault_action)
+        self.monitor.start()
+
+    # ------------------------------------------------------------------ public API
+
+    def step(self, inputs: torch.Tensor | None = None, targets: Any = None, *,
+             broadcast_loss: bool = False) -> torch.Tensor | None:
+        """Run one training step (the whole stream) and return the loss (see the module docstring)."""
+        self._prepare(inputs, targets)
+        current: tuple[int, Instr] | None = None
+        try:
+            for index, ins in enumerate(self.stream.instrs):
+                current = (index, ins)
+                self.monitor.check()
+                self._run(index, ins)
+            current = None
+            self._finish_sends()
+            leftover = sorted(self._table)
+            assert not leftover, f"buffers left at the end of the step: {leftover}"
+        except PipelineError:
+            raise
+        except Exception as exc:
+            where = f"instruction {current[0]} ({current[1]})" if current else "the end of the step"
+            message = (f"rank {self.rank} failed at {where} in step {self.step_index}: "
+                       f"{type(exc).__name__}: {exc}")
+            raise PipelineError(self.monitor.publish(message)) from exc
+        finally:
+            self.monitor.end()
+        self.step_index += 1
+        return self._loss(broadcast_loss)
+
+    def close(self) -> None:
+        """Stop the fault watchdog (call before destroying the process group)."""
+        self.monitor.close()
+
+    @property
+    def holds_loss(self) -> bool:
+        """True on the rank that holds the last stage (where :meth:`step` returns the loss)."""
+        return self.last_stage in self.modules
+
+    def step_events(self, step: int) -> list[Event]:
+        """The recorded events of one step."""
+        return [e for e in self.events if e.step == step]
+
+    # ------------------------------------------------------------------ step set-up and end
+
+    def _prepare(self, inputs: torch.Tensor | None, targets: Any) -> None:
+        self._table.clear()
+        self._losses = {}
+        self._inputs, self._targets = (), ()
+        if 0 in self.modules:
+            if inputs is None:
+                raise ValueError(f"rank {self.rank} holds stage 0: step() needs the inputs")
+            self._inputs = _split(inputs.to(self.device), self.m, "inputs")
+        if self.holds_loss:
+            if targets is None:
+                raise ValueError(f"rank {self.rank} holds the last stage: step() needs the targets")
+            self._targets = _split(_to(targets, self.device), self.m, "targets")
+        if self._shapes is None:
+            self._shapes = self._infer_shapes()
+        elif self._inputs and tuple(self._inputs[0].shape) != self._mb_shape:
+            raise ValueError(f"microbatch shape {tuple(self._inputs[0].shape)} differs from the first "
+                             f"step's {self._mb_shape}; build a new runner for a new shape")
+
+    def _infer_shapes(self) -> dict[int, tuple[tuple[int, ...], torch.dtype]]:
+        """Output shape and dtype of every stage but the last, broadcast from its holder."""
+        shapes: dict[int, tuple[tuple[int, ...], torch.dtype]] = {}
+        for s in range(self.last_stage):
+            holder = self.streams.placement[s]
+            obj: list[Any] = [None]
+            if holder == self.rank:
+                if s == 0:
+                    x = self._inputs[0]
+                    self._mb_shape = tuple(x.shape)
+                else:
+                    shape, dtype = shapes[s - 1]
+                    x = torch.zeros(shape, dtype=dtype, device=self.device)
+                obj[0] = _probe(self.modules[s], x, self.device)
+            if self.streams.num_ranks > 1:
+                dist.broadcast_object_list(obj, src=self._global[holder], group=self.group)
+            shape, dtype_name = obj[0]
+            shapes[s] = (tuple(shape), getattr(torch, dtype_name))
+        return shapes
+
+    def _finish_sends(self) -> None:
+        for work, _ in self._sends:
+            work.wait()
+        self._sends.clear()
+
+    def _loss(self, broadcast: bool) -> torch.Tensor | None:
+        loss = torch.stack([self._losses[i] for i in range(self.m)]).mean() if self.holds_loss else None
+        self._losses = {}
+        if not broadcast or self.streams.num_ranks == 1:
+            return loss
+        buf = loss if loss is not None else torch.zeros((), dtype=torch.float64, device=self.device)
+        buf = buf.to(torch.float64).contiguous()
+        holder = self.streams.placement[self.last_stage]
+        dist.broadcast(buf, src=self._global[holder], group=self.group)
+        return buf
+
+    # ------------------------------------------------------------------ the interpreter
+
+    def _run(self, index: int, ins: Instr) -> None:
+        if ins.op is Op.BATCH:
+            self._timed(index, ins, self._batch)
+        elif ins.op.is_p2p:
+            self._timed(index, ins, lambda i: self._p2p([i]))
+        else:
+            self._timed(index, ins, self._HANDLERS[ins.op].__get__(self))
+
+    def _timed(self, index: int, ins: Instr, fn: Callable[[Instr], None]) -> None:
+        self._wait_inputs(index, ins)
+        self.monitor.begin(f"instruction {index} ({ins}) in step {self.step_index}")
+        start = time.perf_counter_ns()
+        fn(ins)
+        end = time.perf_counter_ns()
+        self.monitor.end()
+        if self.record:
+            self.events.append(Event(self.rank, self.step_index, index, event_name(ins.op, ins.kind),
+                                     ins.stage, ins.mb, start, end))
+        self._reap_sends()
+
+    def _wait_inputs(self, index: int, ins: Instr) -> None:
+        """Wait for the receives an instruction consumes (recorded as ``wait`` events)."""
+        for work, what in self._pending_for(ins):
+            self.monitor.begin(f"instruction {index} ({ins}) in step {self.step_index}, waiting for {what}")
+            start = time.perf_counter_ns()
+            try:
+                work.wait()
+            except Exception as exc:
+                raise RuntimeError(f"waiting for {what}: {exc}") from exc
+            end = time.perf_counter_ns()
+            self.monitor.end()
+            if self.record:
+                self.events.append(Event(self.rank, self.step_index, index, f"wait {ins.op.value}",
+                                         ins.stage, ins.mb, start, end, cat="wait"))
+
+    def _pending_for(self, ins: Instr) -> Iterable[tuple[Any, str]]:
+        keys: list[tuple[str, int, int]] = []
+        if ins.op in (Op.F, Op.FB):
+            keys.append(("x", ins.stage, ins.mb))
+        if ins.op in (Op.B, Op.BW):
+            keys.append(("dy", ins.stage, ins.mb))
+        if ins.op is Op.FB:
+            keys.append(("dy", ins.stage2, ins.mb2))
+        for field, s, i in keys:
+            slot = self._table.get((s, i))
+            attr = f"{field}_wait"
+            pending = getattr(slot, attr) if slot is not None else None
+            if pending is not None:
+                setattr(slot, attr, None)
+                yield pending
+
+    def _slot(self, stage: int, mb: int) -> _Slot:
+        slot = self._table.get((stage, mb))
+        if slot is None:
+            slot = self._table[(stage, mb)] = _Slot()
+        return slot
+
+    def _local(self, stage: int) -> bool:
+        return stage in self.modules
+
+    # ------------------------------------------------------------------ compute
+
+    def _forward(self, s: int, i: int) -> None:
+        slot = self._slot(s, i)
+        if s == 0:
+            x = self._inputs[i]
+        elif self._local(s - 1):
+            prev = self._table[(s - 1, i)].out
+            assert prev is not None
+            x = slot.x = prev.detach().requires_grad_()
+        else:
+            assert slot.x is not None, "receive missing"
+            x = slot.x.requires_grad_()
+        with torch.enable_grad():
+            out = self.modules[s](x)
+            if s == self.last_stage:
+                out = self.loss_fn(out, self._targets[i])
+                self._losses[i] = out.detach()
+        slot.out = out
+
+    def _output_grad(self, s: int, i: int, slot: _Slot) -> torch.Tensor | None:
+        if s == self.last_stage:
+            return None
+        if self._local(s + 1):
+            nxt = self._table[(s + 1, i)]
+            dy, nxt.dx = nxt.dx, None
+            self._maybe_free(s + 1, i)
+            return dy
+        return slot.dy
+
+    def _backward_input(self, s: int, i: int) -> None:
+        slot = self._table[(s, i)]
+        slot.dy = self._output_grad(s, i, slot)
+        assert slot.out is not None
+        if self.wgrad_store is not None:
+            with self.wgrad_store.scope(s, i), torch.enable_grad():
+                torch.autograd.backward(slot.out, slot.dy)
+            slot.dx = slot.x.grad if slot.x is not None else None
+            slot.out = slot.dy = slot.x = None
+        elif s > 0:
+            assert slot.x is not None
+            (slot.dx,) = torch.autograd.grad(slot.out, slot.x, slot.dy, retain_graph=True)
+            slot.x = None
+        # autograd path, stage 0: no input gradient; W runs the whole backward.
+
+    def _backward_weight(self, s: int, i: int) -> None:
+        slot = self._table[(s, i)]
+        if self.wgrad_store is not None:
+            self.wgrad_store.run_w(s, i)
+        else:
+            assert slot.out is not None
+            if self.params[s]:
+                torch.autograd.backward(slot.out, slot.dy, inputs=self.params[s])
+            slot.out = slot.dy = None
+        slot.done = True
+        self._maybe_free(s, i)
+
+    def _backward_full(self, s: int, i: int) -> None:
+        slot = self._table[(s, i)]
+        dy = self._output_grad(s, i, slot)
+        assert slot.out is not None
+        with torch.enable_grad():
+            torch.autograd.backward(slot.out, dy)
+        slot.dx = slot.x.grad if slot.x is not None else None
+        slot.out = slot.dy = slot.x = None
+        slot.done = True
+        self._maybe_free(s, i)
+
+    def _maybe_free(self, s: int, i: int) -> None:
+        slot = self._table.get((s, i))
+        if slot is not None and slot.done and slot.dx is None:
+            del self._table[(s, i)]
+
+    def _op_f(self, ins: Instr) -> None:
+        self._forward(ins.stage, ins.mb)
+
+    def _op_b(self, ins: Instr) -> None:
+        self._backward_input(ins.stage, ins.mb)
+
+    def _op_w(self, ins: Instr) -> None:
+        self._backward_weight(ins.stage, ins.mb)
+
+    def _op_bw(self, ins: Instr) -> None:
+        self._backward_full(ins.stage, ins.mb)
+
+    def _op_fb(self, ins: Instr) -> None:
+        self._forward(ins.stage, ins.mb)
+        if ins.kind == "BW":
+            self._backward_full(ins.stage2, ins.mb2)
+        else:
+            self._backward_input(ins.stage2, ins.mb2)
+
+    def _op_user(self, ins: Instr) -> None:
+        self.user_ops[ins.kind](self, ins)
+
+    def _op_reduce(self, ins: Instr) -> None:
+        grads = [p.grad for p in self.params[ins.stage] if p.grad is not None]
+        for g in grads:
+            g.mul_(1.0 / self.m)
+        if self.dp_group is not None:
+            size = dist.get_world_size(self.dp_group)
+            for g in grads:
+                dist.all_reduce(g, group=self.dp_group)
+                g.div_(size)
+
+    def _op_step(self, ins: Instr) -> None:
+        if self.optimizer is not None:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+    _HANDLERS: dict[Op, Callable[[PipelineRunner, Instr], None]] = {
+        Op.F: _op_f, Op.B: _op_b, Op.W: _op_w, Op.BW: _op_bw, Op.FB: _op_fb, Op.USER: _op_user,
+        Op.REDUCE_GRAD: _op_reduce, Op.OPT_STEP: _op_step,
+    }
+
+    # ------------------------------------------------------------------ communication
+
+    def _batch(self, ins: Instr) -> None:
+        self._p2p(list(ins.parts))
+
+    def _p2p(self, parts: list[Instr]) -> None:
+        """Post sends and receives; receives are waited for by their first consumer."""
+        ops = [self._p2p_op(p) for p in parts]
+        if len(ops) == 1:
+            fn, tensor, peer = ops[0]
+            works = [fn(tensor, peer, group=self.group)]
+        else:
+            works = dist.batch_isend_irecv([dist.P2POp(fn, t, peer, group=self.group) for fn, t, peer in ops])
+        for part, (_, tensor, _), work in zip(parts, ops, works, strict=True):
+            if part.op.is_send:
+                self._sends.append((work, tensor))
+                continue
+            slot = self._slot(part.stage, part.mb)
+            what = f"{part} from rank {part.peer}"
+            if part.op is Op.RECV_ACT:
+                slot.x, slot.x_wait = tensor, (work, what)
+            else:
+                slot.dy, slot.dy_wait = tensor, (work, what)
+
+    def _p2p_op(self, ins: Instr) -> tuple[Callable[..., Any], torch.Tensor, int]:
+        peer = self._global[ins.peer]
+        assert self._shapes is not None
+        if ins.op is Op.SEND_ACT:
+            out = self._table[(ins.stage, ins.mb)].out
+            assert out is not None
+            return dist.isend, out.detach().contiguous(), peer
+        if ins.op is Op.SEND_GRAD:
+            slot = self._table[(ins.stage, ins.mb)]
+            dx, slot.dx = slot.dx, None
+            assert dx is not None
+            self._maybe_free(ins.stage, ins.mb)
+            return dist.isend, dx.contiguous(), peer
+        producer = ins.stage - 1 if ins.op is Op.RECV_ACT else ins.stage
+        shape, dtype = self._shapes[producer]
+        return dist.irecv, torch.empty(shape, dtype=dtype, device=self.device), peer
+
+    def _reap_sends(self) -> None:
+        if self._sends and self._sends[0][0].is_completed():
+            self._sends = [(w, t) for w, t in self._sends if not w.is_completed()]
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _check_modules(rs: RankStream, modules: Mapping[int, nn.Module]) -> None:
+    missing = [s for s in rs.stages if s not in modules]
+    extra = sorted(s for s in modules if s not in rs.stages)
+    if missing:
+        raise StreamError(f"rank {rs.rank}: no module for stage(s) {missing} (the stream runs stages "
+                          f"{list(rs.stages)})")
+    if extra:
+        raise StreamError(f"rank {rs.rank}: modules given for stage(s) {extra} that the stream does "
+                          f"not place on this rank (it runs stages {list(rs.stages)})")
+
+
+def _check_user_ops(rs: RankStream, handlers: Mapping[str, UserOp]) -> None:
+    for index, ins in enumerate(rs.instrs):
+        if ins.op is Op.USER and ins.kind not in handlers:
+            raise StreamError(f"rank {rs.rank}, instruction {index} ({ins}): no handler for user op "
+                              f"kind {ins.kind!r} (pass user_ops={{{ins.kind!r}: fn}})")
+
+
+def _global_ranks(group: Any, n: int) -> list[int]:
+    if group is None or not dist.is_initialized():
+        return list(range(n))
+    return [dist.get_global_rank(group, r) for r in range(n)]
+
+
+def _default_store() -> Any:
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except Exception:  # a private helper: without it, only the local stall timeout works
+        return None
+
+
+def _module_device(modules: Iterable[nn.Module]) -> torch.device:
+    for mod in modules:
+        for p in itertools.chain(mod.parameters(), mod.buffers()):
+            return p.device
+    return torch.device("cpu")
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    return x.to(device) if isinstance(x, torch.Tensor) else x
+
+
+def _split(x: Any, m: int, what: str) -> Sequence[Any]:
+    if isinstance(x, torch.Tensor):
+        if x.shape[0] % m:
+            raise ValueError(f"{what}: batch dimension {x.shape[0]} is not divisible by {m} microbatches")
+        return x.chunk(m)
+    if isinstance(x, Sequence) and len(x) == m:
+        return x
+    raise ValueError(f"{what}: expected a tensor or a list of {m} microbatches")
+
+
+def _probe(module: nn.Module, x: torch.Tensor, device: torch.device) -> tuple[list[int], str]:
+    """Run ``module`` once without gradients (and without touching the RNG) for its output shape."""
+    devices = [device] if device.type == "cuda" else []
+    was_training = module.training
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        module.eval()
+        try:
+            y = module(x)
+        finally:
+            module.train(was_training)
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"a stage must return one tensor, got {type(y).__name__}")
+    return list(y.shape), str(y.dtype).removeprefix("torch.")
