@@ -4,17 +4,17 @@ relatives V-Half and V-Min ("Pipeline Parallelism with Controllable Memory", Qi 
 
 The paper builds ZB-V with a greedy search under a memory limit of p*M_B per rank (M_B: the
 activations of one microbatch through a rank's whole share of the model, i.e. both chunks). This
-scheduler does the same kind of search with two greedy list schedulers: the core's (earliest
-start, then a role priority, under the limit) and a gap-filling one (:func:`gap_fill`: W runs only
-in a gap before the next F or B, as the Zero Bubble heuristics place it). Each runs with
-backward-first and forward-first priorities, with and without reserving a microbatch's chunk-1
-memory at its chunk-0 forward; the order with the smallest span cost (then makespan) is kept.
-With T_F = T_B = T_W it reaches zero bubble at p*M_B for m >= 2p (tests check it). With the
-paper's profiled times and comm it does not: about 0.15 bubble rate at p = 8, m = 24 (zero with
-unlimited memory), where the paper's own ZB-V search does better. With a smaller limit
-(``mem_limit``, ``mb_limit``) it trades bubble for memory the way V-Half (about half of 1F1B's
-memory) and V-Min (about a third) do: a greedy stand-in for the paper's hand-built V-Half / V-Min
-building blocks, not a reproduction of them.
+scheduler runs three kinds of greedy and keeps the order with the smallest span cost (then
+makespan): the round-based V heuristic of the Zero Bubble repository, restated here
+(:class:`_VRounds`: warm-up, then one backward and one forward per rank per round, W filling the
+gaps); the core's list scheduler (earliest start, then a role priority); and a gap-filling list
+scheduler (:func:`gap_fill`: W only in a gap before the next F or B). The list schedulers run
+backward-first and forward-first, with and without reserving a microbatch's chunk-1 memory at its
+chunk-0 forward. With T_F = T_B = T_W it reaches zero bubble at p*M_B for m >= 2p (tests check
+it); with the paper's 1.5B profile and comm, 0.07 bubble rate at p = 8, m = 24 (ZB-H1: 0.16).
+With a smaller limit (``mem_limit``, ``mb_limit``) it trades bubble for memory the way V-Half
+(about half of 1F1B's memory) and V-Min (about a third) do: a greedy stand-in for the paper's
+hand-built V-Half / V-Min building blocks, not a reproduction of them.
 
 Requires: the V placement with 2p stages on p ranks and split F / B / W kinds.
 """
@@ -267,7 +267,7 @@ class _VRounds:
 
     def op_id(self, cat: str, r: int, chunk: int, mb: int) -> int | None:
         kind = self.kinds.f if cat == "F" else self.kinds.b
-        return self.index.get((kind, self.stage(r, chunk), mb))
+        return None if kind is None else self.index.get((kind, self.stage(r, chunk), mb))
 
     def placed(self, cat: str, r: int, chunk: int, mb: int) -> bool:
         k = self.op_id(cat, r, chunk, mb)
