@@ -23,7 +23,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from schedlang.api import compile as compile_program
-from schedlang.simulate import simulate
+from schedlang.simulate import Simulation, simulate
 from schedlang.source import SchedlangError
 from schedlang.testing import PAPER_PROFILES
 
@@ -31,8 +31,8 @@ times = st.integers(1, 12).map(lambda x: x / 4)
 mem_w_frac = st.sampled_from([0.0, 0.5, 1.0])
 
 
-def _sim(name: str, **kw: object):  # noqa: ANN202 - a Simulation
-    return simulate(compile_program(f"std:{name}", **kw))
+def _sim(name: str, **kw: object) -> Simulation:
+    return simulate(compile_program(f"std:{name}", params=kw))
 
 
 @given(p=st.integers(1, 8), m=st.integers(1, 24), tf=times, tb=times, tw=times, mw=mem_w_frac)
@@ -137,7 +137,7 @@ def test_zb_auto_beats_handcrafted_within_limit(p: int, m: int, tf: float, tb: f
     for factor, hand in ((1, h1), (2, h2)):
         limit = factor * p * 1.0
         # the greedy alone (handcrafted=false): no handcrafted order among its candidates
-        z = simulate(compile_program("std:zb-h1", scheduler=f"zb-auto:mem_limit={limit},handcrafted=false", **kw))
+        z = simulate(compile_program("std:zb-h1", scheduler=f"zb-auto:mem_limit={limit},handcrafted=false", params=kw))
         assert z.bubble <= hand.bubble + 1e-9
         assert max(r.peak_memory for r in z.ranks) <= limit + 1e-9
 
@@ -153,9 +153,9 @@ def test_zb_auto_uneven_stages(p: int, m: int, data: st.DataObject) -> None:
     kw = dict(p=p, m=m, tf=tf, tb=tb, tw=tw, tc=0.25)
     h1, h2 = _sim("zb-h1", **kw), _sim("zb-h2", **kw)
     for limit, hand in ((float(p), h1), (2.0 * p, h2)):
-        greedy = simulate(compile_program("std:zb-h1", scheduler=f"zb-auto:mem_limit={limit},handcrafted=false", **kw))
+        greedy = simulate(compile_program("std:zb-h1", scheduler=f"zb-auto:mem_limit={limit},handcrafted=false", params=kw))
         assert max(r.peak_memory for r in greedy.ranks) <= limit + 1e-9
-        z = simulate(compile_program("std:zb-h1", scheduler=f"zb-auto:mem_limit={limit}", **kw))
+        z = simulate(compile_program("std:zb-h1", scheduler=f"zb-auto:mem_limit={limit}", params=kw))
         assert max(r.peak_memory for r in z.ranks) <= limit + 1e-9
         assert z.bubble <= min(hand.bubble, greedy.bubble) + 1e-9
 
@@ -181,7 +181,7 @@ def test_unsupported_shapes_are_located_errors(name: str, params: dict[str, int]
     from schedlang.load import read_source
 
     with pytest.raises(SchedlangError) as exc:
-        compile_program(f"std:{name}", **params)
+        compile_program(f"std:{name}", params=params)
     assert exc.value.message == message
     # located at the require(...) call that says so
     lines = read_source(f"std:{name}").text.splitlines()
@@ -220,7 +220,8 @@ def test_require_builtin() -> None:
     with pytest.raises(SchedlangError) as exc:
         loads(src)
     assert exc.value.message == "n must be even"
-    assert (exc.value.span.line, exc.value.span.col) == (2, 10)
+    span = exc.value.span
+    assert span is not None and (span.line, span.col) == (2, 10)
     assert loads(src, n=4).num_ranks == 1
     with pytest.raises(SchedlangError, match="require\\(\\) takes a condition first"):
         loads(src.replace("n % 2 == 0", "n"))

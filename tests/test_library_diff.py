@@ -46,8 +46,8 @@ def test_dsl_and_python_give_the_same_orders(builtin: str, scheduler: str, has_v
     for p, m in itertools.product(PS, MS):
         for v in VS if has_v else (None,):
             kw = {"p": p, "m": m} | ({"v": v} if v is not None else {})
-            dsl = compile_program(f"std:{builtin}", **kw)
-            py = compile_program(f"std:{builtin}", scheduler=scheduler, **kw)
+            dsl = compile_program(f"std:{builtin}", params=kw)
+            py = compile_program(f"std:{builtin}", scheduler=scheduler, params=kw)
             assert dsl.orders.ranks == py.orders.ranks, (builtin, scheduler, kw)
 
 
@@ -100,7 +100,7 @@ def test_every_builtin_verifies_or_errors_clearly() -> None:
                 kw = {"p": p, "m": m} | ({"v": v} if v is not None else {})
                 want = _expected_error(name, p, m, v)
                 try:
-                    prog = compile_program(f"std:{name}", **kw)  # compile verifies
+                    prog = compile_program(f"std:{name}", params=kw)  # compile verifies
                 except SchedlangError as exc:
                     assert want is not None, f"std:{name} {kw}: {exc.render()}"
                     assert exc.message == want and exc.span is not None
