@@ -188,3 +188,19 @@ def test_list_names_every_builtin(capsys: pytest.CaptureFixture[str]) -> None:
         assert e.summary and len(e.summary) <= 100, e
     assert main(["list", "--json"]) == 0
     assert '"std:zb-h1"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", _schedules())
+def test_builtins_take_per_stage_costs(name: str) -> None:
+    # times and memory may be lists with one value per stage (at() in the op declarations)
+    from schedlang.api import load
+
+    n = load(f"std:{name}", p=4, m=8).num_stages
+    tf = [1.0 + 0.25 * s for s in range(n)]
+    tb = [2.0 - 0.125 * s for s in range(n)]
+    mem_f = [1.0 + (s % 2) for s in range(n)]
+    prog = compile_program(f"std:{name}", params={"p": 4, "m": 8, "tf": tf, "tb": tb, "mem_f": mem_f})
+    by_stage = {o.stage: o.time for o in prog.ops if o.kind == "F"}
+    # chimera's stage s runs the model's stage s % p, so it reads the list at s % p
+    want = {s: tf[s % 4] if name == "chimera" else tf[s] for s in by_stage}
+    assert by_stage == want
