@@ -218,14 +218,12 @@ class IlpModel:
 
 def build_model(program: Program, sc: Scaled, *, objective: str, upper: int, lower: int, horizon: int,
                 fifo: bool, hint: Sequence[int] | None = None,
-                fixed_order: Mapping[int, Sequence[int]] | None = None,
-                windows: Sequence[tuple[int, int]] | None = None) -> IlpModel:
+                fixed_order: Mapping[int, Sequence[int]] | None = None) -> IlpModel:
     """Build the model (see the module docstring).
 
     ``upper``/``lower`` bound the objective (model units); ``horizon`` bounds every end time.
     ``hint`` gives start times to try first. For large-neighbourhood search, ``fixed_order`` maps
-    a rank to a chain of its op ids that must keep that order, and ``windows`` gives per op an
-    allowed start range (both optional).
+    a rank to a chain of its op ids that must keep that order (optional).
     """
     from ortools.sat.python import cp_model
 
@@ -233,17 +231,13 @@ def build_model(program: Program, sc: Scaled, *, objective: str, upper: int, low
     n = len(program.ops)
     prec = precedence(program, sc, fifo)
     m = cp_model.CpModel()
-    start = []
-    for k in range(n):
-        lo, hi = prec.head[k], horizon - prec.tail[k]
-        if windows is not None:
-            lo, hi = max(lo, windows[k][0]), min(hi, windows[k][1])
-        start.append(m.NewIntVar(lo, max(lo, hi), f"s{k}"))
+    start = [m.NewIntVar(prec.head[k], max(prec.head[k], horizon - prec.tail[k]), f"s{k}") for k in range(n)]
     R = program.num_ranks
+    lives: list[tuple[Any, int, int]] = []  # (size var, F op, freeing op) of cumulative intervals
     for r in range(R):
         on = [k for k in range(n) if program.ops[k].rank == r]
         m.AddNoOverlap([m.NewFixedSizeIntervalVar(start[k], sc.dur[k], f"i{k}") for k in on])
-        _memory(m, program, sc, r, on, start, prec, horizon)
+        lives += _memory(m, program, sc, r, on, start, prec, horizon)
     for s, d, w in prec.arcs:
         m.Add(start[d] >= start[s] + w)
     if fixed_order:
@@ -251,6 +245,18 @@ def build_model(program: Program, sc: Scaled, *, objective: str, upper: int, low
             for a, b in zip(chain, chain[1:], strict=False):
                 m.Add(start[b] >= start[a] + sc.dur[a])
     obj = m.NewIntVar(lower, max(lower, upper), "obj")
+    _objective(m, obj, objective, prec, sc, start, R)
+    if hint is not None:
+        for k in range(n):
+            m.AddHint(start[k], int(hint[k]))
+        for size, f, k in lives:
+            m.AddHint(size, int(hint[k]) - int(hint[f]))
+        m.AddHint(obj, upper)  # a complete hint: CP-SAT takes it as the first solution at once
+    return IlpModel(m, start, obj, sc, objective, horizon, fifo, prec, lower, upper)
+
+
+def _objective(m: Any, obj: Any, objective: str, prec: Precedence, sc: Scaled, start: Sequence[Any],
+               R: int) -> None:
     if objective == "span":
         for r in range(R):
             for b in prec.last[r]:
@@ -260,37 +266,34 @@ def build_model(program: Program, sc: Scaled, *, objective: str, upper: int, low
         for k in prec.sinks:
             m.Add(obj >= start[k] + sc.dur[k])
     m.Minimize(obj)
-    if hint is not None:
-        for k in range(n):
-            m.AddHint(start[k], int(hint[k]))
-        m.AddHint(obj, upper)  # a complete hint: CP-SAT takes it as the first solution at once
-    return IlpModel(m, start, obj, sc, objective, horizon, fifo, prec, lower, upper)
 
 
 def _memory(m: Any, program: Program, sc: Scaled, r: int, on: Sequence[int], start: Sequence[Any],
-            prec: Precedence, horizon: int) -> None:
+            prec: Precedence, horizon: int) -> list[tuple[Any, int, int]]:
     """Memory on rank ``r``: a cumulative when the rank's ops form F -> B -> W lifetimes, else a
-    reservoir."""
+    reservoir. Returns the cumulative's (size variable, F, freeing op) triples, for hints."""
     limit = sc.limits[r]
     if limit is None:
-        return
+        return []
     if sum(sc.mem[k] for k in on if sc.mem[k] > 0) <= limit:
-        return  # can never exceed
+        return []  # can never exceed
     lifetimes = _lifetimes(program, sc, on, prec)
     if lifetimes is not None:
         # The level at time t is the sum over microbatches whose F has started and whose B (W)
         # has not of the part B (W) frees: intervals [start F, start B) and [start F, start W).
-        ivs, dem = [], []
+        ivs, dem, sizes = [], [], []
         for f, frees in lifetimes:
             for k, amount in frees:
                 size = m.NewIntVar(0, horizon, f"life{f}_{k}")
                 ivs.append(m.NewIntervalVar(start[f], size, start[k], f"hold{f}_{k}"))
                 dem.append(amount)
+                sizes.append((size, f, k))
         m.AddCumulative(ivs, dem, limit)
-        return
+        return sizes
     neg = sum(sc.mem[k] for k in on if sc.mem[k] < 0)
     ev = [k for k in on if sc.mem[k] != 0]
     m.AddReservoirConstraint([start[k] for k in ev], [sc.mem[k] for k in ev], min(0, neg), limit)
+    return []
 
 
 def _lifetimes(program: Program, sc: Scaled, on: Sequence[int],

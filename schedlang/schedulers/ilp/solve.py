@@ -65,7 +65,7 @@ class Report:
     bubble_rate: float = 0.0
     makespan: float = 0.0
     cost: float = 0.0
-    deterministic_time: float = 0.0
+    deterministic_time: float = 0.0  # solver time used, in the limit's unit
     rounds: int = 0
     candidates: dict[str, float] = field(default_factory=dict)
 
@@ -254,7 +254,8 @@ def solver_params(solver: Any, *, time_limit: float, seed: int, workers: int, de
 
 def solve_model(model: Any, *, time_limit: float, seed: int, workers: int, deterministic: bool,
                 on_solution: Any = None) -> tuple[str, list[int] | None, int, float]:
-    """Solve; returns (status name, start times or None, best bound in model units, deterministic time)."""
+    """Solve; returns (status name, start times or None, best bound in model units, time used in the
+    limit's unit: deterministic time, or wall seconds when not ``deterministic``)."""
     from ortools.sat.python import cp_model
 
     solver = cp_model.CpSolver()
@@ -267,10 +268,11 @@ def solve_model(model: Any, *, time_limit: float, seed: int, workers: int, deter
 
     status = solver.solve(model.model, _Cb() if on_solution is not None else None)
     name = solver.status_name(status)
+    used = solver.deterministic_time if deterministic else solver.wall_time
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         starts = [int(solver.value(v)) for v in model.start]
-        return name, starts, int(math.ceil(solver.best_objective_bound - 1e-9)), solver.deterministic_time
-    return name, None, model.lower, solver.deterministic_time
+        return name, starts, int(math.ceil(solver.best_objective_bound - 1e-9)), used
+    return name, None, model.lower, used
 
 
 @dataclass
