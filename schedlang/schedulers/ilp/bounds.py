@@ -51,6 +51,7 @@ class RankBound:
     start_idle: float = 0.0
     end_idle: float = 0.0
     idle: float = 0.0
+    additive: bool = True  # the two windows are disjoint (else the larger idle counts)
 
     @property
     def span(self) -> float:
@@ -70,8 +71,9 @@ class Bound:
         parts = [f"{self.objective} >= {self.value:.6g}"]
         worst = max(self.ranks, key=lambda b: b.span, default=None)
         if worst is not None and worst.idle > 0:
+            join = " + " if worst.additive else " or "
             parts.append(f"(rank {worst.rank}: work {worst.busy:.6g} + idle {worst.start_idle:.6g} at the start"
-                         f" + {worst.end_idle:.6g} at the end, round trip {worst.round_trip:.6g},"
+                         f"{join}{worst.end_idle:.6g} at the end, round trip {worst.round_trip:.6g},"
                          f" {worst.forwards_fit} forwards fit)")
         return " ".join(parts)
 
@@ -168,7 +170,7 @@ def rank_bound(p: Program, r: int, limit: float, fifo_ok: bool) -> RankBound:
     start_idle = max(0.0, rt - min(k, m) * sh.tf)
     end_idle = max(0.0, rt - _end_work(sh, m, limit))
     idle = start_idle + end_idle if m > k else max(start_idle, end_idle)
-    return RankBound(r, busy, rt, min(k, m), start_idle, end_idle, idle)
+    return RankBound(r, busy, rt, min(k, m), start_idle, end_idle, idle, m > k)
 
 
 def lower_bound(p: Program, limits: Sequence[float], objective: str = "span") -> Bound:
