@@ -10,7 +10,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = ("load", "loads", "compile", "schedule", "simulate", "orders", "with_scheduler")
+# `simulate` is not re-exported: `schedlang.simulate` is the simulator module (use schedlang.api.simulate).
+_API = ("load", "loads", "compile", "schedule", "orders", "with_scheduler")
 
 
 def __getattr__(name: str) -> Any:
