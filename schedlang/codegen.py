@@ -28,23 +28,39 @@ scheduling intent, not a correctness need of the computation.
 
 *Receive placement.* Point-to-point messages between two ranks match in order of issue (one FIFO
 per ordered rank pair, as in ``torch.distributed``). Sends come in the producer rank's compute
-order; receives are placed lazily: before a slot, for each message it consumes, the rank
-receives every not-yet-received message of that channel up to and including it (so a message may
-be received, and buffered, before its consumer's slot when a later message of the channel is
-needed first). This keeps each channel's receives in its send order, and cannot block forever:
-the producer of every such message precedes (on its rank) the producer of the message the slot
-needs, which a valid schedule finishes before the slot starts.
+order. A receive goes before some slot of the receiver, never after its consumer's slot:
 
-*Batching.* In a maximal run of adjacent point-to-point instructions (no compute in between),
-the sends to and receives from one peer become one ``BATCH`` when there are both (in 1F1B's steady
-state: the activation sent to the next rank and the gradient received from it). The run is laid
-out as: sends to peers it receives nothing from, then one group per peer it receives from (in
-order of first receive). That layout is kept only if no send ends up waiting for a receive it did
-not wait for in the original order (sends may only move earlier); otherwise the whole run becomes
-one ``BATCH`` with several peers (always safe: a batch issues all its sends, then waits). Within a
-batch, each channel keeps its order. Under buffered sends batching cannot create a deadlock;
-under rendezvous sends (a send waits for the peer's receive to be posted) it is what avoids the
-classic pairwise deadlock.
+- ``recvs="lazy"``: just before the consumer's slot;
+- ``recvs="eager"`` (default): before the receiver's first slot that starts no earlier than the
+  send in the simulated timeline (:func:`schedlang.simulate.simulate`; strictly later when the
+  producing slot takes no time), or before the consumer's slot if that comes first. A runtime that
+  posts receives where the stream says and waits at first use (``irecv``) overlaps the transfer
+  with the compute in between, and the sends and receives that happen at the same moment end up
+  adjacent, so they batch.
+
+Either way, a receive is then pulled earlier to the position of a later receive of its channel
+when that one comes first, so each channel's receives follow its send order. Neither can block
+forever. Lazy: every message received before slot k is produced, on its rank, no later than a
+message that slot k consumes, which a valid schedule finishes before slot k starts. Eager: give
+every instruction a time stamp (a slot its start, a send its slot's end, a receive the start of
+the slot it precedes); every "must happen before" relation (stream order, send before matching
+receive) is non-decreasing in these stamps, and strictly increasing across any slot that takes
+time, so a waiting cycle could only pass through zero-time slots, whose messages are received
+strictly later. (Codegen still runs the deadlock check on eager streams and falls back to lazy
+placement if it ever failed.)
+
+*Batching.* A maximal run of adjacent point-to-point instructions (no compute in between) that
+holds both a send and a receive becomes one ``BATCH`` (in 1F1B's steady state: the activation sent
+to the next rank and the gradient received from it). With ``batching="peer"`` the run is split
+into one batch per peer: sends to peers it receives nothing from, then one group per peer it
+receives from, in order of first receive; that layout is used only if no send ends up waiting
+for a receive it did not wait for in the original order (sends may only move earlier), else the
+run stays one batch. Within a batch, each channel keeps its order. Under buffered sends batching
+cannot create a deadlock. Under rendezvous sends (a send waits for the peer's receive to be
+posted) it is what avoids the classic pairwise deadlock, and one batch per run also avoids the
+ring (rank r sends to r+1 while receiving from r-1): with eager receives and run batching, every
+built-in schedule passes the rendezvous check at p = 2, 4 and 8 (tested); lazy receives or
+per-peer batches do not (interleaved 1F1B, ZB-H2, ZB-V, DualPipe-V deadlock under rendezvous).
 
 *Gradient reduction.* ``REDUCE_GRAD stage=s`` follows the last backward (B, W, BW or the
 backward part of an FB) of stage ``s`` on its rank, placed before the next compute instruction
@@ -61,7 +77,7 @@ parameter:
   data-parallel replicas, not pipeline ranks).
 - ``"rendezvous"``: as above, but a send completes only once the peer has posted the matching
   receive (the peer's current instruction or batch holds it, or it is past it). Stricter; codegen
-  does not promise it, but batching makes the common schedules pass.
+  does not promise it in general (see *Batching*).
 
 If some rank cannot finish, the check reports the cycle of ranks waiting on each other with the
 instruction each one waits on (or a rank waiting on a rank that has finished). Before executing,
@@ -163,20 +179,57 @@ def _backward_stages(ins: Instr) -> tuple[int, ...]:
 # ------------------------------------------------------------------ codegen
 
 
+def _lazy_recvs(program: Program, channels: dict[tuple[int, int], list[Message]],
+                slot_of: dict[int, tuple[int, int]]) -> dict[tuple[int, int], list[Message]]:
+    """(rank, slot index) -> the messages received just before that slot: each message before
+    its consumer's slot, pulled earlier when a later message of its channel is needed first."""
+    at: dict[tuple[int, int], list[Message]] = defaultdict(list)
+    for (_, b), seq in channels.items():
+        pos = [slot_of[m.dst][1] for m in seq]
+        _fifo(pos)
+        for m, j in zip(seq, pos, strict=True):
+            at[(b, j)].append(m)
+    return at
+
+
+def _eager_recvs(program: Program, channels: dict[tuple[int, int], list[Message]],
+                 slot_of: dict[int, tuple[int, int]]) -> dict[tuple[int, int], list[Message]]:
+    """Like :func:`_lazy_recvs`, but each message is received before the first slot of its
+    receiver that starts no earlier than the send in the simulated timeline (strictly later when
+    the producing slot takes no time), or before its consumer's slot if that comes first."""
+    from bisect import bisect_left, bisect_right
+
+    from schedlang.simulate import simulate
+
+    sim = simulate(program)
+    orders = program.orders.ranks
+    starts = [[min(sim.start[k] for k in slot) for slot in slots] for slots in orders]
+    at: dict[tuple[int, int], list[Message]] = defaultdict(list)
+    for (_, b), seq in channels.items():
+        pos = []
+        for m in seq:
+            ra, ja = slot_of[m.src]
+            sent = max(sim.end[k] for k in orders[ra][ja])
+            zero = sent <= starts[ra][ja]
+            first = (bisect_right if zero else bisect_left)(starts[b], sent)
+            pos.append(min(slot_of[m.dst][1], first))
+        _fifo(pos)
+        for m, j in zip(seq, pos, strict=True):
+            at[(b, j)].append(m)
+    return at
+
+
+def _fifo(pos: list[int]) -> None:
+    """Make receive positions non-decreasing along a channel by pulling earlier ones forward."""
+    for i in range(len(pos) - 2, -1, -1):
+        pos[i] = min(pos[i], pos[i + 1])
+
+
 def _rank_items(program: Program, rank: int, outgoing: dict[int, list[Message]],
-                incoming: dict[int, list[Message]], channels: dict[tuple[int, int], list[Message]],
-                received: dict[tuple[int, int], int]) -> list[Instr]:
-    position = {m: k for seq in channels.values() for k, m in enumerate(seq)}
+                recv_at: dict[tuple[int, int], list[Message]]) -> list[Instr]:
     items: list[Instr] = []
-    for slot in program.orders.ranks[rank]:
-        for k in slot:
-            for m in incoming.get(k, ()):
-                ch = (program.ops[m.src].rank, rank)
-                seq = channels[ch]
-                upto = position[m]
-                while received[ch] <= upto:
-                    items.append(_recv(program, seq[received[ch]]))
-                    received[ch] += 1
+    for j, slot in enumerate(program.orders.ranks[rank]):
+        items.extend(_recv(program, m) for m in recv_at.get((rank, j), ()))
         items.extend(compute_instrs(program, slot))
         for k in slot:
             items.extend(_send(program, m) for m in outgoing.get(k, ()))
@@ -216,10 +269,12 @@ def _waited_before_sends(layout: list[list[int]], run: list[Instr]) -> dict[int,
     return out
 
 
-def _layout_run(run: list[Instr]) -> list[Instr]:
+def _layout_run(run: list[Instr], per_peer: bool) -> list[Instr]:
     """Batch one run of adjacent p2p instructions (see *Batching* in the module docstring)."""
     if not (any(i.op.is_send for i in run) and any(i.op.is_recv for i in run)):
         return list(run)
+    if not per_peer or len({i.peer for i in run}) == 1:
+        return [Instr(isa.Op.BATCH, parts=tuple(run))]
     recv_peers = list(dict.fromkeys(i.peer for i in run if i.op.is_recv))
     groups = [[k] for k, i in enumerate(run) if i.op.is_send and i.peer not in recv_peers]
     groups += [[k for k, i in enumerate(run) if i.peer == peer] for peer in recv_peers]
@@ -238,23 +293,33 @@ def _layout_run(run: list[Instr]) -> list[Instr]:
     return out
 
 
-def batch(items: list[Instr]) -> list[Instr]:
-    """Batch the sends and receives of each run of adjacent p2p instructions, per peer where safe."""
+def batch(items: list[Instr], per_peer: bool = False) -> list[Instr]:
+    """Batch the sends and receives of each run of adjacent p2p instructions: the whole run, or
+    (``per_peer``) one batch per peer where that is safe."""
     out: list[Instr] = []
     run: list[Instr] = []
     for ins in items:
         if ins.op.is_p2p:
             run.append(ins)
             continue
-        out.extend(_layout_run(run))
+        out.extend(_layout_run(run, per_peer))
         run.clear()
         out.append(ins)
-    out.extend(_layout_run(run))
+    out.extend(_layout_run(run, per_peer))
     return out
 
 
-def codegen(program: Program) -> Streams:
-    """Per-rank instruction streams for a scheduled program (see the module docstring)."""
+RECV_PLACEMENTS = ("eager", "lazy")
+BATCHINGS = ("run", "peer")
+
+
+def codegen(program: Program, recvs: str = "eager", batching: str = "run") -> Streams:
+    """Per-rank instruction streams for a scheduled program (see the module docstring).
+
+    ``recvs``: receive placement, ``"eager"`` (default) or ``"lazy"``; ``batching``: one batch per
+    run of adjacent sends and receives (``"run"``, default) or per peer (``"peer"``)."""
+    assert recvs in RECV_PLACEMENTS, recvs
+    assert batching in BATCHINGS, batching
     msgs = messages(program)
     outgoing: dict[int, list[Message]] = defaultdict(list)
     incoming: dict[int, list[Message]] = defaultdict(list)
@@ -268,21 +333,34 @@ def codegen(program: Program) -> Streams:
             for k in slot:
                 for m in outgoing.get(k, ()):
                     channels[(r, program.ops[m.dst].rank)].append(m)
-    received: dict[tuple[int, int], int] = defaultdict(int)
+    slot_of = {k: (r, j) for r, slots in enumerate(program.orders.ranks) for j, slot in enumerate(slots)
+               for k in slot}
     has_backward = any(program.role(o) is not Role.F and program.role(o) is not Role.USER for o in program.ops)
-    ranks = []
-    for r in range(program.num_ranks):
-        items = _rank_items(program, r, outgoing, incoming, channels, received)
-        items = batch(_insert_reductions(items))
-        if has_backward:
-            items.append(Instr(isa.Op.OPT_STEP))
-        ranks.append(RankStream(r, program.stages_on(r), tuple(items)))
+
+    def build(recv_at: dict[tuple[int, int], list[Message]]) -> Streams:
+        ranks = []
+        for r in range(program.num_ranks):
+            items = batch(_insert_reductions(_rank_items(program, r, outgoing, recv_at)), batching == "peer")
+            if has_backward:
+                items.append(Instr(isa.Op.OPT_STEP))
+            ranks.append(RankStream(r, program.stages_on(r), tuple(items)))
+        return _streams(program, tuple(ranks))
+
+    if recvs == "eager":
+        streams = build(_eager_recvs(program, channels, slot_of))
+        if find_deadlock(streams) is None:
+            return streams
+        # only possible through chains of zero-time slots (see the module docstring): stay lazy
+    return build(_lazy_recvs(program, channels, slot_of))
+
+
+def _streams(program: Program, ranks: tuple[RankStream, ...]) -> Streams:
     return Streams(
         num_ranks=program.num_ranks,
         num_stages=program.num_stages,
         num_microbatches=program.num_microbatches,
         placement=tuple(program.placement),
-        ranks=tuple(ranks),
+        ranks=ranks,
         meta=(("program", program.name.replace("#", "_").replace("\n", " ")),),
     )
 

@@ -220,6 +220,50 @@ def streams_to_torch_rows(streams: isa.Streams) -> list[list[str]]:
     return rows
 
 
+def torch_rows_to_streams(rows: list[list[str]], placement: list[int] | tuple[int, ...],
+                          num_microbatches: int) -> isa.Streams:
+    """Instruction streams for PyTorch ``compute_comms`` rows (e.g. PyTorch's own lowering), so
+    :func:`schedlang.codegen.check_deadlock` can check them. ``UNSHARD``/``RESHARD`` are skipped."""
+    S = len(placement)
+    ranks = []
+    for r, row in enumerate(rows):
+        instrs = []
+        for cell in row:
+            if cell in ("", "None"):
+                continue
+            m = _OVERLAP.fullmatch(cell)
+            if m is not None:
+                f, b = (_ACTION.fullmatch(x.strip()) for x in m.group(1).split(";"))
+                assert f is not None and b is not None, cell
+                instrs.append(isa.Instr(isa.Op.FB, int(f.group(1)), int(f.group(3)), stage2=int(b.group(1)),
+                                        mb2=int(b.group(3)), kind="BW" if b.group(2) == "B" else "B"))
+                continue
+            a = _ACTION.fullmatch(cell)
+            assert a is not None, cell
+            s, kind, mb = int(a.group(1)), a.group(2), int(a.group(3) or -1)
+            ins = _torch_to_instr(s, kind, mb, placement, S)
+            if ins is not None:
+                instrs.append(ins)
+        stages = tuple(s for s in range(S) if placement[s] == r)
+        ranks.append(isa.RankStream(r, stages, tuple(instrs)))
+    return isa.Streams(len(rows), S, num_microbatches, tuple(placement), tuple(ranks))
+
+
+def _torch_to_instr(s: int, kind: str, mb: int, placement: list[int] | tuple[int, ...], S: int) -> isa.Instr | None:
+    compute = {"F": isa.Op.F, "I": isa.Op.B, "W": isa.Op.W, "B": isa.Op.BW}
+    if kind in compute:
+        return isa.Instr(compute[kind], s, mb)
+    if kind == "REDUCE_GRAD":
+        return isa.Instr(isa.Op.REDUCE_GRAD, s)
+    comm = {"SEND_F": (isa.Op.SEND_ACT, s + 1), "RECV_F": (isa.Op.RECV_ACT, s - 1),
+            "SEND_B": (isa.Op.SEND_GRAD, s - 1), "RECV_B": (isa.Op.RECV_GRAD, s + 1)}
+    if kind in comm:
+        op, peer_stage = comm[kind]
+        assert 0 <= peer_stage < S, f"{s}{kind}{mb}"
+        return isa.Instr(op, s, mb, peer=placement[peer_stage], peer_stage=peer_stage)
+    return None  # UNSHARD / RESHARD
+
+
 def torch_comms_rows(program: Program) -> list[list[str]]:
     """Per rank, compute and communication actions (PyTorch's ``compute_comms`` format)."""
     from schedlang.codegen import codegen

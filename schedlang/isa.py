@@ -40,13 +40,14 @@ checks them, and its docstring states the blocking semantics precisely):
   payload kind (ACT/GRAD), microbatch and stages (``stage``/``peer_stage`` swapped). A runtime
   may therefore use one tag per pair, or tag by (stage, mb) as it likes.
 - A ``BATCH`` issues all its sends and posts all its receives, then waits for all its receives.
-  Codegen batches per peer where it can; a batch may hold several peers when splitting it would
-  make a send wait longer (then all its parts must be posted together).
-- Sends are never placed where they would need to block: a runtime may use ``isend`` and wait
-  for completion at the end of the step. Receives may be posted early (``irecv``) and waited for
-  at first use, as long as each pair's receives are posted in stream order.
-- Every receive is placed before the compute instruction that consumes it (maybe earlier, when a
-  later message of the same pair is needed first: the runtime keeps it until used).
+  Its parts may name several peers (codegen batches each run of adjacent sends and receives).
+- Deadlock freedom assumes only that sends do not block (``isend``, completion waited for at the
+  end of the step). A runtime may post a receive where the stream has it (``irecv``) and wait at
+  the tensor's first use, as long as each pair's receives are posted in stream order. Codegen
+  places receives early (where the simulated timeline has the data sent), so posting them there
+  overlaps the transfer with the compute in between.
+- Every receive is placed before the compute instruction that consumes it, often earlier: the
+  runtime keeps the tensor until used.
 - ``REDUCE_GRAD stage=s`` appears once per stage with backward ops, after that stage's last
   backward on the rank; ``OPT_STEP`` is the last instruction when the program has backwards.
 - In ``FB``, ``kind`` is the backward's role, ``B`` or ``BW``; in ``USER``, ``kind`` is the

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from schedlang import api, isa
 from schedlang.cli import main
 from schedlang.codegen import (
+    BATCHINGS,
+    RECV_PLACEMENTS,
     StreamError,
     check_deadlock,
     check_matching,
@@ -283,6 +285,7 @@ def _random_orders(prog: Program, rng: random.Random, overlap: bool) -> Program:
 
 def _assert_streams_sound(prog: Program, streams: isa.Streams) -> None:
     check_deadlock(streams)  # includes: every channel's sends match the peer's receives in order
+    incoming = {(prog.ops[m.dst].stage, prog.ops[m.dst].mb, m.grad) for m in messages(prog)}
     # each compute slot appears once, in the rank's order
     for r, rs in enumerate(streams.ranks):
         compute = [i for i in rs.instrs if i.op.is_compute]
@@ -299,11 +302,9 @@ def _assert_streams_sound(prog: Program, streams: isa.Streams) -> None:
             if i.op is Op.FB:
                 needs.append((i.stage2, i.mb2, "grad"))
             for s, mb, what in needs:  # a cross-rank input must have been received before use
-                for m in messages(prog):
-                    d = prog.ops[m.dst]
-                    if (d.stage, d.mb) == (s, mb) and m.grad == (what == "grad"):
-                        key = (s, mb) if what == "act" else (-1 - s, mb)
-                        assert key in got, f"rank {r} uses {what} of {s},{mb} before receiving it"
+                if (s, mb, what == "grad") in incoming:
+                    key = (s, mb) if what == "act" else (-1 - s, mb)
+                    assert key in got, f"rank {r} uses {what} of {s},{mb} before receiving it"
         reductions = [i.stage for i in rs.instrs if i.op is Op.REDUCE_GRAD]
         assert sorted(reductions) == sorted(prog.stages_on(r))
     n_msgs = len(messages(prog))
@@ -313,19 +314,43 @@ def _assert_streams_sound(prog: Program, streams: isa.Streams) -> None:
     assert isa.from_json(isa.to_json(streams)) == streams
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(pipelines(), st.randoms(use_true_random=False), st.booleans())
-def test_codegen_sound_on_random_valid_orders(src: str, rng: random.Random, overlap: bool) -> None:
-    prog = _random_orders(api.loads(src), rng, overlap)
-    _assert_streams_sound(prog, codegen(prog))
+OPTIONS = st.tuples(st.sampled_from(RECV_PLACEMENTS), st.sampled_from(BATCHINGS))
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pipelines(), st.randoms(use_true_random=False), st.booleans(), OPTIONS, st.booleans())
+def test_codegen_sound_on_random_valid_orders(src: str, rng: random.Random, overlap: bool,
+                                              options: tuple[str, str], zero_costs: bool) -> None:
+    """Random valid orders (some with overlapped slots), both receive placements and batchings;
+    zero op times and latencies stress the eager placement's ties."""
+    prog = api.loads(src, tf=0.0, tb=0.0, tw=0.0, tc=0.0) if zero_costs else api.loads(src)
+    prog = _random_orders(prog, rng, overlap)
+    _assert_streams_sound(prog, codegen(prog, *options))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(pipelines(), st.permutations("BFW"))
-def test_codegen_sound_on_list_schedules(src: str, prio: list[str]) -> None:
+@given(pipelines(), st.permutations("BFW"), OPTIONS)
+def test_codegen_sound_on_list_schedules(src: str, prio: list[str], options: tuple[str, str]) -> None:
     src = src.replace('priority = "BFW"', f'priority = "{"".join(prio)}"')
     prog = api.schedule(api.loads(src))
-    _assert_streams_sound(prog, codegen(prog))
+    _assert_streams_sound(prog, codegen(prog, *options))
+
+
+def test_eager_receives_come_no_later_than_lazy_ones() -> None:
+    prog = api.compile("std:zb-h2", p=4, m=8)
+    earlier = 0
+    for r in range(4):
+        eager = list(isa.flatten(codegen(prog, "eager").ranks[r].instrs))
+        lazy = list(isa.flatten(codegen(prog, "lazy").ranks[r].instrs))
+
+        def computes_before(stream: list[Instr], ins: Instr) -> int:
+            return sum(1 for i in stream[:stream.index(ins)] if i.op.is_compute)
+
+        recvs = [i for i in lazy if i.op.is_recv]
+        assert sorted(recvs, key=str) == sorted((i for i in eager if i.op.is_recv), key=str)
+        assert all(computes_before(eager, i) <= computes_before(lazy, i) for i in recvs)
+        earlier += sum(computes_before(eager, i) < computes_before(lazy, i) for i in recvs)
+    assert earlier > 0
 
 
 # ------------------------------------------------------------------ command line
@@ -356,7 +381,12 @@ def _all_builtins() -> list[str]:
 
 
 @pytest.mark.parametrize("name", _all_builtins())
-@pytest.mark.parametrize(("p", "m"), [(2, 4), (4, 8)])
+@pytest.mark.parametrize(("p", "m"), [(2, 4), (4, 8), (8, 24)])
 def test_every_builtin_generates_sound_streams(name: str, p: int, m: int) -> None:
+    """Every built-in's streams are sound, and with the default eager receives and run batching
+    they even survive rendezvous sends (a send that waits for its receive to be posted)."""
     prog = _compile(name, {"p": p, "m": m})
-    _assert_streams_sound(prog, codegen(prog))
+    streams = codegen(prog)
+    _assert_streams_sound(prog, streams)
+    check_deadlock(streams, "rendezvous")
+    _assert_streams_sound(prog, codegen(prog, "lazy", "peer"))
