@@ -450,3 +450,29 @@ def test_import_golden(golden) -> None:
     source, _ = import_torch(text, "DualPipeV.csv")
     golden.check("codegen/import_dualpipev.sched", source)
     golden.check("codegen/import_dualpipev.csv", text)
+
+
+@needs_torch
+@pytest.mark.parametrize("cls_name", [c for c in TORCH_BUILTINS if c != "ScheduleGPipe"])
+@pytest.mark.parametrize("p", [2, 4])
+def test_pytorch_lowering_passes_our_deadlock_check(cls_name: str, p: int) -> None:
+    """PyTorch's own comm lowering of its built-ins, read as instruction streams, passes our
+    symbolic execution (buffered and rendezvous) with every pair's messages in order."""
+    import torch.distributed.pipelining.schedules as S
+
+    from schedlang.codegen import check_deadlock
+    from schedlang.export import torch_rows_to_streams
+
+    sched = getattr(S, cls_name)(_mock_stages(p, 2 * p, 0, [0, p]), 2 * p, loss_fn=lambda a, b: a)
+    rows = [[str(a) for a in sched.pipeline_order_with_comms[r]] for r in range(p)]
+    placement = [sched.stage_index_to_group_rank[s] for s in range(2 * p)]
+    streams = torch_rows_to_streams(rows, placement, 2 * p)
+    check_deadlock(streams)
+    check_deadlock(streams, "rendezvous")
+    # two receives of one channel swapped: caught as messages out of order
+    r = next(r for r in range(p) if sum("RECV_F" in a for a in rows[r]) >= 2)
+    i, j = [k for k, a in enumerate(rows[r]) if "RECV_F" in a][:2]
+    assert placement[int(rows[r][i].split("RECV_F")[0]) - 1] == placement[int(rows[r][j].split("RECV_F")[0]) - 1]
+    rows[r][i], rows[r][j] = rows[r][j], rows[r][i]
+    with pytest.raises(SchedlangError, match="sends"):
+        check_deadlock(torch_rows_to_streams(rows, placement, 2 * p))
