@@ -152,6 +152,7 @@ class PipelineRunner:
         self.record = record
         self.events: list[Event] = []
         self.step_index = 0
+        self.peak_live = 0  # most (stage, microbatch) buffer entries alive at once in the last step
         self._shapes: dict[int, tuple[tuple[int, ...], torch.dtype]] | None = None
         self._mb_shape: tuple[int, ...] | None = None
         self._table: dict[tuple[int, int], _Slot] = {}
@@ -210,6 +211,7 @@ class PipelineRunner:
 
     def _prepare(self, inputs: torch.Tensor | None, targets: Any) -> None:
         self._table.clear()
+        self.peak_live = 0
         self._losses = {}
         self._inputs, self._targets = (), ()
         if 0 in self.modules:
@@ -319,6 +321,7 @@ class PipelineRunner:
         slot = self._table.get((stage, mb))
         if slot is None:
             slot = self._table[(stage, mb)] = _Slot()
+            self.peak_live = max(self.peak_live, len(self._table))
         return slot
 
     def _local(self, stage: int) -> bool:

@@ -1,0 +1,243 @@
+"""The runtime on real processes (gloo on CPU): differential training and fault handling.
+
+Differential: for every runnable built-in schedule, several named schedulers (``list``,
+``zb-auto``, ``ilp``), V and interleaved placements, and the ``kernels`` B/W split, on 2 and 4
+processes: the parameters after three optimizer steps (SGD with momentum, different data every
+step) equal those of single-process training of the same float64 model on the same data.
+All cases of one process count share one spawned group (process start-up dominates).
+
+Faults: one rank raises in the middle of a step, or dies without a word; every rank ends by
+itself with a non-zero status and a message naming the failed rank and instruction.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from schedlang.runtime.launch import spawn  # noqa: E402
+
+from schedlang import api  # noqa: E402
+from schedlang.codegen import codegen  # noqa: E402
+from schedlang.isa import Streams  # noqa: E402
+
+pytestmark = pytest.mark.dist
+
+DIM = 5
+ROWS = 2  # rows per microbatch
+STEPS = 3
+STDLIB = os.path.join(os.path.dirname(api.__file__), "stdlib")
+LIBRARIES = {"costs", "fbw", "fused"}  # op and cost definitions, no schedule of their own
+UNSUPPORTED = {"chimera": "two pipelines over separate model replicas: not every microbatch visits every stage"}
+
+
+def _std_schedules() -> list[str]:
+    names = sorted(f[:-6] for f in os.listdir(STDLIB) if f.endswith(".sched"))
+    return [n for n in names if n not in LIBRARIES and n not in UNSUPPORTED]
+
+
+def _cases(p: int) -> list[tuple[str, str, dict[str, Any], str | None, str]]:
+    """(case id, file, params, scheduler, split mode)."""
+    m = 2 * p
+    out = [(f"std:{n}", f"std:{n}", {"p": p, "m": m}, None, "autograd") for n in _std_schedules()]
+    out += [
+        ("zb-h1 --scheduler list", "std:zb-h1", {"p": p, "m": m}, "list", "autograd"),
+        ("zb-h1 --scheduler zb-auto", "std:zb-h1", {"p": p, "m": m}, "zb-auto", "autograd"),
+        ("zb-h1 --scheduler ilp", "std:zb-h1", {"p": p, "m": m}, "ilp:time_limit=10,workers=1", "autograd"),
+        ("zb-h1 kernels", "std:zb-h1", {"p": p, "m": m}, None, "kernels"),
+        ("zb-v kernels", "std:zb-v", {"p": p, "m": m}, None, "kernels"),
+        ("1f1b kernels", "std:1f1b", {"p": p, "m": m}, None, "kernels"),
+    ]
+    return out
+
+
+@cache
+def _compiled(p: int) -> tuple[tuple[str, Streams, str], ...]:
+    return tuple((cid, codegen(api.compile(f, params, scheduler=sched)), mode)
+                 for cid, f, params, sched, mode in _cases(p))
+
+
+def _blocks(num_stages: int, kernels: bool) -> list[Any]:
+    torch.manual_seed(1234)
+    blocks = [torch.nn.Sequential(torch.nn.Linear(DIM, DIM), torch.nn.LayerNorm(DIM), torch.nn.Tanh()).double()
+              for _ in range(num_stages)]
+    if kernels:
+        from schedlang.runtime.models import to_split_layers
+
+        # torch reference kernels: the Triton interpreter would be far too slow in workers
+        blocks = [to_split_layers(b, use_triton=False) for b in blocks]
+    return blocks
+
+
+def _data(step: int, m: int) -> tuple[Any, Any]:
+    g = torch.Generator().manual_seed(100 + step)  # new data every step: stale buffers show
+    return (torch.randn(m * ROWS, DIM, generator=g, dtype=torch.float64),
+            torch.randn(m * ROWS, DIM, generator=g, dtype=torch.float64))
+
+
+def _optimizer(params: list[Any]) -> Any:
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9)
+
+
+def _run_cases(rank: int, world: int, cases: tuple[tuple[str, Streams, str], ...]) -> dict[str, Any]:
+    """Worker: train every case for STEPS steps; return this rank's parameters per case."""
+    from schedlang.runtime.executor import PipelineRunner
+
+    out: dict[str, Any] = {}
+    for cid, streams, mode in cases:
+        blocks = _blocks(streams.num_stages, mode == "kernels")
+        mods = {s: blocks[s] for s in streams.stream(rank).stages}
+        runner = PipelineRunner(streams, rank, mods, torch.nn.functional.mse_loss, _optimizer,
+                                split_backward=mode, timeout=60, fault_action="raise")
+        losses, peaks = [], []
+        for step in range(STEPS):
+            x, y = _data(step, streams.num_microbatches)
+            loss = runner.step(x if 0 in mods else None, y if runner.holds_loss else None,
+                               broadcast_loss=True)
+            losses.append(float(loss))
+            peaks.append(runner.peak_live)
+        runner.close()
+        params = {(s, n): p.detach().clone() for s, mod in mods.items() for n, p in mod.named_parameters()}
+        out[cid] = {"params": params, "losses": losses, "peak": max(peaks)}
+    return out
+
+
+def _reference(num_stages: int, m: int, kernels: bool) -> tuple[dict[tuple[int, str], Any], list[float]]:
+    blocks = _blocks(num_stages, kernels)
+    opt = _optimizer([p for b in blocks for p in b.parameters()])
+    losses = []
+    for step in range(STEPS):
+        x, y = _data(step, m)
+        opt.zero_grad()
+        total = 0.0
+        for xm, ym in zip(x.chunk(m), y.chunk(m), strict=True):
+            out = xm
+            for b in blocks:
+                out = b(out)
+            total = total + torch.nn.functional.mse_loss(out, ym)
+        loss = total / m
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    params = {(s, n): p.detach() for s, b in enumerate(blocks) for n, p in b.named_parameters()}
+    return params, losses
+
+
+@cache
+def _results(p: int) -> dict[str, dict[str, Any]]:
+    """Run every case of ``p`` processes in one spawned group; merge the ranks' parameters."""
+    cases = _compiled(p)
+    ranks = spawn(_run_cases, p, (cases,), timeout=60, join_timeout=200)
+    merged: dict[str, dict[str, Any]] = {}
+    for res in ranks:
+        for cid, r in res.value.items():
+            entry = merged.setdefault(cid, {"params": {}, "losses": r["losses"], "peaks": {}})
+            entry["params"].update(r["params"])
+            entry["peaks"][res.rank] = r["peak"]
+            assert entry["losses"] == r["losses"], "broadcast loss differs between ranks"
+    return merged
+
+
+ALL_CASES = [(p, c[0]) for p in (2, 4) for c in _cases(p)]
+
+
+@pytest.mark.parametrize(("p", "case"), ALL_CASES, ids=[f"p{p}-{c}" for p, c in ALL_CASES])
+def test_parameters_match_single_process_training(p: int, case: str) -> None:
+    streams, mode = next((s, mode) for cid, s, mode in _compiled(p) if cid == case)
+    got = _results(p)[case]
+    ref, ref_losses = _reference(streams.num_stages, streams.num_microbatches, mode == "kernels")
+    # float64 throughout, except the kernels' W, which computes in fp32 by design
+    rtol, atol = (1e-5, 1e-7) if mode == "kernels" else (1e-10, 1e-12)
+    assert set(got["params"]) == set(ref)
+    for key, want in ref.items():
+        torch.testing.assert_close(got["params"][key], want, rtol=rtol, atol=atol,
+                                   msg=lambda m, key=key: f"{case}: parameter {key}: {m}")
+    assert got["losses"] == pytest.approx(ref_losses, rel=rtol)
+
+
+def test_the_cases_cover_v_and_interleaved_placements() -> None:
+    placements = {cid: s.placement for cid, s, _ in _compiled(4)}
+    assert placements["std:zb-v"] == (0, 1, 2, 3, 3, 2, 1, 0)
+    assert placements["std:interleaved-1f1b"] == (0, 1, 2, 3, 0, 1, 2, 3)
+
+
+def test_buffers_are_released_at_last_use() -> None:
+    """Live (stage, microbatch) entries on rank 0 peak at p for 1F1B and at m for GPipe."""
+    res = _results(4)
+    assert res["std:1f1b"]["peaks"][0] == 4
+    assert res["std:gpipe"]["peaks"][0] == 8
+    # the last rank: one microbatch in flight, plus the next one, received while the gradient
+    # of the first is still being sent (codegen batches the two)
+    assert res["std:1f1b"]["peaks"][3] == 2
+
+
+# ---------------------------------------------------------------------- faults
+
+
+class _Boom(torch.nn.Module):
+    """Raises on its ``when``-th forward call."""
+
+    def __init__(self, when: int) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(DIM, DIM).double()
+        self.calls, self.when = 0, when
+
+    def forward(self, x: Any) -> Any:
+        self.calls += 1
+        if self.calls == self.when:
+            raise ValueError("boom: injected failure")
+        return self.lin(x)
+
+
+def _faulty(rank: int, world: int, streams: Streams, bad_rank: int, how: str) -> None:
+    from schedlang.runtime.executor import PipelineRunner
+
+    mods: dict[int, Any] = {}
+    for s in streams.stream(rank).stages:
+        # the probe at the first step counts as a call: fail in the second step's third forward
+        mods[s] = _Boom(streams.num_microbatches + 4) if rank == bad_rank else torch.nn.Linear(DIM, DIM).double()
+    if how == "die" and rank == bad_rank:
+        mods = {s: _Dies(m) for s, m in mods.items()}
+    runner = PipelineRunner(streams, rank, mods, torch.nn.functional.mse_loss, _optimizer, timeout=8)
+    for step in range(3):
+        x, y = _data(step, streams.num_microbatches)
+        runner.step(x, y)
+
+
+class _Dies(torch.nn.Module):
+    """Ends its process without a word (as a crash would) instead of raising."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Any) -> Any:
+        try:
+            return self.inner(x)
+        except ValueError:
+            os._exit(7)
+
+
+@pytest.mark.parametrize(("how", "p", "bad"), [("raise", 4, 2), ("die", 2, 1)])
+def test_a_failing_rank_stops_every_rank_with_a_message(how: str, p: int, bad: int) -> None:
+    streams = codegen(api.compile("std:1f1b", {"p": p, "m": 4}))
+    results = spawn(_faulty, p, (streams, bad, how), timeout=8, join_timeout=90, check=False)
+    for r in results:
+        assert r.exitcode not in (0, None), f"rank {r.rank} exited with {r.exitcode}"
+        assert not (r.error or "").startswith("killed"), f"rank {r.rank} had to be killed"
+    if how == "raise":
+        for r in results:
+            text = (r.error or "") + r.stderr
+            assert "rank 2 failed at instruction" in text, text
+            assert "(F stage=2 mb=" in text and "in step 1" in text and "boom" in text, text
+    else:
+        assert results[bad].exitcode == 7
+        for r in results:
+            if r.rank != bad:
+                text = (r.error or "") + r.stderr
+                assert "rank " in text and "instruction" in text, text
