@@ -178,3 +178,35 @@ def test_bad_objective_is_located() -> None:
     assert "unknown objective 'speed'" in exc.value.message and exc.value.span is not None
     with pytest.raises(SchedlangError, match="time_limit must be positive"):
         api.compile("std:1f1b", p=2, m=2, scheduler="ilp:time_limit=0")
+
+
+# ------------------------------------------------------------------ shapes beyond one stage per rank
+
+
+@pytest.mark.parametrize("path", ["std:zb-v", "std:interleaved-1f1b"])
+def test_several_stages_per_rank(path: str) -> None:
+    prog = api.load(path, p=2, m=4)
+    orders, rep = optimize(prog, time_limit=2)
+    sched = prog.with_orders(orders)
+    verify(sched)
+    assert rep.objective == pytest.approx(simulate(sched).cost)
+    assert rep.objective <= min(rep.candidates.values()) + 1e-9
+    assert rep.bound <= rep.objective + 1e-9
+
+
+def test_user_kinds_and_inexact_times() -> None:
+    """A user op kind (recompute-like, with memory) forces the reservoir memory model; times of
+    1/3 cannot be scaled exactly, so the solver's own bound is not trusted, and the result is
+    re-verified with the exact float times."""
+    text = ('import "std:fbw"\nparam p = 2\nparam m = 3\nranks p\nmicrobatches m\n'
+            'op R[s, i] role USER time 1/3 mem 0.5\n'
+            'dep B[s, i] -> R[s, i] latency 0\n'
+            'dep R[s, i] -> W[s, i] latency 0\n'
+            'mem_limit 3.5\n')
+    prog = api.loads(text, tf=1 / 3, tb=2 / 3)
+    orders, rep = optimize(prog, time_limit=2)
+    sched = prog.with_orders(orders)
+    verify(sched)
+    assert not rep.exact_times
+    assert rep.objective == pytest.approx(simulate(sched).cost)
+    assert rep.objective <= rep.warm_objective + 1e-9
