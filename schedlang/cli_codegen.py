@@ -1,5 +1,6 @@
 """Codegen commands: ``schedlang import`` (PyTorch CSV to schedlang) and ``schedlang streams``
-(check an instruction-stream file for deadlocks and mismatched messages).
+(check an instruction-stream file, or a PyTorch compute_comms CSV, for deadlocks and mismatched
+messages).
 
 Registered into :data:`schedlang.cli.COMMANDS` at import.
 """
@@ -34,9 +35,13 @@ def _import_run(args: argparse.Namespace) -> int:
 
 
 def _streams_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", help="an instruction-stream file (text or JSON, see schedlang.isa)")
+    p.add_argument("file", help="an instruction-stream file (text or JSON, see schedlang.isa), or a PyTorch "
+                                "compute_comms CSV (FILE.csv)")
     p.add_argument("--sends", default="buffered", choices=("buffered", "rendezvous"),
                    help="blocking semantics of sends (default buffered, the ISA's)")
+    p.add_argument("--recvs", choices=("blocking", "posted"),
+                   help="receives block where they stand (default for streams, the ISA's) or only post, "
+                        "the consumer waiting (default for a PyTorch CSV, as its runtime does)")
 
 
 def _streams_run(args: argparse.Namespace) -> int:
@@ -44,14 +49,22 @@ def _streams_run(args: argparse.Namespace) -> int:
     from schedlang.codegen import check_deadlock
 
     try:
-        streams = isa.load(args.file)
+        if args.file.endswith(".csv"):
+            from schedlang.export import torch_csv_to_streams
+
+            with open(args.file, encoding="utf-8") as fh:
+                streams = torch_csv_to_streams(fh.read(), args.file)
+        else:
+            streams = isa.load(args.file)
     except OSError as exc:
         raise SchedlangError(f"cannot read '{args.file}': {exc.strerror}") from None
     except isa.IsaError as exc:
         raise SchedlangError(f"{args.file}: {exc}") from None
-    check_deadlock(streams, args.sends)
+    recvs = args.recvs or ("posted" if args.file.endswith(".csv") else "blocking")
+    check_deadlock(streams, args.sends, recvs)
     n = sum(len(rs.instrs) for rs in streams.ranks)
-    print(f"{args.file}: ok: {streams.num_ranks} ranks, {n} instructions, no deadlock ({args.sends} sends)")
+    print(f"{args.file}: ok: {streams.num_ranks} ranks, {n} instructions, no deadlock "
+          f"({args.sends} sends, {recvs} receives)")
     return 0
 
 

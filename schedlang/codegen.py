@@ -79,6 +79,14 @@ parameter:
   receive (the peer's current instruction or batch holds it, or it is past it). Stricter; codegen
   does not promise it in general (see *Batching*).
 
+And ``recvs``:
+
+- ``"blocking"`` (the ISA v1 semantics): a receive waits where it stands, as above;
+- ``"posted"`` (``irecv`` semantics, as PyTorch's runtime and ``schedlang.runtime`` execute them):
+  a receive only posts (it counts as posted for rendezvous sends); the compute instruction that
+  consumes its tensor waits for it. Weaker than blocking: streams that pass with blocking
+  receives pass with posted ones.
+
 If some rank cannot finish, the check reports the cycle of ranks waiting on each other with the
 instruction each one waits on (or a rank waiting on a rank that has finished). Before executing,
 it checks that every channel's sends match the peer's receives in order (same payload, stage, peer
@@ -422,19 +430,35 @@ def check_matching(streams: Streams) -> None:
                               f"which receives {len(r)}")
 
 
+def _inputs(ins: Instr) -> list[tuple[int, int, bool]]:
+    """The (stage, mb, is_gradient) tensors a compute instruction consumes from receives."""
+    out = []
+    if ins.op in (isa.Op.F, isa.Op.FB):
+        out.append((ins.stage, ins.mb, False))
+    if ins.op in (isa.Op.B, isa.Op.BW):
+        out.append((ins.stage, ins.mb, True))
+    if ins.op is isa.Op.FB:
+        out.append((ins.stage2, ins.mb2, True))
+    return out
+
+
 class _Exec:
     """Symbolic execution state of all ranks (see :func:`check_deadlock`)."""
 
-    def __init__(self, streams: Streams, rendezvous: bool) -> None:
+    def __init__(self, streams: Streams, rendezvous: bool, posted_recvs: bool) -> None:
         self.streams = streams
         self.rendezvous = rendezvous
+        self.posted_recvs = posted_recvs
         self.pc = [0] * streams.num_ranks
         self.posted: list[list[tuple[Instr, int]] | None] = [None] * streams.num_ranks
         self.sent: dict[tuple[int, int], int] = defaultdict(int)  # sends posted per channel
         self.recvd: dict[tuple[int, int], int] = defaultdict(int)  # receives posted per channel
+        # posted receives by the tensor they bring: rank -> (stage, mb, grad) -> (recv, its index)
+        self.pending: list[dict[tuple[int, int, bool], tuple[Instr, int]]] = [{} for _ in streams.ranks]
 
     def parts(self, r: int) -> list[tuple[Instr, int]]:
-        """Post the rank's current instruction (once); its p2p parts with their channel index."""
+        """Post the rank's current instruction (once); the p2p parts it waits on, with their
+        channel index (with posted receives: a compute waits on the receives of its inputs)."""
         cur = self.posted[r]
         if cur is None:
             ins = self.streams.ranks[r].instrs[self.pc[r]]
@@ -443,13 +467,18 @@ class _Exec:
                 if p.op.is_p2p:
                     ch = _channel_of(r, p)
                     counter = self.sent if p.op.is_send else self.recvd
-                    cur.append((p, counter[ch]))
+                    if p.op.is_recv and self.posted_recvs:
+                        self.pending[r][(p.stage, p.mb, p.op is isa.Op.RECV_GRAD)] = (p, counter[ch])
+                    else:
+                        cur.append((p, counter[ch]))
                     counter[ch] += 1
+            if self.posted_recvs:
+                cur.extend(self.pending[r].pop(key) for key in _inputs(ins) if key in self.pending[r])
             self.posted[r] = cur
         return cur
 
     def blocked_on(self, r: int) -> tuple[Instr, int] | None:
-        """The first part of rank r's current instruction that cannot complete yet, if any."""
+        """The first part rank r's current instruction waits on that cannot complete yet, if any."""
         for p, k in self.parts(r):
             ch = _channel_of(r, p)
             if p.op.is_recv and self.sent[ch] <= k:
@@ -471,11 +500,12 @@ class _Exec:
         return [r for r, rs in enumerate(self.streams.ranks) if self.pc[r] < len(rs.instrs)]
 
 
-def find_deadlock(streams: Streams, sends: str = "buffered") -> list[Wait] | None:
+def find_deadlock(streams: Streams, sends: str = "buffered", recvs: str = "blocking") -> list[Wait] | None:
     """None if every rank finishes; else the waits along a cycle of stuck ranks (or the chain
     ending at a rank that has finished). Assumes :func:`check_matching` passed."""
     assert sends in ("buffered", "rendezvous"), sends
-    ex = _Exec(streams, sends == "rendezvous")
+    assert recvs in ("blocking", "posted"), recvs
+    ex = _Exec(streams, sends == "rendezvous", recvs == "posted")
     stuck = ex.run()
     if not stuck:
         return None
@@ -494,19 +524,21 @@ def find_deadlock(streams: Streams, sends: str = "buffered") -> list[Wait] | Non
     return chain[seen[r]:] if r in seen else chain
 
 
-def check_deadlock(streams: Streams, sends: str = "buffered") -> None:
-    """Raise :class:`StreamError` if the streams mismatch or some rank would block forever."""
+def check_deadlock(streams: Streams, sends: str = "buffered", recvs: str = "blocking") -> None:
+    """Raise :class:`StreamError` if the streams mismatch or some rank would block forever
+    (``sends``/``recvs`` select the semantics, see the module docstring)."""
     if len(streams.ranks) != streams.num_ranks or any(rs.rank != r for r, rs in enumerate(streams.ranks)):
         raise StreamError("streams must list ranks 0..num_ranks-1 in order")
     check_matching(streams)
-    waits = find_deadlock(streams, sends)
+    waits = find_deadlock(streams, sends, recvs)
     if waits is None:
         return
+    how = f"{sends} sends" + (", posted receives" if recvs == "posted" else "")
     if waits[-1].on in {w.rank for w in waits}:
         cycle = " -> ".join(str(w.rank) for w in waits) + f" -> {waits[0].rank}"
-        head = f"deadlock ({sends} sends): ranks {cycle} wait on each other"
+        head = f"deadlock ({how}): ranks {cycle} wait on each other"
     else:
-        head = f"deadlock ({sends} sends): rank {waits[-1].on} finished but rank {waits[-1].rank} still waits on it"
+        head = f"deadlock ({how}): rank {waits[-1].on} finished but rank {waits[-1].rank} still waits on it"
     raise StreamError(head + "\n" + "\n".join(f"  {w}" for w in waits))
 
 

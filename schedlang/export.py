@@ -264,6 +264,21 @@ def _torch_to_instr(s: int, kind: str, mb: int, placement: list[int] | tuple[int
     return None  # UNSHARD / RESHARD
 
 
+def torch_csv_to_streams(text: str, name: str = "<csv>") -> isa.Streams:
+    """Instruction streams for a PyTorch ``compute_comms`` CSV (placement and microbatch count
+    inferred from its compute actions), to check it with :func:`schedlang.codegen.check_deadlock`."""
+    ts = parse_torch_csv(text, name, "compute_comms")
+    placement = _placement(ts)
+    rows = [[c.strip().strip('"') for c in line.split(",")] for line in text.splitlines()][:len(ts.rows)]
+    for lineno, row in enumerate(rows, start=1):
+        for cell in row:
+            a = _ACTION.fullmatch(cell)
+            if a is not None and a.group(2) in ("SEND_F", "RECV_B") and int(a.group(1)) + 1 >= len(placement) or \
+                    a is not None and a.group(2) in ("SEND_B", "RECV_F") and int(a.group(1)) == 0:
+                raise SchedlangError(f"'{cell}' has no peer stage", Span(ts.source, lineno, 1))
+    return torch_rows_to_streams(rows, placement, ts.num_microbatches)
+
+
 def torch_comms_rows(program: Program) -> list[list[str]]:
     """Per rank, compute and communication actions (PyTorch's ``compute_comms`` format)."""
     from schedlang.codegen import codegen

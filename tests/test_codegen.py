@@ -157,6 +157,22 @@ def test_rendezvous_only_deadlock() -> None:
     check_deadlock(batched, "rendezvous")
 
 
+def test_posted_receives_wait_at_the_consumer() -> None:
+    # rank 0 receives before the forward whose activation rank 1 needs: a blocking receive hangs,
+    # a posted one (irecv) does not, since rank 0 only waits for it at its backward
+    s = _streams([GRAD10[1], Instr(Op.F, 0, 0), ACT01[0], Instr(Op.B, 0, 0)],
+                 [ACT01[1], Instr(Op.F, 1, 0), Instr(Op.B, 1, 0), GRAD10[0]])
+    with pytest.raises(StreamError, match="ranks (0 -> 1 -> 0|1 -> 0 -> 1)"):
+        check_deadlock(s)
+    check_deadlock(s, recvs="posted")
+    check_deadlock(s, "rendezvous", "posted")
+    # with the backward first, even a posted receive cannot help
+    s = _streams([GRAD10[1], Instr(Op.B, 0, 0), Instr(Op.F, 0, 0), ACT01[0]],
+                 [ACT01[1], Instr(Op.F, 1, 0), Instr(Op.B, 1, 0), GRAD10[0]])
+    waits = find_deadlock(s, recvs="posted")
+    assert waits is not None and {(w.rank, w.instr.op) for w in waits} == {(0, Op.B), (1, Op.F)}
+
+
 def test_waiting_on_a_finished_rank() -> None:
     s = _streams([Instr(Op.F, 0, 0)], [ACT01[1], Instr(Op.F, 1, 0)])
     with pytest.raises(StreamError, match="sends 0 messages to rank 1, which receives 1"):
@@ -285,6 +301,7 @@ def _random_orders(prog: Program, rng: random.Random, overlap: bool) -> Program:
 
 def _assert_streams_sound(prog: Program, streams: isa.Streams) -> None:
     check_deadlock(streams)  # includes: every channel's sends match the peer's receives in order
+    check_deadlock(streams, recvs="posted")  # what irecv-based runtimes do: weaker, must pass too
     incoming = {(prog.ops[m.dst].stage, prog.ops[m.dst].mb, m.grad) for m in messages(prog)}
     # each compute slot appears once, in the rank's order
     for r, rs in enumerate(streams.ranks):

@@ -476,3 +476,26 @@ def test_pytorch_lowering_passes_our_deadlock_check(cls_name: str, p: int) -> No
     rows[r][i], rows[r][j] = rows[r][j], rows[r][i]
     with pytest.raises(SchedlangError, match="sends"):
         check_deadlock(torch_rows_to_streams(rows, placement, 2 * p))
+
+
+def test_cli_streams_checks_pytorch_comms_csv(tmp_path, capsys) -> None:
+    good = tmp_path / "zbv.csv"
+    assert main(["compile", "std:zb-v", "--set", "p=4", "--emit", "torch-csv-comms", "-o", str(good)]) == 0
+    assert main(["streams", str(good)]) == 0
+    assert "no deadlock (buffered sends, posted receives)" in capsys.readouterr().out
+    assert main(["streams", str(good), "--recvs", "blocking"]) == 0
+    bad = tmp_path / "bad.csv"  # rank 1 never sends the gradient rank 0 waits for
+    bad.write_text("0F0,0SEND_F0,0RECV_B0,0B0\n1RECV_F0,1F0,1B0\n")
+    assert main(["streams", str(bad)]) == 1
+    assert "rank 1 sends 0 messages to rank 0, which receives 1" in capsys.readouterr().err
+    early = tmp_path / "early.csv"  # a receive posted early: fine for PyTorch, which waits at 0B0
+    early.write_text("0RECV_B0,0F0,0SEND_F0,0B0\n1RECV_F0,1F0,1B0,1SEND_B0\n")
+    assert main(["streams", str(early)]) == 0
+    assert main(["streams", str(early), "--recvs", "blocking"]) == 1  # a blocking receive there hangs
+    assert "ranks 0 -> 1 -> 0 wait on each other" in capsys.readouterr().err
+    cyc = tmp_path / "cycle.csv"  # rank 0 runs its backward before the forward that feeds rank 1
+    cyc.write_text("0RECV_B0,0B0,0F0,0SEND_F0\n1RECV_F0,1F0,1B0,1SEND_B0\n")
+    assert main(["streams", str(cyc)]) == 1
+    err = capsys.readouterr().err
+    assert "deadlock (buffered sends, posted receives): ranks 0 -> 1 -> 0 wait on each other" in err
+    assert "rank 0 at instruction 1 (BW stage=0 mb=0)" in err
