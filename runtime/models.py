@@ -185,15 +185,18 @@ class TextBatches:
         return x, y
 
 
-def tiny_gpt(num_stages: int, *, batch: int = 16, seq: int = 32, dim: int = 32, heads: int = 2,
+def tiny_gpt(num_stages: int, num_microbatches: int = 4, *, batch: int | None = None, seq: int = 32, dim: int = 32, heads: int = 2,
              layers: int | None = None, lr: float = 3e-3, seed: int = 0, kernels: bool = False,
              dtype: torch.dtype = torch.float32) -> ModelSpec:
     """The bundled example: a tiny character-level GPT cut into ``num_stages`` stages.
 
     ``layers`` defaults to ``max(2, num_stages - 2)`` blocks so every stage has work; the
     embedding and the head are stages' first and last blocks. Every rank builds the same
-    initial weights (``seed``). ``batch`` must be divisible by the number of microbatches.
+    initial weights (``seed``). ``batch`` (default: the smallest multiple of
+    ``num_microbatches`` that is at least 16) must be divisible by the number of microbatches.
     """
+    if batch is None:
+        batch = num_microbatches * max(1, -(-16 // num_microbatches))
     data = TextBatches(TEXT, seq, batch, seed)
     torch.manual_seed(seed)
     model = TinyGPT(len(data.chars), dim, heads, layers if layers is not None else max(2, num_stages - 2), seq)

@@ -1,0 +1,105 @@
+"""The worker process of ``schedlang run``: one rank trains a model with a compiled schedule.
+
+Started by torchrun (``python -m torch.distributed.run ... -m schedlang.runtime.worker ARGS``,
+rank and world size from the environment) or by :func:`schedlang.runtime.launch.spawn`
+(:func:`worker_main`). It reads the streams (isa JSON), builds the model from
+``MODULE:FACTORY`` (``FACTORY(num_stages, num_microbatches) -> ModelSpec``, see
+:mod:`schedlang.runtime.models`), keeps the stages of its rank, trains ``--steps`` steps, prints
+the loss of every step on the rank that holds the last stage, and writes its timeline to
+``OUT/rank{R}.json``. A failure prints one line naming the rank and instruction and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["load_factory", "main", "worker_main"]
+
+
+def load_factory(spec: str) -> Any:
+    """Import ``MODULE:FACTORY``."""
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"--model expects MODULE:FACTORY, got {spec!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="schedlang.runtime.worker")
+    p.add_argument("--streams", required=True, help="isa streams (JSON or text)")
+    p.add_argument("--model", default="schedlang.runtime.models:tiny_gpt")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--out", required=True, help="directory for rank{R}.json timelines")
+    p.add_argument("--split-backward", default="autograd", choices=["autograd", "kernels"])
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--threads", type=int, default=1)
+    return p
+
+
+def worker_main(rank: int, world_size: int, argv: Sequence[str]) -> dict[str, Any]:
+    """Train as ``rank`` (the process group is already initialised); return the step losses."""
+    import torch
+    from schedlang.runtime.executor import PipelineRunner
+
+    from schedlang.isa import load
+
+    args = _parser().parse_args(list(argv))
+    torch.set_num_threads(args.threads)
+    streams = load(args.streams)
+    if streams.num_ranks != world_size:
+        raise ValueError(f"the schedule has {streams.num_ranks} ranks but {world_size} processes run")
+    spec = load_factory(args.model)(streams.num_stages, streams.num_microbatches)
+    if len(spec.stages) != streams.num_stages:
+        raise ValueError(f"{args.model} built {len(spec.stages)} stages for a {streams.num_stages}-stage schedule")
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    mods = {s: spec.stages[s].to(device) for s in streams.stream(rank).stages}
+    runner = PipelineRunner(streams, rank, mods, spec.loss_fn, spec.optimizer,
+                            split_backward=args.split_backward, timeout=args.timeout, device=device)
+    losses = []
+    for step in range(args.steps):
+        x, y = spec.batch(step)
+        loss = runner.step(x, y)
+        if loss is not None:
+            losses.append(float(loss))
+            print(f"step {step + 1:>3}: loss {float(loss):.4f}", flush=True)
+    runner.close()
+    with open(os.path.join(args.out, f"rank{rank}.json"), "w", encoding="utf-8") as fh:
+        json.dump({"rank": rank, "events": [e.as_dict() for e in runner.events], "losses": losses}, fh)
+    return {"losses": losses}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """torchrun entry point: rank and world size come from the environment."""
+    import torch
+    import torch.distributed as dist
+    from schedlang.runtime.fault import PipelineError
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=args.timeout))
+    try:
+        worker_main(rank, world, sys.argv[1:] if argv is None else argv)
+    except PipelineError as exc:
+        print(f"schedlang runtime: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except Exception as exc:
+        print(f"schedlang runtime: rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
