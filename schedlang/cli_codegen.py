@@ -63,8 +63,8 @@ def _streams_run(args: argparse.Namespace) -> int:
     recvs = args.recvs or ("posted" if args.file.endswith(".csv") else "blocking")
     check_deadlock(streams, args.sends, recvs)
     n = sum(len(rs.instrs) for rs in streams.ranks)
-    print(f"{args.file}: ok: {streams.num_ranks} ranks, {n} instructions, no deadlock "
-          f"({args.sends} sends, {recvs} receives)")
+    how = f"{args.sends} sends" + (", posted receives" if recvs == "posted" else "")
+    print(f"{args.file}: ok: {streams.num_ranks} ranks, {n} instructions, no deadlock ({how})")
     return 0
 
 
