@@ -8,6 +8,9 @@ same model. Columns: bubble rate (the paper's definition), makespan, makespan an
 a ratio to 1F1B's in the same run (the peer), peak activation memory (max over ranks and rank 0,
 in units of M_B), and the time to generate the schedule (load + schedule + verify; best of 3).
 
+Peers: PyTorch 2.13's own orders for its Interleaved1F1B, InterleavedZeroBubble, ZBVZeroBubble
+and DualPipeV schedules (scheduler ``torch``), timed by the same simulator on the same costs.
+
 Notes: dualpipe-v overlaps F and B of two chunks in one slot (``overlap max``), so its busy time
 is smaller than the others'; chimera keeps two weight replicas (not counted); pipedream counts
 one stashed weight version per in-flight microbatch at mem_stash = M_B (``std:pipedream``) and
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from schedlang.api import compile as compile_program
+from schedlang.api import loads, schedule, with_scheduler
 from schedlang.simulate import simulate
 
 P, M = 8, 24
@@ -34,7 +38,18 @@ COSTS: dict[str, dict[str, float]] = {
     "paper-1.5B": {"tf": 18.522, "tb": 18.086, "tw": 9.337, "tc": 0.601, "mem_f": 1.0, "mem_w": 0.366},
 }
 
-# (row label, program, scheduler or None, chunks per rank, extra parameters)
+# F / B / W over two looped chunks per rank: the program torch's InterleavedZeroBubble orders
+INTERLEAVED_ZB = """
+import "std:fbw"
+param p = 4
+param m = 8
+ranks p
+stages 2 * p
+microbatches m
+place s => s % p
+"""
+
+# (row label, program (std:NAME or source text), scheduler or None, chunks per rank, extra parameters)
 ROWS: list[tuple[str, str, str | None, int, dict[str, Any]]] = [
     ("gpipe", "std:gpipe", None, 1, {}),
     ("1f1b", "std:1f1b", None, 1, {}),
@@ -51,6 +66,11 @@ ROWS: list[tuple[str, str, str | None, int, dict[str, Any]]] = [
     ("dualpipe-v", "std:dualpipe-v", None, 2, {}),
     ("chimera", "std:chimera", None, 1, {}),
     ("pipedream (async)", "std:pipedream", None, 1, {}),
+    # peers: PyTorch 2.13's own orders (scheduler "torch"), timed by the same simulator
+    ("torch Interleaved1F1B (v=2)", "std:interleaved-1f1b", "torch:schedule=Interleaved1F1B", 2, {"v": 2}),
+    ("torch InterleavedZeroBubble (v=2)", INTERLEAVED_ZB, "torch:schedule=InterleavedZeroBubble", 2, {}),
+    ("torch ZBVZeroBubble", "std:zb-v", "torch:schedule=ZBVZeroBubble", 2, {}),
+    ("torch DualPipeV", "std:dualpipe-v", "torch:schedule=DualPipeV", 2, {}),
 ]
 
 
@@ -73,7 +93,10 @@ def run_row(program: str, scheduler: str | None, v: int, extra: dict[str, Any], 
     prog = None
     for _ in range(3):
         t0 = time.perf_counter()
-        prog = compile_program(program, scheduler=scheduler, **params)
+        if program.startswith("std:"):
+            prog = compile_program(program, params=params, scheduler=scheduler)
+        else:
+            prog = schedule(with_scheduler(loads(program, name="interleaved-zb", params=params), scheduler or ""))
         best = min(best, time.perf_counter() - t0)
     assert prog is not None
     sim = simulate(prog)

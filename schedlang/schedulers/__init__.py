@@ -47,11 +47,12 @@ def _load() -> dict[str, Scheduler]:
         heuristics,  # library (issue 3)
         ilp,  # optimizer (issue 8); imports ortools only when it runs
         list_sched,
+        torch_peer,  # library (issue 3)
         zb_auto,
         zb_v,
     )
 
-    table = [list_sched.SCHEDULER, *heuristics.SCHEDULERS, zb_auto.SCHEDULER, zb_v.SCHEDULER, chimera.SCHEDULER, ilp.SCHEDULER]
+    table = [list_sched.SCHEDULER, *heuristics.SCHEDULERS, zb_auto.SCHEDULER, zb_v.SCHEDULER, chimera.SCHEDULER, torch_peer.SCHEDULER, ilp.SCHEDULER]
     return {s.name: s for s in table}
 
 

@@ -156,18 +156,27 @@ def zb_h2(program: Program, args: Mapping[str, Value]) -> Orders:
 # ------------------------------------------------------------------ interleaved 1F1B
 
 
+def interleaved_group(p: int, M: int) -> int:
+    """Microbatches per group: M split into M // p equal groups when that divides M (torch's
+    ScheduleInterleaved1F1B, Megatron's microbatch groups), else p (with holes)."""
+    rounds = max(1, M // p)
+    return M // rounds if M >= p and M % rounds == 0 else p
+
+
 def interleaved_items(f: str, backward: Sequence[str], p: int, v: int, M: int, r: int) -> list[Item]:
-    """Megatron's interleaved order on rank r (stage of chunk c = c*p + r), for M rounded up to a
-    multiple of p (missing microbatches are dropped later); v == 1 gives 1F1B."""
-    mp = (M + p - 1) // p * p
+    """Megatron's interleaved order on rank r (stage of chunk c = c*p + r), in groups of g
+    microbatches, M rounded up to a multiple of g (missing microbatches are dropped later);
+    v == 1 gives 1F1B."""
+    g = interleaved_group(p, M)
+    mp = (M + g - 1) // g * g
     total = mp * v
-    warm = min(p - 1 - r, M) if v == 1 else min(total, 2 * (p - 1 - r) + (v - 1) * p)
+    warm = min(p - 1 - r, M) if v == 1 else min(total, 2 * (p - 1 - r) + (v - 1) * g)
 
     def fwd(k: int) -> tuple[int, int]:
-        return (k % (p * v) // p) * p + r, k // (p * v) * p + k % p
+        return (k % (g * v) // g) * p + r, k // (g * v) * g + k % g
 
     def bwd(k: int) -> tuple[int, int]:
-        return (v - 1 - k % (p * v) // p) * p + r, k // (p * v) * p + k % p
+        return (v - 1 - k % (g * v) // g) * p + r, k // (g * v) * g + k % g
 
     items: list[Item] = []
     for k in range(total + warm):
