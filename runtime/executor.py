@@ -224,6 +224,8 @@ class PipelineRunner:
             self._targets = _split(_to(targets, self.device), self.m, "targets")
         if self._shapes is None:
             self._shapes = self._infer_shapes()
+            if self._inputs:
+                self._mb_shape = tuple(self._inputs[0].shape)
         elif self._inputs and tuple(self._inputs[0].shape) != self._mb_shape:
             raise ValueError(f"microbatch shape {tuple(self._inputs[0].shape)} differs from the first "
                              f"step's {self._mb_shape}; build a new runner for a new shape")
@@ -237,7 +239,6 @@ class PipelineRunner:
             if holder == self.rank:
                 if s == 0:
                     x = self._inputs[0]
-                    self._mb_shape = tuple(x.shape)
                 else:
                     shape, dtype = shapes[s - 1]
                     x = torch.zeros(shape, dtype=dtype, device=self.device)

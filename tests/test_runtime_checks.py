@@ -1,0 +1,203 @@
+"""The runtime without worker processes: stream checks, single-rank execution, timelines, helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from schedlang.runtime.executor import PipelineRunner, with_reductions
+from schedlang.runtime.models import split_sequential, tiny_gpt
+from schedlang.runtime.timeline import Event, chrome_trace, measured_bubble
+from schedlang.runtime.validate import StreamError, check_streams
+
+from schedlang import api
+from schedlang.codegen import codegen
+from schedlang.isa import Instr, Op, RankStream, Streams
+
+
+def _streams(name: str, **params: int) -> Streams:
+    return codegen(api.compile(name, params))
+
+
+def _replace_instr(streams: Streams, rank: int, index: int, new: Instr) -> Streams:
+    rs = streams.ranks[rank]
+    instrs = list(rs.instrs)
+    instrs[index] = new
+    ranks = list(streams.ranks)
+    ranks[rank] = RankStream(rs.rank, rs.stages, tuple(instrs))
+    return dataclasses.replace(streams, ranks=tuple(ranks))
+
+
+STD = ["gpipe", "1f1b", "zb-h1", "zb-h2", "interleaved-1f1b", "zb-v", "zb-1p", "zb-2p", "v-half", "v-min",
+       "looped-bfs", "pipedream", "dualpipe-v"]
+
+
+@pytest.mark.parametrize("name", STD)
+@pytest.mark.parametrize("p", [2, 3, 4])
+def test_codegen_streams_of_builtins_pass_the_checks(name: str, p: int) -> None:
+    check_streams(_streams(f"std:{name}", p=p, m=2 * p))
+
+
+def test_mismatched_peers_are_rejected() -> None:
+    """Rank 0 sends microbatch 1's activation before microbatch 0's; rank 1 expects 0 first."""
+    st = _streams("std:gpipe", p=2, m=3)
+    r0 = list(st.ranks[0].instrs)
+    sends = [i for i, ins in enumerate(r0) if ins.op is Op.SEND_ACT]
+    r0.insert(sends[1], r0.pop(sends[0]))
+    bad = dataclasses.replace(st, ranks=(RankStream(0, (0,), tuple(r0)), st.ranks[1]))
+    with pytest.raises(StreamError, match=r"rank 0 -> rank 1: message 0 does not match: rank 0 sends act "
+                                          r"of stage 0 microbatch 1 but rank 1 receives act of stage 0 microbatch 0"):
+        check_streams(bad)
+
+
+def test_wrong_peer_stage_is_rejected() -> None:
+    st = _streams("std:1f1b", p=2, m=2)
+    bad = _replace_instr(st, 0, 1, Instr(Op.SEND_ACT, stage=0, mb=0, peer=1, peer_stage=0))
+    with pytest.raises(StreamError, match=r"rank 0, instruction 1 \(SEND_ACT .*\): peer_stage should be 1"):
+        check_streams(bad)
+
+
+def test_deadlocked_streams_are_rejected() -> None:
+    """Both ranks receive before they send: each waits for the other forever."""
+    ins = Instr
+    r0 = (ins(Op.F, stage=0, mb=0), ins(Op.RECV_GRAD, stage=0, mb=0, peer=1, peer_stage=1),
+          ins(Op.SEND_ACT, stage=0, mb=0, peer=1, peer_stage=1), ins(Op.BW, stage=0, mb=0))
+    r1 = (ins(Op.RECV_ACT, stage=1, mb=0, peer=0, peer_stage=0), ins(Op.F, stage=1, mb=0),
+          ins(Op.BW, stage=1, mb=0), ins(Op.SEND_GRAD, stage=1, mb=0, peer=0, peer_stage=0))
+    st = Streams(2, 2, 1, (0, 1), (RankStream(0, (0,), r0), RankStream(1, (1,), r1)))
+    with pytest.raises(StreamError, match=r"deadlock: rank 0 at instruction 1 \(RECV_GRAD .*\); "
+                                          r"rank 1 at instruction 0 \(RECV_ACT"):
+        check_streams(st)
+
+
+def test_missing_and_extra_stage_modules_are_rejected() -> None:
+    st = _streams("std:interleaved-1f1b", p=2, m=4)
+    lin = torch.nn.Linear(2, 2)
+    with pytest.raises(StreamError, match=r"rank 0: no module for stage\(s\) \[2\]"):
+        PipelineRunner(st, 0, {0: lin}, torch.nn.functional.mse_loss)
+    with pytest.raises(StreamError, match=r"rank 0: modules given for stage\(s\) \[1\]"):
+        PipelineRunner(st, 0, {0: lin, 1: lin, 2: lin}, torch.nn.functional.mse_loss)
+
+
+def test_stages_listed_on_the_wrong_rank_are_rejected() -> None:
+    st = _streams("std:1f1b", p=2, m=2)
+    bad = dataclasses.replace(st, placement=(1, 0))
+    with pytest.raises(StreamError, match=r"rank 0: stream lists stages \[0\] but the placement puts stages \[1\]"):
+        check_streams(bad)
+
+
+def test_chimera_is_rejected_with_a_reason() -> None:
+    with pytest.raises(StreamError, match="every microbatch to pass through every stage"):
+        check_streams(_streams("std:chimera", p=2, m=4))
+
+
+def test_user_ops_need_a_handler() -> None:
+    st = Streams(1, 1, 1, (0,), (RankStream(0, (0,), (
+        Instr(Op.F, stage=0, mb=0), Instr(Op.USER, stage=0, mb=0, kind="R"), Instr(Op.BW, stage=0, mb=0))),))
+    with pytest.raises(StreamError, match="no handler for user op kind 'R'"):
+        PipelineRunner(st, 0, {0: torch.nn.Linear(2, 2)}, torch.nn.functional.mse_loss)
+    seen: list[tuple[int, int]] = []
+    r = PipelineRunner(st, 0, {0: torch.nn.Linear(2, 2)}, torch.nn.functional.mse_loss,
+                       user_ops={"R": lambda runner, ins: seen.append((ins.stage, ins.mb))})
+    r.step(torch.randn(2, 2), torch.randn(2, 2))
+    r.close()
+    assert seen == [(0, 0)]
+
+
+def test_with_reductions_appends_missing_sync_instructions() -> None:
+    st = Streams(1, 1, 2, (0,), (RankStream(0, (0,), (
+        Instr(Op.F, stage=0, mb=0), Instr(Op.BW, stage=0, mb=0), Instr(Op.F, stage=0, mb=1),
+        Instr(Op.B, stage=0, mb=1), Instr(Op.W, stage=0, mb=1))),))
+    tail = with_reductions(st).ranks[0].instrs[-2:]
+    assert tail == (Instr(Op.REDUCE_GRAD, stage=0), Instr(Op.OPT_STEP))
+    check_streams(with_reductions(st))
+
+
+@pytest.mark.parametrize("mode", ["autograd", "kernels"])
+def test_single_rank_runner_matches_plain_training(mode: str) -> None:
+    """p = 1 (no process group): an F/B/W stream gives the gradients of plain training."""
+    st = _streams("std:zb-h1", p=1, m=4)
+
+    def model() -> torch.nn.Module:
+        torch.manual_seed(3)
+        return torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.LayerNorm(6), torch.nn.Tanh(),
+                                   torch.nn.Linear(6, 4)).double()
+
+    mine, ref = model(), model()
+    if mode == "kernels":
+        from schedlang.runtime.models import to_split_layers
+
+        to_split_layers(mine, use_triton=False)
+        to_split_layers(ref, use_triton=False)
+    r = PipelineRunner(st, 0, {0: mine}, torch.nn.functional.mse_loss,
+                       lambda ps: torch.optim.SGD(ps, lr=0.1), split_backward=mode)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    for step in range(2):
+        g = torch.Generator().manual_seed(step)
+        x = torch.randn(8, 4, generator=g, dtype=torch.float64)
+        y = torch.randn(8, 4, generator=g, dtype=torch.float64)
+        loss = r.step(x, y)
+        opt.zero_grad()
+        ref_loss = sum(torch.nn.functional.mse_loss(ref(a), b) for a, b in zip(x.chunk(4), y.chunk(4), strict=True)) / 4
+        ref_loss.backward()
+        opt.step()
+        rel = 1e-6 if mode == "kernels" else 1e-12  # the kernels compute W in fp32
+        assert loss is not None and float(loss) == pytest.approx(float(ref_loss.detach()), rel=rel)
+    r.close()
+    tol = {"rtol": 1e-5, "atol": 1e-7} if mode == "kernels" else {"rtol": 1e-12, "atol": 1e-14}
+    for a, b in zip(mine.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, **tol)
+    names = [e.name for e in r.step_events(1)]
+    assert names.count("F") == 4 and names.count("B") == 4 and names.count("W") == 4
+
+
+def test_runner_rejects_indivisible_batches() -> None:
+    st = _streams("std:1f1b", p=1, m=3)
+    r = PipelineRunner(st, 0, {0: torch.nn.Linear(2, 2)}, torch.nn.functional.mse_loss)
+    with pytest.raises(ValueError, match="not divisible by 3 microbatches"):
+        r.step(torch.randn(4, 2), torch.randn(4, 2))
+    r.close()
+
+
+def test_measured_bubble_follows_the_simulator_definition() -> None:
+    ev = [Event(0, 0, 0, "F", 0, 0, 0, 10), Event(0, 0, 2, "B", 0, 0, 30, 40),
+          Event(0, 0, 1, "RECV_GRAD", 0, 0, 10, 30),
+          Event(1, 0, 0, "F", 1, 0, 10, 20), Event(1, 0, 1, "B", 1, 0, 20, 30)]
+    b = measured_bubble(ev)
+    assert b.cost == pytest.approx(40e-9) and b.busy == pytest.approx((20e-9, 20e-9))
+    assert b.bubble_rate == pytest.approx(0.5)
+    trace = chrome_trace(ev, {"program": "x"})
+    complete = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert len(complete) == 5 and {e["pid"] for e in complete} == {0, 1}
+    assert complete[1]["args"] == {"op": "B", "stage": 0, "mb": 0, "step": 0, "index": 2}
+    json.dumps(trace)
+
+
+def test_split_sequential() -> None:
+    blocks = [torch.nn.Linear(2, 2) for _ in range(5)]
+    stages = split_sequential(blocks, 3, cuts=[1, 4])
+    assert [len(s) for s in stages] == [1, 3, 1]
+    assert all(len(s) >= 1 for s in split_sequential(blocks, 5))
+    with pytest.raises(ValueError):
+        split_sequential(blocks, 6)
+    with pytest.raises(ValueError):
+        split_sequential(blocks, 3, cuts=[2, 2])
+    spec = tiny_gpt(4, 8)
+    assert len(spec.stages) == 4
+    x, y = spec.batch(0)
+    assert x.shape == y.shape and x.shape[0] % 8 == 0
+
+
+def test_runtime_imports_no_compiler_module_but_isa() -> None:
+    code = ("import sys, schedlang.runtime.executor, schedlang.runtime.worker, schedlang.runtime.launch;"
+            "bad = sorted(m for m in sys.modules if m.startswith(('schedlang.', 'lark', 'ortools')) "
+            "and not m.startswith(('schedlang.runtime', 'schedlang.isa', 'schedlang.kernels')));"
+            "print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ))
+    assert out.stdout.strip() == "[]"
