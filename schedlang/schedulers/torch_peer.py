@@ -54,7 +54,8 @@ def _slots(program: Program, kinds: Kinds, action: Any) -> list[tuple[int, ...]]
         rest = [s for ps in parts for s in ps[1:]]
         return ([first] if first else []) + rest
     s, i = action.stage_index, action.microbatch_index
-    names = {"F": [kinds.f], "I": [kinds.b], "W": [kinds.w], "B": list(kinds.backward)}.get(kind)
+    table: dict[str, list[str | None]] = {"F": [kinds.f], "I": [kinds.b], "W": [kinds.w], "B": list(kinds.backward)}
+    names = table.get(kind)
     if names is None:
         return []  # communication and other bookkeeping actions
     return [(index[(n, s, i)],) for n in names if n is not None and (n, s, i) in index]
