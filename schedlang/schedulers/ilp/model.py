@@ -50,6 +50,7 @@ class Scaled:
     mem_scale: int
     mem: tuple[int, ...]  # per op
     limits: tuple[int | None, ...]  # per rank; None = unlimited
+    mem_exact: bool = True  # memory deltas and limits are exact at mem_scale
 
     @property
     def resolution(self) -> float:
@@ -85,7 +86,7 @@ def scale_program(program: Program, limits: Sequence[float]) -> Scaled:
     mem = tuple(int(round(o.mem * ms)) if mexact else math.ceil(o.mem * ms - 1e-9) for o in program.ops)
     lim = tuple(None if not math.isfinite(x) else math.floor(x * ms + 1e-9 * max(1.0, abs(x * ms)))
                 for x in limits)
-    return Scaled(s, dur, edges, exact, ms, mem, lim)
+    return Scaled(s, dur, edges, exact, ms, mem, lim, mexact)
 
 
 # --------------------------------------------------------------------------- structure
@@ -237,7 +238,7 @@ def build_model(program: Program, sc: Scaled, *, objective: str, upper: int, low
     for r in range(R):
         on = [k for k in range(n) if program.ops[k].rank == r]
         m.AddNoOverlap([m.NewFixedSizeIntervalVar(start[k], sc.dur[k], f"i{k}") for k in on])
-        lives += _memory(m, program, sc, r, on, start, prec, horizon)
+        lives += _memory(m, program, sc, r, on, start, prec, horizon, fifo)
     for s, d, w in prec.arcs:
         m.Add(start[d] >= start[s] + w)
     if fixed_order:
@@ -269,7 +270,7 @@ def _objective(m: Any, obj: Any, objective: str, prec: Precedence, sc: Scaled, s
 
 
 def _memory(m: Any, program: Program, sc: Scaled, r: int, on: Sequence[int], start: Sequence[Any],
-            prec: Precedence, horizon: int) -> list[tuple[Any, int, int]]:
+            prec: Precedence, horizon: int, fifo: bool) -> list[tuple[Any, int, int]]:
     """Memory on rank ``r``: a cumulative when the rank's ops form F -> B -> W lifetimes, else a
     reservoir. Returns the cumulative's (size variable, F, freeing op) triples, for hints."""
     limit = sc.limits[r]
@@ -289,11 +290,40 @@ def _memory(m: Any, program: Program, sc: Scaled, r: int, on: Sequence[int], sta
                 dem.append(amount)
                 sizes.append((size, f, k))
         m.AddCumulative(ivs, dem, limit)
+        if fifo:
+            _memory_precedences(m, program, sc, limit, lifetimes, start, prec)
         return sizes
     neg = sum(sc.mem[k] for k in on if sc.mem[k] < 0)
     ev = [k for k in on if sc.mem[k] != 0]
     m.AddReservoirConstraint([start[k] for k in ev], [sc.mem[k] for k in ev], min(0, neg), limit)
     return []
+
+
+def _memory_precedences(m: Any, program: Program, sc: Scaled, limit: int,
+                        lifetimes: list[tuple[int, list[tuple[int, int]]]], start: Sequence[Any],
+                        prec: Precedence) -> None:
+    """Redundant precedences implied by memory under FIFO (they propagate far better than the
+    cumulative). A microbatch whose freeing op K has not run still holds at least ``hold_K`` (K's
+    amount plus that of every free after K); F[s, i] allocates A; so when F[s, i] starts at most
+    ``c = (limit - A) // hold_K`` of the microbatches before it can still wait for K, and, K running
+    in microbatch order, K[s, i - c - 1] has finished."""
+    after = _reach(prec)
+    for f, frees in lifetimes:
+        fo = program.ops[f]
+        if fo.mb != 0:
+            continue  # one pass per stage, from its first microbatch's ops
+        alloc = sc.mem[f]
+        for k, _ in frees:
+            hold = sum(a for k2, a in frees if k2 == k or k2 in after(k))
+            if hold <= 0:
+                continue
+            c = (limit - alloc) // hold
+            kind = program.ops[k].kind
+            for i in range(c + 1, program.num_microbatches):
+                fi = program.find(fo.kind, fo.stage, i)
+                ki = program.find(kind, fo.stage, i - c - 1)
+                if fi is not None and ki is not None:
+                    m.Add(start[fi.id] >= start[ki.id] + sc.dur[ki.id])
 
 
 def _lifetimes(program: Program, sc: Scaled, on: Sequence[int],

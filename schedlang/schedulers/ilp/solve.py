@@ -371,12 +371,14 @@ def _finish(prog: Program, problem: Problem, warm: Candidate, orders: Orders, ca
     if not improved:
         chosen, value = warm.orders, warm.value
     sim = simulate(prog.with_orders(chosen))
-    bound = bound_f.value
-    if problem.sc.exact:  # the solver's bound is rigorous only at an exact resolution
-        bound = max(bound, problem.sc.to_time(cp_bound))
-    bound = min(bound, value)
-    gap = (value - bound) / value if value > 0 else 0.0
     tol = 1e-9 * max(1.0, value)
+    assert bound_f.value <= value + 1e-6 * max(1.0, value), f"structural bound {bound_f.value} above {value}"
+    bound = bound_f.value
+    if problem.sc.exact and problem.sc.mem_exact:  # the solver's bound is rigorous only when exact
+        bound = max(bound, problem.sc.to_time(cp_bound))
+    assert bound <= value + 1e-6 * max(1.0, value), f"bound {bound} above the objective {value}"
+    bound = min(bound, value)  # float noise only
+    gap = (value - bound) / value if value > 0 else 0.0
     st = "OPTIMAL" if value - bound <= tol else ("FEASIBLE" if improved else "WARM_START")
     return chosen, Report(status=st, objective_name=problem.objective, objective=value, bound=bound,
                   gap=max(0.0, gap) if value - bound > tol else 0.0, time=time.perf_counter() - t0,
