@@ -84,11 +84,33 @@ def _optimizer(params: list[Any]) -> Any:
     return torch.optim.SGD(params, lr=0.1, momentum=0.9)
 
 
-def _run_cases(rank: int, world: int, cases: tuple[tuple[str, Streams, str], ...]) -> dict[str, Any]:
+def _run_dp(rank: int, streams: Streams) -> dict[str, Any]:
+    """Worker, 4 processes: two data-parallel replicas of a 2-rank pipeline (pp {0,1} {2,3})."""
+    import torch.distributed as dist
+    from schedlang.runtime.executor import PipelineRunner
+
+    pp = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+    dp = [dist.new_group([0, 2]), dist.new_group([1, 3])]
+    replica, pp_rank = divmod(rank, 2)
+    blocks = _blocks(streams.num_stages, False)
+    mods = {s: blocks[s] for s in streams.stream(pp_rank).stages}
+    runner = PipelineRunner(streams, pp_rank, mods, torch.nn.functional.mse_loss, _optimizer,
+                            group=pp[replica], dp_group=dp[pp_rank], fault_action="raise")
+    for step in range(STEPS):
+        x, y = _data(10 * step + replica, streams.num_microbatches)  # each replica its own data
+        runner.step(x, y)
+    runner.close()
+    return {(s, n): p.detach().clone() for s, mod in mods.items() for n, p in mod.named_parameters()}
+
+
+def _run_cases(rank: int, world: int, cases: tuple[tuple[str, Streams, str], ...],
+               dp_streams: Streams | None = None) -> dict[str, Any]:
     """Worker: train every case for STEPS steps; return this rank's parameters per case."""
     from schedlang.runtime.executor import PipelineRunner
 
     out: dict[str, Any] = {}
+    if dp_streams is not None:
+        out["dp"] = _run_dp(rank, dp_streams)
     for cid, streams, mode in cases:
         blocks = _blocks(streams.num_stages, mode == "kernels")
         mods = {s: blocks[s] for s in streams.stream(rank).stages}
@@ -132,9 +154,11 @@ def _reference(num_stages: int, m: int, kernels: bool) -> tuple[dict[tuple[int, 
 def _results(p: int) -> dict[str, dict[str, Any]]:
     """Run every case of ``p`` processes in one spawned group; merge the ranks' parameters."""
     cases = _compiled(p)
-    ranks = spawn(_run_cases, p, (cases,), timeout=60, join_timeout=200)
+    ranks = spawn(_run_cases, p, (cases, _dp_streams() if p == 4 else None), timeout=60, join_timeout=200)
     merged: dict[str, dict[str, Any]] = {}
     for res in ranks:
+        if "dp" in res.value:
+            merged.setdefault("dp", {}).setdefault(res.rank // 2, {}).update(res.value.pop("dp"))
         for cid, r in res.value.items():
             entry = merged.setdefault(cid, {"params": {}, "losses": r["losses"], "peaks": {}})
             entry["params"].update(r["params"])
@@ -158,6 +182,38 @@ def test_parameters_match_single_process_training(p: int, case: str) -> None:
         torch.testing.assert_close(got["params"][key], want, rtol=rtol, atol=atol,
                                    msg=lambda m, key=key: f"{case}: parameter {key}: {m}")
     assert got["losses"] == pytest.approx(ref_losses, rel=rtol)
+
+
+def _dp_streams() -> Streams:
+    return codegen(api.compile("std:zb-h1", {"p": 2, "m": 2}))
+
+
+def test_data_parallel_replicas_match_training_on_their_joint_batch() -> None:
+    """2 replicas x 2-rank pipelines: gradients averaged over replicas = one process on both batches."""
+    got = _results(4)["dp"]
+    streams = _dp_streams()
+    m = streams.num_microbatches
+    blocks = _blocks(streams.num_stages, False)
+    opt = _optimizer([p for b in blocks for p in b.parameters()])
+    for step in range(STEPS):
+        xs, ys = zip(*(_data(10 * step + d, m) for d in range(2)), strict=True)
+        x, y = torch.cat(xs), torch.cat(ys)
+        opt.zero_grad()
+        total = sum(torch.nn.functional.mse_loss(_chain(blocks, a), b)
+                    for a, b in zip(x.chunk(2 * m), y.chunk(2 * m), strict=True))
+        (total / (2 * m)).backward()
+        opt.step()
+    for replica in (0, 1):
+        assert set(got[replica]) == {(s, n) for s, b in enumerate(blocks) for n, _ in b.named_parameters()}
+        for (s, n), value in got[replica].items():
+            want = dict(blocks[s].named_parameters())[n]
+            torch.testing.assert_close(value, want.detach(), rtol=1e-10, atol=1e-12)
+
+
+def _chain(blocks: list[Any], x: Any) -> Any:
+    for b in blocks:
+        x = b(x)
+    return x
 
 
 def test_the_cases_cover_v_and_interleaved_placements() -> None:
