@@ -5,10 +5,15 @@ The model (REFERENCE.md section 2, in CP-SAT form):
 - one fixed-size interval per op (start variable, integer duration);
 - ``AddNoOverlap`` per rank: a rank runs one op at a time;
 - ``start[dst] >= start[src] + dur[src] + latency`` per dependency edge;
-- memory per rank as a reservoir: an op changes its rank's level by its memory delta at its start;
-  the level stays within ``[lowest possible, limit]``. (Ops of one rank never overlap, so the
-  level between two starts is the prefix sum the verifier checks; zero-length ops are the one
-  corner where the two can differ, and the applied orders are re-verified anyway.)
+- memory per rank: when every op of the rank is an F that allocates, or a B / BW / W that frees
+  part of what its own microbatch's F allocated (after that F in the dependency graph), a
+  ``AddCumulative`` over "holding" intervals ``[start F, start B)`` and ``[start F, start W)``
+  with the freed amounts as demands (the level at time t is exactly the verifier's prefix sum);
+  under FIFO, redundant precedences implied by the limit (see :func:`_memory_precedences`) help
+  it propagate. Otherwise (user kinds, odd memory) a reservoir: each op changes the level by its
+  delta at its start, the level stays within ``[lowest possible, limit]``. Ops of one rank never
+  overlap, so both match the verifier's order-based check; zero-length ops are the one corner
+  where they could differ, and the applied orders are re-verified anyway.
 - FIFO symmetry breaking: the microbatches of one op kind on one stage run in microbatch order.
   This loses nothing when microbatches are interchangeable (same time and memory per
   ``(kind, stage)``, every edge within one microbatch, the same edge pattern for each): sort the
