@@ -304,7 +304,12 @@ def model_value(problem: Problem, starts: Sequence[int]) -> int:
 
 
 def horizon(problem: Problem, upper: int) -> int:
-    """A horizon no optimal solution needs to exceed (see model.py)."""
+    """A horizon no solution with objective <= ``upper`` needs to exceed, so proofs stay valid.
+
+    Makespan: ``upper`` itself. Span: shift any schedule left across every time gap in which no
+    rank is between its first and last op by the gap minus the largest latency (every edge across
+    the gap still has its latency); then the ranks' spans (each <= ``upper``) plus at most one
+    latency between them cover the whole: ``R * upper + R * max latency``."""
     if problem.objective == "makespan":
         return upper
     return problem.program.num_ranks * upper + problem.horizon_slack
