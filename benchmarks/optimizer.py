@@ -36,7 +36,7 @@ def instances(args: argparse.Namespace) -> list[tuple[str, int, int, float]]:
     if args.headline:
         return [("1.5B", 4, 12, 2.0), ("1.5B", 8, 24, 2.0)]
     ps = [p for p in (4, 8, 16) if p <= args.max_p]
-    ms = (8, 24, 64)
+    ms: tuple[int, ...] = (8, 24, 64)
     if args.quick:
         ps, ms = [4, 8], (8, 24)
     out = []

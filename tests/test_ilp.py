@@ -147,7 +147,7 @@ def test_model_is_inspectable() -> None:
     assert sc.scale == 10 and sc.exact  # comm 0.1 needs one decimal
     assert fifo_is_safe(prog)
     model = build_model(prog, sc, objective="span", upper=1000, lower=0, horizon=2000, fifo=True)
-    text = str(model.model.Proto())
+    text = str(model.model.proto)
     assert len(model.start) == len(prog.ops) == 18
     assert text.count("no_overlap {") == 2
     assert model.prec.first[0] == (prog.find("F", 0, 0).id,)  # type: ignore[union-attr]

@@ -237,27 +237,27 @@ def build_model(program: Program, sc: Scaled, *, objective: str, upper: int, low
     n = len(program.ops)
     prec = precedence(program, sc, fifo)
     m = cp_model.CpModel()
-    start = [m.NewIntVar(prec.head[k], max(prec.head[k], horizon - prec.tail[k]), f"s{k}") for k in range(n)]
+    start = [m.new_int_var(prec.head[k], max(prec.head[k], horizon - prec.tail[k]), f"s{k}") for k in range(n)]
     R = program.num_ranks
     lives: list[tuple[Any, int, int]] = []  # (size var, F op, freeing op) of cumulative intervals
     for r in range(R):
         on = [k for k in range(n) if program.ops[k].rank == r]
-        m.AddNoOverlap([m.NewFixedSizeIntervalVar(start[k], sc.dur[k], f"i{k}") for k in on])
+        m.add_no_overlap([m.new_fixed_size_interval_var(start[k], sc.dur[k], f"i{k}") for k in on])
         lives += _memory(m, program, sc, r, on, start, prec, horizon, fifo)
     for s, d, w in prec.arcs:
-        m.Add(start[d] >= start[s] + w)
+        m.add(start[d] >= start[s] + w)
     if fixed_order:
         for chain in fixed_order.values():
             for a, b in zip(chain, chain[1:], strict=False):
-                m.Add(start[b] >= start[a] + sc.dur[a])
-    obj = m.NewIntVar(lower, max(lower, upper), "obj")
+                m.add(start[b] >= start[a] + sc.dur[a])
+    obj = m.new_int_var(lower, max(lower, upper), "obj")
     _objective(m, obj, objective, prec, sc, start, R)
     if hint is not None:
         for k in range(n):
-            m.AddHint(start[k], int(hint[k]))
+            m.add_hint(start[k], int(hint[k]))
         for size, f, k in lives:
-            m.AddHint(size, int(hint[k]) - int(hint[f]))
-        m.AddHint(obj, upper)  # a complete hint: CP-SAT takes it as the first solution at once
+            m.add_hint(size, int(hint[k]) - int(hint[f]))
+        m.add_hint(obj, upper)  # a complete hint: CP-SAT takes it as the first solution at once
     return IlpModel(m, start, obj, sc, objective, horizon, fifo, prec, lower, upper)
 
 
@@ -267,11 +267,11 @@ def _objective(m: Any, obj: Any, objective: str, prec: Precedence, sc: Scaled, s
         for r in range(R):
             for b in prec.last[r]:
                 for a in prec.first[r]:
-                    m.Add(obj >= start[b] + sc.dur[b] - start[a])
+                    m.add(obj >= start[b] + sc.dur[b] - start[a])
     else:
         for k in prec.sinks:
-            m.Add(obj >= start[k] + sc.dur[k])
-    m.Minimize(obj)
+            m.add(obj >= start[k] + sc.dur[k])
+    m.minimize(obj)
 
 
 def _memory(m: Any, program: Program, sc: Scaled, r: int, on: Sequence[int], start: Sequence[Any],
@@ -290,17 +290,17 @@ def _memory(m: Any, program: Program, sc: Scaled, r: int, on: Sequence[int], sta
         ivs, dem, sizes = [], [], []
         for f, frees in lifetimes:
             for k, amount in frees:
-                size = m.NewIntVar(0, horizon, f"life{f}_{k}")
-                ivs.append(m.NewIntervalVar(start[f], size, start[k], f"hold{f}_{k}"))
+                size = m.new_int_var(0, horizon, f"life{f}_{k}")
+                ivs.append(m.new_interval_var(start[f], size, start[k], f"hold{f}_{k}"))
                 dem.append(amount)
                 sizes.append((size, f, k))
-        m.AddCumulative(ivs, dem, limit)
+        m.add_cumulative(ivs, dem, limit)
         if fifo:
             _memory_precedences(m, program, sc, limit, lifetimes, start, prec)
         return sizes
     neg = sum(sc.mem[k] for k in on if sc.mem[k] < 0)
     ev = [k for k in on if sc.mem[k] != 0]
-    m.AddReservoirConstraint([start[k] for k in ev], [sc.mem[k] for k in ev], min(0, neg), limit)
+    m.add_reservoir_constraint([start[k] for k in ev], [sc.mem[k] for k in ev], min(0, neg), limit)
     return []
 
 
@@ -328,7 +328,7 @@ def _memory_precedences(m: Any, program: Program, sc: Scaled, limit: int,
                 fi = program.find(fo.kind, fo.stage, i)
                 ki = program.find(kind, fo.stage, i - c - 1)
                 if fi is not None and ki is not None:
-                    m.Add(start[fi.id] >= start[ki.id] + sc.dur[ki.id])
+                    m.add(start[fi.id] >= start[ki.id] + sc.dur[ki.id])
 
 
 def _lifetimes(program: Program, sc: Scaled, on: Sequence[int],
