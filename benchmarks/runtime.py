@@ -71,19 +71,25 @@ def _bench_job(rank: int, world: int, job: dict[str, Any], opts: dict[str, Any])
     base = _blocks(S, opts["dim"])
     mine = list(streams.stream(rank).stages)
     ours = {s: copy.deepcopy(base[s]) for s in mine}
+    ours_pp = {s: copy.deepcopy(base[s]) for s in mine}
     theirs = {s: copy.deepcopy(base[s]) for s in mine}
     runner = PipelineRunner(streams, rank, ours, mse, lambda ps: torch.optim.SGD(ps, lr=0.01),
                             record=False, fault_action="raise")
+    runner_pp = PipelineRunner(streams, rank, ours_pp, mse, lambda ps: torch.optim.SGD(ps, lr=0.01),
+                               record=False, fault_action="raise", prepost=opts["prepost"])
     stages = [PipelineStage(theirs[s], s, S, torch.device("cpu")) for s in mine]
     sched = _PipelineScheduleRuntime(stages, n_microbatches=m, loss_fn=mse)
     sched._load_csv(job["csv"], format="compute_only")
     opt = torch.optim.SGD([p for s in mine for p in theirs[s].parameters()], lr=0.01)
     first, last = 0 in mine, S - 1 in mine
-    times: dict[str, list[float]] = {"schedlang": [], "torch": []}
+    times: dict[str, list[float]] = {"schedlang": [], "schedlang_prepost": [], "torch": []}
     losses: dict[str, Any] = {}
 
     def ours_step(x: Any, y: Any) -> None:
         losses["schedlang"] = runner.step(x, y)
+
+    def ours_pp_step(x: Any, y: Any) -> None:
+        losses["schedlang_prepost"] = runner_pp.step(x, y)
 
     def torch_step(x: Any, y: Any) -> None:
         got: list[Any] = []
@@ -93,15 +99,18 @@ def _bench_job(rank: int, world: int, job: dict[str, Any], opts: dict[str, Any])
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    order = [("schedlang", ours_step), ("torch", torch_step)]
+    order = [("schedlang", ours_step), ("schedlang_prepost", ours_pp_step), ("torch", torch_step)]
     for step in range(opts["warmup"] + opts["steps"]):
         x, y = _data(step, m * opts["rows"], opts["dim"])
-        for name, fn in order if step % 2 == 0 else order[::-1]:
+        for name, fn in order[step % 3:] + order[:step % 3]:  # rotate: noise hits all alike
             t = _timed(lambda fn=fn, x=x, y=y: fn(x, y))
             if step >= opts["warmup"]:
                 times[name].append(t)
     runner.close()
-    diff = float((losses["schedlang"] - losses["torch"]).abs()) if last else None
+    runner_pp.close()
+    diff = None
+    if last:
+        diff = max(float((losses[k] - losses["torch"]).abs()) for k in ("schedlang", "schedlang_prepost"))
     return {"schedule": job["schedule"], "p": world, "m": m, "times": times, "loss_diff": diff}
 
 
@@ -136,11 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--procs", default="2,4")
+    ap.add_argument("--prepost", type=int, default=4,
+                    help="schedlang: post receives this many instructions early (PipelineRunner prepost)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "runtime.json"))
     args = ap.parse_args(argv)
     from schedlang.runtime.launch import spawn
 
-    opts = {"dim": args.dim, "rows": args.rows, "steps": args.steps, "warmup": args.warmup}
+    opts = {"dim": args.dim, "rows": args.rows, "steps": args.steps, "warmup": args.warmup,
+            "prepost": args.prepost}
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for p in (int(x) for x in args.procs.split(",")):
@@ -148,19 +160,23 @@ def main(argv: list[str] | None = None) -> int:
             for res in results[0].value:
                 last_rank = next(r for r in results if r.value[0]["loss_diff"] is not None)
                 diff = next(x["loss_diff"] for x in last_rank.value if x["schedule"] == res["schedule"])
-                ours = statistics.median(res["times"]["schedlang"])
-                theirs = statistics.median(res["times"]["torch"])
+                med = {k: statistics.median(v) for k, v in res["times"].items()}
                 rows.append({"procs": p, "schedule": res["schedule"], "microbatches": res["m"],
-                             "schedlang_ms": ours * 1e3, "torch_ms": theirs * 1e3,
-                             "ratio": ours / theirs, "loss_diff": diff,
-                             "schedlang_all_ms": [t * 1e3 for t in res["times"]["schedlang"]],
-                             "torch_all_ms": [t * 1e3 for t in res["times"]["torch"]]})
+                             "schedlang_ms": med["schedlang"] * 1e3,
+                             "schedlang_prepost_ms": med["schedlang_prepost"] * 1e3,
+                             "torch_ms": med["torch"] * 1e3,
+                             "ratio": med["schedlang"] / med["torch"],
+                             "ratio_prepost": med["schedlang_prepost"] / med["torch"], "loss_diff": diff,
+                             "all_ms": {k: [t * 1e3 for t in v] for k, v in res["times"].items()}})
     print(f"model: {args.dim}-wide MLP blocks (one per stage), {args.rows} rows per microbatch, float32, "
-          f"gloo on CPU; median of {args.steps} steps after {args.warmup} warm-up")
-    print(f"{'procs':>5} {'schedule':>9} {'m':>3} {'schedlang ms':>13} {'torch ms':>10} {'ratio':>7} {'loss diff':>10}")
+          f"gloo on CPU; median of {args.steps} steps after {args.warmup} warm-up; "
+          f"'+prepost' posts receives {args.prepost} instructions early; ratio = schedlang / torch")
+    print(f"{'procs':>5} {'schedule':>9} {'m':>3} {'schedlang ms':>13} {'+prepost ms':>12} {'torch ms':>10} "
+          f"{'ratio':>7} {'ratio pp':>9} {'loss diff':>10}")
     for r in rows:
         print(f"{r['procs']:>5} {r['schedule']:>9} {r['microbatches']:>3} {r['schedlang_ms']:>13.2f} "
-              f"{r['torch_ms']:>10.2f} {r['ratio']:>7.3f} {r['loss_diff']:>10.2e}")
+              f"{r['schedlang_prepost_ms']:>12.2f} {r['torch_ms']:>10.2f} {r['ratio']:>7.3f} "
+              f"{r['ratio_prepost']:>9.3f} {r['loss_diff']:>10.2e}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"options": opts, "rows": rows}, indent=1), encoding="utf-8")
     print(f"wrote {args.out}")

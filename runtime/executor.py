@@ -107,6 +107,9 @@ class PipelineRunner:
         loss_fn: ``loss_fn(last_stage_output, target) -> scalar``, a mean over the microbatch.
         optimizer_factory: builds the optimizer from the parameters of all local stages.
         split_backward: ``"autograd"`` (any module) or ``"kernels"`` (schedlang.kernels layers).
+        prepost: post every receive this many instructions before the stream's own position
+            (0: where the stream says). Receives stay in stream order; earlier posting lets the
+            transfer overlap computation, at the price of holding the buffers longer.
         group: the pipeline process group (default: the whole world, rank = global rank).
         dp_group: data-parallel replicas of this rank's stages, gradients are averaged over it.
         timeout: seconds an instruction may take before the watchdog stops every rank.
@@ -121,7 +124,8 @@ class PipelineRunner:
                  split_backward: str = "autograd", group: Any = None, dp_group: Any = None,
                  device: torch.device | str | None = None, timeout: float = 60.0,
                  fault_action: str = "exit", store: Any = None,
-                 user_ops: Mapping[str, UserOp] | None = None, record: bool = True) -> None:
+                 user_ops: Mapping[str, UserOp] | None = None, record: bool = True,
+                 prepost: int = 0) -> None:
         streams = with_reductions(streams)
         check_streams(streams)
         rs = streams.stream(rank)
@@ -150,6 +154,12 @@ class PipelineRunner:
                 attach_store(mod, self.wgrad_store)
         self._global = _global_ranks(group, streams.num_ranks)
         self.record = record
+        if prepost < 0:
+            raise ValueError("prepost must be >= 0")
+        self.prepost = prepost
+        self._recv_plan = [(index, part) for index, ins in enumerate(rs.instrs)
+                           for part in (ins.parts if ins.op is Op.BATCH else (ins,)) if part.op.is_recv]
+        self._next_recv = 0
         self.events: list[Event] = []
         self.step_index = 0
         self.peak_live = 0  # most (stage, microbatch) buffer entries alive at once in the last step
@@ -211,6 +221,7 @@ class PipelineRunner:
 
     def _prepare(self, inputs: torch.Tensor | None, targets: Any) -> None:
         self._table.clear()
+        self._next_recv = 0
         self.peak_live = 0
         self._losses = {}
         self._inputs, self._targets = (), ()
@@ -268,6 +279,8 @@ class PipelineRunner:
     # ------------------------------------------------------------------ the interpreter
 
     def _run(self, index: int, ins: Instr) -> None:
+        if self.prepost:
+            self._post_receives_until(index + self.prepost)
         if ins.op is Op.BATCH:
             self._timed(index, ins, self._batch)
         elif ins.op.is_p2p:
@@ -448,8 +461,22 @@ class PipelineRunner:
     def _batch(self, ins: Instr) -> None:
         self._p2p(list(ins.parts))
 
-    def _p2p(self, parts: list[Instr]) -> None:
-        """Post sends and receives; receives are waited for by their first consumer."""
+    def _post_receives_until(self, last: int) -> None:
+        """Pre-post, one by one and in stream order, the receives of instructions up to ``last``."""
+        while self._next_recv < len(self._recv_plan) and self._recv_plan[self._next_recv][0] <= last:
+            self._p2p([self._recv_plan[self._next_recv][1]], preposted=False)
+            self._next_recv += 1
+
+    def _p2p(self, parts: list[Instr], preposted: bool | None = None) -> None:
+        """Post sends and receives; receives are waited for by their first consumer.
+
+        With ``prepost`` the stream's receives were already posted (in stream order, so each
+        channel keeps its order): only the sends remain.
+        """
+        if preposted is None and self.prepost:
+            parts = [p for p in parts if p.op.is_send]
+            if not parts:
+                return
         ops = [self._p2p_op(p) for p in parts]
         if len(ops) == 1:
             fn, tensor, peer = ops[0]

@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split-backward", default="autograd", choices=["autograd", "kernels"])
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--prepost", type=int, default=4, help="post receives this many instructions early")
     return p
 
 
@@ -61,7 +62,8 @@ def worker_main(rank: int, world_size: int, argv: Sequence[str]) -> dict[str, An
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     mods = {s: spec.stages[s].to(device) for s in streams.stream(rank).stages}
     runner = PipelineRunner(streams, rank, mods, spec.loss_fn, spec.optimizer,
-                            split_backward=args.split_backward, timeout=args.timeout, device=device)
+                            split_backward=args.split_backward, timeout=args.timeout, device=device,
+                            prepost=args.prepost)
     losses = []
     for step in range(args.steps):
         x, y = spec.batch(step)

@@ -50,6 +50,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-backward", choices=["autograd", "kernels"], default="autograd",
                    help="how B and W are split: generic autograd, or schedlang.kernels layers")
     p.add_argument("--launcher", choices=["torchrun", "spawn"], default="torchrun")
+    p.add_argument("--prepost", type=int, default=4, metavar="K",
+                   help="post each receive K instructions before its place in the stream (default 4; "
+                        "0 = exactly where the stream says)")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds an instruction may take before every rank stops (default 60)")
 
@@ -115,7 +118,8 @@ def _run_run(args: argparse.Namespace) -> int:
         path = os.path.join(tmp, "streams.json")
         Path(path).write_text(isa.to_json(streams), encoding="utf-8")
         worker_args = ["--streams", path, "--model", args.model, "--steps", str(args.steps), "--out", tmp,
-                       "--split-backward", args.split_backward, "--timeout", str(args.timeout)]
+                       "--split-backward", args.split_backward, "--timeout", str(args.timeout),
+                       "--prepost", str(args.prepost)]
         print(f"{prog.name}: {prog.num_ranks} ranks, {prog.num_stages} stages, {prog.num_microbatches} "
               f"microbatches; model {args.model}; {args.steps} steps", flush=True)
         if args.launcher == "torchrun":

@@ -42,7 +42,7 @@ def _std_schedules() -> list[str]:
 
 
 def _cases(p: int) -> list[tuple[str, str, dict[str, Any], str | None, str]]:
-    """(case id, file, params, scheduler, split mode)."""
+    """(case id, file, params, scheduler, mode: autograd, kernels, or prepost = autograd with prepost=4)."""
     m = 2 * p
     out = [(f"std:{n}", f"std:{n}", {"p": p, "m": m}, None, "autograd") for n in _std_schedules()]
     out += [
@@ -52,6 +52,9 @@ def _cases(p: int) -> list[tuple[str, str, dict[str, Any], str | None, str]]:
         ("zb-h1 kernels", "std:zb-h1", {"p": p, "m": m}, None, "kernels"),
         ("zb-v kernels", "std:zb-v", {"p": p, "m": m}, None, "kernels"),
         ("1f1b kernels", "std:1f1b", {"p": p, "m": m}, None, "kernels"),
+        ("zb-v prepost", "std:zb-v", {"p": p, "m": m}, None, "prepost"),
+        ("interleaved-1f1b prepost", "std:interleaved-1f1b", {"p": p, "m": m}, None, "prepost"),
+        ("zb-h2 prepost", "std:zb-h2", {"p": p, "m": m}, None, "prepost"),
     ]
     return out
 
@@ -115,7 +118,8 @@ def _run_cases(rank: int, world: int, cases: tuple[tuple[str, Streams, str], ...
         blocks = _blocks(streams.num_stages, mode == "kernels")
         mods = {s: blocks[s] for s in streams.stream(rank).stages}
         runner = PipelineRunner(streams, rank, mods, torch.nn.functional.mse_loss, _optimizer,
-                                split_backward=mode, timeout=60, fault_action="raise")
+                                split_backward="kernels" if mode == "kernels" else "autograd",
+                                prepost=4 if mode == "prepost" else 0, timeout=60, fault_action="raise")
         losses, peaks = [], []
         for step in range(STEPS):
             x, y = _data(step, streams.num_microbatches)
