@@ -201,3 +201,32 @@ def test_runtime_imports_no_compiler_module_but_isa() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=dict(os.environ))
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tensors need the Triton interpreter")
+def test_kernels_path_with_the_triton_kernels() -> None:
+    """split_backward="kernels" with the Triton kernels themselves (interpreted on CPU), fp32."""
+    from schedlang.runtime.models import to_split_layers
+
+    st = _streams("std:zb-h1", p=1, m=2)
+
+    def model() -> torch.nn.Module:
+        torch.manual_seed(3)
+        return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.LayerNorm(7), torch.nn.Tanh(),
+                                   torch.nn.Linear(7, 3))
+
+    mine, ref = to_split_layers(model(), use_triton=True), model()
+    r = PipelineRunner(st, 0, {0: mine}, torch.nn.functional.mse_loss,
+                       lambda ps: torch.optim.SGD(ps, lr=0.1), split_backward="kernels")
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 5, generator=g), torch.randn(6, 3, generator=g)
+    loss = r.step(x, y)
+    r.close()
+    assert r.wgrad_store is not None and len(r.wgrad_store) == 0  # every deferred W ran
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    ref_loss = sum(torch.nn.functional.mse_loss(ref(a), b) for a, b in zip(x.chunk(2), y.chunk(2), strict=True)) / 2
+    ref_loss.backward()
+    opt.step()
+    assert loss is not None and float(loss) == pytest.approx(float(ref_loss.detach()), rel=1e-5)
+    for a, b in zip(mine.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
