@@ -9,8 +9,8 @@ The model (REFERENCE.md section 2, in CP-SAT form):
   part of what its own microbatch's F allocated (after that F in the dependency graph), a
   ``AddCumulative`` over "holding" intervals ``[start F, start B)`` and ``[start F, start W)``
   with the freed amounts as demands (the level at time t is exactly the verifier's prefix sum);
-  under FIFO, redundant precedences implied by the limit (see :func:`_memory_precedences`) help
-  it propagate. Otherwise (user kinds, odd memory) a reservoir: each op changes the level by its
+  under FIFO and a tight limit (fewer forwards fit than there are ranks), redundant precedences
+  implied by the limit (see :func:`_memory_precedences`) help it propagate. Otherwise (user kinds, odd memory) a reservoir: each op changes the level by its
   delta at its start, the level stays within ``[lowest possible, limit]``. Ops of one rank never
   overlap, so both match the verifier's order-based check; zero-length ops are the one corner
   where they could differ, and the applied orders are re-verified anyway.
@@ -318,6 +318,8 @@ def _memory_precedences(m: Any, program: Program, sc: Scaled, limit: int,
         if fo.mb != 0:
             continue  # one pass per stage, from its first microbatch's ops
         alloc = sc.mem[f]
+        if alloc <= 0 or limit // alloc >= program.num_ranks:
+            continue  # memory is not tight: measured, the extra rows then only perturb the search
         for k, _ in frees:
             hold = sum(a for k2, a in frees if k2 == k or k2 in after(k))
             if hold <= 0:
