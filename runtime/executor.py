@@ -70,10 +70,10 @@ class _Slot:
 
     def __init__(self) -> None:
         self.x: torch.Tensor | None = None
-        self.x_wait: tuple[Any, str] | None = None
+        self.x_wait: tuple[Any, str, tuple[int, int]] | None = None  # work, text, (peer, n)
         self.out: torch.Tensor | None = None
         self.dy: torch.Tensor | None = None
-        self.dy_wait: tuple[Any, str] | None = None
+        self.dy_wait: tuple[Any, str, tuple[int, int]] | None = None
         self.dx: torch.Tensor | None = None
         self.done = False  # the whole backward (input and weights) has run
 
@@ -163,10 +163,14 @@ class PipelineRunner:
         self.events: list[Event] = []
         self.step_index = 0
         self.peak_live = 0  # most (stage, microbatch) buffer entries alive at once in the last step
+        self.peak_sends = 0  # most sends in flight (buffers held) at once in the last step
         self._shapes: dict[int, tuple[tuple[int, ...], torch.dtype]] | None = None
         self._mb_shape: tuple[int, ...] | None = None
         self._table: dict[tuple[int, int], _Slot] = {}
-        self._sends: list[tuple[Any, torch.Tensor]] = []
+        self._sends: dict[tuple[int, int], tuple[Any, torch.Tensor]] = {}  # (peer, n) -> work, buffer
+        self._sent: dict[int, int] = {}  # messages sent to / received from each peer this step
+        self._received: dict[int, int] = {}
+        self._release = send_release_points(streams, rank)
         self._losses: dict[int, torch.Tensor] = {}
         self._inputs: Sequence[torch.Tensor] = ()
         self._targets: Sequence[Any] = ()
@@ -222,7 +226,7 @@ class PipelineRunner:
     def _prepare(self, inputs: torch.Tensor | None, targets: Any) -> None:
         self._table.clear()
         self._next_recv = 0
-        self.peak_live = 0
+        self.peak_live = self.peak_sends = 0
         self._losses = {}
         self._inputs, self._targets = (), ()
         if 0 in self.modules:
@@ -261,9 +265,18 @@ class PipelineRunner:
         return shapes
 
     def _finish_sends(self) -> None:
-        for work, _ in self._sends:
+        for work, _ in self._sends.values():
             work.wait()
         self._sends.clear()
+        self._sent.clear()
+        self._received.clear()
+
+    def _release_sends(self, peer: int, n: int) -> None:
+        """The n-th message from ``peer`` arrived: sends it had to receive first are complete."""
+        for k in self._release.get((peer, n), ()):
+            pending = self._sends.pop((peer, k), None)
+            if pending is not None:
+                pending[0].wait()  # the peer has posted the receive: this returns promptly
 
     def _loss(self, broadcast: bool) -> torch.Tensor | None:
         loss = torch.stack([self._losses[i] for i in range(self.m)]).mean() if self.holds_loss else None
@@ -298,24 +311,24 @@ class PipelineRunner:
         if self.record:
             self.events.append(Event(self.rank, self.step_index, index, event_name(ins.op, ins.kind),
                                      ins.stage, ins.mb, start, end))
-        self._reap_sends()
 
     def _wait_inputs(self, index: int, ins: Instr) -> None:
         """Wait for the receives an instruction consumes (recorded as ``wait`` events)."""
-        for work, what in self._pending_for(ins):
+        for work, what, channel in self._pending_for(ins):
             self.monitor.begin(f"instruction {index} ({ins}) in step {self.step_index}, waiting for {what}")
             start = time.perf_counter_ns()
             try:
                 work.wait()
             except Exception as exc:
                 raise RuntimeError(f"waiting for {what}: {exc}") from exc
+            self._release_sends(*channel)
             end = time.perf_counter_ns()
             self.monitor.end()
             if self.record:
                 self.events.append(Event(self.rank, self.step_index, index, f"wait {ins.op.value}",
                                          ins.stage, ins.mb, start, end, cat="wait"))
 
-    def _pending_for(self, ins: Instr) -> Iterable[tuple[Any, str]]:
+    def _pending_for(self, ins: Instr) -> Iterable[tuple[Any, str, tuple[int, int]]]:
         keys: list[tuple[str, int, int]] = []
         if ins.op in (Op.F, Op.FB):
             keys.append(("x", ins.stage, ins.mb))
@@ -484,15 +497,19 @@ class PipelineRunner:
         else:
             works = dist.batch_isend_irecv([dist.P2POp(fn, t, peer, group=self.group) for fn, t, peer in ops])
         for part, (_, tensor, _), work in zip(parts, ops, works, strict=True):
+            count = self._sent if part.op.is_send else self._received
+            n = count.get(part.peer, 0)
+            count[part.peer] = n + 1
             if part.op.is_send:
-                self._sends.append((work, tensor))
+                self._sends[(part.peer, n)] = (work, tensor)
+                self.peak_sends = max(self.peak_sends, len(self._sends))
                 continue
             slot = self._slot(part.stage, part.mb)
-            what = f"{part} from rank {part.peer}"
+            pending = (work, f"{part} from rank {part.peer}", (part.peer, n))
             if part.op is Op.RECV_ACT:
-                slot.x, slot.x_wait = tensor, (work, what)
+                slot.x, slot.x_wait = tensor, pending
             else:
-                slot.dy, slot.dy_wait = tensor, (work, what)
+                slot.dy, slot.dy_wait = tensor, pending
 
     def _p2p_op(self, ins: Instr) -> tuple[Callable[..., Any], torch.Tensor, int]:
         peer = self._global[ins.peer]
@@ -511,12 +528,41 @@ class PipelineRunner:
         shape, dtype = self._shapes[producer]
         return dist.irecv, torch.empty(shape, dtype=dtype, device=self.device), peer
 
-    def _reap_sends(self) -> None:
-        if self._sends and self._sends[0][0].is_completed():
-            self._sends = [(w, t) for w, t in self._sends if not w.is_completed()]
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def send_release_points(streams: Streams, rank: int) -> dict[tuple[int, int], list[int]]:
+    """When this rank may wait for its sends without risk: ``(peer, n) -> [k, ...]``.
+
+    Gloo send handles only complete through ``wait()``, and waiting for a send before the peer
+    posts the matching receive could deadlock. But once the n-th message from ``peer`` has
+    arrived, every message of ours that ``peer`` receives at or before the instruction that sent
+    that n-th message (sends and receives in one ``BATCH`` count as one instruction) has its
+    receive posted, so waiting for our k-th send to ``peer`` returns promptly. Each send is
+    listed under the first such n; sends with none are waited for at the end of the step.
+    """
+    out: dict[tuple[int, int], list[int]] = {}
+    for peer_stream in streams.ranks:
+        peer = peer_stream.rank
+        if peer == rank:
+            continue
+        recv_at: list[int] = []  # instruction index of the peer's k-th receive from us
+        send_at: list[int] = []  # instruction index of the peer's n-th send to us
+        for index, ins in enumerate(peer_stream.instrs):
+            for part in ins.parts if ins.op is Op.BATCH else (ins,):
+                if part.op.is_recv and part.peer == rank:
+                    recv_at.append(index)
+                elif part.op.is_send and part.peer == rank:
+                    send_at.append(index)
+        n = 0
+        for k, at in enumerate(recv_at):
+            while n < len(send_at) and send_at[n] < at:
+                n += 1
+            if n < len(send_at):
+                out.setdefault((peer, n), []).append(k)
+    return out
 
 
 def _check_modules(rs: RankStream, modules: Mapping[int, nn.Module]) -> None:

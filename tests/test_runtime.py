@@ -126,10 +126,11 @@ def _run_cases(rank: int, world: int, cases: tuple[tuple[str, Streams, str], ...
             loss = runner.step(x if 0 in mods else None, y if runner.holds_loss else None,
                                broadcast_loss=True)
             losses.append(float(loss))
-            peaks.append(runner.peak_live)
+            peaks.append((runner.peak_live, runner.peak_sends))
         runner.close()
         params = {(s, n): p.detach().clone() for s, mod in mods.items() for n, p in mod.named_parameters()}
-        out[cid] = {"params": params, "losses": losses, "peak": max(peaks)}
+        out[cid] = {"params": params, "losses": losses, "peak": max(p for p, _ in peaks),
+                    "sends": max(q for _, q in peaks)}
     return out
 
 
@@ -164,9 +165,10 @@ def _results(p: int) -> dict[str, dict[str, Any]]:
         if "dp" in res.value:
             merged.setdefault("dp", {}).setdefault(res.rank // 2, {}).update(res.value.pop("dp"))
         for cid, r in res.value.items():
-            entry = merged.setdefault(cid, {"params": {}, "losses": r["losses"], "peaks": {}})
+            entry = merged.setdefault(cid, {"params": {}, "losses": r["losses"], "peaks": {}, "sends": {}})
             entry["params"].update(r["params"])
             entry["peaks"][res.rank] = r["peak"]
+            entry["sends"][res.rank] = r["sends"]
             assert entry["losses"] == r["losses"], "broadcast loss differs between ranks"
     return merged
 
@@ -301,3 +303,13 @@ def test_a_failing_rank_stops_every_rank_with_a_message(how: str, p: int, bad: i
             if r.rank != bad:
                 text = (r.error or "") + r.stderr
                 assert "rank " in text and "instruction" in text, text
+
+
+def test_send_buffers_are_released_before_the_end_of_the_step() -> None:
+    """Sends are waited for once the peer has provably posted their receives, not at step end."""
+    res = _results(4)
+    # 1F1B: rank r has p - r activations in flight before the first gradient comes back, and
+    # each gradient that arrives proves the matching send done (without the release: m = 8)
+    assert res["std:1f1b"]["sends"] == {0: 4, 1: 3, 2: 2, 3: 1}
+    # GPipe: no gradient arrives before every forward was sent
+    assert res["std:gpipe"]["sends"][0] == 8
