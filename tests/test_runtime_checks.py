@@ -230,3 +230,16 @@ def test_kernels_path_with_the_triton_kernels() -> None:
     assert loss is not None and float(loss) == pytest.approx(float(ref_loss.detach()), rel=1e-5)
     for a, b in zip(mine.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_runner_from_a_compiled_program() -> None:
+    from schedlang.cli_runtime import runner_from_program
+
+    prog = api.compile("std:zb-h1", {"p": 1, "m": 2})
+    r = runner_from_program(prog, 0, {0: torch.nn.Linear(3, 3)}, torch.nn.functional.mse_loss,
+                            lambda ps: torch.optim.SGD(ps, lr=0.1))
+    before = [p.detach().clone() for p in r.modules[0].parameters()]
+    loss = r.step(torch.randn(4, 3), torch.randn(4, 3))
+    r.close()
+    assert loss is not None and r.stream.stages == (0,)
+    assert any(not torch.equal(a, b) for a, b in zip(before, r.modules[0].parameters(), strict=True))
