@@ -100,6 +100,18 @@ def summarize_timelines(out_dir: str) -> tuple[list[Any], dict[str, Any]]:
     }
 
 
+def _check_model(spec: str) -> None:
+    """Import the model factory here first: a typo is a plain error, not a crash on every rank."""
+    from schedlang.runtime.worker import load_factory
+
+    try:
+        factory = load_factory(spec)
+    except (ValueError, ImportError, AttributeError) as exc:
+        raise SchedlangError(f"--model {spec}: {exc}") from None
+    if not callable(factory):
+        raise SchedlangError(f"--model {spec}: not a callable factory")
+
+
 def _run_run(args: argparse.Namespace) -> int:
     from schedlang import isa
     from schedlang.codegen import codegen
@@ -112,6 +124,7 @@ def _run_run(args: argparse.Namespace) -> int:
                              f"(set the program's rank parameter, e.g. --set p={nproc})")
     if args.steps < 1:
         raise SchedlangError("--steps must be at least 1")
+    _check_model(args.model)
     streams = codegen(prog)
     sim = simulate(prog)
     with tempfile.TemporaryDirectory(prefix="schedlang-run-") as tmp:

@@ -37,3 +37,11 @@ def test_run_rejects_a_process_count_that_does_not_match() -> None:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "--nproc 3, but the schedule has 2 ranks" in out.stderr
+
+
+def test_run_rejects_a_model_it_cannot_import() -> None:
+    out = subprocess.run([sys.executable, "-m", "schedlang", "run", "std:1f1b", "--set", "p=2",
+                          "--model", "schedlang.runtime.models:nope"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "--model schedlang.runtime.models:nope: module 'schedlang.runtime.models' has no attribute 'nope'" in out.stderr
+    assert "Traceback" not in out.stderr
