@@ -21,8 +21,10 @@ __all__ = [
     "PipelineRunner",
     "StreamError",
     "check_streams",
+    "TinyGPT",
     "spawn",
     "split_sequential",
+    "tiny_gpt",
 ]
 
 _WHERE = {
@@ -32,6 +34,8 @@ _WHERE = {
     "check_streams": "validate",
     "spawn": "launch",
     "split_sequential": "models",
+    "TinyGPT": "models",
+    "tiny_gpt": "models",
 }
 
 
