@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["load_factory", "main", "worker_main"]
+__all__ = ["load_factory", "main", "prepare_stages", "worker_main"]
 
 
 def load_factory(spec: str) -> Any:
@@ -29,6 +29,18 @@ def load_factory(spec: str) -> Any:
     if not sep or not module or not name:
         raise ValueError(f"--model expects MODULE:FACTORY, got {spec!r}")
     return getattr(importlib.import_module(module), name)
+
+
+def prepare_stages(mods: dict[int, Any], split_backward: str) -> dict[int, Any]:
+    """The stage modules as the runner needs them: with ``split_backward="kernels"``, a stage the
+    factory built from plain ``nn.Linear``/``nn.LayerNorm`` gets them swapped for
+    :mod:`schedlang.kernels` split layers (same parameters), so W really is deferred."""
+    if split_backward != "kernels":
+        return mods
+    from schedlang.kernels.layers import split_modules
+    from schedlang.runtime.models import to_split_layers
+
+    return {s: m if any(True for _ in split_modules(m)) else to_split_layers(m) for s, m in mods.items()}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,7 +72,7 @@ def worker_main(rank: int, world_size: int, argv: Sequence[str]) -> dict[str, An
     if len(spec.stages) != streams.num_stages:
         raise ValueError(f"{args.model} built {len(spec.stages)} stages for a {streams.num_stages}-stage schedule")
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    mods = {s: spec.stages[s].to(device) for s in streams.stream(rank).stages}
+    mods = prepare_stages({s: spec.stages[s].to(device) for s in streams.stream(rank).stages}, args.split_backward)
     runner = PipelineRunner(streams, rank, mods, spec.loss_fn, spec.optimizer,
                             split_backward=args.split_backward, timeout=args.timeout, device=device,
                             prepost=args.prepost)

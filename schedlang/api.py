@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from schedlang import syntax as S
@@ -62,6 +63,36 @@ def parse_assignment(text: str) -> tuple[str, Value]:
         return name, parse_value(value.strip(), "<command line>")
     except SchedlangError as exc:
         raise SchedlangError(f"--set {name}: {exc.message}", Span(src, 1, len(name) + 2)) from None
+
+
+def read_params_file(path: str) -> list[tuple[str, Value, Span]]:
+    """Parameter overrides from a file: one ``NAME=VALUE`` per line, ``#`` comments, blank lines.
+
+    This is what ``schedlang profile`` writes and ``--params FILE`` reads. Returns
+    ``(name, value, span)`` in file order; a later line for the same name wins.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SchedlangError(f"cannot read '{path}': {exc.strerror}") from None
+    src = Source(path, text)
+    out: list[tuple[str, Value, Span]] = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0]
+        if not line.strip():
+            continue
+        col = len(line) - len(line.lstrip()) + 1
+        name, sep, value = line.strip().partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier():
+            raise SchedlangError(f"expected NAME=VALUE, got {line.strip()!r}", Span(src, lineno, col))
+        span = Span(src, lineno, col, lineno, col + len(name))
+        try:
+            out.append((name, parse_value(value.strip(), path), span))
+        except SchedlangError as exc:
+            raise SchedlangError(f"{name}: {exc.message}",
+                                 Span(src, lineno, col + line.strip().index("=") + 1)) from None
+    return out
 
 
 def _split_top(text: str) -> list[str]:

@@ -31,6 +31,9 @@ def add_program_args(p: argparse.ArgumentParser, *, scheduler: bool = True) -> N
     p.add_argument("file", help="a .sched file, or std:NAME for a built-in")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
                    help="override a parameter (repeatable); VALUE is a literal: 8, 1.5, [1, 2], true")
+    p.add_argument("--params", metavar="FILE",
+                   help="read overrides from FILE (NAME=VALUE lines, as `schedlang profile` writes); "
+                        "--set wins over it")
     if scheduler:
         p.add_argument("--scheduler", metavar="NAME[:ARG=VALUE,...]",
                        help="replace the program's schedule clause with a named scheduler")
@@ -47,6 +50,9 @@ def load_program(args: argparse.Namespace, *, scheduled: bool = True,
 
     params: dict[str, Any] = {}
     spans: dict[str, Span] = {}
+    if getattr(args, "params", None):
+        for name, value, span in api.read_params_file(args.params):
+            params[name], spans[name] = value, span
     for text in args.sets:
         name, value = api.parse_assignment(text)
         params[name] = value
@@ -180,7 +186,7 @@ COMMANDS: dict[str, Command] = {
 def _extra_commands() -> None:
     """Commands that live in their own modules register into COMMANDS when imported."""
     for mod in ("schedlang.cli_library", "schedlang.cli_codegen", "schedlang.cli_runtime",
-                "schedlang.cli_ux", "schedlang.cli_ilp"):
+                "schedlang.cli_ux", "schedlang.cli_ilp", "schedlang.cli_profile"):
         try:
             __import__(mod)
         except ModuleNotFoundError as exc:

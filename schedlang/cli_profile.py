@@ -1,0 +1,109 @@
+"""``schedlang profile``: measure a model's per-stage costs and write them as pipeline parameters.
+
+The command reads the program only for its shape (number of stages and microbatches; it is not
+scheduled), builds the model with the same ``--model MODULE:FACTORY`` factory ``schedlang run``
+uses, cuts one microbatch off the factory's first batch, and times each stage's F, B and W with
+:func:`schedlang.kernels.profile.profile_ops` on this machine's device (CUDA when available,
+else the CPU). The result is one ``NAME=[v0, v1, ...]`` line per parameter (``tf``, ``tb``,
+``tw`` in ms, ``mem_f``, ``mem_w`` in bytes; one value per stage), the format ``--params FILE``
+reads back::
+
+    schedlang profile std:zb-h1 --set p=4 -o costs.txt
+    schedlang optimize std:zb-h1 --set p=4 --params costs.txt --set mem_limit=...
+
+With ``--split-backward kernels`` the model's ``nn.Linear``/``nn.LayerNorm`` layers are swapped
+for :mod:`schedlang.kernels` split layers first, so W is the deferred kernels' time (mode
+``split``); otherwise W is estimated as a full backward minus B (mode ``estimate``). The
+communication time ``tc`` is not measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from schedlang.cli import COMMANDS, add_program_args, load_program, write_output
+from schedlang.source import SchedlangError
+
+__all__ = ["profile_program"]
+
+
+def profile_program(num_stages: int, num_microbatches: int, model: str, *, split_backward: str = "autograd",
+                    repeats: int = 5, warmup: int = 1) -> list[dict[str, Any]]:
+    """Build ``model`` (``MODULE:FACTORY``) for the pipeline's shape and profile its stages."""
+    import torch
+
+    from schedlang.kernels.profile import profile_ops
+    from schedlang.runtime.worker import load_factory, prepare_stages
+
+    try:
+        factory = load_factory(model)
+    except (ValueError, ImportError, AttributeError) as exc:
+        raise SchedlangError(f"--model {model}: {exc}") from None
+    spec = factory(num_stages, num_microbatches)
+    if len(spec.stages) != num_stages:
+        raise SchedlangError(f"--model {model} built {len(spec.stages)} stages for a {num_stages}-stage pipeline")
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    prepared = prepare_stages({s: m.to(device) for s, m in enumerate(spec.stages)}, split_backward)
+    stages = [prepared[s] for s in range(num_stages)]
+    x, y = spec.batch(0)
+    if x.shape[0] % num_microbatches:
+        raise SchedlangError(f"--model {model}: a batch of {x.shape[0]} does not split into "
+                             f"{num_microbatches} microbatches")
+    size = x.shape[0] // num_microbatches
+    x_mb = x[:size].to(device)
+    y_mb = y[:size].to(device) if isinstance(y, torch.Tensor) else y
+
+    def loss(out: torch.Tensor) -> torch.Tensor:
+        return spec.loss_fn(out, y_mb)  # type: ignore[no-any-return]
+
+    return profile_ops(stages, x_mb, loss, repeats, warmup=warmup)
+
+
+def _profile_args(p: argparse.ArgumentParser) -> None:
+    add_program_args(p, scheduler=False)
+    p.add_argument("--model", default="schedlang.runtime.models:tiny_gpt", metavar="MODULE:FACTORY",
+                   help="model factory, as for `schedlang run` (default: the bundled tiny GPT)")
+    p.add_argument("--split-backward", choices=["autograd", "kernels"], default="autograd",
+                   help="time W of plain layers as backward minus B (autograd), or of schedlang.kernels layers")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per stage; the median is kept (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    p.add_argument("--json", action="store_true", help="print the measurements as JSON instead")
+    p.add_argument("-o", "--output", metavar="PATH", help="write the parameters to PATH (a table goes to stdout)")
+
+
+def _profile_run(args: argparse.Namespace) -> int:
+    from schedlang.kernels.profile import format_params
+    from schedlang.term import Column, Table, use_colour
+
+    if args.repeats < 1 or args.warmup < 0:
+        raise SchedlangError("--repeats must be at least 1 and --warmup at least 0")
+    prog = load_program(args, scheduled=False)
+    try:
+        import torch  # noqa: F401
+    except ModuleNotFoundError:
+        raise SchedlangError("schedlang profile needs torch: pip install 'schedlang[runtime]'") from None
+    rows = profile_program(prog.num_stages, prog.num_microbatches, args.model,
+                           split_backward=args.split_backward, repeats=args.repeats, warmup=args.warmup)
+    if args.json:
+        write_output(json.dumps(rows, indent=1) + "\n", args.output)
+        return 0
+    modes = ", ".join(f"stage {r['stage']} {r['mode']}" for r in rows)
+    header = (f"# schedlang profile {args.file}: {prog.num_stages} stages, model {args.model}, "
+              f"device {rows[0]['device']}; W: {modes}\n"
+              "# times in ms (median), memory in bytes per microbatch\n")
+    write_output(header + format_params(rows), args.output)
+    if args.output and args.output != "-":
+        table = Table([Column("stage", fmt=str)] + [Column(h, fmt=lambda v: f"{v:.4g}") for h in ("tf", "tb", "tw")]
+                      + [Column(h, fmt=lambda v: str(int(v))) for h in ("mem_f", "mem_w")] + [Column("W", "<", str)])
+        for r in rows:
+            table.add(r["stage"], r["tf"], r["tb"], r["tw"], r["mem_f"], r["mem_w"], r["mode"])
+        sys.stdout.write(table.render(use_colour(sys.stdout)))
+        print(f"parameters written to {args.output}; use them with --params {args.output}")
+    return 0
+
+
+COMMANDS["profile"] = ("measure T_F, T_B, T_W and memory per stage of a model; write them as parameters",
+                       _profile_args, _profile_run)
