@@ -54,19 +54,7 @@ def check_expr(e: S.Expr, scope: frozenset[str] | set[str], what: str = "") -> N
             if n < lo or (hi >= 0 and n > hi):
                 want = str(lo) if lo == hi else (f"at least {lo}" if hi < 0 else f"{lo} to {hi}")
                 raise SchedlangError(f"{x.func}() takes {want} argument{'s' if want != '1' else ''}, got {n}", x.span)
-            stack.extend(x.args)
-        elif isinstance(x, S.ListLit):
-            stack.extend(x.items)
-        elif isinstance(x, S.Compare):
-            stack.extend(x.operands)
-        elif isinstance(x, (S.Unary, S.Not)):
-            stack.append(x.operand)
-        elif isinstance(x, (S.Binary, S.BoolOp)):
-            stack += [x.left, x.right]
-        elif isinstance(x, S.Index):
-            stack += [x.target, x.index]
-        elif isinstance(x, S.Cond):
-            stack += [x.test, x.then, x.orelse]
+        stack.extend(S.subexpressions(x))
 
 
 def _bind(name: str, scope: set[str] | frozenset[str], span: Span | None, what: str) -> None:

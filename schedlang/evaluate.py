@@ -274,20 +274,7 @@ def free_names(e: S.Expr) -> set[str]:
         x = stack.pop()
         if isinstance(x, S.Name):
             out.add(x.id)
-        elif isinstance(x, S.Call):
-            stack.extend(x.args)
-        elif isinstance(x, S.ListLit):
-            stack.extend(x.items)
-        elif isinstance(x, S.Compare):
-            stack.extend(x.operands)
-        elif isinstance(x, (S.Unary, S.Not)):
-            stack.append(x.operand)
-        elif isinstance(x, (S.Binary, S.BoolOp)):
-            stack += [x.left, x.right]
-        elif isinstance(x, S.Index):
-            stack += [x.target, x.index]
-        elif isinstance(x, S.Cond):
-            stack += [x.test, x.then, x.orelse]
+        stack.extend(S.subexpressions(x))
     return out
 
 

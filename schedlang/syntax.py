@@ -132,6 +132,25 @@ Expr = (
     | Cond
 )
 
+def subexpressions(e: Expr) -> tuple[Expr, ...]:
+    """The direct child expressions of ``e`` (a call's arguments, an operator's operands, ...)."""
+    if isinstance(e, Call):
+        return e.args
+    if isinstance(e, ListLit):
+        return e.items
+    if isinstance(e, Compare):
+        return e.operands
+    if isinstance(e, (Unary, Not)):
+        return (e.operand,)
+    if isinstance(e, (Binary, BoolOp)):
+        return (e.left, e.right)
+    if isinstance(e, Index):
+        return (e.target, e.index)
+    if isinstance(e, Cond):
+        return (e.test, e.then, e.orelse)
+    return ()
+
+
 # ------------------------------------------------------------------ op patterns and orders
 
 
