@@ -3,18 +3,21 @@
 :class:`PipelineRunner` holds this rank's stage modules, an optimizer over their parameters and
 the checked streams. :meth:`PipelineRunner.step` trains on one batch:
 
-- the batch (on the rank holding stage 0) and the targets (on the rank holding the last stage)
-  are split along dimension 0 into ``num_microbatches`` equal microbatches;
+- the batch (on the ranks holding a first stage) and the targets (on the ranks holding a loss
+  stage) are split along dimension 0 into ``num_microbatches`` equal microbatches. Usually
+  stage 0 is the only first stage and the last stage the only loss stage; streams with several
+  chains (:mod:`schedlang.isa`, stage graph: Chimera's two pipelines) have one of each per chain,
+  and each microbatch runs through one chain;
 - instructions run in stream order. Activations and gradients live in a buffer table keyed by
   (stage, microbatch); every tensor is dropped at its last use, and the table is empty at the
   end of a step (checked);
-- ``F`` runs the stage module (the last stage also the loss function); ``B`` computes the
+- ``F`` runs the stage module (a loss stage also the loss function); ``B`` computes the
   gradient w.r.t. the stage input only, ``W`` the parameter gradients, ``BW`` both, ``FB`` a
   forward then a backward. Two ways to split B and W (``split_backward``):
 
   * ``"autograd"`` (any module): ``B`` is ``torch.autograd.grad`` w.r.t. the stage input with the
     graph kept; ``W`` is a backward w.r.t. the parameters through the same graph, accumulated
-    into ``.grad``. Stage 0 has no input gradient: its ``B`` does nothing and its ``W`` runs the
+    into ``.grad``. A first stage has no input gradient: its ``B`` does nothing and its ``W`` runs the
     whole backward (as PyTorch's pipelining does);
   * ``"kernels"``: the modules use :mod:`schedlang.kernels` split layers; ``B`` is one backward
     pass in which those layers stash their weight-gradient work in a ``WeightGradStore`` under
@@ -27,19 +30,24 @@ the checked streams. :meth:`PipelineRunner.step` trains on one batch:
   step. Messages between two ranks match in issue order, which the checks guarantee.
 - ``REDUCE_GRAD`` scales a stage's gradients by 1/num_microbatches (the loss is a mean over
   microbatches) and all-reduces them (mean) over ``dp_group`` when given; ``OPT_STEP`` steps the
-  optimizer and zeroes the gradients. A stream without them gets them appended.
+  optimizer and zeroes the gradients. A stream without them gets them appended. With several
+  chains, stages that run the same model part hold weight replicas: before the optimizer step
+  their gradients are summed (within the rank, then across ranks through the lowest holder), so
+  the replicas stay identical. Each stage needs its own module object.
 
 The loss returned by :meth:`step` is the mean over microbatches of ``loss_fn(output, target)``,
-on the rank holding the last stage; other ranks get None unless ``broadcast_loss=True``.
+on the rank holding the last stage; other ranks get None unless ``broadcast_loss=True``. When the
+loss stages are on several ranks, every rank gets the loss (an all-reduce).
 
 The shapes of the tensors that cross ranks are inferred once, at the first step: the rank
-holding each stage runs it once without gradients on a zero tensor (stage 0 on the first real
-microbatch) and broadcasts the output shape and dtype. Later steps must use the same microbatch
+holding each stage runs it once without gradients on a zero tensor (a first stage on the first
+real microbatch) and broadcasts the output shape and dtype. Later steps must use the same microbatch
 shape. Each stage boundary carries exactly one tensor.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -93,8 +101,7 @@ def with_reductions(streams: Streams) -> Streams:
         if not has_step:
             instrs.append(Instr(Op.OPT_STEP))
         ranks.append(RankStream(rs.rank, rs.stages, tuple(instrs)))
-    return Streams(streams.num_ranks, streams.num_stages, streams.num_microbatches,
-                   streams.placement, tuple(ranks), streams.version, streams.meta)
+    return dataclasses.replace(streams, ranks=tuple(ranks))
 
 
 class PipelineRunner:
@@ -141,9 +148,15 @@ class PipelineRunner:
         self.group, self.dp_group = group, dp_group
         self.m = streams.num_microbatches
         self.last_stage = streams.num_stages - 1
+        # the stage graph (schedlang.isa): who feeds whom; several chains are weight replicas
+        self._producer = {s: streams.producer(s) for s in range(streams.num_stages)}
+        self._consumer = {s: streams.consumer(s) for s in range(streams.num_stages)}
+        self._loss_stages = frozenset(s for s, c in self._consumer.items() if c == -1)
+        self._chains = streams.chains()
+        self._replicas = _replica_sets(streams)
         self.device = torch.device(device) if device is not None else _module_device(self.modules.values())
         self.params = {s: [p for p in mod.parameters() if p.requires_grad] for s, mod in self.modules.items()}
-        all_params = [p for s in rs.stages for p in self.params[s]]
+        all_params = list({id(p): p for s in rs.stages for p in self.params[s]}.values())
         self.optimizer = optimizer_factory(all_params) if optimizer_factory is not None else None
         self.wgrad_store: Any = None
         if split_backward == "kernels":
@@ -214,8 +227,13 @@ class PipelineRunner:
 
     @property
     def holds_loss(self) -> bool:
-        """True on the rank that holds the last stage (where :meth:`step` returns the loss)."""
-        return self.last_stage in self.modules
+        """True on a rank that holds a stage computing the loss (it needs the targets)."""
+        return any(s in self.modules for s in self._loss_stages)
+
+    @property
+    def holds_input(self) -> bool:
+        """True on a rank that holds a stage reading the batch (it needs the inputs)."""
+        return any(self._producer[s] == -1 for s in self.modules)
 
     def step_events(self, step: int) -> list[Event]:
         """The recorded events of one step."""
@@ -229,13 +247,13 @@ class PipelineRunner:
         self.peak_live = self.peak_sends = 0
         self._losses = {}
         self._inputs, self._targets = (), ()
-        if 0 in self.modules:
+        if self.holds_input:
             if inputs is None:
-                raise ValueError(f"rank {self.rank} holds stage 0: step() needs the inputs")
+                raise ValueError(f"rank {self.rank} holds a first stage: step() needs the inputs")
             self._inputs = _split(inputs.to(self.device), self.m, "inputs")
         if self.holds_loss:
             if targets is None:
-                raise ValueError(f"rank {self.rank} holds the last stage: step() needs the targets")
+                raise ValueError(f"rank {self.rank} holds a loss stage: step() needs the targets")
             self._targets = _split(_to(targets, self.device), self.m, "targets")
         if self._shapes is None:
             self._shapes = self._infer_shapes()
@@ -246,16 +264,16 @@ class PipelineRunner:
                              f"step's {self._mb_shape}; build a new runner for a new shape")
 
     def _infer_shapes(self) -> dict[int, tuple[tuple[int, ...], torch.dtype]]:
-        """Output shape and dtype of every stage but the last, broadcast from its holder."""
+        """Output shape and dtype of every stage but the loss stages, broadcast from its holder."""
         shapes: dict[int, tuple[tuple[int, ...], torch.dtype]] = {}
-        for s in range(self.last_stage):
+        for s in (s for chain in self._chains for s in chain if s not in self._loss_stages):
             holder = self.streams.placement[s]
             obj: list[Any] = [None]
             if holder == self.rank:
-                if s == 0:
+                if self._producer[s] == -1:
                     x = self._inputs[0]
                 else:
-                    shape, dtype = shapes[s - 1]
+                    shape, dtype = shapes[self._producer[s]]
                     x = torch.zeros(shape, dtype=dtype, device=self.device)
                 obj[0] = _probe(self.modules[s], x, self.device)
             if self.streams.num_ranks > 1:
@@ -279,13 +297,21 @@ class PipelineRunner:
                 pending[0].wait()  # the peer has posted the receive: this returns promptly
 
     def _loss(self, broadcast: bool) -> torch.Tensor | None:
+        holders = {self.streams.placement[s] for s in self._loss_stages}
+        if len(holders) > 1:
+            # the loss stages (one per chain) live on several ranks: sum their microbatch losses
+            local = [self._losses[i].to(torch.float64) for i in sorted(self._losses)]
+            total = torch.stack(local).sum() if local else torch.zeros((), dtype=torch.float64, device=self.device)
+            self._losses = {}
+            dist.all_reduce(total, group=self.group)
+            return total / self.m
         loss = torch.stack([self._losses[i] for i in range(self.m)]).mean() if self.holds_loss else None
         self._losses = {}
         if not broadcast or self.streams.num_ranks == 1:
             return loss
         buf = loss if loss is not None else torch.zeros((), dtype=torch.float64, device=self.device)
         buf = buf.to(torch.float64).contiguous()
-        holder = self.streams.placement[self.last_stage]
+        (holder,) = holders
         dist.broadcast(buf, src=self._global[holder], group=self.group)
         return buf
 
@@ -358,10 +384,11 @@ class PipelineRunner:
 
     def _forward(self, s: int, i: int) -> None:
         slot = self._slot(s, i)
-        if s == 0:
+        q = self._producer[s]
+        if q == -1:
             x = self._inputs[i]
-        elif self._local(s - 1):
-            prev = self._table[(s - 1, i)].out
+        elif self._local(q):
+            prev = self._table[(q, i)].out
             assert prev is not None
             x = slot.x = prev.detach().requires_grad_()
         else:
@@ -369,18 +396,19 @@ class PipelineRunner:
             x = slot.x.requires_grad_()
         with torch.enable_grad():
             out = self.modules[s](x)
-            if s == self.last_stage:
+            if s in self._loss_stages:
                 out = self.loss_fn(out, self._targets[i])
                 self._losses[i] = out.detach()
         slot.out = out
 
     def _output_grad(self, s: int, i: int, slot: _Slot) -> torch.Tensor | None:
-        if s == self.last_stage:
+        c = self._consumer[s]
+        if c == -1:
             return None
-        if self._local(s + 1):
-            nxt = self._table[(s + 1, i)]
+        if self._local(c):
+            nxt = self._table[(c, i)]
             dy, nxt.dx = nxt.dx, None
-            self._maybe_free(s + 1, i)
+            self._maybe_free(c, i)
             return dy
         return slot.dy
 
@@ -393,11 +421,11 @@ class PipelineRunner:
                 torch.autograd.backward(slot.out, slot.dy)
             slot.dx = slot.x.grad if slot.x is not None else None
             slot.out = slot.dy = slot.x = None
-        elif s > 0:
+        elif self._producer[s] != -1:
             assert slot.x is not None
             (slot.dx,) = torch.autograd.grad(slot.out, slot.x, slot.dy, retain_graph=True)
             slot.x = None
-        # autograd path, stage 0: no input gradient; W runs the whole backward.
+        # autograd path, a first stage: no input gradient; W runs the whole backward.
 
     def _backward_weight(self, s: int, i: int) -> None:
         slot = self._table[(s, i)]
@@ -460,9 +488,53 @@ class PipelineRunner:
                 g.div_(size)
 
     def _op_step(self, ins: Instr) -> None:
+        self._sum_replicas()
         if self.optimizer is not None:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+
+    def _sum_replicas(self) -> None:
+        """Stages that run the same model part (one per chain) sum their gradients.
+
+        Parts in ascending order on every rank; per part, the holders send their local sums to
+        the lowest holder, which adds them in rank order and sends the total back, so every
+        replica steps with the same gradient.
+        """
+        for part, stages in self._replicas:
+            mine = [s for s in stages if s in self.modules]
+            if not mine:
+                continue
+            holders = sorted({self.streams.placement[s] for s in stages})
+            flats = [self._flat_grad(s) for s in mine]
+            if any(f.numel() != flats[0].numel() for f in flats):
+                raise ValueError(f"replicas of model part {part} (stages {mine}) differ in size")
+            total = torch.stack(flats).sum(0) if len(flats) > 1 else flats[0]
+            if len(holders) > 1:
+                leader = holders[0]
+                if self.rank == leader:
+                    for r in holders[1:]:
+                        other = torch.empty_like(total)
+                        dist.recv(other, self._global[r], group=self.group)
+                        total = total + other
+                    for r in holders[1:]:
+                        dist.send(total, self._global[r], group=self.group)
+                else:
+                    dist.send(total, self._global[leader], group=self.group)
+                    total = torch.empty_like(total)
+                    dist.recv(total, self._global[leader], group=self.group)
+            for s in mine:
+                self._set_flat_grad(s, total)
+
+    def _flat_grad(self, s: int) -> torch.Tensor:
+        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                          for p in self.params[s]]) if self.params[s] else torch.zeros(0, device=self.device)
+
+    def _set_flat_grad(self, s: int, flat: torch.Tensor) -> None:
+        at = 0
+        for p in self.params[s]:
+            n = p.numel()
+            p.grad = flat[at:at + n].view_as(p).clone()
+            at += n
 
     _HANDLERS: dict[Op, Callable[[PipelineRunner, Instr], None]] = {
         Op.F: _op_f, Op.B: _op_b, Op.W: _op_w, Op.BW: _op_bw, Op.FB: _op_fb, Op.USER: _op_user,
@@ -524,7 +596,7 @@ class PipelineRunner:
             assert dx is not None
             self._maybe_free(ins.stage, ins.mb)
             return dist.isend, dx.contiguous(), peer
-        producer = ins.stage - 1 if ins.op is Op.RECV_ACT else ins.stage
+        producer = self._producer[ins.stage] if ins.op is Op.RECV_ACT else ins.stage
         shape, dtype = self._shapes[producer]
         return dist.irecv, torch.empty(shape, dtype=dtype, device=self.device), peer
 
@@ -565,6 +637,14 @@ def send_release_points(streams: Streams, rank: int) -> dict[tuple[int, int], li
     return out
 
 
+def _replica_sets(streams: Streams) -> list[tuple[int, tuple[int, ...]]]:
+    """(model part, its stages) for every part run by more than one stage, parts ascending."""
+    by_part: dict[int, list[int]] = {}
+    for s in range(streams.num_stages):
+        by_part.setdefault(streams.part(s), []).append(s)
+    return [(k, tuple(v)) for k, v in sorted(by_part.items()) if len(v) > 1]
+
+
 def _check_modules(rs: RankStream, modules: Mapping[int, nn.Module]) -> None:
     missing = [s for s in rs.stages if s not in modules]
     extra = sorted(s for s in modules if s not in rs.stages)
@@ -574,6 +654,12 @@ def _check_modules(rs: RankStream, modules: Mapping[int, nn.Module]) -> None:
     if extra:
         raise StreamError(f"rank {rs.rank}: modules given for stage(s) {extra} that the stream does "
                           f"not place on this rank (it runs stages {list(rs.stages)})")
+    owner: dict[int, int] = {}
+    for s in rs.stages:
+        first = owner.setdefault(id(modules[s]), s)
+        if first != s:
+            raise StreamError(f"rank {rs.rank}: stages {first} and {s} are given the same module object; "
+                              "give each stage its own (replicas stay in sync through their gradients)")
 
 
 def _check_user_ops(rs: RankStream, handlers: Mapping[str, UserOp]) -> None:

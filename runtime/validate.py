@@ -10,7 +10,7 @@ rank and the instruction:
   and microbatch): point-to-point messages match in order of issue, as in ``torch.distributed``;
 - data flow, per rank in stream order: a forward has its input (data, a receive, or the previous
   stage on the same rank), a backward its output gradient, a send its tensor; every microbatch of
-  every stage is forwarded once and backwarded once (``B`` + ``W``, ``BW`` or the backward of an
+  every stage of its chain (see :mod:`schedlang.isa`, stage graph) is forwarded once and backwarded once (``B`` + ``W``, ``BW`` or the backward of an
   ``FB``); ``REDUCE_GRAD`` follows the stage's last backward, ``OPT_STEP`` every ``REDUCE_GRAD``;
 - progress: executing all streams symbolically (sends never block, a receive waits for its send,
   a ``BATCH`` posts its sends then waits for its receives) finishes, so no rank can wait forever.
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from schedlang.isa import Instr, Op, RankStream, Streams, flatten
 
-__all__ = ["Message", "StreamError", "check_rank", "check_streams", "message_of"]
+__all__ = ["Message", "StreamError", "check_rank", "check_streams", "message_of", "microbatches_of"]
 
 
 class StreamError(ValueError):
@@ -64,20 +64,19 @@ def _where(rank: int, index: int, ins: Instr) -> str:
 # ----------------------------------------------------------------------- shape checks
 
 
-_NEIGHBOUR = {Op.SEND_ACT: 1, Op.RECV_ACT: -1, Op.SEND_GRAD: -1, Op.RECV_GRAD: 1}
-
-
 def _check_p2p(streams: Streams, rank: int, index: int, ins: Instr) -> None:
     where = _where(rank, index, ins)
     if not 0 <= ins.peer < streams.num_ranks or ins.peer == rank:
         raise StreamError(f"{where}: peer {ins.peer} is not another rank of the pipeline")
-    want = ins.stage + _NEIGHBOUR[ins.op]
+    upstream = ins.op in (Op.RECV_ACT, Op.SEND_GRAD)
+    want = streams.producer(ins.stage) if upstream else streams.consumer(ins.stage)
+    if want == -1:
+        what = "reads the batch: it has no producer" if upstream else "computes the loss: it has no consumer"
+        raise StreamError(f"{where}: stage {ins.stage} {what}")
     if ins.peer_stage != want:
         raise StreamError(f"{where}: peer_stage should be {want} for {ins.op.value}")
-    if not 0 <= want < streams.num_stages or streams.placement[want] != ins.peer:
+    if streams.placement[want] != ins.peer:
         raise StreamError(f"{where}: rank {ins.peer} does not hold stage {ins.peer_stage}")
-    if ins.op is Op.SEND_GRAD and ins.stage == 0:
-        raise StreamError(f"{where}: stage 0 has no input gradient to send")
 
 
 def _stages_of(ins: Instr) -> tuple[int, ...]:
@@ -120,6 +119,64 @@ def _check_header(streams: Streams) -> None:
         raise StreamError(f"expected one stream per rank 0..{streams.num_ranks - 1}")
     if streams.num_microbatches < 1:
         raise StreamError("a step needs at least one microbatch")
+    if streams.prev:
+        _check_stage_graph(streams)
+
+
+def _check_stage_graph(streams: Streams) -> None:
+    prev = streams.prev
+    if len(prev) != streams.num_stages:
+        raise StreamError(f"prev has {len(prev)} entries for {streams.num_stages} stages")
+    for s, q in enumerate(prev):
+        if not -1 <= q < streams.num_stages or q == s:
+            raise StreamError(f"prev: stage {s} cannot read stage {q}")
+    fed = Counter(q for q in prev if q != -1)
+    for q, n in fed.items():
+        if n > 1:
+            raise StreamError(f"prev: stage {q} feeds {n} stages; each stage feeds at most one")
+    chains = streams.chains()
+    covered = sorted(s for c in chains for s in c)
+    if covered != list(range(streams.num_stages)):
+        raise StreamError("prev: some stages are on a cycle, not on a chain from a stage that reads the batch")
+    if len({len(c) for c in chains}) > 1:
+        raise StreamError(f"prev: the chains {[list(c) for c in chains]} differ in length; replicas of "
+                          "one model need the same number of stages")
+
+
+def microbatches_of(streams: Streams) -> dict[int, frozenset[int]]:
+    """The microbatches each stage runs: every microbatch runs through every stage of one chain.
+
+    One chain (the default): all of them everywhere. Several chains: each takes the microbatches
+    its first stage forwards; every stage of the chain must forward exactly those, and the chains
+    must split 0..m-1 between them.
+    """
+    m = streams.num_microbatches
+    chains = streams.chains()
+    if len(chains) == 1:
+        return {s: frozenset(range(m)) for s in range(streams.num_stages)}
+    forwards: dict[int, set[int]] = {s: set() for s in range(streams.num_stages)}
+    for rs in streams.ranks:
+        for ins in flatten(rs.instrs):
+            if ins.op in (Op.F, Op.FB) and 0 <= ins.stage < streams.num_stages:
+                forwards[ins.stage].add(ins.mb)
+    out: dict[int, frozenset[int]] = {}
+    owner: dict[int, int] = {}
+    for chain in chains:
+        mine = frozenset(forwards[chain[0]])
+        for s in chain:
+            if forwards[s] != mine:
+                odd = sorted(forwards[s] ^ mine)
+                raise StreamError(f"stage {s} and stage {chain[0]} (the head of its chain) forward different "
+                                  f"microbatches (differing: {odd}); a microbatch runs through a whole chain")
+            out[s] = mine
+        for i in mine:
+            if i in owner:
+                raise StreamError(f"microbatch {i} runs through two chains (heads {owner[i]} and {chain[0]})")
+            owner[i] = chain[0]
+    missing = sorted(set(range(m)) - set(owner))
+    if missing:
+        raise StreamError(f"microbatch(es) {missing} run through no chain")
+    return out
 
 
 # ----------------------------------------------------------------------- data flow
@@ -143,8 +200,9 @@ class _Flow:
             raise StreamError(why)
 
     def forward(self, s: int, i: int, where: str) -> None:
-        if s > 0:
-            src = ("fwd", s - 1, i) if self.local(s - 1) else ("recv_act", s, i)
+        q = self.streams.producer(s)
+        if q != -1:
+            src = ("fwd", q, i) if self.local(q) else ("recv_act", s, i)
             self.need(src, f"{where}: the input of stage {s} microbatch {i} is not available yet")
         self.once(("fwd", s, i), where, "forward")
 
@@ -153,9 +211,9 @@ class _Flow:
             raise StreamError(f"{where}: backward after REDUCE_GRAD of stage {s}")
         if part in ("B", "BW"):
             self.need(("fwd", s, i), f"{where}: backward before the forward of stage {s} microbatch {i}")
-            last = s == self.streams.num_stages - 1
-            if not last:
-                src = ("bwd_in", s + 1, i) if self.local(s + 1) else ("recv_grad", s, i)
+            c = self.streams.consumer(s)
+            if c != -1:
+                src = ("bwd_in", c, i) if self.local(c) else ("recv_grad", s, i)
                 self.need(src, f"{where}: the output gradient of stage {s} microbatch {i} is not available yet")
             self.once(("bwd_in", s, i), where, "input backward (B/BW)")
         if part in ("W", "BW"):
@@ -169,7 +227,7 @@ class _Flow:
         self.have.add(what)
 
 
-def _flow_instr(flow: _Flow, ins: Instr, where: str) -> None:  # noqa: C901 - one case per opcode
+def _flow_instr(flow: _Flow, ins: Instr, where: str, mbs: dict[int, frozenset[int]]) -> None:  # noqa: C901
     op = ins.op
     if op is Op.F:
         flow.forward(ins.stage, ins.mb, where)
@@ -187,7 +245,7 @@ def _flow_instr(flow: _Flow, ins: Instr, where: str) -> None:  # noqa: C901 - on
     elif op is Op.RECV_GRAD:
         flow.once(("recv_grad", ins.stage, ins.mb), where, "gradient receive")
     elif op is Op.REDUCE_GRAD:
-        for i in range(flow.streams.num_microbatches):
+        for i in sorted(mbs.get(ins.stage, ())):
             flow.need(("bwd_w", ins.stage, i), f"{where}: stage {ins.stage} microbatch {i} has "
                       "backward work after its REDUCE_GRAD")
         if ins.stage in flow.reduced:
@@ -200,24 +258,23 @@ def _flow_instr(flow: _Flow, ins: Instr, where: str) -> None:  # noqa: C901 - on
             raise StreamError(f"{where}: OPT_STEP before REDUCE_GRAD of stage(s) {missing}")
 
 
-def _check_flow(streams: Streams, rs: RankStream) -> None:
+def _check_flow(streams: Streams, rs: RankStream, mbs: dict[int, frozenset[int]]) -> None:
     flow = _Flow(streams, rs.rank)
     instrs = list(flatten(rs.instrs))
     forwards = {(i.stage, i.mb) for i in instrs if i.op in (Op.F, Op.FB)}
     for s in rs.stages:
-        missing = [i for i in range(streams.num_microbatches) if (s, i) not in forwards]
+        missing = [i for i in sorted(mbs[s]) if (s, i) not in forwards]
         if missing:
             raise StreamError(
-                f"rank {rs.rank}: stage {s} never runs the forward of microbatch(es) {missing}; this "
-                "runtime needs every microbatch to pass through every stage 0..num_stages-1 (schedules "
-                "with separate model replicas, like Chimera's two pipelines, are not supported)")
+                f"rank {rs.rank}: stage {s} never runs the forward of microbatch(es) {missing}; every "
+                "microbatch passes through every stage of its pipeline")
     steps = sum(1 for ins in instrs if ins.op is Op.OPT_STEP)
     if steps > 1:
         raise StreamError(f"rank {rs.rank}: {steps} OPT_STEP instructions in one step")
     for index, ins in enumerate(instrs):
-        _flow_instr(flow, ins, _where(rs.rank, index, ins))
+        _flow_instr(flow, ins, _where(rs.rank, index, ins), mbs)
     for s in rs.stages:
-        for i in range(streams.num_microbatches):
+        for i in sorted(mbs[s]):
             for what, name in (("fwd", "forward"), ("bwd_in", "input backward"), ("bwd_w", "weight backward")):
                 if (what, s, i) not in flow.have:
                     raise StreamError(f"rank {rs.rank}: no {name} of stage {s} microbatch {i}")
@@ -306,14 +363,15 @@ def check_rank(streams: Streams, rank: int) -> None:
         raise StreamError(f"rank {rank} is not in a pipeline of {streams.num_ranks} ranks")
     rs = streams.stream(rank)
     _check_shape(streams, rs)
-    _check_flow(streams, rs)
+    _check_flow(streams, rs, microbatches_of(streams))
 
 
 def check_streams(streams: Streams) -> None:
     """Run every check on every rank; raise :class:`StreamError` on the first problem."""
     _check_header(streams)
+    mbs = microbatches_of(streams)
     for rs in streams.ranks:
         _check_shape(streams, rs)
-        _check_flow(streams, rs)
+        _check_flow(streams, rs, mbs)
     _check_matching(streams)
     _check_progress(streams)

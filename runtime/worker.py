@@ -12,6 +12,7 @@ the loss of every step on the rank that holds the last stage, and writes its tim
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import importlib
 import json
@@ -68,21 +69,27 @@ def worker_main(rank: int, world_size: int, argv: Sequence[str]) -> dict[str, An
     streams = load(args.streams)
     if streams.num_ranks != world_size:
         raise ValueError(f"the schedule has {streams.num_ranks} ranks but {world_size} processes run")
-    spec = load_factory(args.model)(streams.num_stages, streams.num_microbatches)
-    if len(spec.stages) != streams.num_stages:
-        raise ValueError(f"{args.model} built {len(spec.stages)} stages for a {streams.num_stages}-stage schedule")
+    # one model part per stage of a chain; several chains (Chimera) run replicas of the parts
+    parts = len(streams.chains()[0])
+    spec = load_factory(args.model)(parts, streams.num_microbatches)
+    if len(spec.stages) != parts:
+        raise ValueError(f"{args.model} built {len(spec.stages)} stages for a {parts}-stage model")
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    mods = prepare_stages({s: spec.stages[s].to(device) for s in streams.stream(rank).stages}, args.split_backward)
+    mods = prepare_stages({s: copy.deepcopy(spec.stages[streams.part(s)]).to(device)
+                           for s in streams.stream(rank).stages}, args.split_backward)
     runner = PipelineRunner(streams, rank, mods, spec.loss_fn, spec.optimizer,
                             split_backward=args.split_backward, timeout=args.timeout, device=device,
                             prepost=args.prepost)
     losses = []
+    # one rank prints: the lowest one holding a loss stage (several do with several chains)
+    printer = min(streams.placement[s] for s in range(streams.num_stages) if streams.consumer(s) == -1)
     for step in range(args.steps):
         x, y = spec.batch(step)
         loss = runner.step(x, y)
         if loss is not None:
             losses.append(float(loss))
-            print(f"step {step + 1:>3}: loss {float(loss):.4f}", flush=True)
+            if rank == printer:
+                print(f"step {step + 1:>3}: loss {float(loss):.4f}", flush=True)
     runner.close()
     with open(os.path.join(args.out, f"rank{rank}.json"), "w", encoding="utf-8") as fh:
         json.dump({"rank": rank, "events": [e.as_dict() for e in runner.events], "losses": losses}, fh)

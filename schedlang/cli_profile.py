@@ -85,13 +85,19 @@ def _profile_run(args: argparse.Namespace) -> int:
         import torch  # noqa: F401
     except ModuleNotFoundError:
         raise SchedlangError("schedlang profile needs torch: pip install 'schedlang[runtime]'") from None
-    rows = profile_program(prog.num_stages, prog.num_microbatches, args.model,
+    from schedlang import isa
+    from schedlang.codegen import stage_graph
+
+    # one model part per stage of a chain (Chimera's two chains run replicas of the same parts)
+    graph = isa.Streams(prog.num_ranks, prog.num_stages, prog.num_microbatches, tuple(prog.placement), (),
+                        prev=stage_graph(prog))
+    rows = profile_program(len(graph.chains()[0]), prog.num_microbatches, args.model,
                            split_backward=args.split_backward, repeats=args.repeats, warmup=args.warmup)
     if args.json:
         write_output(json.dumps(rows, indent=1) + "\n", args.output)
         return 0
     modes = ", ".join(f"stage {r['stage']} {r['mode']}" for r in rows)
-    header = (f"# schedlang profile {args.file}: {prog.num_stages} stages, model {args.model}, "
+    header = (f"# schedlang profile {args.file}: {len(rows)} stages, model {args.model}, "
               f"device {rows[0]['device']}; W: {modes}\n"
               "# times in ms (median), memory in bytes per microbatch\n")
     write_output(header + format_params(rows), args.output)

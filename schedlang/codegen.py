@@ -362,6 +362,24 @@ def codegen(program: Program, recvs: str = "eager", batching: str = "run") -> St
     return build(_lazy_recvs(program, channels, slot_of))
 
 
+def stage_graph(program: Program) -> tuple[int, ...]:
+    """Each stage's producer (``-1``: reads the batch), from the forward dependencies between stages.
+
+    Returns ``()`` for the common case (stage ``s`` reads stage ``s-1``), and also when some
+    stage reads several stages (not a set of chains: runtimes then check the messages against the
+    default and refuse what does not fit). Chimera's two pipelines give two chains.
+    """
+    producers: dict[int, set[int]] = defaultdict(set)
+    for e in program.edges:
+        a, b = program.ops[e.src], program.ops[e.dst]
+        if a.stage != b.stage and program.role(a) is Role.F and program.role(b) is Role.F:
+            producers[b.stage].add(a.stage)
+    if any(len(ps) > 1 for ps in producers.values()):
+        return ()
+    prev = tuple(next(iter(producers[s])) if producers.get(s) else -1 for s in range(program.num_stages))
+    return () if prev == tuple(range(-1, program.num_stages - 1)) else prev
+
+
 def _streams(program: Program, ranks: tuple[RankStream, ...]) -> Streams:
     return Streams(
         num_ranks=program.num_ranks,
@@ -370,6 +388,7 @@ def _streams(program: Program, ranks: tuple[RankStream, ...]) -> Streams:
         placement=tuple(program.placement),
         ranks=ranks,
         meta=(("program", program.name.replace("#", "_").replace("\n", " ")),),
+        prev=stage_graph(program),
     )
 
 

@@ -8,7 +8,7 @@ Semantics (version 1)
 ---------------------
 Compute instructions name a stage and a microbatch:
 
-- ``F``   forward of ``stage`` on microbatch ``mb`` (the last stage also computes the loss).
+- ``F``   forward of ``stage`` on microbatch ``mb`` (a loss stage also computes the loss).
 - ``B``   backward for the input (activation gradient) of ``stage``/``mb``.
 - ``W``   backward for the weights of ``stage``/``mb``; runs after its ``B`` on the same rank.
 - ``BW``  fused full backward (``B`` then ``W`` at once).
@@ -54,6 +54,16 @@ checks them, and its docstring states the blocking semantics precisely):
   schedlang op kind's name and ``stage``/``mb`` its indices (no tensor semantics: a runtime may
   treat it as a no-op or a hook).
 - ``meta program=NAME`` names the source program (informational).
+
+Stage graph. By default stage ``s`` reads stage ``s-1``'s output (stage 0 reads the batch) and
+the last stage computes the loss: one pipeline. A header field ``prev=q0,q1,...`` (present only
+when the schedule differs from that) names each stage's producer (``-1``: reads the batch). The
+stages then form several chains, each from a stage reading the batch to a stage computing the
+loss, and each microbatch runs through one chain. Stages at the same position of different chains
+(:meth:`Streams.part`) run the same part of the model on separate weight replicas (Chimera's two
+pipelines); a runtime sums their gradients before the optimizer step. Point-to-point
+``peer_stage`` fields follow the graph: the producer for ``RECV_ACT``/``SEND_GRAD``, the consumer
+for ``SEND_ACT``/``RECV_GRAD``.
 
 Text form (one instruction per line, ``key=value`` fields, ``#`` comments)::
 
@@ -169,9 +179,38 @@ class Streams:
     ranks: tuple[RankStream, ...]
     version: int = VERSION
     meta: tuple[tuple[str, str], ...] = field(default=())
+    prev: tuple[int, ...] = ()
 
     def stream(self, rank: int) -> RankStream:
         return self.ranks[rank]
+
+    def producer(self, stage: int) -> int:
+        """The stage whose output feeds ``stage``'s forward; -1 when it reads the batch."""
+        return self.prev[stage] if self.prev else stage - 1
+
+    def consumer(self, stage: int) -> int:
+        """The stage ``stage``'s output feeds; -1 when ``stage`` computes the loss."""
+        if not self.prev:
+            return stage + 1 if stage + 1 < self.num_stages else -1
+        return next((t for t, q in enumerate(self.prev) if q == stage), -1)
+
+    def chains(self) -> tuple[tuple[int, ...], ...]:
+        """The pipelines: each a tuple of stages from the one reading the batch to the loss."""
+        out = []
+        for head in (s for s in range(self.num_stages) if self.producer(s) == -1):
+            chain = [head]
+            while (nxt := self.consumer(chain[-1])) != -1 and nxt not in chain:
+                chain.append(nxt)
+            out.append(tuple(chain))
+        return tuple(out)
+
+    def part(self, stage: int) -> int:
+        """Which part of the model ``stage`` runs: its position in its chain. Stages of different
+        chains with the same part hold replicas of the same weights."""
+        pos = 0
+        while (stage := self.producer(stage)) != -1 and pos <= self.num_stages:
+            pos += 1
+        return pos
 
 
 def flatten(instrs: tuple[Instr, ...]) -> Iterator[Instr]:
@@ -206,6 +245,7 @@ def to_text(streams: Streams) -> str:
     lines.append(
         f"pipeline ranks={streams.num_ranks} stages={streams.num_stages} "
         f"microbatches={streams.num_microbatches} placement={placement}"
+        + (f" prev={','.join(str(q) for q in streams.prev)}" if streams.prev else "")
     )
     for key, value in streams.meta:
         lines.append(f"meta {key}={value}")
@@ -331,6 +371,7 @@ def parse_text(text: str) -> Streams:  # noqa: C901 - a flat line dispatcher
             ranks=tuple(ranks),
             version=version,
             meta=tuple(meta),
+            prev=_int_list(header.get("prev", ""), 0, "prev"),
         )
     except (KeyError, ValueError) as exc:
         raise IsaError(f"bad pipeline header: {exc}") from None
@@ -376,6 +417,7 @@ def to_json(streams: Streams) -> str:
         "num_microbatches": streams.num_microbatches,
         "placement": list(streams.placement),
         "meta": dict(streams.meta),
+        **({"prev": list(streams.prev)} if streams.prev else {}),
         "ranks": [
             {
                 "rank": rs.rank,
@@ -407,6 +449,7 @@ def from_json(text: str) -> Streams:
             ),
             version=doc["version"],
             meta=tuple(doc.get("meta", {}).items()),
+            prev=tuple(doc.get("prev", ())),
         )
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise IsaError(f"malformed JSON streams: {exc}") from None

@@ -12,6 +12,7 @@ itself with a non-zero status and a message naming the failed rank and instructi
 
 from __future__ import annotations
 
+import copy
 import os
 from functools import cache
 from typing import Any
@@ -33,12 +34,11 @@ ROWS = 2  # rows per microbatch
 STEPS = 3
 STDLIB = os.path.join(os.path.dirname(api.__file__), "stdlib")
 LIBRARIES = {"costs", "fbw", "fused"}  # op and cost definitions, no schedule of their own
-UNSUPPORTED = {"chimera": "two pipelines over separate model replicas: not every microbatch visits every stage"}
 
 
 def _std_schedules() -> list[str]:
     names = sorted(f[:-6] for f in os.listdir(STDLIB) if f.endswith(".sched"))
-    return [n for n in names if n not in LIBRARIES and n not in UNSUPPORTED]
+    return [n for n in names if n not in LIBRARIES]
 
 
 def _cases(p: int) -> list[tuple[str, str, dict[str, Any], str | None, str]]:
@@ -115,15 +115,16 @@ def _run_cases(rank: int, world: int, cases: tuple[tuple[str, Streams, str], ...
     if dp_streams is not None:
         out["dp"] = _run_dp(rank, dp_streams)
     for cid, streams, mode in cases:
-        blocks = _blocks(streams.num_stages, mode == "kernels")
-        mods = {s: blocks[s] for s in streams.stream(rank).stages}
+        blocks = _blocks(_num_parts(streams), mode == "kernels")
+        # a stage runs model part streams.part(s): itself, or a weight replica (Chimera)
+        mods = {s: copy.deepcopy(blocks[streams.part(s)]) for s in streams.stream(rank).stages}
         runner = PipelineRunner(streams, rank, mods, torch.nn.functional.mse_loss, _optimizer,
                                 split_backward="kernels" if mode == "kernels" else "autograd",
                                 prepost=4 if mode == "prepost" else 0, timeout=60, fault_action="raise")
         losses, peaks = [], []
         for step in range(STEPS):
             x, y = _data(step, streams.num_microbatches)
-            loss = runner.step(x if 0 in mods else None, y if runner.holds_loss else None,
+            loss = runner.step(x if runner.holds_input else None, y if runner.holds_loss else None,
                                broadcast_loss=True)
             losses.append(float(loss))
             peaks.append((runner.peak_live, runner.peak_sends))
@@ -132,6 +133,10 @@ def _run_cases(rank: int, world: int, cases: tuple[tuple[str, Streams, str], ...
         out[cid] = {"params": params, "losses": losses, "peak": max(p for p, _ in peaks),
                     "sends": max(q for _, q in peaks)}
     return out
+
+
+def _num_parts(streams: Streams) -> int:
+    return len(streams.chains()[0])
 
 
 def _reference(num_stages: int, m: int, kernels: bool) -> tuple[dict[tuple[int, str], Any], list[float]]:
@@ -180,13 +185,15 @@ ALL_CASES = [(p, c[0]) for p in (2, 4) for c in _cases(p)]
 def test_parameters_match_single_process_training(p: int, case: str) -> None:
     streams, mode = next((s, mode) for cid, s, mode in _compiled(p) if cid == case)
     got = _results(p)[case]
-    ref, ref_losses = _reference(streams.num_stages, streams.num_microbatches, mode == "kernels")
+    ref, ref_losses = _reference(_num_parts(streams), streams.num_microbatches, mode == "kernels")
     # float64 throughout, except the kernels' W, which computes in fp32 by design
     rtol, atol = (1e-5, 1e-7) if mode == "kernels" else (1e-10, 1e-12)
-    assert set(got["params"]) == set(ref)
-    for key, want in ref.items():
-        torch.testing.assert_close(got["params"][key], want, rtol=rtol, atol=atol,
-                                   msg=lambda m, key=key: f"{case}: parameter {key}: {m}")
+    # every stage's parameters equal the reference's for the model part it runs (replicas included)
+    assert {(streams.part(s), n) for s, n in got["params"]} == set(ref)
+    assert len(got["params"]) == sum(1 for s in range(streams.num_stages) for (k, _) in ref if k == streams.part(s))
+    for (s, n), value in got["params"].items():
+        torch.testing.assert_close(value, ref[(streams.part(s), n)], rtol=rtol, atol=atol,
+                                   msg=lambda m, s=s, n=n: f"{case}: stage {s} parameter {n}: {m}")
     assert got["losses"] == pytest.approx(ref_losses, rel=rtol)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -15,7 +16,7 @@ from schedlang.runtime.models import split_sequential, tiny_gpt
 from schedlang.runtime.timeline import Event, chrome_trace, measured_bubble
 from schedlang.runtime.validate import StreamError, check_streams
 
-from schedlang import api
+from schedlang import api, isa
 from schedlang.codegen import codegen
 from schedlang.isa import Instr, Op, RankStream, Streams
 
@@ -91,9 +92,66 @@ def test_stages_listed_on_the_wrong_rank_are_rejected() -> None:
         check_streams(bad)
 
 
-def test_chimera_is_rejected_with_a_reason() -> None:
-    with pytest.raises(StreamError, match="every microbatch to pass through every stage"):
-        check_streams(_streams("std:chimera", p=2, m=4))
+def test_chimera_streams_carry_two_chains_and_pass_the_checks() -> None:
+    from schedlang.runtime.validate import microbatches_of
+
+    st = _streams("std:chimera", p=2, m=4)
+    check_streams(st)
+    assert st.prev == (-1, 0, -1, 2)
+    assert st.chains() == ((0, 1), (2, 3))
+    assert [st.part(s) for s in range(4)] == [0, 1, 0, 1]
+    mbs = microbatches_of(st)
+    assert mbs[0] == mbs[1] == {0, 2} and mbs[2] == mbs[3] == {1, 3}
+    # the text and JSON forms keep the stage graph; linear streams do not mention it
+    assert isa.parse_text(isa.to_text(st)) == st and isa.from_json(isa.to_json(st)) == st
+    assert "prev=" not in isa.to_text(_streams("std:zb-v", p=2, m=4))
+
+
+def test_bad_stage_graphs_are_rejected() -> None:
+    st = _streams("std:chimera", p=2, m=4)
+    with pytest.raises(StreamError, match=r"prev: stage 0 feeds 2 stages"):
+        check_streams(dataclasses.replace(st, prev=(-1, 0, 0, 2)))
+    with pytest.raises(StreamError, match=r"differ in length"):
+        check_streams(dataclasses.replace(st, prev=(-1, 0, 1, -1)))
+    with pytest.raises(StreamError, match=r"cycle"):
+        check_streams(dataclasses.replace(st, prev=(-1, 0, 3, 2)))
+    # a microbatch that leaves its chain: stage 3 forwards microbatch 0 as well
+    r0 = st.ranks[0]
+    extra = (Instr(Op.F, stage=3, mb=0),) + r0.instrs
+    with pytest.raises(StreamError, match=r"stage 3 and stage 2 \(the head of its chain\) forward different"):
+        check_streams(dataclasses.replace(st, ranks=(dataclasses.replace(r0, instrs=extra), st.ranks[1])))
+
+
+def test_a_module_shared_by_two_stages_is_rejected() -> None:
+    st = _streams("std:chimera", p=1, m=2)
+    lin = torch.nn.Linear(2, 2)
+    with pytest.raises(StreamError, match=r"stages 0 and 1 are given the same module object"):
+        PipelineRunner(st, 0, {0: lin, 1: lin}, torch.nn.functional.mse_loss)
+
+
+def test_replicas_on_one_rank_train_like_one_model() -> None:
+    """Chimera on one rank: two chains of one stage, weight replicas summed before each step."""
+    st = _streams("std:chimera", p=1, m=4)
+    torch.manual_seed(5)
+    ref = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh()).double()
+    mods = {0: copy.deepcopy(ref), 1: copy.deepcopy(ref)}
+    r = PipelineRunner(st, 0, mods, torch.nn.functional.mse_loss, lambda ps: torch.optim.SGD(ps, lr=0.3))
+    assert r.holds_input and r.holds_loss
+    opt = torch.optim.SGD(ref.parameters(), lr=0.3)
+    for step in range(3):
+        g = torch.Generator().manual_seed(step)
+        x = torch.randn(8, 3, generator=g, dtype=torch.float64)
+        y = torch.randn(8, 4, generator=g, dtype=torch.float64)
+        loss = r.step(x, y)
+        opt.zero_grad()
+        want = sum(torch.nn.functional.mse_loss(ref(a), b) for a, b in zip(x.chunk(4), y.chunk(4), strict=True)) / 4
+        want.backward()
+        opt.step()
+        assert loss is not None and float(loss) == pytest.approx(float(want.detach()), rel=1e-12)
+        for mod in mods.values():
+            for a, b in zip(mod.parameters(), ref.parameters(), strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    r.close()
 
 
 def test_user_ops_need_a_handler() -> None:

@@ -45,3 +45,14 @@ def test_run_rejects_a_model_it_cannot_import() -> None:
     assert out.returncode == 1
     assert "--model schedlang.runtime.models:nope: module 'schedlang.runtime.models' has no attribute 'nope'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_run_trains_chimera_on_weight_replicas() -> None:
+    # two pipelines in opposite directions: each rank holds a replica of both model parts
+    out = subprocess.run(
+        [sys.executable, "-m", "schedlang", "run", "std:chimera", "--set", "p=2", "--set", "m=4",
+         "--steps", "4", "--launcher", "spawn", "--timeout", "60"],
+        capture_output=True, text=True, timeout=200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    losses = [float(x) for x in re.findall(r"step +\d+: loss ([0-9.]+)", out.stdout)]
+    assert len(losses) == 4 and losses[-1] < losses[0]  # printed once per step, and it learns
