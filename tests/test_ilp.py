@@ -7,10 +7,13 @@ seconds at most).
 from __future__ import annotations
 
 import io
+import math
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from schedlang import api
+from schedlang import testing as sst
 from schedlang.ir import Orders, Program, format_orders
 from schedlang.schedulers.ilp import optimize
 from schedlang.schedulers.ilp.bounds import lower_bound
@@ -82,14 +85,43 @@ def test_uniform_zb_h1_closed_form_is_optimal() -> None:
     assert simulate(prog.with_orders(orders)).cost == pytest.approx(27)
 
 
-def test_fused_1f1b_proved_optimal_by_search() -> None:
-    """F + fused BW (T_BW = 2): the optimum span is 1F1B's m (T_F + T_BW) + (p-1)(T_F + T_BW);
-    the structural bound is weaker here, so CP-SAT has to prove it."""
+def test_fused_1f1b_proved_optimal() -> None:
+    """F + fused BW (T_BW = 2): the optimum span is 1F1B's m (T_F + T_BW) + (p-1)(T_F + T_BW).
+    The round-trip bounds (items 2, 3) fall short; the throughput bound (item 4) proves it: rank
+    0's first F to its last BW spans the forwards down (3), every F and BW of rank 3 (24) and the
+    backwards back (6)."""
     prog = api.load("std:1f1b", p=4, m=8)
-    assert lower_bound(prog, (float("inf"),) * 4).value < 33
+    b = lower_bound(prog, (float("inf"),) * 4)
+    assert b.ranks[0].busy + b.ranks[0].idle < 33
+    assert b.value == pytest.approx(33) and b.ranks[0].via == 3
     orders, rep = optimize(prog, time_limit=10)
     assert rep.status == "OPTIMAL" and rep.objective == pytest.approx(33) and rep.bound == pytest.approx(33)
     verify(prog.with_orders(orders))
+
+
+def test_throughput_bound_proves_zb_2p_optimal_with_few_microbatches() -> None:
+    """1.5B profile, p = 4, m = 8, limit 2p*M_B: the backwards come back to rank 0 no faster than
+    rank 3 runs one F and one B per microbatch, so rank 0 spans at least
+    3 (T_F + c) + 8 (T_F + T_B) + 3 c + 3 T_B + T_W = 415.631 ms, which zb-auto reaches."""
+    prog = pipeline(4, 8, "1.5B", 2.0)
+    b = lower_bound(prog, prog.mem_limit or (), "span")
+    tf, tb, tw, c = 18.522, 18.086, 9.337, 0.601
+    assert b.value == pytest.approx(3 * (tf + c) + 8 * (tf + tb) + 3 * c + 3 * tb + tw)
+    assert b.ranks[0].via == 3
+    _, rep = optimize(prog, time_limit=5)
+    assert rep.status == "OPTIMAL" and rep.gap == 0.0 and rep.objective == pytest.approx(b.value)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sst.scheduled_programs())
+def test_bounds_never_exceed_a_valid_schedule(prog: Program) -> None:
+    """Every bound (work, round trips, throughput) is at most the cost of any valid schedule:
+    random pipelines (uneven costs, comm, interleaved and V placements) with random valid orders."""
+    limits = prog.mem_limit or (math.inf,) * prog.num_ranks
+    sim = simulate(prog)
+    tol = 1e-6 * max(1.0, sim.makespan)
+    assert lower_bound(prog, limits, "span").value <= sim.cost + tol
+    assert lower_bound(prog, limits, "makespan").value <= sim.makespan + tol
 
 
 def test_makespan_objective_and_bound() -> None:
