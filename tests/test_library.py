@@ -72,8 +72,11 @@ def test_small_m_is_never_worse_than_1f1b(p: int, m: int, tf: float, tb: float, 
 def test_closed_forms_with_comm(p: int, extra: int, tf: float, tb: float, tw: float, c: int) -> None:
     # With comm c (and 2c <= T_W <= min(T_F, T_B), m > p for ZB-H1): ZB-H2's bubble grows by
     # exactly the round trip of the first microbatch, 2(p-1)c (the comm term of the paper's lower
-    # bound, appendix B); ZB-H1's by 4(p-1)c. Both forms are ours, found with the simulator and
-    # checked here; they give the exact simulated figures for the paper's profiles below.
+    # bound, appendix B); ZB-H1's by 4(p-1)c: one round trip's comm at the start of the step and
+    # one at the end. Both forms are ours, found with the simulator and checked here. For ZB-H1
+    # the optimizer's structural bound explains the 4(p-1)c: at the limit p*M_B its start bound
+    # (p-1)(T_B + 2c) plus its end bound make exactly this bubble, so ZB-H1 is optimal there
+    # (tests/test_ilp.py, test_hand_worked_bound_1p5b_p8_m24_limit_pmb).
     tc = c / 16
     assume(tw <= min(tf, tb) and 2 * tc <= tw)
     m = p + extra
