@@ -42,11 +42,15 @@ def profile_program(num_stages: int, num_microbatches: int, model: str, *, split
         factory = load_factory(model)
     except (ValueError, ImportError, AttributeError) as exc:
         raise SchedlangError(f"--model {model}: {exc}") from None
-    spec = factory(num_stages, num_microbatches)
-    if len(spec.stages) != num_stages:
-        raise SchedlangError(f"--model {model} built {len(spec.stages)} stages for a {num_stages}-stage pipeline")
+    try:
+        spec = factory(num_stages, num_microbatches)
+        stages = list(spec.stages)
+    except Exception as exc:  # the user's factory: its failure is a user error, not ours
+        raise SchedlangError(f"--model {model}: the factory failed: {type(exc).__name__}: {exc}") from None
+    if len(stages) != num_stages:
+        raise SchedlangError(f"--model {model} built {len(stages)} stages for a {num_stages}-stage pipeline")
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    prepared = prepare_stages({s: m.to(device) for s, m in enumerate(spec.stages)}, split_backward)
+    prepared = prepare_stages({s: m.to(device) for s, m in enumerate(stages)}, split_backward)
     stages = [prepared[s] for s in range(num_stages)]
     x, y = spec.batch(0)
     if x.shape[0] % num_microbatches:
