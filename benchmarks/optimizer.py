@@ -35,7 +35,7 @@ LIMITS = (0.75, 1.0, 1.5, 2.0)
 def instances(args: argparse.Namespace) -> list[tuple[str, int, int, float]]:
     if args.headline:
         return [("1.5B", 4, 12, 2.0), ("1.5B", 8, 24, 2.0)]
-    ps = [p for p in (4, 8, 16) if p <= args.max_p]
+    ps = [p for p in (4, 8, 16) if args.min_p <= p <= args.max_p]
     ms: tuple[int, ...] = (8, 24, 64)
     if args.quick:
         ps, ms = [4, 8], (8, 24)
@@ -93,16 +93,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="p in {4, 8}, m in {8, 24} (not p=8 m=8)")
     ap.add_argument("--headline", action="store_true", help="only the issue's two headline instances")
     ap.add_argument("--max-p", type=int, default=16)
+    ap.add_argument("--min-p", type=int, default=4)
     ap.add_argument("--only", help="profile name to run (uniform, 1.5B, heavy)")
     ap.add_argument("--name", default="", help="suffix of the JSON file name")
     args = ap.parse_args(argv)
     todo = [x for x in instances(args) if args.only is None or x[0] == args.only]
     print(HEADER)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    out = Path(__file__).parent / "results" / f"optimizer{'-' + args.name if args.name else ''}.json"
+    out.parent.mkdir(exist_ok=True)
     for prof, p, m, lim in todo:
         row = run_one(prof, p, m, lim, args.time_limit, args.workers)
         rows.append(row)
         print(show(row), flush=True)
+        # written after every instance, so a long suite that is stopped keeps what it measured
+        out.write_text(json.dumps({"time_limit": args.time_limit, "workers": args.workers, "rows": rows}, indent=1))
     done = [r for r in rows if r["status"] != "ERROR"]
     if done:
         worse = sum(1 for r in done if r["ilp_cost"] > r["heuristic_cost"] + 1e-9)
@@ -111,9 +116,6 @@ def main(argv: list[str] | None = None) -> int:
         under1 = sum(1 for r in done if r["gap"] < 0.01)
         print(f"{len(done)} instances: {better} improved on the best heuristic, {worse} worse, "
               f"{proved} proved optimal, {under1} with gap < 1%; {len(rows) - len(done)} errors")
-    out = Path(__file__).parent / "results" / f"optimizer{'-' + args.name if args.name else ''}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"time_limit": args.time_limit, "workers": args.workers, "rows": rows}, indent=1))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
