@@ -1,8 +1,8 @@
 """The runtime on real processes (gloo on CPU): differential training and fault handling.
 
-Differential: for every runnable built-in schedule, several named schedulers (``list``,
-``zb-auto``, ``ilp``), V and interleaved placements, and the ``kernels`` B/W split, on 2 and 4
-processes: the parameters after three optimizer steps (SGD with momentum, different data every
+Differential: for every built-in schedule, several named schedulers (``list``, ``zb-auto``,
+``ilp``), V and interleaved placements, and the ``kernels`` B/W split, on 2 and 4 processes (and
+Chimera on 3, where one rank holds both replicas of a part): the parameters after three optimizer steps (SGD with momentum, different data every
 step) equal those of single-process training of the same float64 model on the same data.
 All cases of one process count share one spawned group (process start-up dominates).
 
