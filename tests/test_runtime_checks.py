@@ -92,6 +92,16 @@ def test_stages_listed_on_the_wrong_rank_are_rejected() -> None:
         check_streams(bad)
 
 
+def _plain_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                m: int) -> float:
+    """One training step of ``model`` in one process: mean MSE over ``m`` microbatches."""
+    opt.zero_grad()
+    loss = sum(torch.nn.functional.mse_loss(model(a), b) for a, b in zip(x.chunk(m), y.chunk(m), strict=True)) / m
+    loss.backward()  # type: ignore[union-attr]
+    opt.step()
+    return float(loss.detach())  # type: ignore[union-attr]
+
+
 def test_chimera_streams_carry_two_chains_and_pass_the_checks() -> None:
     from schedlang.runtime.validate import microbatches_of
 
@@ -143,11 +153,8 @@ def test_replicas_on_one_rank_train_like_one_model() -> None:
         x = torch.randn(8, 3, generator=g, dtype=torch.float64)
         y = torch.randn(8, 4, generator=g, dtype=torch.float64)
         loss = r.step(x, y)
-        opt.zero_grad()
-        want = sum(torch.nn.functional.mse_loss(ref(a), b) for a, b in zip(x.chunk(4), y.chunk(4), strict=True)) / 4
-        want.backward()
-        opt.step()
-        assert loss is not None and float(loss) == pytest.approx(float(want.detach()), rel=1e-12)
+        want = _plain_step(ref, opt, x, y, 4)
+        assert loss is not None and float(loss) == pytest.approx(want, rel=1e-12)
         for mod in mods.values():
             for a, b in zip(mod.parameters(), ref.parameters(), strict=True):
                 torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
@@ -200,12 +207,9 @@ def test_single_rank_runner_matches_plain_training(mode: str) -> None:
         x = torch.randn(8, 4, generator=g, dtype=torch.float64)
         y = torch.randn(8, 4, generator=g, dtype=torch.float64)
         loss = r.step(x, y)
-        opt.zero_grad()
-        ref_loss = sum(torch.nn.functional.mse_loss(ref(a), b) for a, b in zip(x.chunk(4), y.chunk(4), strict=True)) / 4
-        ref_loss.backward()
-        opt.step()
+        ref_loss = _plain_step(ref, opt, x, y, 4)
         rel = 1e-6 if mode == "kernels" else 1e-12  # the kernels compute W in fp32
-        assert loss is not None and float(loss) == pytest.approx(float(ref_loss.detach()), rel=rel)
+        assert loss is not None and float(loss) == pytest.approx(ref_loss, rel=rel)
     r.close()
     tol = {"rtol": 1e-5, "atol": 1e-7} if mode == "kernels" else {"rtol": 1e-12, "atol": 1e-14}
     for a, b in zip(mine.parameters(), ref.parameters(), strict=True):
@@ -281,11 +285,8 @@ def test_kernels_path_with_the_triton_kernels() -> None:
     loss = r.step(x, y)
     r.close()
     assert r.wgrad_store is not None and len(r.wgrad_store) == 0  # every deferred W ran
-    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
-    ref_loss = sum(torch.nn.functional.mse_loss(ref(a), b) for a, b in zip(x.chunk(2), y.chunk(2), strict=True)) / 2
-    ref_loss.backward()
-    opt.step()
-    assert loss is not None and float(loss) == pytest.approx(float(ref_loss.detach()), rel=1e-5)
+    ref_loss = _plain_step(ref, torch.optim.SGD(ref.parameters(), lr=0.1), x, y, 2)
+    assert loss is not None and float(loss) == pytest.approx(ref_loss, rel=1e-5)
     for a, b in zip(mine.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
