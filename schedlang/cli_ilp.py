@@ -21,6 +21,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     add_program_args(p, scheduler=False)
     p.add_argument("--objective", default="span", help="span (the paper's cost) or makespan")
     p.add_argument("--time-limit", type=float, default=60.0, help="CP-SAT deterministic time (about seconds)")
+    p.add_argument("--wall-limit", type=float, default=None,
+                   help="wall-clock cap in seconds (default 4 * time limit + 10; 0: none)")
     p.add_argument("--mem-limit", type=float, default=None, help="per-rank memory limit (default: the program's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
@@ -39,7 +41,8 @@ def _run(args: argparse.Namespace) -> int:
     program = load_program(args, scheduled=False)
     orders, rep = optimize(program, objective=args.objective, time_limit=args.time_limit,
                            mem_limit=args.mem_limit, seed=args.seed, workers=args.workers,
-                           lns=not args.no_lns, progress=None if args.quiet else sys.stderr)
+                           lns=not args.no_lns, progress=None if args.quiet else sys.stderr,
+                           wall_limit=args.wall_limit)
     if args.json:
         print(json.dumps(rep.as_dict(), indent=1))
     else:

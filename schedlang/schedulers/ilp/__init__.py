@@ -67,6 +67,7 @@ def _optimize(program: Program, args: Mapping[str, Value], limit: Value | None) 
         lns=bool(args.get("lns", True)),
         deterministic=bool(args.get("deterministic", True)),
         progress=sys.stderr if args.get("progress", True) else None,
+        wall_limit=_num(args, "wall_limit", -1.0) if "wall_limit" in args else None,
     )
 
 
@@ -83,6 +84,8 @@ SCHEDULER = Scheduler(
         "fifo": Arg(bool, True, "microbatches of one op kind and stage in order (when lossless)"),
         "lns": Arg(bool, True, "large-neighbourhood search after the first full solve"),
         "deterministic": Arg(bool, True, "deterministic time limit (false: wall-clock seconds)"),
+        "wall_limit": Arg(float, None, "wall-clock cap in seconds on a deterministic search "
+                                       "(default 4 * time_limit + 10; 0: none)"),
         "progress": Arg(bool, True, "progress lines on stderr"),
     },
 )

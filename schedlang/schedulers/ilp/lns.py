@@ -21,16 +21,23 @@ ROUND_TIME = 2.0  # deterministic seconds per neighbourhood round (at most)
 
 
 def search(problem: Any, hint: list[int], *, time_limit: float, seed: int, workers: int,
-           deterministic: bool, lns: bool, shown: Any) -> tuple[list[int], int, float, int, str]:
-    """Returns (best start times, proved bound, deterministic time used, rounds, status of the full solve)."""
+           deterministic: bool, lns: bool, shown: Any,
+           deadline: float | None = None) -> tuple[list[int], int, float, int, str, bool]:
+    """Returns (best start times, proved bound, deterministic time used, rounds, status of the full
+    solve, whether the wall-clock ``deadline`` (a ``time.perf_counter()`` value) cut the search)."""
+    import time
+
     from schedlang.schedulers.ilp.solve import horizon, model_value, solve_model
+
+    def wall_left() -> float | None:
+        return None if deadline is None else deadline - time.perf_counter()
 
     sc = problem.sc
     best = list(hint)
     upper = model_value(problem, best)
     lower = problem.lower
     if upper <= lower:
-        return best, lower, 0.0, 0, "OPTIMAL"
+        return best, lower, 0.0, 0, "OPTIMAL", False
 
     def seen(obj: float, bnd: float) -> None:
         shown.line("solution", sc.to_time(int(obj)), sc.to_time(max(int(bnd), lower)))
@@ -39,25 +46,31 @@ def search(problem: Any, hint: list[int], *, time_limit: float, seed: int, worke
                         horizon=horizon(problem, upper), fifo=problem.fifo, hint=best)
     budget = time_limit * (FULL_SHARE if lns else 1.0)
     status, starts, bound, used = solve_model(model, time_limit=budget, seed=seed, workers=workers,
-                                              deterministic=deterministic, on_solution=seen)
+                                              deterministic=deterministic, on_solution=seen, wall=wall_left())
+    wall = wall_left()
+    capped = wall is not None and wall <= 0 and status != "OPTIMAL" and used < budget - 0.05
     if starts is not None:
         starts = compress(problem, starts)
         if model_value(problem, starts) <= upper:
             best, upper = starts, model_value(problem, starts)
     bound = max(bound, lower)
     if status == "OPTIMAL" or upper <= bound or not lns:
-        return best, bound, used, 0, status
+        return best, bound, used, 0, status, capped
     rounds = 0
     for hood in neighbourhoods(problem, time_limit):
         left = time_limit - used
         if left <= 0.05 or upper <= bound:
+            break
+        wall = wall_left()
+        if wall is not None and wall <= 0:
+            capped = True
             break
         free = hood(best)
         fixed = _fixed_orders(problem, best, free)
         sub = build_model(problem.iprog, sc, objective=problem.objective, upper=upper, lower=bound,
                           horizon=horizon(problem, upper), fifo=problem.fifo, hint=best, fixed_order=fixed)
         _, got, _, dt = solve_model(sub, time_limit=min(ROUND_TIME, left), seed=seed + rounds, workers=1,
-                                    deterministic=deterministic)
+                                    deterministic=deterministic, wall=wall)
         used += dt
         rounds += 1
         if got is not None:
@@ -67,7 +80,7 @@ def search(problem: Any, hint: list[int], *, time_limit: float, seed: int, worke
                 shown.line(f"lns#{rounds}", sc.to_time(val), sc.to_time(bound))
             if val <= upper:
                 best, upper = got, val
-    return best, bound, used, rounds, status
+    return best, bound, used, rounds, status, capped
 
 
 def compress(problem: Any, starts: Sequence[int]) -> list[int]:

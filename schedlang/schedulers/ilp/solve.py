@@ -67,12 +67,14 @@ class Report:
     cost: float = 0.0
     deterministic_time: float = 0.0  # solver time used, in the limit's unit
     rounds: int = 0
+    wall_capped: bool = False  # the wall-clock cap ended the search before the deterministic budget
     candidates: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         return (f"ilp: {self.status} {self.objective_name} {self.objective:.6g} bound {self.bound:.6g} "
                 f"gap {100 * self.gap:.2f}% bubble rate {self.bubble_rate:.4f} (warm start {self.warm_start} "
-                f"{self.warm_objective:.6g}) in {self.time:.1f}s")
+                f"{self.warm_objective:.6g}) in {self.time:.1f}s"
+                + (" (stopped by the wall-clock cap: may differ between runs)" if self.wall_capped else ""))
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -233,7 +235,8 @@ class Progress:
         self.stream.flush()
 
 
-def solver_params(solver: Any, *, time_limit: float, seed: int, workers: int, deterministic: bool) -> None:
+def solver_params(solver: Any, *, time_limit: float, seed: int, workers: int, deterministic: bool,
+                  wall: float | None = None) -> None:
     p = solver.parameters
     p.random_seed = seed
     p.num_workers = max(1, workers)
@@ -241,6 +244,8 @@ def solver_params(solver: Any, *, time_limit: float, seed: int, workers: int, de
         p.max_deterministic_time = max(0.01, time_limit)
         if workers > 1:
             p.interleave_search = True
+        if wall is not None:  # the safety cap (see optimize's wall_limit)
+            p.max_time_in_seconds = max(0.01, wall)
     else:
         p.max_time_in_seconds = max(0.01, time_limit)
     p.log_search_progress = False
@@ -253,13 +258,15 @@ def solver_params(solver: Any, *, time_limit: float, seed: int, workers: int, de
 
 
 def solve_model(model: Any, *, time_limit: float, seed: int, workers: int, deterministic: bool,
-                on_solution: Any = None) -> tuple[str, list[int] | None, int, float]:
+                on_solution: Any = None, wall: float | None = None) -> tuple[str, list[int] | None, int, float]:
     """Solve; returns (status name, start times or None, best bound in model units, time used in the
-    limit's unit: deterministic time, or wall seconds when not ``deterministic``)."""
+    limit's unit: deterministic time, or wall seconds when not ``deterministic``). ``wall`` caps
+    the wall-clock seconds of a deterministic solve."""
     from ortools.sat.python import cp_model
 
     solver = cp_model.CpSolver()
-    solver_params(solver, time_limit=time_limit, seed=seed, workers=workers, deterministic=deterministic)
+    solver_params(solver, time_limit=time_limit, seed=seed, workers=workers, deterministic=deterministic,
+                  wall=wall)
 
     class _Cb(cp_model.CpSolverSolutionCallback):  # type: ignore[misc]
         def on_solution_callback(self) -> None:
@@ -317,8 +324,17 @@ def horizon(problem: Problem, upper: int) -> int:
 
 def optimize(program: Program, *, objective: str = "span", time_limit: float = 60.0,
              mem_limit: float | None = None, seed: int = 0, workers: int = 1, fifo: bool = True,
-             lns: bool = True, deterministic: bool = True, progress: TextIO | None = None) -> tuple[Orders, Report]:
-    """Optimize the per-rank orders of ``program`` (see the module docstring)."""
+             lns: bool = True, deterministic: bool = True, progress: TextIO | None = None,
+             wall_limit: float | None = None) -> tuple[Orders, Report]:
+    """Optimize the per-rank orders of ``program`` (see the module docstring).
+
+    ``time_limit`` is CP-SAT's deterministic time, so the same input, seed and workers give the
+    same schedule. On some models (memory as a cumulative with variable-size intervals) CP-SAT's
+    deterministic clock runs far slower than the wall clock (measured: 2 deterministic seconds
+    taking 4 minutes), so ``wall_limit`` (default ``4 * time_limit + 10`` seconds; 0 for none)
+    caps the search's wall-clock time as well. When the cap ends the search, the report says so
+    (``wall_capped``): that result may differ between runs.
+    """
     global last_report
     from schedlang.schedulers.ilp import lns as lns_mod
     from schedlang.simulate import simulate
@@ -330,6 +346,11 @@ def optimize(program: Program, *, objective: str = "span", time_limit: float = 6
         raise ArgError(f"ilp: time_limit must be positive, got {time_limit:g}", "time_limit")
     if workers < 1:
         raise ArgError(f"ilp: workers must be at least 1, got {workers}", "workers")
+    if wall_limit is None:
+        wall_limit = 4 * time_limit + 10 if deterministic else 0.0
+    if wall_limit < 0:
+        raise ArgError(f"ilp: wall_limit must be 0 (none) or positive, got {wall_limit:g}", "wall_limit")
+    deadline = t0 + wall_limit if wall_limit > 0 and deterministic else None
     limits = effective_limits(program, mem_limit)
     prog = replace(program, mem_limit=None if all(math.isinf(x) for x in limits) else limits, schedule=None)
     check_limits(prog, limits)
@@ -350,11 +371,12 @@ def optimize(program: Program, *, objective: str = "span", time_limit: float = 6
     warm_starts_i = simulate(iprog.with_orders(warm.orders)).start
     hint = fifo_relabel(prog, warm_starts_i) if use_fifo else [int(round(x)) for x in warm_starts_i]
     shown.line(f"start:{warm.name}", warm.value, bound_f.value)
-    best_starts, cp_bound, dtime, rounds, status = lns_mod.search(
+    best_starts, cp_bound, dtime, rounds, status, capped = lns_mod.search(
         problem, hint, time_limit=time_limit, seed=seed, workers=workers, deterministic=deterministic,
-        lns=lns, shown=shown)
+        lns=lns, shown=shown, deadline=deadline)
     orders = orders_from_starts(prog, best_starts, topo)
     chosen, rep = _finish(prog, problem, warm, orders, cands, bound_f, cp_bound, t0, dtime, rounds)
+    rep.wall_capped = capped
     rep.model_objective = sc.to_time(model_value(problem, best_starts))
     shown.line(rep.status.lower(), rep.objective, rep.bound)
     last_report = rep
