@@ -64,9 +64,9 @@ def run_one(prof: str, p: int, m: int, lim: float, time_limit: float, workers: i
 
     sim = simulate(prog.with_orders(orders))
     busy = max(r.busy for r in sim.ranks)
-    heur_rate = (rep.warm_objective - busy) / rep.warm_objective if rep.warm_objective > 0 else 0.0
+    heur_rate = max(0.0, (rep.warm_objective - busy) / rep.warm_objective) if rep.warm_objective > 0 else 0.0
     row.update(status=rep.status, heuristic=rep.warm_start, heuristic_cost=rep.warm_objective,
-               heuristic_bubble_rate=heur_rate, ilp_cost=rep.objective, ilp_bubble_rate=sim.bubble_rate,
+               heuristic_bubble_rate=heur_rate, ilp_cost=rep.objective, ilp_bubble_rate=max(0.0, sim.bubble_rate),
                bound=rep.bound, bound_bubble_rate=max(0.0, (rep.bound - busy) / rep.bound) if rep.bound > 0 else 0.0,
                gap=rep.gap, ratio=rep.objective / rep.warm_objective, time=rep.time,
                deterministic_time=rep.deterministic_time, rounds=rep.rounds, candidates=rep.candidates)
