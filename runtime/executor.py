@@ -16,8 +16,10 @@ the checked streams. :meth:`PipelineRunner.step` trains on one batch:
   forward then a backward. Two ways to split B and W (``split_backward``):
 
   * ``"autograd"`` (any module): ``B`` is ``torch.autograd.grad`` w.r.t. the stage input with the
-    graph kept; ``W`` is a backward w.r.t. the parameters through the same graph, accumulated
-    into ``.grad``. A first stage has no input gradient: its ``B`` does nothing and its ``W`` runs the
+    graph kept, capturing the gradient that reaches each weight node; ``W`` runs only the
+    weight-gradient part from those nodes (:mod:`schedlang.runtime.autograd_split`), accumulated
+    into ``.grad`` (graphs it cannot split, e.g. tied weights, get a second backward from the
+    output restricted to the parameters). A first stage has no input gradient: its ``B`` does nothing and its ``W`` runs the
     whole backward (as PyTorch's pipelining does);
   * ``"kernels"``: the modules use :mod:`schedlang.kernels` split layers; ``B`` is one backward
     pass in which those layers stash their weight-gradient work in a ``WeightGradStore`` under
@@ -55,6 +57,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from schedlang.runtime.autograd_split import WeightWork, input_backward
 from schedlang.runtime.fault import FaultMonitor, PipelineError
 from schedlang.runtime.timeline import Event, event_name
 from schedlang.runtime.validate import StreamError, check_streams
@@ -74,7 +77,7 @@ _RUN_IDS = itertools.count()
 class _Slot:
     """Buffers of one (stage, microbatch): input, output (the loss on the last stage), grads."""
 
-    __slots__ = ("x", "x_wait", "out", "dy", "dy_wait", "dx", "done")
+    __slots__ = ("x", "x_wait", "out", "dy", "dy_wait", "dx", "done", "work")
 
     def __init__(self) -> None:
         self.x: torch.Tensor | None = None
@@ -84,6 +87,7 @@ class _Slot:
         self.dy_wait: tuple[Any, str, tuple[int, int]] | None = None
         self.dx: torch.Tensor | None = None
         self.done = False  # the whole backward (input and weights) has run
+        self.work: WeightWork | None = None  # what B captured for W (autograd split)
 
 
 def with_reductions(streams: Streams) -> Streams:
@@ -423,7 +427,7 @@ class PipelineRunner:
             slot.out = slot.dy = slot.x = None
         elif self._producer[s] != -1:
             assert slot.x is not None
-            (slot.dx,) = torch.autograd.grad(slot.out, slot.x, slot.dy, retain_graph=True)
+            slot.dx, slot.work = input_backward(slot.out, slot.x, slot.dy, self.params[s])
             slot.x = None
         # autograd path, a first stage: no input gradient; W runs the whole backward.
 
@@ -431,7 +435,11 @@ class PipelineRunner:
         slot = self._table[(s, i)]
         if self.wgrad_store is not None:
             self.wgrad_store.run_w(s, i)
-        else:
+        elif slot.work is not None:  # from the gradients B captured at the weight nodes
+            slot.work.run()
+            slot.work = None
+            slot.out = slot.dy = None
+        else:  # a first stage, or a graph the capture does not handle: backward again from the output
             assert slot.out is not None
             if self.params[s]:
                 torch.autograd.backward(slot.out, slot.dy, inputs=self.params[s])
