@@ -151,11 +151,10 @@ class PipelineRunner:
         self.split_backward = split_backward
         self.group, self.dp_group = group, dp_group
         self.m = streams.num_microbatches
-        self.last_stage = streams.num_stages - 1
         # the stage graph (schedlang.isa): who feeds whom; several chains are weight replicas
         self._producer = {s: streams.producer(s) for s in range(streams.num_stages)}
         self._consumer = {s: streams.consumer(s) for s in range(streams.num_stages)}
-        self._loss_stages = frozenset(s for s, c in self._consumer.items() if c == -1)
+        self._loss_stages = frozenset(streams.loss_stages)
         self._chains = streams.chains()
         self._replicas = _replica_sets(streams)
         self.device = torch.device(device) if device is not None else _module_device(self.modules.values())

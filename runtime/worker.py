@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["load_factory", "main", "prepare_stages", "worker_main"]
+__all__ = ["default_device", "load_factory", "main", "prepare_stages", "worker_main"]
 
 
 def load_factory(spec: str) -> Any:
@@ -30,6 +30,13 @@ def load_factory(spec: str) -> Any:
     if not sep or not module or not name:
         raise ValueError(f"--model expects MODULE:FACTORY, got {spec!r}")
     return getattr(importlib.import_module(module), name)
+
+
+def default_device() -> Any:
+    """This process's CUDA device when there is one, else the CPU."""
+    import torch
+
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def prepare_stages(mods: dict[int, Any], split_backward: str) -> dict[int, Any]:
@@ -70,11 +77,11 @@ def worker_main(rank: int, world_size: int, argv: Sequence[str]) -> dict[str, An
     if streams.num_ranks != world_size:
         raise ValueError(f"the schedule has {streams.num_ranks} ranks but {world_size} processes run")
     # one model part per stage of a chain; several chains (Chimera) run replicas of the parts
-    parts = len(streams.chains()[0])
+    parts = streams.num_parts
     spec = load_factory(args.model)(parts, streams.num_microbatches)
     if len(spec.stages) != parts:
         raise ValueError(f"{args.model} built {len(spec.stages)} stages for a {parts}-stage model")
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = default_device()
     mods = prepare_stages({s: copy.deepcopy(spec.stages[streams.part(s)]).to(device)
                            for s in streams.stream(rank).stages}, args.split_backward)
     runner = PipelineRunner(streams, rank, mods, spec.loss_fn, spec.optimizer,
@@ -82,7 +89,7 @@ def worker_main(rank: int, world_size: int, argv: Sequence[str]) -> dict[str, An
                             prepost=args.prepost)
     losses = []
     # one rank prints: the lowest one holding a loss stage (several do with several chains)
-    printer = min(streams.placement[s] for s in range(streams.num_stages) if streams.consumer(s) == -1)
+    printer = min(streams.placement[s] for s in streams.loss_stages)
     for step in range(args.steps):
         x, y = spec.batch(step)
         loss = runner.step(x, y)

@@ -36,7 +36,7 @@ def profile_program(num_stages: int, num_microbatches: int, model: str, *, split
     import torch
 
     from schedlang.kernels.profile import profile_ops
-    from schedlang.runtime.worker import load_factory, prepare_stages
+    from schedlang.runtime.worker import default_device, load_factory, prepare_stages
 
     try:
         factory = load_factory(model)
@@ -49,7 +49,7 @@ def profile_program(num_stages: int, num_microbatches: int, model: str, *, split
         raise SchedlangError(f"--model {model}: the factory failed: {type(exc).__name__}: {exc}") from None
     if len(stages) != num_stages:
         raise SchedlangError(f"--model {model} built {len(stages)} stages for a {num_stages}-stage pipeline")
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = default_device()
     prepared = prepare_stages({s: m.to(device) for s, m in enumerate(stages)}, split_backward)
     stages = [prepared[s] for s in range(num_stages)]
     x, y = spec.batch(0)
@@ -93,9 +93,8 @@ def _profile_run(args: argparse.Namespace) -> int:
     from schedlang.codegen import stage_graph
 
     # one model part per stage of a chain (Chimera's two chains run replicas of the same parts)
-    graph = isa.Streams(prog.num_ranks, prog.num_stages, prog.num_microbatches, tuple(prog.placement), (),
-                        prev=stage_graph(prog))
-    rows = profile_program(len(graph.chains()[0]), prog.num_microbatches, args.model,
+    parts = len(isa.chains_of(prog.num_stages, stage_graph(prog))[0])
+    rows = profile_program(parts, prog.num_microbatches, args.model,
                            split_backward=args.split_backward, repeats=args.repeats, warmup=args.warmup)
     if args.json:
         write_output(json.dumps(rows, indent=1) + "\n", args.output)

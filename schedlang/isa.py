@@ -196,13 +196,17 @@ class Streams:
 
     def chains(self) -> tuple[tuple[int, ...], ...]:
         """The pipelines: each a tuple of stages from the one reading the batch to the loss."""
-        out = []
-        for head in (s for s in range(self.num_stages) if self.producer(s) == -1):
-            chain = [head]
-            while (nxt := self.consumer(chain[-1])) != -1 and nxt not in chain:
-                chain.append(nxt)
-            out.append(tuple(chain))
-        return tuple(out)
+        return chains_of(self.num_stages, self.prev)
+
+    @property
+    def num_parts(self) -> int:
+        """Stages per chain: the number of parts the model is cut into."""
+        return len(self.chains()[0])
+
+    @property
+    def loss_stages(self) -> tuple[int, ...]:
+        """The stages that compute the loss (the last of each chain)."""
+        return tuple(s for s in range(self.num_stages) if self.consumer(s) == -1)
 
     def part(self, stage: int) -> int:
         """Which part of the model ``stage`` runs: its position in its chain. Stages of different
@@ -211,6 +215,21 @@ class Streams:
         while (stage := self.producer(stage)) != -1 and pos <= self.num_stages:
             pos += 1
         return pos
+
+
+def chains_of(num_stages: int, prev: tuple[int, ...] = ()) -> tuple[tuple[int, ...], ...]:
+    """The chains of a stage graph (``prev``: each stage's producer, ``-1`` for none; empty for
+    the linear default), each from a stage that reads the batch to one that computes the loss."""
+    if not prev:
+        return (tuple(range(num_stages)),)
+    nxt = {q: s for s, q in enumerate(prev) if q != -1}
+    out = []
+    for head in (s for s, q in enumerate(prev) if q == -1):
+        chain = [head]
+        while chain[-1] in nxt and nxt[chain[-1]] not in chain:
+            chain.append(nxt[chain[-1]])
+        out.append(tuple(chain))
+    return tuple(out)
 
 
 def flatten(instrs: tuple[Instr, ...]) -> Iterator[Instr]:
@@ -472,6 +491,7 @@ __all__ = [
     "Op",
     "RankStream",
     "Streams",
+    "chains_of",
     "flatten",
     "from_json",
     "load",

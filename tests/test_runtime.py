@@ -117,7 +117,7 @@ def _run_cases(rank: int, world: int, cases: tuple[tuple[str, Streams, str], ...
     if dp_streams is not None:
         out["dp"] = _run_dp(rank, dp_streams)
     for cid, streams, mode in cases:
-        blocks = _blocks(_num_parts(streams), mode == "kernels")
+        blocks = _blocks(streams.num_parts, mode == "kernels")
         # a stage runs model part streams.part(s): itself, or a weight replica (Chimera)
         mods = {s: copy.deepcopy(blocks[streams.part(s)]) for s in streams.stream(rank).stages}
         runner = PipelineRunner(streams, rank, mods, torch.nn.functional.mse_loss, _optimizer,
@@ -135,10 +135,6 @@ def _run_cases(rank: int, world: int, cases: tuple[tuple[str, Streams, str], ...
         out[cid] = {"params": params, "losses": losses, "peak": max(p for p, _ in peaks),
                     "sends": max(q for _, q in peaks)}
     return out
-
-
-def _num_parts(streams: Streams) -> int:
-    return len(streams.chains()[0])
 
 
 def _reference(num_stages: int, m: int, kernels: bool) -> tuple[dict[tuple[int, str], Any], list[float]]:
@@ -187,7 +183,7 @@ ALL_CASES = [(p, c[0]) for p in (2, 3, 4) for c in _cases(p)]
 def test_parameters_match_single_process_training(p: int, case: str) -> None:
     streams, mode = next((s, mode) for cid, s, mode in _compiled(p) if cid == case)
     got = _results(p)[case]
-    ref, ref_losses = _reference(_num_parts(streams), streams.num_microbatches, mode == "kernels")
+    ref, ref_losses = _reference(streams.num_parts, streams.num_microbatches, mode == "kernels")
     # float64 throughout, except the kernels' W, which computes in fp32 by design
     rtol, atol = (1e-5, 1e-7) if mode == "kernels" else (1e-10, 1e-12)
     # every stage's parameters equal the reference's for the model part it runs (replicas included)

@@ -92,6 +92,16 @@ def test_stages_listed_on_the_wrong_rank_are_rejected() -> None:
         check_streams(bad)
 
 
+def _batches(steps: int, din: int, dout: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Eight float64 rows of inputs and targets per step, different every step."""
+    out = []
+    for step in range(steps):
+        g = torch.Generator().manual_seed(step)
+        out.append((torch.randn(8, din, generator=g, dtype=torch.float64),
+                    torch.randn(8, dout, generator=g, dtype=torch.float64)))
+    return out
+
+
 def _plain_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                 m: int) -> float:
     """One training step of ``model`` in one process: mean MSE over ``m`` microbatches."""
@@ -148,10 +158,7 @@ def test_replicas_on_one_rank_train_like_one_model() -> None:
     r = PipelineRunner(st, 0, mods, torch.nn.functional.mse_loss, lambda ps: torch.optim.SGD(ps, lr=0.3))
     assert r.holds_input and r.holds_loss
     opt = torch.optim.SGD(ref.parameters(), lr=0.3)
-    for step in range(3):
-        g = torch.Generator().manual_seed(step)
-        x = torch.randn(8, 3, generator=g, dtype=torch.float64)
-        y = torch.randn(8, 4, generator=g, dtype=torch.float64)
+    for x, y in _batches(3, 3, 4):
         loss = r.step(x, y)
         want = _plain_step(ref, opt, x, y, 4)
         assert loss is not None and float(loss) == pytest.approx(want, rel=1e-12)
@@ -202,10 +209,7 @@ def test_single_rank_runner_matches_plain_training(mode: str) -> None:
     r = PipelineRunner(st, 0, {0: mine}, torch.nn.functional.mse_loss,
                        lambda ps: torch.optim.SGD(ps, lr=0.1), split_backward=mode)
     opt = torch.optim.SGD(ref.parameters(), lr=0.1)
-    for step in range(2):
-        g = torch.Generator().manual_seed(step)
-        x = torch.randn(8, 4, generator=g, dtype=torch.float64)
-        y = torch.randn(8, 4, generator=g, dtype=torch.float64)
+    for x, y in _batches(2, 4, 4):
         loss = r.step(x, y)
         ref_loss = _plain_step(ref, opt, x, y, 4)
         rel = 1e-6 if mode == "kernels" else 1e-12  # the kernels compute W in fp32

@@ -137,11 +137,13 @@ def _rank_shape(p: Program, r: int, fifo_ok: bool) -> _Shape | None:
                   w.id if w is not None else None)
 
 
-def longest_from(p: Program, src: int) -> list[float]:
-    """Longest dependency path from the start of ``src`` to the start of every op (-inf if none)."""
+def longest_from(p: Program, *srcs: int) -> list[float]:
+    """Longest dependency path from the start of any of ``srcs`` to the start of every op (-inf if
+    none reaches it)."""
     n = len(p.ops)
     dist = [-math.inf] * n
-    dist[src] = 0.0
+    for src in srcs:
+        dist[src] = 0.0
     succs = p.succs()
     for k in _topo(p):
         if dist[k] == -math.inf:
@@ -197,15 +199,7 @@ def _heads_tails_of_rank(p: Program, r: int) -> tuple[list[float], list[float]]:
     n = len(p.ops)
     order = _topo(p)
     succs = p.succs()
-    head = [-math.inf] * n
-    for o in p.ops:
-        if o.rank == r:
-            head[o.id] = 0.0
-    for k in order:
-        if head[k] == -math.inf:
-            continue
-        for d, lat in succs[k]:
-            head[d] = max(head[d], head[k] + p.ops[k].time + lat)
+    head = longest_from(p, *(o.id for o in p.ops if o.rank == r))
     reach = [-math.inf] * n  # longest path from the start of k to the end of an op of rank r
     for o in p.ops:
         if o.rank == r:
