@@ -3,7 +3,8 @@
 Three pieces, as STYLE.md asks: :mod:`.model` builds the model (pure, inspectable),
 :mod:`.solve` solves it (seeded, deterministic time limit; reports objective, bound and gap;
 :mod:`.lns` holds the search loop), :mod:`.apply` turns a solution into orders. :mod:`.bounds`
-derives the structural lower bounds that make the gap meaningful.
+derives the structural lower bounds that make the gap meaningful; :mod:`.periodic` searches the
+steady state directly for a better start under tight memory limits.
 
 Use it from the DSL (``schedule "ilp"(objective = "span", time_limit = 60)``), the command line
 (``--scheduler ilp:objective=makespan,time_limit=10``) or Python (:func:`optimize`, which also
@@ -68,6 +69,7 @@ def _optimize(program: Program, args: Mapping[str, Value], limit: Value | None) 
         deterministic=bool(args.get("deterministic", True)),
         progress=sys.stderr if args.get("progress", True) else None,
         wall_limit=_num(args, "wall_limit", -1.0) if "wall_limit" in args else None,
+        periodic=bool(args.get("periodic", True)),
     )
 
 
@@ -86,6 +88,8 @@ SCHEDULER = Scheduler(
         "deterministic": Arg(bool, True, "deterministic time limit (false: wall-clock seconds)"),
         "wall_limit": Arg(float, None, "wall-clock cap in seconds on a deterministic search "
                                        "(default 4 * time_limit + 10; 0: none)"),
+        "periodic": Arg(bool, True, "also start from the best periodic schedule (steady state "
+                                    "searched directly; a quarter of the time limit)"),
         "progress": Arg(bool, True, "progress lines on stderr"),
     },
 )

@@ -1,7 +1,8 @@
 """Solve the scheduling problem with CP-SAT: warm start, structural bound, search, report.
 
 :func:`optimize` is the whole pass: it picks the best registered heuristic (``warm_start=True``,
-``applies(program)``, verifies under the limit) as the start, computes the structural lower bound
+``applies(program)``, verifies under the limit) as the start, or the best periodic schedule
+(periodic.py, a quarter of the time budget) when that is better, computes the structural lower bound
 (bounds.py), builds the model (model.py) with the heuristic's objective as an upper bound, its
 times as hints and the structural bound as ``obj >= bound``, solves (a full solve, then
 large-neighbourhood rounds, see :mod:`schedlang.schedulers.ilp.lns`), turns the best solution
@@ -35,6 +36,7 @@ from schedlang.schedulers.ilp.model import (
 from schedlang.source import SchedlangError
 
 OBJECTIVES = ("span", "makespan")
+PERIODIC_SHARE = 0.25  # of the time limit, for the periodic warm start (periodic.py)
 
 
 class ArgError(SchedlangError):
@@ -325,7 +327,7 @@ def horizon(problem: Problem, upper: int) -> int:
 def optimize(program: Program, *, objective: str = "span", time_limit: float = 60.0,
              mem_limit: float | None = None, seed: int = 0, workers: int = 1, fifo: bool = True,
              lns: bool = True, deterministic: bool = True, progress: TextIO | None = None,
-             wall_limit: float | None = None) -> tuple[Orders, Report]:
+             wall_limit: float | None = None, periodic: bool = True) -> tuple[Orders, Report]:
     """Optimize the per-rank orders of ``program`` (see the module docstring).
 
     ``time_limit`` is CP-SAT's deterministic time, so the same input, seed and workers give the
@@ -368,14 +370,26 @@ def optimize(program: Program, *, objective: str = "span", time_limit: float = 6
     problem = Problem(prog, iprog, sc, objective, use_fifo, topo,
                       int(math.floor(bound_i.value + 1e-6)), max((e[2] for e in sc.edges), default=0) * prog.num_ranks)
     shown = Progress(progress, sc.scale, t0)
+    budget = time_limit
+    if use_fifo and periodic and warm.value > bound_f.value * (1 + 1e-9) and prog.num_microbatches > 1:
+        from schedlang.schedulers.ilp.periodic import search as periodic_search
+
+        found = periodic_search(prog, sc, objective, topo, time_limit=PERIODIC_SHARE * time_limit, seed=seed,
+                                progress=lambda what, v: shown.line(what, v, bound_f.value))
+        if found is not None:
+            budget -= found.used
+            if found.value < warm.value - 1e-9 * max(1.0, warm.value):
+                warm = Candidate(found.orders.origin or "periodic", found.orders, found.value)
+                cands.insert(0, warm)
     warm_starts_i = simulate(iprog.with_orders(warm.orders)).start
     hint = fifo_relabel(prog, warm_starts_i) if use_fifo else [int(round(x)) for x in warm_starts_i]
     shown.line(f"start:{warm.name}", warm.value, bound_f.value)
     best_starts, cp_bound, dtime, rounds, status, capped = lns_mod.search(
-        problem, hint, time_limit=time_limit, seed=seed, workers=workers, deterministic=deterministic,
+        problem, hint, time_limit=max(0.01, budget), seed=seed, workers=workers, deterministic=deterministic,
         lns=lns, shown=shown, deadline=deadline)
     orders = orders_from_starts(prog, best_starts, topo)
-    chosen, rep = _finish(prog, problem, warm, orders, cands, bound_f, cp_bound, t0, dtime, rounds)
+    chosen, rep = _finish(prog, problem, warm, orders, cands, bound_f, cp_bound, t0, dtime + time_limit - budget,
+                          rounds)
     rep.wall_capped = capped
     rep.model_objective = sc.to_time(model_value(problem, best_starts))
     shown.line(rep.status.lower(), rep.objective, rep.bound)

@@ -1,0 +1,263 @@
+"""Periodic schedules: the steady state of a long pipeline, searched directly.
+
+With many microbatches and a tight memory limit the span is mostly steady state, and the greedy
+heuristics (and the time-window search that starts from them) settle into a poor rhythm. Here the
+rhythm itself is the unknown: ``K`` *templates* (start times of one microbatch's ops) and a period
+``P``; microbatch ``q*K + k`` runs template ``k`` shifted by ``q*P``. For a fixed ``P`` that is a
+small CP-SAT model (``K`` times the ops of one microbatch as variables), so the search bisects on
+``P`` for ``K = 1, 2, 3, ...`` within a deterministic time budget and keeps the unrolled schedule
+whose exact simulation is best. It is a warm start for :mod:`.lns`, which then polishes the ramps
+at both ends (a periodic schedule fills and drains the pipeline at the steady-state rate).
+
+The model, for fixed ``K``, ``P`` and integer times:
+
+- per template, the program's edges between one microbatch's ops (with latency);
+- FIFO per (kind, stage): template ``k+1`` after template ``k``, and template 0 of the next copy
+  after template ``K-1`` (lossless for interchangeable microbatches, see model.py);
+- no-overlap per rank and the memory reservoir per rank over ``Q`` copies of the templates: every
+  pair of copies that can meet, and every set of copies alive at one time, within the templates'
+  extent. The unrolled first ``m`` microbatches are then checked by the verifier, and a ``P`` whose
+  unrolled schedule fails is treated as infeasible after one retry with twice the copies.
+
+Times: a schedule valid with durations and latencies rounded *up* to a grid is valid with the
+exact ones (ops only get shorter), so long op times are mapped to a coarse grid of about
+:data:`GRID_STEPS` steps for the longest op (CP-SAT finds periodic solutions at that resolution
+quickly and often none at microsecond resolution); the exact simulator re-times the orders.
+
+Only for interchangeable microbatches (:func:`~schedlang.schedulers.ilp.model.fifo_is_safe`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from schedlang.ir import Orders, Program
+from schedlang.source import SchedlangError
+
+GRID_STEPS = 20  # grid steps for the longest op when the exact times are finer
+KS = (1, 2, 3, 4, 6, 8)  # templates tried, in order
+SOLVE_TIME = 2.0  # deterministic seconds per fixed-period solve (at most)
+TOLERANCE = 0.005  # bisection stops when hi - lo is within this fraction of the period
+
+
+@dataclass(frozen=True)
+class Periodic:
+    """The best periodic schedule found: orders, its templates and period, the exact objective."""
+
+    orders: Orders
+    k: int
+    period: float  # program time per K microbatches (on the grid)
+    value: float  # the objective of the orders, from the exact simulator
+    used: float  # deterministic time spent
+
+
+@dataclass(frozen=True)
+class _Template:
+    ids: tuple[int, ...]  # op ids of microbatch 0, in template order
+    dur: tuple[int, ...]  # grid durations
+    edges: tuple[tuple[int, int, int], ...]  # (template index, template index, grid latency)
+    index: dict[tuple[str, int], int]  # (kind, stage) -> template index
+    mem: tuple[int, ...]
+    limits: tuple[int | None, ...]
+    unit: float  # program time per grid step
+
+
+def _template(program: Program, sc: Any) -> _Template:
+    ids = tuple(o.id for o in program.ops if o.mb == 0)
+    pos = {k: i for i, k in enumerate(ids)}
+    exact_small = sc.exact and max(sc.dur[k] for k in ids) <= 4 * GRID_STEPS
+    if exact_small:
+        unit = 1.0 / sc.scale
+        dur = tuple(sc.dur[k] for k in ids)
+        lat: dict[tuple[int, int], int] = {}
+        for a, b, w in sc.edges:
+            lat[(a, b)] = max(w, lat.get((a, b), w))
+    else:
+        unit = max(program.ops[k].time for k in ids) / GRID_STEPS
+        if unit <= 0:
+            unit = 1.0
+        dur = tuple(math.ceil(program.ops[k].time / unit - 1e-9) for k in ids)
+        lat = {}
+        for e in program.edges:
+            w = math.ceil(e.latency / unit - 1e-9)
+            lat[(e.src, e.dst)] = max(w, lat.get((e.src, e.dst), w))
+    edges = tuple((pos[s], pos[d], w) for (s, d), w in lat.items() if s in pos and d in pos)
+    index = {(program.ops[k].kind, program.ops[k].stage): i for i, k in enumerate(ids)}
+    return _Template(ids, dur, edges, index, tuple(sc.mem[k] for k in ids), sc.limits, unit)
+
+
+def _solve(program: Program, t: _Template, P: int, K: int, Q: int, time_limit: float, seed: int,
+           hint: Sequence[Sequence[int]] | None = None,
+           shorten: bool = False) -> tuple[list[list[int]] | None, str, float]:
+    """Templates for period ``P`` over ``Q`` copies: (starts per template or None, status, time).
+    Without ``shorten`` any solution will do (the bisection); with it, the templates are made
+    short (less memory held, shorter ramps)."""
+    from ortools.sat.python import cp_model
+
+    from schedlang.schedulers.ilp.solve import solver_params
+
+    n = len(t.ids)
+    reach = sum(t.dur) + sum(w for _, _, w in t.edges)
+    hs = reach + K * P
+    m = cp_model.CpModel()
+    s = [[m.new_int_var(0, hs, f"s{k}_{i}") for i in range(n)] for k in range(K)]
+    for a, b, w in t.edges:
+        for k in range(K):
+            m.add(s[k][b] >= s[k][a] + t.dur[a] + w)
+    for i in range(n):
+        for k in range(K - 1):
+            m.add(s[k + 1][i] >= s[k][i] + t.dur[i])
+        m.add(s[0][i] + P >= s[K - 1][i] + t.dur[i])
+    ops = program.ops
+    for r in range(program.num_ranks):
+        on = [i for i, k in enumerate(t.ids) if ops[k].rank == r]
+        if not on:
+            continue
+        m.add_no_overlap([m.new_fixed_size_interval_var(s[k][i] + q * P, t.dur[i], f"i{q}_{k}_{i}")
+                          for q in range(Q) for k in range(K) for i in on])
+        limit = t.limits[r]
+        ev = [i for i in on if t.mem[i] != 0]
+        if limit is None or not ev:
+            continue
+        times = [s[k][i] + q * P for q in range(Q) for k in range(K) for i in ev]
+        deltas = [t.mem[i] for _ in range(Q) for _ in range(K) for i in ev]
+        m.add_reservoir_constraint(times, deltas, min(0, sum(d for d in deltas if d < 0)), limit)
+    if shorten:
+        m.minimize(sum(v for row in s for v in row))
+    if hint is not None:
+        for row, got in zip(s, hint, strict=True):
+            for v, x in zip(row, got, strict=True):
+                m.add_hint(v, min(int(x), hs))
+    solver = cp_model.CpSolver()
+    solver_params(solver, time_limit=time_limit, seed=seed, workers=1, deterministic=True)
+    status = solver.solve(m)
+    name = solver.status_name(status)
+    if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return [[int(solver.value(v)) for v in row] for row in s], name, solver.deterministic_time
+    return None, name, solver.deterministic_time
+
+
+def unroll(program: Program, t: _Template, starts: Sequence[Sequence[int]], P: int, K: int) -> list[int]:
+    """Grid start times of every op: microbatch ``q*K + k`` runs template ``k`` shifted by ``q*P``."""
+    out = [0] * len(program.ops)
+    for o in program.ops:
+        out[o.id] = starts[o.mb % K][t.index[(o.kind, o.stage)]] + (o.mb // K) * P
+    return out
+
+
+def search(program: Program, sc: Any, objective: str, topo: Sequence[int], *, time_limit: float,
+           seed: int = 0, progress: Any = None) -> Periodic | None:
+    """The best periodic schedule within ``time_limit`` deterministic seconds, or None.
+
+    ``program`` carries the effective memory limits; ``sc`` is its :class:`~.model.Scaled` view
+    (memory units, and the time scale when it is coarse enough to use directly). ``progress`` is
+    called with a label and the objective of each K's best schedule."""
+    run = _Search(program, _template(program, sc), objective, topo, time_limit, seed)
+    best: Periodic | None = None
+    for K in _ks(program.num_microbatches):
+        if run.left() <= 0.01:
+            break
+        found = run.best_for(K)
+        if found is None:
+            continue
+        if progress is not None:
+            progress(f"periodic:K={K}", found.result.value)
+        if best is None or found.result.value < best.value:
+            best = found.result
+    return None if best is None else Periodic(best.orders, best.k, best.period, best.value, run.used)
+
+
+@dataclass(frozen=True)
+class Found:
+    result: Periodic
+    starts: list[list[int]]  # per template, on the grid
+    period: int  # on the grid
+
+
+class _Search:
+    """Bisection on the period for each K, sharing one deterministic time budget."""
+
+    def __init__(self, program: Program, t: _Template, objective: str, topo: Sequence[int],
+                 time_limit: float, seed: int) -> None:
+        self.program, self.t, self.objective, self.topo = program, t, objective, topo
+        self.time_limit, self.seed = time_limit, seed
+        self.used = 0.0
+        self.work = max(sum(t.dur[i] for i, k in enumerate(t.ids) if program.ops[k].rank == r)
+                        for r in range(program.num_ranks))
+        self.reach = sum(t.dur) + sum(w for _, _, w in t.edges)
+        self.rate: float | None = None  # best period per microbatch so far
+        self.found: dict[int, Found] = {}
+
+    def left(self) -> float:
+        return self.time_limit - self.used
+
+    def attempt(self, P: int, K: int, hint: Sequence[Sequence[int]] | None = None,
+                shorten: bool = False) -> Found | None:
+        """A verified periodic schedule with period ``P`` and ``K`` templates, or None."""
+        from schedlang.schedulers.ilp.apply import orders_from_starts
+        from schedlang.schedulers.ilp.solve import objective_value
+        from schedlang.simulate import simulate
+        from schedlang.verify import verify
+
+        m, prog = self.program.num_microbatches, self.program
+        copies = min(-(-m // K), 2 * (-(-self.reach // P)) + 2)
+        for q in (copies, min(-(-m // K), 2 * copies)):
+            if self.left() <= 0.01:
+                return None
+            got, _, dt = _solve(prog, self.t, P, K, q, min(SOLVE_TIME, self.left()), self.seed, hint, shorten)
+            self.used += dt
+            if got is None:
+                return None
+            orders = orders_from_starts(prog, unroll(prog, self.t, got, P, K), self.topo,
+                                        origin=f"periodic(K={K})")
+            sched = prog.with_orders(orders)
+            try:
+                verify(sched)
+            except SchedlangError:
+                continue  # a conflict beyond the copies modelled: retry with more
+            value = objective_value(simulate(sched), self.objective)
+            return Found(Periodic(orders, K, P * self.t.unit, value, self.used), got, P)
+        return None
+
+    def first(self, K: int) -> tuple[Found | None, int, int]:
+        """The first feasible period: (found, infeasible lower end, feasible upper end)."""
+        lo, found = K * self.work - 1, None  # a period below the busiest rank's work is impossible
+        if self.rate is None:
+            P = math.ceil(1.15 * K * self.work)
+            while found is None and self.left() > 0.01 and P <= 8 * K * self.work:
+                found = self.attempt(P, K)
+                if found is None:
+                    lo, P = P, math.ceil(1.15 * P) + 1
+            return found, lo, P
+        P = math.ceil(K * self.rate) - 1  # only a better rate is worth the time
+        if P <= lo:
+            return None, lo, P
+        base = self.found.get(K // 2) if K % 2 == 0 else None
+        # K = 2j: j's templates twice over are a solution at twice j's period (a hint)
+        hint = None if base is None else [*base.starts, *([x + base.period for x in row] for row in base.starts)]
+        return self.attempt(P, K, hint), lo, P
+
+    def best_for(self, K: int) -> Found | None:
+        found, lo, hi = self.first(K)
+        if found is None:
+            return None
+        while hi - lo > max(1, int(TOLERANCE * hi)) and self.left() > 0.01:
+            mid = (lo + hi) // 2
+            got = self.attempt(mid, K, found.starts)
+            if got is None:
+                lo = mid
+            else:
+                hi, found = mid, got
+        found = self.attempt(found.period, K, found.starts, shorten=True) or found
+        self.found[K] = found
+        self.rate = hi / K if self.rate is None else min(self.rate, hi / K)
+        return found
+
+
+def _ks(m: int) -> Iterator[int]:
+    for K in KS:
+        if K == 1 or 2 * K <= m:
+            yield K
