@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from schedlang import api
 from schedlang import testing as sst
@@ -122,6 +124,34 @@ def test_bounds_never_exceed_a_valid_schedule(prog: Program) -> None:
     tol = 1e-6 * max(1.0, sim.makespan)
     assert lower_bound(prog, limits, "span").value <= sim.cost + tol
     assert lower_bound(prog, limits, "makespan").value <= sim.makespan + tol
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sst.scheduled_programs(max_microbatches=8), st.floats(0.0, 1.0))
+def test_bounds_never_exceed_a_valid_schedule_under_its_memory(prog: Program, slack: float) -> None:
+    """The memory-dependent bounds (round trips, pacing) under a limit that a schedule meets: the
+    random schedule's own peak (plus some slack), and every heuristic that fits that limit."""
+    from schedlang.schedulers.ilp.solve import peaks, warm_starts
+
+    limit = max(peaks(prog, prog.orders)) * (1 + slack)
+    limits = (limit,) * prog.num_ranks
+    limited = replace(prog, mem_limit=limits)
+    costs = [simulate(limited).cost] + [c.value for c in warm_starts(replace(limited, schedule=None), "span")]
+    bound = lower_bound(limited, limits, "span").value
+    for cost in costs:
+        assert bound <= cost + 1e-6 * max(1.0, cost)
+
+
+def test_pacing_bound_by_hand() -> None:
+    """Item 5 on uniform costs (T = 1, comm 0.1, M_W = M_B / 2), p = 4, m = 64, limit 0.75 p*M_B:
+    three forwards fit on rank 0, so F[j] waits for W[j-3] (or B of a later one), F[j] - F[j-3]
+    >= RT + T_B + T_W = 7.6 + 2, and after F[63]: RT + T_B + T_W. 21 * 9.6 + 9.6 = 211.2, above
+    the work (192) and the other bounds (199.2)."""
+    prog = pipeline(4, 64, "uniform", 0.75)
+    b = lower_bound(prog, prog.mem_limit or (), "span")
+    assert b.ranks[0].pacing == pytest.approx(211.2)
+    assert b.value == pytest.approx(211.2)
+    assert "memory paces its forwards" in b.describe()
 
 
 def test_wall_clock_cap_stops_the_search_and_says_so() -> None:

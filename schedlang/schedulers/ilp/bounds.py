@@ -34,7 +34,18 @@ For every rank ``r`` (``busy_r`` = the sum of its op times):
    backwards return to rank 0 no faster than the last rank can do one F and one B per
    microbatch (1.5B profile, p = 4, m = 8: ZB-2p's rank-0 span, 415.63 ms, is this bound).
 
-So ``span_r >= busy_r + idle_r`` (items 1 to 3) and ``span_r >=`` item 4; the span cost is at least
+5. **Memory pacing** (same shape as items 2 and 3, FIFO). When ``F[s, j]`` starts, the earlier
+   microbatches still holding memory are the latest ``a`` (waiting for ``B``, ``M_F`` each) and the
+   ``b`` before them (waiting for ``W``, ``M_W`` each), with ``(1 + a) M_F + b M_W <= limit``. So
+   ``B[j-a-1]`` has started, and ``F[j] >= F[j-a-1] + RT + T_B``; and ``W[j-a-b-1]`` has started,
+   so ``F[j] >= F[j-a-b-1] + RT + T_B + T_W`` (RT as in item 2; each op ends before ``F[j]`` starts
+   on the one rank). With ``F[i] >= F[i-1] + T_F``, the least ``F[j] - F[j-D]`` over every state
+   ``(a, b)`` the limit allows is a gap ``g(D)`` valid for every ``j``; the best chain of such gaps
+   from ``F[0]`` (the rank's first op) to ``F[m-1]``, plus ``RT + T_B + T_W`` to the end of
+   ``W[m-1]``, bounds the span. Example: uniform costs (T = 1, comm 0.1), p = 4, three forwards fit
+   on rank 0: ``F[j] - F[j-3] >= 9.6``, 3.2 per microbatch where the work is 3.
+
+So ``span_r >= busy_r + idle_r`` (items 1 to 3) and ``span_r >=`` items 4 and 5; the span cost is at least
 the maximum over ranks. For the makespan: the critical path, and per rank the earliest its first op
 can start plus that span bound plus the least time after its last op.
 
@@ -68,10 +79,11 @@ class RankBound:
     additive: bool = True  # the two windows are disjoint (else the larger idle counts)
     throughput: float = 0.0  # item 4's bound on the span, and the rank it goes through
     via: int = -1
+    pacing: float = 0.0  # item 5's bound on the span
 
     @property
     def span(self) -> float:
-        return max(self.busy + self.idle, self.throughput)
+        return max(self.busy + self.idle, self.throughput, self.pacing)
 
 
 @dataclass(frozen=True)
@@ -86,7 +98,10 @@ class Bound:
     def describe(self) -> str:
         parts = [f"{self.objective} >= {self.value:.6g}"]
         worst = max(self.ranks, key=lambda b: b.span, default=None)
-        if worst is not None and worst.throughput > worst.busy + worst.idle + EPS:
+        if worst is not None and worst.pacing > max(worst.throughput, worst.busy + worst.idle) + EPS:
+            parts.append(f"(rank {worst.rank}: memory paces its forwards, at most {worst.forwards_fit} "
+                         f"in flight, round trip {worst.round_trip:.6g}; work {worst.busy:.6g})")
+        elif worst is not None and worst.throughput > worst.busy + worst.idle + EPS:
             parts.append(f"(rank {worst.rank}: the ops it waits for on rank {worst.via} take "
                          f"{worst.throughput:.6g} from its first op to its last, work {worst.busy:.6g})")
         elif worst is not None and worst.idle > 0:
@@ -191,7 +206,52 @@ def rank_bound(p: Program, r: int, limit: float, fifo_ok: bool) -> RankBound:
     start_idle = max(0.0, rt - min(k, m) * sh.tf)
     end_idle = max(0.0, rt - _end_work(sh, m, limit))
     idle = start_idle + end_idle if m > k else max(start_idle, end_idle)
-    return RankBound(r, busy, rt, min(k, m), start_idle, end_idle, idle, m > k)
+    return RankBound(r, busy, rt, min(k, m), start_idle, end_idle, idle, m > k, pacing=_pacing(sh, rt, m, limit))
+
+
+def _pacing(sh: _Shape, rt: float, m: int, limit: float) -> float:
+    """Item 5: a lower bound on the span of a rank of this shape under ``limit``."""
+    tol = EPS * max(1.0, abs(limit))
+    if not math.isfinite(limit) or m < 2:
+        return 0.0
+    amax = math.floor((limit + tol) / sh.mf) - 1  # the most earlier forwards waiting for B
+    if amax < 0:
+        return 0.0
+    has_w = sh.w is not None
+    tw = sh.tw if has_w else 0.0
+    via_b, via_w = rt + sh.tb, rt + sh.tb + tw
+
+    def bmax(a: int) -> int:
+        if not has_w:
+            return 0
+        if sh.mw <= EPS:
+            return m
+        return max(0, math.floor((limit - (1 + a) * sh.mf + tol) / sh.mw))
+
+    lb = [0.0] * m  # least F[j] - F[0] over every schedule
+
+    def need(j: int, a: int, b: int) -> float:
+        """Least F[j] - F[0] when ``a`` earlier microbatches wait for B and ``b`` for W at F[j]."""
+        work = j * sh.tf + (j - a) * sh.tb + (j - a - b) * tw  # every op that starts before F[j]
+        v = max(lb[j - 1] + sh.tf, work)
+        if j - a - 1 >= 0:
+            # B[0] came first, and until F[0] + RT the rank can run forwards only
+            v = max(v, lb[j - a - 1] + via_b, work + max(0.0, rt - j * sh.tf))
+        if has_w and j - a - b - 1 >= 0:
+            v = max(v, lb[j - a - b - 1] + via_w)
+        return v
+
+    for j in range(1, m):
+        # each term only shrinks as b grows, so the largest b the limit (and j) allows is the least
+        lb[j] = min(need(j, a, min(bmax(a), j - a)) for a in range(min(amax, j) + 1))
+    def tail(a: int, b: int) -> float:
+        """Least time from the start of F[m-1] to the end: what is left, and until B[m-1] can
+        start (RT later) only F[m-1] and the held microbatches' B and W can run."""
+        left = sh.tf + (a + 1) * sh.tb + (a + b + 1) * tw
+        return left + max(0.0, rt - (sh.tf + a * sh.tb + (a + b) * tw))
+
+    j = m - 1
+    return min(need(j, a, b) + tail(a, b) for a in range(min(amax, j) + 1) for b in range(min(bmax(a), j - a) + 1))
 
 
 def _heads_tails_of_rank(p: Program, r: int) -> tuple[list[float], list[float]]:

@@ -36,7 +36,8 @@ from schedlang.schedulers.ilp.model import (
 from schedlang.source import SchedlangError
 
 OBJECTIVES = ("span", "makespan")
-PERIODIC_SHARE = 0.25  # of the time limit, for the periodic warm start (periodic.py)
+PERIODIC_SHARE = 0.25  # of the time limit, for the periodic warm start (periodic.py) ...
+PERIODIC_MIN_GAP = 0.01  # ... tried only when the best heuristic is further than this from the bound
 
 
 class ArgError(SchedlangError):
@@ -371,7 +372,7 @@ def optimize(program: Program, *, objective: str = "span", time_limit: float = 6
                       int(math.floor(bound_i.value + 1e-6)), max((e[2] for e in sc.edges), default=0) * prog.num_ranks)
     shown = Progress(progress, sc.scale, t0)
     budget = time_limit
-    if use_fifo and periodic and warm.value > bound_f.value * (1 + 1e-9) and prog.num_microbatches > 1:
+    if use_fifo and periodic and warm.value > bound_f.value * (1 + PERIODIC_MIN_GAP) and prog.num_microbatches > 1:
         from schedlang.schedulers.ilp.periodic import search as periodic_search
 
         found = periodic_search(prog, sc, objective, topo, time_limit=PERIODIC_SHARE * time_limit, seed=seed,
