@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -85,3 +86,19 @@ def test_unrolled_periodic_schedules_are_valid(prog: Program) -> None:
     for r in range(prog.num_ranks):
         assert max([0.0, *memory_profile(sched, r)]) <= limit * (1 + 1e-9)
     assert got.value == pytest.approx(simulate(sched).cost)
+
+
+def test_command_line_reports_the_starts_and_can_skip_the_periodic_one(capsys: pytest.CaptureFixture[str]) -> None:
+    from schedlang.cli import main
+
+    example = str(Path(__file__).resolve().parent.parent / "examples" / "zb-h1.sched")
+    base = ["optimize", example, "--set", "p=4", "--set", "m=16", "--set", "tc=0.1", "--set", "tf=1.0",
+            "--set", "tb=1.0", "--set", "tw=1.0", "--set", "mem_limit=3.0", "--time-limit", "2", "--quiet",
+            "--emit", "none"]
+    assert main(base) == 0
+    out = capsys.readouterr().out
+    starts = next(line for line in out.splitlines() if line.startswith("starts: "))
+    assert starts.startswith("starts: periodic(K=") and "list" in starts
+    assert main([*base, "--no-periodic"]) == 0
+    out = capsys.readouterr().out
+    assert "periodic" not in out and "starts: list" in out
