@@ -39,11 +39,13 @@ For every rank ``r`` (``busy_r`` = the sum of its op times):
    ``b`` before them (waiting for ``W``, ``M_W`` each), with ``(1 + a) M_F + b M_W <= limit``. So
    ``B[j-a-1]`` has started, and ``F[j] >= F[j-a-1] + RT + T_B``; and ``W[j-a-b-1]`` has started,
    so ``F[j] >= F[j-a-b-1] + RT + T_B + T_W`` (RT as in item 2; each op ends before ``F[j]`` starts
-   on the one rank). With ``F[i] >= F[i-1] + T_F``, the least ``F[j] - F[j-D]`` over every state
-   ``(a, b)`` the limit allows is a gap ``g(D)`` valid for every ``j``; the best chain of such gaps
-   from ``F[0]`` (the rank's first op) to ``F[m-1]``, plus ``RT + T_B + T_W`` to the end of
-   ``W[m-1]``, bounds the span. Example: uniform costs (T = 1, comm 0.1), p = 4, three forwards fit
-   on rank 0: ``F[j] - F[j-3] >= 9.6``, 3.2 per microbatch where the work is 3.
+   on the one rank). Also ``F[j] >= F[j-1] + T_F``, and ``F[j] - F[0]`` is at least the work
+   that starts before it (``j`` forwards, ``j - a`` B, ``j - a - b`` W), plus the start round trip's
+   idle once ``B[0]`` is among them. A DP over ``j`` takes, for the least ``F[j] - F[0]``, the
+   least such value over the states ``(a, b)`` the limit allows (``F[0]`` is the rank's first op);
+   the span adds, after ``F[m-1]``, what is left and the end round trip (as in item 3). Example:
+   uniform costs (T = 1, comm 0.1), p = 4, three forwards fit on rank 0: ``F[j] - F[j-3] >= 9.6``,
+   3.2 per microbatch where the work is 3.
 
 So ``span_r >= busy_r + idle_r`` (items 1 to 3) and ``span_r >=`` items 4 and 5; the span cost is at least
 the maximum over ranks. For the makespan: the critical path, and per rank the earliest its first op
@@ -193,7 +195,7 @@ def _end_work(sh: _Shape, m: int, limit: float) -> float:
 
 
 def rank_bound(p: Program, r: int, limit: float, fifo_ok: bool) -> RankBound:
-    """The span bound of one rank (module docstring, items 1 to 3)."""
+    """The span bound of one rank (module docstring, items 1 to 3 and 5)."""
     busy = sum(o.time for o in p.ops if o.rank == r)
     sh = _rank_shape(p, r, fifo_ok)
     if sh is None:
@@ -244,6 +246,7 @@ def _pacing(sh: _Shape, rt: float, m: int, limit: float) -> float:
     for j in range(1, m):
         # each term only shrinks as b grows, so the largest b the limit (and j) allows is the least
         lb[j] = min(need(j, a, min(bmax(a), j - a)) for a in range(min(amax, j) + 1))
+
     def tail(a: int, b: int) -> float:
         """Least time from the start of F[m-1] to the end: what is left, and until B[m-1] can
         start (RT later) only F[m-1] and the held microbatches' B and W can run."""

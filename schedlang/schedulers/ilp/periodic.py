@@ -64,26 +64,26 @@ class _Template:
     limits: tuple[int | None, ...]
     unit: float  # program time per grid step
 
+    @property
+    def reach(self) -> int:
+        """An upper bound on one template's critical path: every duration and latency."""
+        return sum(self.dur) + sum(w for _, _, w in self.edges)
+
 
 def _template(program: Program, sc: Any) -> _Template:
     ids = tuple(o.id for o in program.ops if o.mb == 0)
     pos = {k: i for i, k in enumerate(ids)}
-    exact_small = sc.exact and max(sc.dur[k] for k in ids) <= 4 * GRID_STEPS
-    if exact_small:
+    if sc.exact and max(sc.dur[k] for k in ids) <= 4 * GRID_STEPS:  # the model's own times will do
         unit = 1.0 / sc.scale
         dur = tuple(sc.dur[k] for k in ids)
-        lat: dict[tuple[int, int], int] = {}
-        for a, b, w in sc.edges:
-            lat[(a, b)] = max(w, lat.get((a, b), w))
+        raw = list(sc.edges)
     else:
-        unit = max(program.ops[k].time for k in ids) / GRID_STEPS
-        if unit <= 0:
-            unit = 1.0
+        unit = max(program.ops[k].time for k in ids) / GRID_STEPS or 1.0
         dur = tuple(math.ceil(program.ops[k].time / unit - 1e-9) for k in ids)
-        lat = {}
-        for e in program.edges:
-            w = math.ceil(e.latency / unit - 1e-9)
-            lat[(e.src, e.dst)] = max(w, lat.get((e.src, e.dst), w))
+        raw = [(e.src, e.dst, math.ceil(e.latency / unit - 1e-9)) for e in program.edges]
+    lat: dict[tuple[int, int], int] = {}
+    for a, b, w in raw:
+        lat[(a, b)] = max(w, lat.get((a, b), w))
     edges = tuple((pos[s], pos[d], w) for (s, d), w in lat.items() if s in pos and d in pos)
     index = {(program.ops[k].kind, program.ops[k].stage): i for i, k in enumerate(ids)}
     return _Template(ids, dur, edges, index, tuple(sc.mem[k] for k in ids), sc.limits, unit)
@@ -100,8 +100,7 @@ def _solve(program: Program, t: _Template, P: int, K: int, Q: int, time_limit: f
     from schedlang.schedulers.ilp.solve import solver_params
 
     n = len(t.ids)
-    reach = sum(t.dur) + sum(w for _, _, w in t.edges)
-    hs = reach + K * P
+    hs = t.reach + K * P
     m = cp_model.CpModel()
     s = [[m.new_int_var(0, hs, f"s{k}_{i}") for i in range(n)] for k in range(K)]
     for a, b, w in t.edges:
@@ -171,7 +170,7 @@ def search(program: Program, sc: Any, objective: str, topo: Sequence[int], *, ti
 
 
 @dataclass(frozen=True)
-class Found:
+class _Found:
     result: Periodic
     starts: list[list[int]]  # per template, on the grid
     period: int  # on the grid
@@ -187,15 +186,14 @@ class _Search:
         self.used = 0.0
         self.work = max(sum(t.dur[i] for i, k in enumerate(t.ids) if program.ops[k].rank == r)
                         for r in range(program.num_ranks))
-        self.reach = sum(t.dur) + sum(w for _, _, w in t.edges)
         self.rate: float | None = None  # best period per microbatch so far
-        self.found: dict[int, Found] = {}
+        self.found: dict[int, _Found] = {}
 
     def left(self) -> float:
         return self.time_limit - self.used
 
     def attempt(self, P: int, K: int, hint: Sequence[Sequence[int]] | None = None,
-                shorten: bool = False) -> Found | None:
+                shorten: bool = False) -> _Found | None:
         """A verified periodic schedule with period ``P`` and ``K`` templates, or None."""
         from schedlang.schedulers.ilp.apply import orders_from_starts
         from schedlang.schedulers.ilp.solve import objective_value
@@ -203,7 +201,7 @@ class _Search:
         from schedlang.verify import verify
 
         m, prog = self.program.num_microbatches, self.program
-        copies = min(-(-m // K), 2 * (-(-self.reach // P)) + 2)
+        copies = min(-(-m // K), 2 * (-(-self.t.reach // P)) + 2)
         for q in (copies, min(-(-m // K), 2 * copies)):
             if self.left() <= 0.01:
                 return None
@@ -219,10 +217,10 @@ class _Search:
             except SchedlangError:
                 continue  # a conflict beyond the copies modelled: retry with more
             value = objective_value(simulate(sched), self.objective)
-            return Found(Periodic(orders, K, P * self.t.unit, value, self.used), got, P)
+            return _Found(Periodic(orders, K, P * self.t.unit, value, self.used), got, P)
         return None
 
-    def first(self, K: int) -> tuple[Found | None, int, int]:
+    def first(self, K: int) -> tuple[_Found | None, int, int]:
         """The first feasible period: (found, infeasible lower end, feasible upper end)."""
         lo, found = K * self.work - 1, None  # a period below the busiest rank's work is impossible
         if self.rate is None:
@@ -240,7 +238,7 @@ class _Search:
         hint = None if base is None else [*base.starts, *([x + base.period for x in row] for row in base.starts)]
         return self.attempt(P, K, hint), lo, P
 
-    def best_for(self, K: int) -> Found | None:
+    def best_for(self, K: int) -> _Found | None:
         found, lo, hi = self.first(K)
         if found is None:
             return None
