@@ -148,8 +148,9 @@ def unroll(program: Program, t: _Template, starts: Sequence[Sequence[int]], P: i
 
 
 def search(program: Program, sc: Any, objective: str, topo: Sequence[int], *, time_limit: float,
-           seed: int = 0, progress: Any = None) -> Periodic | None:
-    """The best periodic schedule within ``time_limit`` deterministic seconds, or None.
+           seed: int = 0, progress: Any = None) -> tuple[Periodic | None, float]:
+    """The best periodic schedule within ``time_limit`` deterministic seconds (or None), and the
+    deterministic time spent (also when nothing was found).
 
     ``program`` carries the effective memory limits; ``sc`` is its :class:`~.model.Scaled` view
     (memory units, and the time scale when it is coarse enough to use directly). ``progress`` is
@@ -166,7 +167,7 @@ def search(program: Program, sc: Any, objective: str, topo: Sequence[int], *, ti
             progress(f"periodic:K={K}", found.result.value)
         if best is None or found.result.value < best.value:
             best = found.result
-    return None if best is None else Periodic(best.orders, best.k, best.period, best.value, run.used)
+    return (None if best is None else Periodic(best.orders, best.k, best.period, best.value, run.used)), run.used
 
 
 @dataclass(frozen=True)

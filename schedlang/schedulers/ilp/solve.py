@@ -375,13 +375,12 @@ def optimize(program: Program, *, objective: str = "span", time_limit: float = 6
     if use_fifo and periodic and warm.value > bound_f.value * (1 + PERIODIC_MIN_GAP) and prog.num_microbatches > 1:
         from schedlang.schedulers.ilp.periodic import search as periodic_search
 
-        found = periodic_search(prog, sc, objective, topo, time_limit=PERIODIC_SHARE * time_limit, seed=seed,
-                                progress=lambda what, v: shown.line(what, v, bound_f.value))
-        if found is not None:
-            budget -= found.used
-            if found.value < warm.value - 1e-9 * max(1.0, warm.value):
-                warm = Candidate(found.orders.origin or "periodic", found.orders, found.value)
-                cands.insert(0, warm)
+        found, spent = periodic_search(prog, sc, objective, topo, time_limit=PERIODIC_SHARE * time_limit,
+                                       seed=seed, progress=lambda what, v: shown.line(what, v, bound_f.value))
+        budget -= spent
+        if found is not None and found.value < warm.value - 1e-9 * max(1.0, warm.value):
+            warm = Candidate(found.orders.origin or "periodic", found.orders, found.value)
+            cands.insert(0, warm)
     warm_starts_i = simulate(iprog.with_orders(warm.orders)).start
     hint = fifo_relabel(prog, warm_starts_i) if use_fifo else [int(round(x)) for x in warm_starts_i]
     shown.line(f"start:{warm.name}", warm.value, bound_f.value)
