@@ -154,6 +154,24 @@ def test_pacing_bound_by_hand() -> None:
     assert "memory paces its forwards" in b.describe()
 
 
+def test_block_bound_by_hand() -> None:
+    """Item 6 on uniform costs, p = 4, m = 8, limit 0.75 p*M_B (three forwards fit on rank 0):
+    F[3] - F[0] >= 7.6 + T_B + T_W = 9.6 (item 5), and microbatches 3 to 7 alone are a valid
+    schedule of five microbatches, which needs its work (15) plus the idle of its own start round
+    trip (7.6 - 3 T_F) and end round trip (7.6 - T_F - 2 (T_B + T_W)): 9.6 + 15 + 4.6 + 2.6 = 31.8.
+    Items 1 to 5 give 31.2 (work 24 + 4.6 + 2.6). CP-SAT proves 32.6 optimal here (30 s, so not
+    in this test); the bound must stay below every heuristic."""
+    prog = pipeline(4, 8, "uniform", 0.75)
+    b = lower_bound(prog, prog.mem_limit or (), "span")
+    r0 = b.ranks[0]
+    assert r0.busy + r0.idle == pytest.approx(31.2) and r0.pacing == pytest.approx(30.8)
+    assert (r0.blocks, r0.split) == (pytest.approx(31.8), 3)
+    assert b.value == pytest.approx(31.8) and "from 3 on need their own start and end round trips" in b.describe()
+    from schedlang.schedulers.ilp.solve import warm_starts
+
+    assert all(c.value >= b.value for c in warm_starts(prog, "span"))
+
+
 def test_wall_clock_cap_stops_the_search_and_says_so() -> None:
     """CP-SAT's deterministic clock can run far slower than the wall clock; the cap bounds the
     wait, the report says the result may vary, and the answer is still valid and no worse."""
