@@ -71,7 +71,7 @@ skipped.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from schedlang.ir import Program, Role
@@ -225,8 +225,9 @@ def rank_bound(p: Program, r: int, limit: float, fifo_ok: bool) -> RankBound:
     k = m if not math.isfinite(limit) else math.floor(limit / sh.mf + EPS)
     start_idle, end_idle, idle = _round_trip_idle(sh, rt, m, limit)
     lb, pace = _pacing(sh, rt, m, limit)
-    blocks, split = _blocks(sh, rt, m, limit, lb, pace)
-    return RankBound(r, busy, rt, min(k, m), start_idle, end_idle, idle, m > k, pacing=pace[m] if pace else 0.0,
+    pace_m = pace(m, True)
+    blocks, split = _blocks(sh, rt, m, limit, lb, pace, pace_m)
+    return RankBound(r, busy, rt, min(k, m), start_idle, end_idle, idle, m > k, pacing=pace_m,
                      blocks=blocks, split=split)
 
 
@@ -242,35 +243,41 @@ BLOCK_SIZES = 128  # item 6 tries last blocks of 1 .. this many microbatches (an
 
 
 def _blocks(sh: _Shape, rt: float, m: int, limit: float, lb: Sequence[float],
-            pace: Sequence[float]) -> tuple[float, int]:
+            pace: Callable[[int, bool], float], pace_m: float) -> tuple[float, int]:
     """Item 6: (the bound on the span of ``m`` microbatches, the first microbatch of the last
-    block; 0 when no split beats items 1 to 5)."""
+    block; (0, 0) when no split beats items 1 to 5). Last blocks have at most
+    :data:`BLOCK_SIZES` microbatches, whose own bounds use item 5's quicker form."""
     if not lb:
         return 0.0, 0
     work = sh.tf + sh.tb + sh.tw
-    best = [0.0] * (m + 1)  # S(n)
-    split = 0
-    for n in range(1, m + 1):
-        best[n] = max(n * work + _round_trip_idle(sh, rt, n, limit)[2], pace[n])
-        for size in range(1, min(n - 1, BLOCK_SIZES) + 1):
-            v = lb[n - size] + best[size]
-            if v > best[n] + EPS * max(1.0, v):
-                best[n] = v
-                if n == m:
-                    split = n - size
-    return (best[m], split) if split else (0.0, 0)
+
+    def alone(n: int, p5: float) -> float:
+        return max(n * work + _round_trip_idle(sh, rt, n, limit)[2], p5)
+
+    small = min(m - 1, BLOCK_SIZES)
+    best = [0.0] * (small + 1)  # S(n) for the block sizes
+    for n in range(1, small + 1):
+        best[n] = max([alone(n, pace(n, False))] + [lb[n - size] + best[size] for size in range(1, n)])
+    top, split = alone(m, pace_m), 0
+    for size in range(1, small + 1):
+        v = lb[m - size] + best[size]
+        if v > top + EPS * max(1.0, v):
+            top, split = v, m - size
+    return (top, split) if split else (0.0, 0)
 
 
-def _pacing(sh: _Shape, rt: float, m: int, limit: float) -> tuple[list[float], list[float]]:
+def _pacing(sh: _Shape, rt: float, m: int, limit: float) -> tuple[list[float], Callable[[int, bool], float]]:
     """Item 5 for a rank of this shape under ``limit``: ``lb[j]``, the least ``F[j] - F[0]`` (``j <
-    m``), and ``span[n]``, the bound on the span of ``n`` microbatches (``n = 0 .. m``); both empty
-    when the limit does not pace (unlimited, or not even one forward fits)."""
+    m``), and ``span(n, exact)``, a bound on the span of ``n <= m`` microbatches: the least over
+    every memory state at ``F[n-1]`` when ``exact``, else a quicker one at most that (the state's
+    two parts minimised apart). ``lb`` is empty when the limit does not pace (unlimited, or not
+    even one forward fits)."""
     tol = EPS * max(1.0, abs(limit))
     if not math.isfinite(limit) or m < 2:
-        return [], []
+        return [], lambda n, exact: 0.0
     amax = math.floor((limit + tol) / sh.mf) - 1  # the most earlier forwards waiting for B
     if amax < 0:
-        return [], []
+        return [], lambda n, exact: 0.0
     has_w = sh.w is not None
     tw = sh.tw if has_w else 0.0
     via_b, via_w = rt + sh.tb, rt + sh.tb + tw
@@ -300,13 +307,21 @@ def _pacing(sh: _Shape, rt: float, m: int, limit: float) -> tuple[list[float], l
         lb[j] = min(need(j, a, min(bmax(a), j - a)) for a in range(min(amax, j) + 1))
 
     def tail(a: int, b: int) -> float:
-        """Least time from the start of F[m-1] to the end: what is left, and until B[m-1] can
-        start (RT later) only F[m-1] and the held microbatches' B and W can run."""
+        """Least time from the start of the last F to the end: what is left, and until its B can
+        start (RT later) only that F and the held microbatches' B and W can run."""
         left = sh.tf + (a + 1) * sh.tb + (a + b + 1) * tw
         return left + max(0.0, rt - (sh.tf + a * sh.tb + (a + b) * tw))
 
-    span = [0.0, 0.0] + [min(need(j, a, b) + tail(a, b) for a in range(min(amax, j) + 1)
-                             for b in range(min(bmax(a), j - a) + 1)) for j in range(1, m)]
+    def span(n: int, exact: bool) -> float:
+        if n < 2:
+            return 0.0
+        j = n - 1
+        if exact:
+            return min(need(j, a, b) + tail(a, b) for a in range(min(amax, j) + 1)
+                       for b in range(min(bmax(a), j - a) + 1))
+        # need only shrinks and tail only grows with b: the least of each, apart
+        return min(need(j, a, min(bmax(a), j - a)) + tail(a, 0) for a in range(min(amax, j) + 1))
+
     return lb, span
 
 
