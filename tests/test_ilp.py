@@ -172,6 +172,27 @@ def test_block_bound_by_hand() -> None:
     assert all(c.value >= b.value for c in warm_starts(prog, "span"))
 
 
+def test_closing_solve_proves_what_the_first_solve_did_not() -> None:
+    """Uniform costs, p = 4, m = 8, limit 2p*M_B: the first full solve (bounded by the warm start,
+    24.6) does not prove 24.2 optimal in its share, the neighbourhood rounds find nothing better for
+    a whole cycle, and the closing solve, bounded by the incumbent, proves it."""
+    from schedlang.schedulers.ilp import lns
+
+    prog = pipeline(4, 8, "uniform", 2.0)
+    orders, rep = optimize(prog, time_limit=30)
+    assert rep.status == "OPTIMAL" and rep.gap == 0.0 and rep.objective == pytest.approx(24.2)
+    assert rep.rounds > 0  # the first solve did not prove it: the search went on
+    verify(prog.with_orders(orders))
+    # without the closing solve the same budget ends unproved
+    keep = lns._cycle
+    try:
+        lns._cycle = lambda problem: keep(problem) * 1000  # type: ignore[assignment]
+        _, plain = optimize(prog, time_limit=30)
+    finally:
+        lns._cycle = keep  # type: ignore[assignment]
+    assert plain.status == "FEASIBLE" and plain.objective == pytest.approx(24.2) and plain.gap > 0
+
+
 def test_wall_clock_cap_stops_the_search_and_says_so() -> None:
     """CP-SAT's deterministic clock can run far slower than the wall clock; the cap bounds the
     wait, the report says the result may vary, and the answer is still valid and no worse."""

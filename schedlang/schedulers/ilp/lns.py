@@ -7,6 +7,14 @@ sliding time windows (the ops whose incumbent start lies in a window) of two wid
 pairs of adjacent ranks. Every sub-solve has a slice of the deterministic time budget, so the
 whole search is reproducible. The full solve's best bound (with the structural bound as
 ``obj >= bound``) is the proof; rounds only improve the incumbent.
+
+When a whole cycle of neighbourhoods passes without improving the incumbent (on small models a
+cycle is a few rounds; on large ones it is longer than the budget), the rest of the budget goes to
+a closing full solve whose upper bound is the incumbent: with the tighter bound CP-SAT proves far
+sooner, and it may still improve the incumbent. Uniform costs, p = 4, m = 8, limit 2p*M_B: the
+first solve, bounded by the warm start's 24.6, does not prove 24.2 optimal in its share; the
+closing solve does, and the search ends after 26 of its 60 deterministic seconds (a fresh model
+bounded by 24.2 proves it in 1).
 """
 
 from __future__ import annotations
@@ -49,14 +57,12 @@ def search(problem: Any, hint: list[int], *, time_limit: float, seed: int, worke
                                               deterministic=deterministic, on_solution=seen, wall=wall_left())
     wall = wall_left()
     capped = wall is not None and wall <= 0 and status != "OPTIMAL" and used < budget - 0.05
-    if starts is not None:
-        starts = compress(problem, starts)
-        if model_value(problem, starts) <= upper:
-            best, upper = starts, model_value(problem, starts)
+    best, upper = _keep_better(problem, starts, best, upper)
     bound = max(bound, lower)
     if status == "OPTIMAL" or upper <= bound or not lns:
         return best, bound, used, 0, status, capped
-    rounds = 0
+    rounds, since = 0, 0
+    cycle = _cycle(problem)
     for hood in neighbourhoods(problem, time_limit):
         left = time_limit - used
         if left <= 0.05 or upper <= bound:
@@ -64,6 +70,17 @@ def search(problem: Any, hint: list[int], *, time_limit: float, seed: int, worke
         wall = wall_left()
         if wall is not None and wall <= 0:
             capped = True
+            break
+        if since >= len(cycle):  # a whole cycle found nothing: close with a full solve
+            closing = build_model(problem.iprog, sc, objective=problem.objective, upper=upper, lower=bound,
+                                  horizon=horizon(problem, upper), fifo=problem.fifo, hint=best)
+            st, got, proved, dt = solve_model(closing, time_limit=left, seed=seed, workers=workers,
+                                              deterministic=deterministic, on_solution=seen, wall=wall)
+            used += dt
+            best, upper = _keep_better(problem, got, best, upper)
+            bound = max(bound, upper if st == "OPTIMAL" else proved)
+            wall = wall_left()
+            capped = capped or (wall is not None and wall <= 0 and st != "OPTIMAL" and dt < left - 0.05)
             break
         free = hood(best)
         fixed = _fixed_orders(problem, best, free)
@@ -78,9 +95,24 @@ def search(problem: Any, hint: list[int], *, time_limit: float, seed: int, worke
             val = model_value(problem, got)
             if val < upper:
                 shown.line(f"lns#{rounds}", sc.to_time(val), sc.to_time(bound))
+            since = 0 if val < upper else since + 1
             if val <= upper:
                 best, upper = got, val
+        else:
+            since += 1
     return best, bound, used, rounds, status, capped
+
+
+def _keep_better(problem: Any, got: list[int] | None, best: list[int], upper: int) -> tuple[list[int], int]:
+    """The solution ``got`` (compressed) and its value if it is no worse than ``upper``, else the
+    incumbent."""
+    from schedlang.schedulers.ilp.solve import model_value
+
+    if got is None:
+        return best, upper
+    got = compress(problem, got)
+    val = model_value(problem, got)
+    return (got, val) if val <= upper else (best, upper)
 
 
 def compress(problem: Any, starts: Sequence[int]) -> list[int]:
@@ -116,6 +148,13 @@ def _fixed_orders(problem: Any, starts: Sequence[int], free: set[int]) -> dict[i
 
 def neighbourhoods(problem: Any, time_limit: float) -> Any:
     """An endless deterministic cycle of neighbourhood choosers: incumbent -> set of free op ids."""
+    cycle = _cycle(problem)
+    while True:
+        yield from cycle
+
+
+def _cycle(problem: Any) -> list[Any]:
+    """One cycle of neighbourhood choosers: time windows of two widths, then pairs of ranks."""
     p = problem.iprog
     n = len(p.ops)
     R = p.num_ranks
@@ -140,5 +179,4 @@ def neighbourhoods(problem: Any, time_limit: float) -> Any:
         cycle += [window(i / steps, size) for i in range(steps + 1)]
     if R > 2:
         cycle += [ranks(r, 2) for r in range(R - 1)]
-    while True:
-        yield from cycle
+    return cycle
