@@ -19,6 +19,7 @@ bounded by 24.2 proves it in 1).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,9 +62,9 @@ def search(problem: Any, hint: list[int], *, time_limit: float, seed: int, worke
     bound = max(bound, lower)
     if status == "OPTIMAL" or upper <= bound or not lns:
         return best, bound, used, 0, status, capped
-    rounds, since = 0, 0
+    rounds, since = 0, 0  # since: rounds since the incumbent last improved
     cycle = _cycle(problem)
-    for hood in neighbourhoods(problem, time_limit):
+    for hood in itertools.cycle(cycle):
         left = time_limit - used
         if left <= 0.05 or upper <= bound:
             break
@@ -90,16 +91,11 @@ def search(problem: Any, hint: list[int], *, time_limit: float, seed: int, worke
                                     deterministic=deterministic, wall=wall)
         used += dt
         rounds += 1
-        if got is not None:
-            got = compress(problem, got)
-            val = model_value(problem, got)
-            if val < upper:
-                shown.line(f"lns#{rounds}", sc.to_time(val), sc.to_time(bound))
-            since = 0 if val < upper else since + 1
-            if val <= upper:
-                best, upper = got, val
-        else:
-            since += 1
+        previous = upper
+        best, upper = _keep_better(problem, got, best, upper)
+        if upper < previous:
+            shown.line(f"lns#{rounds}", sc.to_time(upper), sc.to_time(bound))
+        since = 0 if upper < previous else since + 1
     return best, bound, used, rounds, status, capped
 
 
@@ -146,15 +142,9 @@ def _fixed_orders(problem: Any, starts: Sequence[int], free: set[int]) -> dict[i
     return out
 
 
-def neighbourhoods(problem: Any, time_limit: float) -> Any:
-    """An endless deterministic cycle of neighbourhood choosers: incumbent -> set of free op ids."""
-    cycle = _cycle(problem)
-    while True:
-        yield from cycle
-
-
 def _cycle(problem: Any) -> list[Any]:
-    """One cycle of neighbourhood choosers: time windows of two widths, then pairs of ranks."""
+    """One cycle of neighbourhood choosers (incumbent -> set of free op ids), which the search
+    repeats: time windows of two widths, then pairs of ranks."""
     p = problem.iprog
     n = len(p.ops)
     R = p.num_ranks
