@@ -30,8 +30,10 @@ def _search(prog: Program, time_limit: float) -> periodic.Periodic | None:
     sc = scale_program(prog, limits)
     topo = topo_order(len(prog.ops), [[d for d, _ in s] for s in prog.succs()])
     got, spent = periodic.search(prog, sc, "span", topo, time_limit=time_limit)
-    # CP-SAT may overrun its deterministic limit by a hair
-    assert spent <= 1.01 * time_limit + 0.01 and (got is None or got.used == spent)
+    # CP-SAT may overrun a solve's deterministic limit by a little, more for a tiny limit (measured:
+    # 0.108 s used of the last 0.075 s left, on a case Hypothesis found), and the search starts a
+    # solve with whatever is left
+    assert spent <= time_limit + 0.1 and (got is None or got.used == spent)
     return got
 
 
