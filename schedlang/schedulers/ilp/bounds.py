@@ -63,16 +63,37 @@ So ``span_r >= busy_r + idle_r`` (items 1 to 3) and ``span_r >=`` items 4 to 6; 
 the maximum over ranks. For the makespan: the critical path, and per rank the earliest its first op
 can start plus that span bound plus the least time after its last op.
 
-Rank shapes outside (2, 3) (several stages per rank, user op kinds) get items 1 and 4. Item 4
-needs ops on one rank never to overlap (``overlap sum``, the default); with ``overlap max`` it is
-skipped.
+**Several stages on a rank** (V shapes, interleaving, any placement along the chain of stages).
+Items 2, 3, 5 and 6 run on the rank's *first chunk*, the stage whose F comes first in every
+microbatch and whose B comes last: F, B, W and RT above are that stage's (RT now runs through the
+rank's other chunks too), and the other chunks change three things. (a) Their F and B of a
+microbatch run before its first-chunk B, so item 5 counts them as work for the ``j - a``
+microbatches whose B has started, and the round-trip windows of items 2 and 3 let each microbatch
+in the window run them (and their W) instead of idling. (b) The end window also runs the other
+chunks' W still pending for microbatches done with the first chunk, as many as the memory left over
+holds (each holds its W memory while it waits). (c) The memory those chunks hold is otherwise left
+out (a microbatch holds at least its first-chunk memory), which only loosens the bound. Item 5 runs
+a second time on the *last chunk's* forwards, where the pacing is tighter: when ``F[last, j]``
+starts, microbatch ``j`` holds every chunk's forward memory (all its forwards on the rank came
+before, none of its backwards), so ``M_F`` of the new microbatch becomes their sum there, its RT
+runs to the first chunk's B, the work counted is the other chunks' B, and the span adds the
+least time from the rank's first op to ``F[last, 0]``. Example: V shape, p = 2, m = 2, every
+time 1, no comm, forwards allocate 1 and B frees half, limit 2: rank 0's last-chunk forwards are
+at least 6 apart (at ``F[3, 1]`` microbatch 1 holds 2, the limit, so ``W[0, 0]`` has started; it
+starts at least ``RT + T_B = 4 + 1`` after ``F[3, 0]`` and ends before ``F[3, 1]``), the first is
+at least 3 after the rank's first op, and the last is followed by at least 6 (what is left, 5, and
+1 of idle before ``B[0, 1]``): 15 (CP-SAT proves 17 optimal; the work is 12).
+
+Other rank shapes (user op kinds, stages not on one chain, microbatches not interchangeable) get
+items 1 and 4. Item 4 needs ops on one rank never to overlap (``overlap sum``, the default); with
+``overlap max`` it is skipped.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from schedlang.ir import Program, Role
 
@@ -134,6 +155,10 @@ class Bound:
 
 @dataclass(frozen=True)
 class _Shape:
+    """What items 2, 3, 5 and 6 need of a rank: its first chunk's F, B (or BW) and W per
+    microbatch, and what its other chunks (stages) add to each microbatch (none on a rank with
+    one stage)."""
+
     stage: int
     f: int  # op id of F[s, 0]
     b: int  # op id of B[s, 0] (or BW)
@@ -143,13 +168,28 @@ class _Shape:
     mf: float  # memory one F allocates
     mw: float  # memory held between B and W
     w: int | None  # op id of W[s, 0]
+    extra: float = 0.0  # the other chunks' F and B (or BW) per microbatch: all run before B[s, j]
+    rest: float = 0.0  # the other chunks' W per microbatch
+    rest_op: float = 0.0  # the longest of those W
+    rest_mem: float = math.inf  # the least memory a microbatch holds while one of them waits
+    rest_ops: int = 0  # how many there are per microbatch
+    new: float | None = None  # memory a microbatch holds once F[s, j] starts (None: mf)
+    lead: float = 0.0  # least time from the rank's first op to F[s, 0]
+
+    @property
+    def entry(self) -> float:
+        """The memory a microbatch holds once its paced forward starts."""
+        return self.mf if self.new is None else self.new
+
+    @property
+    def work(self) -> float:
+        """The rank's work per microbatch."""
+        return self.tf + self.tb + self.tw + self.extra + self.rest
 
 
-def _rank_shape(p: Program, r: int, fifo_ok: bool) -> _Shape | None:
-    stages = p.stages_on(r)
-    if not fifo_ok or len(stages) != 1:
-        return None
-    s = stages[0]
+def _chunk(p: Program, s: int) -> _Shape | None:
+    """The shape of stage ``s`` alone: one F, one B or BW, optionally one W (after a B), and
+    memory that F allocates, B frees down to what W frees."""
     by_role: dict[Role, list[str]] = {}
     for k in p.kinds:
         if p.find(k.name, s, 0) is not None:
@@ -170,6 +210,42 @@ def _rank_shape(p: Program, r: int, fifo_ok: bool) -> _Shape | None:
         return None
     return _Shape(s, f.id, b.id, f.time, b.time, w.time if w is not None else 0.0, f.mem, max(0.0, mw),
                   w.id if w is not None else None)
+
+
+def _rank_shape(p: Program, r: int, fifo_ok: bool) -> tuple[_Shape, _Shape | None] | None:
+    """The rank's shape, or None when items 2, 3, 5 and 6 do not apply. With several stages on the
+    rank, the first chunk is the stage whose F comes before every other stage's F (of one
+    microbatch) and whose B comes after every other stage's B (V shapes, interleaving, any
+    placement along one chain of stages); the other chunks' ops count as work, and their pending
+    W as memory held (their F memory is left out, which only loosens the bound)."""
+    if not fifo_ok:
+        return None
+    chunks = [_chunk(p, s) for s in p.stages_on(r)]
+    if not chunks or any(c is None for c in chunks):
+        return None
+    shapes = [c for c in chunks if c is not None]
+    if len(shapes) == 1:
+        return shapes[0], None
+    after_f = {c.f: longest_from(p, c.f) for c in shapes}  # paths from each chunk's F[., 0]
+    firsts = [c for c in shapes if all(after_f[c.f][o.f] > -math.inf for o in shapes)]
+    if len(firsts) != 1:
+        return None
+    head = firsts[0]
+    others = [c for c in shapes if c is not head]
+    if any(longest_from(p, o.b)[head.b] == -math.inf for o in others):
+        return None
+    held = [o for o in others if o.w is not None]
+    first = replace(head, extra=sum(o.tf + o.tb for o in others), rest=sum(o.tw for o in held),
+                    rest_op=max((o.tw for o in held), default=0.0),
+                    rest_mem=min((o.mw for o in held), default=math.inf), rest_ops=len(held))
+    # the last chunk's forward: every other forward of the microbatch comes before it and every
+    # backward after it, so when it starts the microbatch holds all its chunks' forward memory
+    lasts = [c for c in shapes if all(after_f[o.f][c.f] > -math.inf for o in shapes)]
+    if len(lasts) != 1 or lasts[0] is head or any(after_f[lasts[0].f][o.b] == -math.inf for o in shapes):
+        return first, None
+    tail = lasts[0]
+    return first, replace(first, f=tail.f, tf=tail.tf, extra=sum(o.tb for o in others),
+                          new=sum(o.mf for o in shapes), lead=after_f[head.f][tail.f])
 
 
 def longest_from(p: Program, *srcs: int) -> list[float]:
@@ -199,25 +275,43 @@ def _topo(p: Program) -> list[int]:
     return order
 
 
+def _window_work(sh: _Shape, a: int, b: int, others: int, limit: float) -> float:
+    """The most work a rank can run between the start of a forward ``F[s, j]`` (its first chunk)
+    and the earliest start of ``B[s, j]``, when ``a`` earlier microbatches still wait for ``B`` and
+    ``b`` only for ``W`` then, and ``others`` earlier ones are done with the first chunk: that F
+    and its other chunks' ops; B, W and the other chunks' ops of the ``a``; W and the other chunks'
+    W of the ``b``; and the other chunks' W still pending for the ``others``, as many as the
+    memory left over holds."""
+    work = sh.tf + sh.extra + sh.rest + a * (sh.tb + sh.tw + sh.extra + sh.rest) + b * (sh.tw + sh.rest)
+    if sh.rest_ops and others > 0:
+        room = limit - sh.entry - a * sh.mf - b * sh.mw
+        if sh.rest_mem <= EPS or not math.isfinite(room):
+            return math.inf
+        work += min(others * sh.rest_ops, max(0.0, room) / sh.rest_mem) * sh.rest_op
+    return work
+
+
 def _end_work(sh: _Shape, m: int, limit: float) -> float:
     """The most work a rank can do in the window after its last forward starts (item 3)."""
     best = -math.inf
     for a in range(m):
-        room = limit - (1 + a) * sh.mf
+        room = limit - sh.entry - a * sh.mf
         if room < -EPS * max(1.0, abs(limit)):
             break
         rest = m - 1 - a
-        b = rest if sh.mw <= 0 or not math.isfinite(room) else min(rest, math.floor(room / sh.mw + EPS))
-        best = max(best, sh.tf + a * (sh.tb + sh.tw) + b * sh.tw)
-    return best if best > -math.inf else sh.tf
+        top = rest if sh.mw <= 0 or not math.isfinite(room) else min(rest, math.floor(room / sh.mw + EPS))
+        for b in ([top] if not sh.rest_ops else range(top + 1)):
+            best = max(best, _window_work(sh, a, b, rest - b, limit))
+    return best if best > -math.inf else sh.tf + sh.extra + sh.rest
 
 
 def rank_bound(p: Program, r: int, limit: float, fifo_ok: bool) -> RankBound:
-    """The span bound of one rank (module docstring, items 1 to 3 and 5)."""
+    """The span bound of one rank (module docstring, items 1 to 3, 5 and 6)."""
     busy = sum(o.time for o in p.ops if o.rank == r)
-    sh = _rank_shape(p, r, fifo_ok)
-    if sh is None:
+    shapes = _rank_shape(p, r, fifo_ok)
+    if shapes is None:
         return RankBound(r, busy)
+    sh, last = shapes
     rt = longest_from(p, sh.f)[sh.b]
     if rt == -math.inf or (sh.w is not None and longest_from(p, sh.b)[sh.w] == -math.inf):
         return RankBound(r, busy)  # B not after F, or W not after B: the argument needs both
@@ -225,6 +319,11 @@ def rank_bound(p: Program, r: int, limit: float, fifo_ok: bool) -> RankBound:
     k = m if not math.isfinite(limit) else math.floor(limit / sh.mf + EPS)
     start_idle, end_idle, idle = _round_trip_idle(sh, rt, m, limit)
     lb, pace = _pacing(sh, rt, m, limit)
+    if last is not None:  # several stages: pace the last chunk's forwards as well
+        first_pace, last_pace = pace, _pacing(last, longest_from(p, last.f)[last.b], m, limit)[1]
+
+        def pace(n: int, exact: bool) -> float:
+            return max(first_pace(n, exact), last.lead + last_pace(n, exact) if n >= 2 else 0.0)
     pace_m = pace(m, True)
     blocks, split = _blocks(sh, rt, m, limit, lb, pace, pace_m)
     return RankBound(r, busy, rt, min(k, m), start_idle, end_idle, idle, m > k, pacing=pace_m,
@@ -234,7 +333,7 @@ def rank_bound(p: Program, r: int, limit: float, fifo_ok: bool) -> RankBound:
 def _round_trip_idle(sh: _Shape, rt: float, n: int, limit: float) -> tuple[float, float, float]:
     """Items 2 and 3 for ``n`` microbatches: (start idle, end idle, the idle they give together)."""
     k = n if not math.isfinite(limit) else math.floor(limit / sh.mf + EPS)
-    start_idle = max(0.0, rt - min(k, n) * sh.tf)
+    start_idle = max(0.0, rt - min(k, n) * (sh.tf + sh.extra + sh.rest))
     end_idle = max(0.0, rt - _end_work(sh, n, limit))
     return start_idle, end_idle, start_idle + end_idle if n > k else max(start_idle, end_idle)
 
@@ -249,7 +348,7 @@ def _blocks(sh: _Shape, rt: float, m: int, limit: float, lb: Sequence[float],
     :data:`BLOCK_SIZES` microbatches, whose own bounds use item 5's quicker form."""
     if not lb:
         return 0.0, 0
-    work = sh.tf + sh.tb + sh.tw
+    work = sh.work
 
     def alone(n: int, p5: float) -> float:
         return max(n * work + _round_trip_idle(sh, rt, n, limit)[2], p5)
@@ -275,7 +374,7 @@ def _pacing(sh: _Shape, rt: float, m: int, limit: float) -> tuple[list[float], C
     tol = EPS * max(1.0, abs(limit))
     if not math.isfinite(limit) or m < 2:
         return [], lambda n, exact: 0.0
-    amax = math.floor((limit + tol) / sh.mf) - 1  # the most earlier forwards waiting for B
+    amax = math.floor((limit - sh.entry + tol) / sh.mf)  # the most earlier forwards waiting for B
     if amax < 0:
         return [], lambda n, exact: 0.0
     has_w = sh.w is not None
@@ -287,17 +386,18 @@ def _pacing(sh: _Shape, rt: float, m: int, limit: float) -> tuple[list[float], C
             return 0
         if sh.mw <= EPS:
             return m
-        return max(0, math.floor((limit - (1 + a) * sh.mf + tol) / sh.mw))
+        return max(0, math.floor((limit - sh.entry - a * sh.mf + tol) / sh.mw))
 
     lb = [0.0] * m  # least F[j] - F[0] over every schedule
 
     def need(j: int, a: int, b: int) -> float:
         """Least F[j] - F[0] when ``a`` earlier microbatches wait for B and ``b`` for W at F[j]."""
-        work = j * sh.tf + (j - a) * sh.tb + (j - a - b) * tw  # every op that starts before F[j]
+        work = j * sh.tf + (j - a) * (sh.tb + sh.extra) + (j - a - b) * tw  # ops that start before F[j]
         v = max(lb[j - 1] + sh.tf, work)
         if j - a - 1 >= 0:
-            # B[0] came first, and until F[0] + RT the rank can run forwards only
-            v = max(v, lb[j - a - 1] + via_b, work + max(0.0, rt - j * sh.tf))
+            # B[0] came first, and the B and W counted in ``work`` all start after F[0] + RT (until
+            # then the rank can run only first-chunk forwards and other chunks' ops)
+            v = max(v, lb[j - a - 1] + via_b, rt + (j - a) * sh.tb + (j - a - b) * tw)
         if has_w and j - a - b - 1 >= 0:
             v = max(v, lb[j - a - b - 1] + via_w)
         return v
@@ -306,21 +406,24 @@ def _pacing(sh: _Shape, rt: float, m: int, limit: float) -> tuple[list[float], C
         # each term only shrinks as b grows, so the largest b the limit (and j) allows is the least
         lb[j] = min(need(j, a, min(bmax(a), j - a)) for a in range(min(amax, j) + 1))
 
-    def tail(a: int, b: int) -> float:
-        """Least time from the start of the last F to the end: what is left, and until its B can
-        start (RT later) only that F and the held microbatches' B and W can run."""
-        left = sh.tf + (a + 1) * sh.tb + (a + b + 1) * tw
-        return left + max(0.0, rt - (sh.tf + a * sh.tb + (a + b) * tw))
+    def tail(j: int, a: int, b: int) -> float:
+        """Least time from the start of the last F (``F[j]``) to the end: what is left, and until
+        its B can start (RT later) only the work of :func:`_window_work` can run."""
+        left = sh.tf + sh.extra + sh.rest + (a + 1) * sh.tb + (a + b + 1) * tw
+        return left + max(0.0, rt - _window_work(sh, a, b, j - a - b, limit))
 
     def span(n: int, exact: bool) -> float:
         if n < 2:
             return 0.0
         j = n - 1
         if exact:
-            return min(need(j, a, b) + tail(a, b) for a in range(min(amax, j) + 1)
+            return min(need(j, a, b) + tail(j, a, b) for a in range(min(amax, j) + 1)
                        for b in range(min(bmax(a), j - a) + 1))
-        # need only shrinks and tail only grows with b: the least of each, apart
-        return min(need(j, a, min(bmax(a), j - a)) + tail(a, 0) for a in range(min(amax, j) + 1))
+        # need only shrinks with b: its least, and the least tail, apart (on a rank with one
+        # stage tail only grows with b, so its least is at b = 0)
+        return min(need(j, a, min(bmax(a), j - a))
+                   + min(tail(j, a, b) for b in (range(min(bmax(a), j - a) + 1) if sh.rest_ops else (0,)))
+                   for a in range(min(amax, j) + 1))
 
     return lb, span
 
@@ -375,8 +478,6 @@ def throughput_bound(p: Program, r: int) -> tuple[float, int]:
 
 def lower_bound(p: Program, limits: Sequence[float], objective: str = "span") -> Bound:
     """A lower bound on ``objective`` (``span`` or ``makespan``) for every valid schedule."""
-    from dataclasses import replace
-
     from schedlang.schedulers.ilp.model import fifo_is_safe
 
     fifo_ok = fifo_is_safe(p)
