@@ -4,6 +4,9 @@
   before any kernel module is imported, so it is set here, first.
 - ``--update-goldens`` rewrites the golden files under tests/golden instead of comparing.
 - Tests marked ``gpu`` skip cleanly without CUDA.
+- Hypothesis profiles: ``HYPOTHESIS_PROFILE=ci`` (set by .ci/run) derandomizes, so a CI run
+  draws the same examples every time and a failure there is a regression, not a newly drawn
+  case; runs without it draw new examples each time, which is how new cases get found.
 """
 
 from __future__ import annotations
@@ -13,6 +16,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+if os.environ.get("HYPOTHESIS_PROFILE"):
+    settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
 
 if not os.environ.get("SCHEDLANG_FORCE_GPU") and shutil.which("nvidia-smi") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
