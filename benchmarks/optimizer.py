@@ -6,11 +6,15 @@ stage 1.5x slower); memory limits 0.75, 1, 1.5 and 2 times p*M_B; comm time on. 
 instance: the best heuristic (name and bubble rate: the peer, scheduled in the same run), the
 ILP's bubble rate, the lower bound (as a bubble rate: no schedule can do better), the gap
 ``(cost - bound) / cost``, the status and the solve time. ``--headline`` runs the issue's two
-headline instances (1.5B, limit 2p*M_B: p=4 m=12 and p=8 m=24).
+headline instances (1.5B, limit 2p*M_B: p=4 m=12 and p=8 m=24). ``--shapes`` runs ranks with two
+stages each instead: the V placement (ZB-V's) and the interleaved one, split F/B/W with half-stage
+times and memory (T = 0.5, comm 0.1), p = 4, m in {8, 16}, limits 0.5, 0.75 and 1 times p*M_B
+(M_B: a whole stage's activation, so p*M_B is 1F1B's peak and the ZB-V paper's limit).
 
     python benchmarks/optimizer.py --quick --time-limit 10
     python benchmarks/optimizer.py --headline --time-limit 60
     python benchmarks/optimizer.py --max-p 8 --time-limit 20
+    python benchmarks/optimizer.py --shapes --time-limit 60
 
 ``--time-limit`` is CP-SAT deterministic time per instance (about seconds). Prints a table and
 writes benchmarks/results/optimizer[-NAME].json.
@@ -30,11 +34,32 @@ from schedlang.schedulers.ilp.cases import pipeline
 
 PROFILES = {"uniform": ("uniform", 1.0), "1.5B": ("1.5B", 1.0), "heavy": ("1.5B", 1.5)}
 LIMITS = (0.75, 1.0, 1.5, 2.0)
+SHAPES = {"V": "s < p ? s : 2 * p - 1 - s", "interleaved": "s % p"}  # two stages per rank
+SHAPE_LIMITS = (0.5, 0.75, 1.0)
+SHAPE_SOURCE = """import "std:fbw"
+param p = 4
+param m = 8
+ranks p
+stages 2 * p
+microbatches m
+place s => {place}
+"""
+
+
+def shape_program(shape: str, p: int, m: int, lim: float) -> Any:
+    """Two stages per rank placed as ``shape``; half-stage times and memory, ``lim`` x p*M_B."""
+    from schedlang.api import loads
+
+    return loads(SHAPE_SOURCE.format(place=SHAPES[shape]), name=f"{shape}-p{p}-m{m}",
+                 params=dict(p=p, m=m, tf=0.5, tb=0.5, tw=0.5, tc=0.1, mem_f=0.5, mem_w=0.25,
+                             mem_limit=lim * p * 1.0))
 
 
 def instances(args: argparse.Namespace) -> list[tuple[str, int, int, float]]:
     if args.headline:
         return [("1.5B", 4, 12, 2.0), ("1.5B", 8, 24, 2.0)]
+    if args.shapes:
+        return [(shape, 4, m, lim) for shape in SHAPES for m in (8, 16) for lim in SHAPE_LIMITS]
     ps = [p for p in (4, 8, 16) if args.min_p <= p <= args.max_p]
     ms: tuple[int, ...] = (8, 24, 64)
     if args.quick:
@@ -51,8 +76,11 @@ def instances(args: argparse.Namespace) -> list[tuple[str, int, int, float]]:
 
 
 def run_one(prof: str, p: int, m: int, lim: float, time_limit: float, workers: int) -> dict[str, Any]:
-    base, heavy = PROFILES[prof]
-    prog = pipeline(p, m, base, lim, heavy_last=heavy)
+    if prof in SHAPES:
+        prog = shape_program(prof, p, m, lim)
+    else:
+        base, heavy = PROFILES[prof]
+        prog = pipeline(p, m, base, lim, heavy_last=heavy)
     row: dict[str, Any] = {"profile": prof, "p": p, "m": m, "limit": lim, "ops": len(prog.ops)}
     t0 = time.perf_counter()
     try:
@@ -95,9 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="p in {4, 8}, m in {8, 24} (not p=8 m=8)")
     ap.add_argument("--headline", action="store_true", help="only the issue's two headline instances")
+    ap.add_argument("--shapes", action="store_true", help="two stages per rank (V, interleaved) instead")
     ap.add_argument("--max-p", type=int, default=16)
     ap.add_argument("--min-p", type=int, default=4)
-    ap.add_argument("--only", help="profile name to run (uniform, 1.5B, heavy)")
+    ap.add_argument("--only", help="profile (uniform, 1.5B, heavy) or shape (V, interleaved) to run")
     ap.add_argument("--limit", type=float, action="append", help="memory limit factor to run (repeatable)")
     ap.add_argument("--name", default="", help="suffix of the JSON file name")
     args = ap.parse_args(argv)
