@@ -190,6 +190,7 @@ def test_several_stage_bounds_by_hand() -> None:
     two = api.load("examples/zb-v.sched", dict(V_SMALL, m=2, mem_limit=2.0))
     b = lower_bound(two, two.mem_limit or (), "span")
     assert (b.ranks[0].busy, b.ranks[0].pacing, b.value) == (12.0, 15.0, 15.0)
+    assert b.ranks[0].last_chunk and "paces the forwards of its last stage" in b.describe()
     _, rep = optimize(two, time_limit=5)
     assert rep.status == "OPTIMAL" and rep.objective == 17.0 and rep.bound == 17.0
 

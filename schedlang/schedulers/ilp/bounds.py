@@ -117,6 +117,7 @@ class RankBound:
     pacing: float = 0.0  # item 5's bound on the span
     blocks: float = 0.0  # item 6's bound on the span, and the first microbatch of its last block
     split: int = 0
+    last_chunk: bool = False  # item 5 was best paced on the last chunk's forwards (several stages)
 
     @property
     def span(self) -> float:
@@ -140,8 +141,12 @@ class Bound:
                          f"{worst.forwards_fit} in flight, round trip {worst.round_trip:.6g}; the microbatches "
                          f"from {worst.split} on need their own start and end round trips; work {worst.busy:.6g})")
         elif worst is not None and worst.pacing > max(worst.throughput, worst.busy + worst.idle) + EPS:
-            parts.append(f"(rank {worst.rank}: memory paces its forwards, at most {worst.forwards_fit} "
-                         f"in flight, round trip {worst.round_trip:.6g}; work {worst.busy:.6g})")
+            if worst.last_chunk:
+                parts.append(f"(rank {worst.rank}: memory paces the forwards of its last stage, when a "
+                             f"microbatch holds all its forward memory; work {worst.busy:.6g})")
+            else:
+                parts.append(f"(rank {worst.rank}: memory paces its forwards, at most {worst.forwards_fit} "
+                             f"in flight, round trip {worst.round_trip:.6g}; work {worst.busy:.6g})")
         elif worst is not None and worst.throughput > worst.busy + worst.idle + EPS:
             parts.append(f"(rank {worst.rank}: the ops it waits for on rank {worst.via} take "
                          f"{worst.throughput:.6g} from its first op to its last, work {worst.busy:.6g})")
@@ -319,15 +324,17 @@ def rank_bound(p: Program, r: int, limit: float, fifo_ok: bool) -> RankBound:
     k = m if not math.isfinite(limit) else math.floor(limit / sh.mf + EPS)
     start_idle, end_idle, idle = _round_trip_idle(sh, rt, m, limit)
     lb, pace = _pacing(sh, rt, m, limit)
+    on_last = False
     if last is not None:  # several stages: pace the last chunk's forwards as well
         first_pace, last_pace = pace, _pacing(last, longest_from(p, last.f)[last.b], m, limit)[1]
 
         def pace(n: int, exact: bool) -> float:
             return max(first_pace(n, exact), last.lead + last_pace(n, exact) if n >= 2 else 0.0)
+        on_last = m >= 2 and last.lead + last_pace(m, True) > first_pace(m, True) + EPS
     pace_m = pace(m, True)
     blocks, split = _blocks(sh, rt, m, limit, lb, pace, pace_m)
     return RankBound(r, busy, rt, min(k, m), start_idle, end_idle, idle, m > k, pacing=pace_m,
-                     blocks=blocks, split=split)
+                     blocks=blocks, split=split, last_chunk=on_last)
 
 
 def _round_trip_idle(sh: _Shape, rt: float, n: int, limit: float) -> tuple[float, float, float]:
