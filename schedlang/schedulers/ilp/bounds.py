@@ -178,13 +178,8 @@ class _Shape:
     rest_op: float = 0.0  # the longest of those W
     rest_mem: float = math.inf  # the least memory a microbatch holds while one of them waits
     rest_ops: int = 0  # how many there are per microbatch
-    new: float | None = None  # memory a microbatch holds once F[s, j] starts (None: mf)
+    entry: float = 0.0  # memory a microbatch holds once F[s, j] starts (mf, but for the last chunk)
     lead: float = 0.0  # least time from the rank's first op to F[s, 0]
-
-    @property
-    def entry(self) -> float:
-        """The memory a microbatch holds once its paced forward starts."""
-        return self.mf if self.new is None else self.new
 
     @property
     def work(self) -> float:
@@ -214,7 +209,7 @@ def _chunk(p: Program, s: int) -> _Shape | None:
     if f.mem <= 0 or mw < -EPS or b.mem > EPS or abs(f.mem + b.mem - mw) > 1e-6 * max(1.0, f.mem):
         return None
     return _Shape(s, f.id, b.id, f.time, b.time, w.time if w is not None else 0.0, f.mem, max(0.0, mw),
-                  w.id if w is not None else None)
+                  w.id if w is not None else None, entry=f.mem)
 
 
 def _rank_shape(p: Program, r: int, fifo_ok: bool) -> tuple[_Shape, _Shape | None] | None:
@@ -250,7 +245,7 @@ def _rank_shape(p: Program, r: int, fifo_ok: bool) -> tuple[_Shape, _Shape | Non
         return first, None
     tail = lasts[0]
     return first, replace(first, f=tail.f, tf=tail.tf, extra=sum(o.tb for o in others),
-                          new=sum(o.mf for o in shapes), lead=after_f[head.f][tail.f])
+                          entry=sum(o.mf for o in shapes), lead=after_f[head.f][tail.f])
 
 
 def longest_from(p: Program, *srcs: int) -> list[float]:
@@ -324,14 +319,14 @@ def rank_bound(p: Program, r: int, limit: float, fifo_ok: bool) -> RankBound:
     k = m if not math.isfinite(limit) else math.floor(limit / sh.mf + EPS)
     start_idle, end_idle, idle = _round_trip_idle(sh, rt, m, limit)
     lb, pace = _pacing(sh, rt, m, limit)
-    on_last = False
+    pace_m, on_last = pace(m, True), False
     if last is not None:  # several stages: pace the last chunk's forwards as well
         first_pace, last_pace = pace, _pacing(last, longest_from(p, last.f)[last.b], m, limit)[1]
 
         def pace(n: int, exact: bool) -> float:
             return max(first_pace(n, exact), last.lead + last_pace(n, exact) if n >= 2 else 0.0)
-        on_last = m >= 2 and last.lead + last_pace(m, True) > first_pace(m, True) + EPS
-    pace_m = pace(m, True)
+        last_m = last.lead + last_pace(m, True) if m >= 2 else 0.0
+        pace_m, on_last = max(pace_m, last_m), last_m > pace_m + EPS
     blocks, split = _blocks(sh, rt, m, limit, lb, pace, pace_m)
     return RankBound(r, busy, rt, min(k, m), start_idle, end_idle, idle, m > k, pacing=pace_m,
                      blocks=blocks, split=split, last_chunk=on_last)
