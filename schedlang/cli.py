@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from schedlang import __version__
-from schedlang.ir import Program, format_orders, format_program
+from schedlang.ir import Program, format_program
 from schedlang.source import SchedlangError
 
 EXIT_USER = 1
@@ -138,13 +138,6 @@ def _simulate_run(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ compile
 
-# --emit formats: name -> function(program) -> text. Codegen and render add theirs here.
-EMITTERS: dict[str, Callable[[Program], str]] = {
-    "ir": format_program,
-    "orders": format_orders,
-}
-
-
 def _compile_args(p: argparse.ArgumentParser) -> None:
     add_program_args(p)
     p.add_argument("--emit", default="orders", help="output format (ir, orders, ...; see --help)")
@@ -153,22 +146,12 @@ def _compile_args(p: argparse.ArgumentParser) -> None:
 
 
 def _compile_run(args: argparse.Namespace) -> int:
-    _register_emitters()
-    if args.emit not in EMITTERS:
-        raise SchedlangError(f"unknown --emit format '{args.emit}' (formats: {', '.join(EMITTERS)})")
+    from schedlang import emitters
+
+    emitter = emitters.get(args.emit)
     prog = load_program(args, dump_after=args.dump_after)
-    write_output(EMITTERS[args.emit](prog), args.output)
+    write_output(emitter(prog), args.output)
     return 0
-
-
-def _register_emitters() -> None:
-    """Emitters from modules that are optional or heavier to import; each registers itself."""
-    for mod in ("schedlang.codegen", "schedlang.export", "schedlang.render"):
-        try:
-            __import__(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
 
 
 # ------------------------------------------------------------------ registry and main

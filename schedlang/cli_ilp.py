@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from schedlang.cli import COMMANDS, EMITTERS, add_program_args, load_program, write_output
+from schedlang.cli import COMMANDS, add_program_args, load_program, write_output
 
 
 def _args(p: argparse.ArgumentParser) -> None:
@@ -52,14 +52,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"bound: {rep.bound_detail}")
         print("starts: " + ", ".join(f"{k} {v:.6g}" for k, v in rep.candidates.items()))
     if args.output:
-        from schedlang.cli import _register_emitters
+        from schedlang import emitters
 
-        _register_emitters()
-        emit = EMITTERS.get(args.emit)
-        if emit is None:
-            from schedlang.source import SchedlangError
-
-            raise SchedlangError(f"unknown --emit format '{args.emit}' (formats: {', '.join(EMITTERS)})")
+        emit = emitters.get(args.emit)
         write_output(emit(replace(program, schedule=replace(orders, origin="ilp"))), args.output)
     return 0
 

@@ -572,13 +572,3 @@ def emit_streams(program: Program) -> str:
 def emit_json(program: Program) -> str:
     """``--emit json``: the ISA JSON form."""
     return isa.to_json(codegen(program))
-
-
-def _register() -> None:
-    from schedlang.cli import EMITTERS
-
-    EMITTERS["streams"] = emit_streams
-    EMITTERS["json"] = emit_json
-
-
-_register()

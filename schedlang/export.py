@@ -519,13 +519,3 @@ def import_csv(path: str, fmt: str = "auto") -> Program:
     except OSError as exc:
         raise SchedlangError(f"cannot read '{path}': {exc.strerror}") from None
     return import_torch(text, path, fmt)[1]
-
-
-def _register() -> None:
-    from schedlang.cli import EMITTERS
-
-    EMITTERS["torch-csv"] = emit_torch_csv
-    EMITTERS["torch-csv-comms"] = emit_torch_csv_comms
-
-
-_register()

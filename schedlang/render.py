@@ -18,7 +18,7 @@ the SVG's op boxes carry ``class="op"`` and ``data-op``/``data-rank`` attributes
 ``data-rank``/``data-y``/``data-h``, and the ops group carries ``data-x0`` (pixel of time 0) and
 ``data-scale`` (pixels per time unit).
 
-Importing this module registers the ``svg`` and ``chrome-trace`` emitters of ``schedlang compile``.
+``schedlang compile --emit svg`` calls :func:`render_svg` (see :mod:`schedlang.emitters`).
 """
 
 from __future__ import annotations
@@ -473,17 +473,3 @@ def render_png(program: Program, path: str, *, memory: bool = False, style: Styl
 def op_boxes(scene: Scene) -> Sequence[Rect]:
     """The op rectangles of a scene (one per op)."""
     return [it for it in scene.groups.get("ops", []) if isinstance(it, Rect)]
-
-
-# ------------------------------------------------------------------ emitters
-
-
-def _register() -> None:
-    from schedlang.cli import EMITTERS
-    from schedlang.trace import chrome_trace
-
-    EMITTERS.setdefault("svg", render_svg)
-    EMITTERS.setdefault("chrome-trace", chrome_trace)
-
-
-_register()
