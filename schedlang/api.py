@@ -1,4 +1,4 @@
-"""The Python API: the same capabilities as the command line, as plain functions.
+"""The Python API: everything the command line does, as plain, typed functions.
 
 Typical use::
 
@@ -11,12 +11,36 @@ Typical use::
 Parameters are keyword arguments (``p=4``) or a mapping (``params={"p": 4}``); overriding a
 parameter the program does not declare is an error. ``scheduler="list:priority=BFW"`` swaps the
 program's schedule clause for a named scheduler.
+
+What it offers, by ``schedlang`` command:
+
+- programs: :func:`load`, :func:`loads`, :func:`compile`, :func:`schedule`, :func:`with_scheduler`,
+  :func:`orders`; :func:`load_program` takes command-line style overrides (``--set``,
+  ``--params``, ``--scheduler``, ``--dump-after``), :func:`parse_assignment`,
+  :func:`read_params_file` and :func:`parse_scheduler_spec` read them.
+- ``check``: :func:`compile` (a bad program raises a located :class:`SchedlangError`) and
+  :func:`describe` (the one-line summary).
+- ``simulate``: :func:`simulate`, :func:`simulation_dict`.
+- ``compile --emit``: :func:`emit` (formats in :mod:`schedlang.emitters`), :func:`streams`
+  (codegen), :func:`chrome_trace`.
+- ``optimize``: :func:`optimize` (CP-SAT; needs ortools).
+- ``compare``: :func:`compare_rows`.
+- ``streams``: :func:`check_streams`. ``import``: :func:`import_torch_csv`.
+- ``render``: :func:`render` (a scene to write as SVG or PNG), :func:`read_trace`.
+- ``run``: :func:`run`, :func:`check_run`, :func:`runner_from_program`,
+  :func:`summarize_timelines` (need torch).
+- ``profile``: :func:`profile`, :func:`profile_program` (need torch).
+- ``list``: :func:`builtins`.
+
+Importing this module loads the compiler (lark) but not torch, triton or ortools: the functions
+that need them import them when called.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +163,7 @@ def _declared_params(items: list[Item]) -> dict[str, S.ParamDecl]:
 
 
 def load_items(path: str) -> tuple[Source, list[Item]]:
+    """The source of ``path`` (a file or ``std:NAME``) and its parsed items, imports included (not checked yet)."""
     source = read_source(path)
     return source, load_program_items(source)
 
@@ -176,9 +201,12 @@ def with_scheduler(program: Program, scheduler: str | SchedulerCall) -> Program:
     return replace(program, schedule=call)
 
 
-def schedule(program: Program, passes: Sequence[str] = DEFAULT_PIPELINE, *, verify_each: bool = False) -> Program:
-    """Run the passes (by default: the program's scheduler) and verify the result."""
-    out = run_passes(program, passes, verify_each=verify_each)
+def schedule(program: Program, passes: Sequence[str] = DEFAULT_PIPELINE, *, verify_each: bool = False,
+             dump_after: str | None = None, dump: Callable[[str, Program], None] | None = None) -> Program:
+    """Run the passes (by default: the program's scheduler) and verify the result.
+
+    ``dump(name, program)`` receives the IR after the pass ``dump_after`` (``lower`` included)."""
+    out = run_passes(program, passes, verify_each=verify_each, dump_after=dump_after, dump=dump)
     verify(out)
     return out
 
@@ -202,3 +230,412 @@ def simulate(program: Program) -> Simulation:
 def orders(program: Program) -> dict[int, list[str]]:
     """Per-rank op orders as labels (``'F[0,3]'``; overlapped ops joined by ``&``)."""
     return {r: format_slots(program, slots).split() for r, slots in enumerate(program.orders.ranks)}
+
+
+# ------------------------------------------------------------------ what the command line does
+
+
+def load_program(path: str, *, sets: Sequence[str] = (), params_file: str | None = None,
+                 scheduler: str | None = None, scheduled: bool = True, dump_after: str | None = None,
+                 dump: Callable[[str, Program], None] | None = None,
+                 on_warning: Callable[[SchedlangError], None] | None = None) -> Program:
+    """Parse, check, lower (and by default schedule and verify) ``path`` under command-line overrides.
+
+    ``sets`` are ``NAME=VALUE`` texts (``--set``), located on the command line in errors;
+    ``params_file`` holds ``NAME=VALUE`` lines (``--params``; ``sets`` win over it).
+    ``scheduler`` replaces the schedule clause (``NAME[:ARG=VALUE,...]``). Each front-end warning
+    goes to ``on_warning`` as soon as the program is lowered. ``dump(name, program)`` receives
+    the IR after the pass ``dump_after`` (``lower`` included).
+    """
+    params: dict[str, Any] = {}
+    spans: dict[str, Span] = {}
+    if params_file:
+        for name, value, span in read_params_file(params_file):
+            params[name], spans[name] = value, span
+    for text in sets:
+        name, value = parse_assignment(text)
+        params[name] = value
+        spans[name] = Span(cli_source(text), 1, 1, 1, len(name) + 1)
+    program = lower_source(read_source(path), params, spans)
+    if on_warning is not None:
+        for warning in program.warnings:
+            on_warning(warning)
+    if scheduler:
+        program = with_scheduler(program, scheduler)
+    if not scheduled:
+        return program
+    return schedule(program, dump_after=dump_after, dump=dump)
+
+
+def describe(program: Program) -> str:
+    """One line: ranks, stages, microbatches, ops and dependencies (what ``schedlang check`` prints)."""
+    return (f"{program.num_ranks} ranks, {program.num_stages} stages, {program.num_microbatches} microbatches, "
+            f"{len(program.ops)} ops, {len(program.edges)} dependencies")
+
+
+def simulation_dict(program: Program) -> dict[str, Any]:
+    """The simulation of a scheduled program as plain data (``schedlang simulate --json``)."""
+    sim = _simulate(program)
+    return {"name": program.name, "num_ranks": program.num_ranks, "num_stages": program.num_stages,
+            "num_microbatches": program.num_microbatches, "num_ops": len(program.ops), **sim.as_dict()}
+
+
+def optimize(program: Program, **options: Any) -> tuple[Program, Any]:
+    """Optimize the orders of ``program`` with CP-SAT (needs ortools).
+
+    ``options`` are those of :func:`schedlang.schedulers.ilp.optimize` (objective, time_limit,
+    mem_limit, seed, workers, lns, periodic, wall_limit, progress, ...). Returns the program with
+    the optimized orders (origin ``ilp``) and the solver's report (status, objective, bound, gap).
+    """
+    from schedlang.schedulers.ilp import optimize as _optimize
+
+    orders, report = _optimize(program, **options)
+    return replace(program, schedule=replace(orders, origin="ilp")), report
+
+
+def emit(program: Program, fmt: str) -> str:
+    """``program`` written in an ``--emit`` format (see :mod:`schedlang.emitters` for the list)."""
+    from schedlang import emitters
+
+    return emitters.emit(program, fmt)
+
+
+def streams(program: Program) -> Any:
+    """The per-rank instruction streams (:class:`schedlang.isa.Streams`) of a scheduled program."""
+    from schedlang.codegen import codegen
+
+    return codegen(program)
+
+
+def check_streams(path: str, sends: str = "buffered", recvs: str | None = None) -> tuple[Any, str]:
+    """Read an instruction-stream file (text or JSON) or a PyTorch compute_comms CSV (``.csv``) and
+    check it: matched sends and receives, no deadlock under ``sends``/``recvs`` semantics.
+
+    ``recvs`` defaults to ``blocking`` for streams (the ISA's) and ``posted`` for a CSV (as
+    PyTorch's runtime does). Returns the streams and the receive semantics used; raises a
+    :class:`SchedlangError` for an unreadable file or a failed check.
+    """
+    from schedlang import isa
+    from schedlang.codegen import check_deadlock
+
+    try:
+        if path.endswith(".csv"):
+            from schedlang.export import torch_csv_to_streams
+
+            with open(path, encoding="utf-8") as fh:
+                got = torch_csv_to_streams(fh.read(), path)
+        else:
+            got = isa.load(path)
+    except OSError as exc:
+        raise SchedlangError(f"cannot read '{path}': {exc.strerror}") from None
+    except isa.IsaError as exc:
+        raise SchedlangError(f"{path}: {exc}") from None
+    recvs = recvs or ("posted" if path.endswith(".csv") else "blocking")
+    check_deadlock(got, sends, recvs)
+    return got, recvs
+
+
+def import_torch_csv(path: str, fmt: str = "auto", out_name: str = "<imported>") -> tuple[str, Program]:
+    """A PyTorch schedule CSV as schedlang: the program's source text (named ``out_name``) and the
+    program itself (explicit orders, verified). See :func:`schedlang.export.import_torch`."""
+    from schedlang.export import import_torch
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise SchedlangError(f"cannot read '{path}': {exc.strerror}") from None
+    return import_torch(text, path, fmt, out_name=out_name)
+
+
+def chrome_trace(program: Program) -> str:
+    """The simulated timeline of a scheduled program as a Chrome/Perfetto trace (JSON text)."""
+    from schedlang.trace import chrome_trace as _chrome_trace
+
+    return _chrome_trace(program)
+
+
+def read_trace(path: str) -> tuple[Program, Simulation]:
+    """The timeline recorded in a Chrome trace file (planned by ``--emit chrome-trace`` or
+    measured by the runtime), as a program and its simulation, ready to render as recorded."""
+    import os
+
+    from schedlang.trace import timeline_from_trace
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise SchedlangError(f"cannot read '{path}': {exc.strerror}") from None
+    return timeline_from_trace(text, os.path.basename(path).removesuffix(".json"))
+
+
+def render(program: Program, sim: Simulation | None = None, *, memory: bool = False, width: int = 0) -> Any:
+    """The pipeline picture (:class:`schedlang.render.Scene`): one row per rank, time across.
+
+    Write it with :func:`schedlang.render.scene_svg` (text) or :func:`schedlang.render.scene_png`.
+    ``sim`` draws a given timeline (e.g. from :func:`read_trace`) instead of simulating.
+    """
+    from schedlang.render import Style, layout
+
+    return layout(program, sim, memory=memory, style=Style(width=width))
+
+
+def _declared(path: str) -> set[str]:
+    _, items = load_items(path)
+    return {it.decl.name for it in items if isinstance(it.decl, S.ParamDecl)}
+
+
+def _sets_for(files: Sequence[str], sets: Sequence[str]) -> dict[str, list[str]]:
+    """The ``--set`` arguments each file declares; an override that no file declares is an error."""
+    declared = {f: _declared(f) for f in files}
+    out: dict[str, list[str]] = {f: [] for f in files}
+    for text in sets:
+        name, _ = parse_assignment(text)
+        users = [f for f in files if name in declared[f]]
+        if not users:
+            raise SchedlangError(f"no program declares a parameter '{name}'",
+                                 Span(cli_source(text), 1, 1, 1, len(name) + 1))
+        for f in users:
+            out[f].append(text)
+    return out
+
+
+def compare_rows(files: Sequence[str], sets: Sequence[str] = (), schedulers: Sequence[str] = (), *,
+                 on_warning: Callable[[SchedlangError], None] | None = None) -> list[dict[str, Any]]:
+    """One dict per (program, scheduler): the figures ``simulate`` reports plus generation time.
+
+    Each ``NAME=VALUE`` in ``sets`` applies to the programs that declare it (one that no program
+    declares is an error). A combination that fails becomes a row with its rendered ``error``,
+    unless it is the only one (then the error is raised).
+    """
+    per_file = _sets_for(files, sets)
+    rows: list[dict[str, Any]] = []
+    for f in files:
+        choices: list[str | None] = list(schedulers) or [None]
+        for sched in choices:
+            t0 = time.perf_counter()
+            try:
+                prog = load_program(f, sets=per_file[f], scheduler=sched, on_warning=on_warning)
+            except SchedlangError as exc:
+                if len(files) * max(1, len(schedulers)) == 1:
+                    raise
+                # one combination that does not work (a scheduler that does not apply, an
+                # infeasible limit) is a row of the table, not the end of the comparison
+                rows.append({"program": f, "scheduler": sched or "(own)", "error": exc.render(),
+                             "ignored_sets": [s for s in sets if s not in per_file[f]]})
+                continue
+            gen = time.perf_counter() - t0
+            sim = _simulate(prog)
+            rows.append({
+                "program": f, "scheduler": sched or prog.orders.origin,
+                "num_ranks": prog.num_ranks, "num_stages": prog.num_stages,
+                "num_microbatches": prog.num_microbatches, "num_ops": len(prog.ops),
+                "bubble_rate": sim.bubble_rate, "makespan": sim.makespan, "cost": sim.cost, "bubble": sim.bubble,
+                "peak_memory": [r.peak_memory for r in sim.ranks], "generation_s": gen,
+                "ignored_sets": [s for s in sets if s not in per_file[f]],
+            })
+    return rows
+
+
+def builtins() -> list[Any]:
+    """Every built-in schedule (``std:NAME``), scheduler and importable module, as
+    :class:`schedlang.catalog.Entry` objects (what ``schedlang list`` prints)."""
+    from schedlang.catalog import all_entries
+
+    return all_entries()
+
+
+# ------------------------------------------------------------------ runtime and profiling (need torch)
+
+
+def runner_from_program(program: Program, rank: int, stage_modules: Mapping[int, Any], loss_fn: Any,
+                        optimizer_factory: Any = None, **options: Any) -> Any:
+    """A :class:`schedlang.runtime.executor.PipelineRunner` for ``rank`` of a scheduled, verified
+    program (codegen included)."""
+    from schedlang.codegen import codegen
+    from schedlang.runtime.executor import PipelineRunner
+
+    return PipelineRunner(codegen(program), rank, stage_modules, loss_fn, optimizer_factory, **options)
+
+
+def summarize_timelines(out_dir: str) -> tuple[list[Any], dict[str, Any]]:
+    """Read the workers' timelines (``rank*.json`` in ``out_dir``); return all events and the
+    measured bubble (mean over the steps after the first)."""
+    import json
+
+    from schedlang.runtime.timeline import Event, measured_bubble
+
+    events: list[Event] = []
+    for path in sorted(Path(out_dir).glob("rank*.json")):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        events.extend(Event.from_dict(e) for e in doc["events"])
+    steps = sorted({e.step for e in events})
+    measured = [measured_bubble([e for e in events if e.step == s]) for s in steps[1:] or steps]
+    if not measured:
+        return events, {}
+    n = len(measured)
+    return events, {
+        "steps": n,
+        "bubble_rate": sum(b.bubble_rate for b in measured) / n,
+        "cost_s": sum(b.cost for b in measured) / n,
+        "makespan_s": sum(b.makespan for b in measured) / n,
+    }
+
+
+def check_model(spec: str) -> None:
+    """Import the model factory ``MODULE:FACTORY`` here first: a typo is a plain error, not a crash
+    on every rank."""
+    from schedlang.runtime.worker import load_factory
+
+    try:
+        factory = load_factory(spec)
+    except (ValueError, ImportError, AttributeError) as exc:
+        raise SchedlangError(f"--model {spec}: {exc}") from None
+    if not callable(factory):
+        raise SchedlangError(f"--model {spec}: not a callable factory")
+
+
+def check_run(program: Program, *, nproc: int | None = None, steps: int = 10,
+              model: str = "schedlang.runtime.models:tiny_gpt") -> int:
+    """Check the arguments of :func:`run` before any process starts; returns the process count."""
+    nproc = nproc if nproc is not None else program.num_ranks
+    if nproc != program.num_ranks:
+        raise SchedlangError(f"--nproc {nproc}, but the schedule has {program.num_ranks} ranks "
+                             f"(set the program's rank parameter, e.g. --set p={nproc})")
+    if steps < 1:
+        raise SchedlangError("--steps must be at least 1")
+    check_model(model)
+    return nproc
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What :func:`run` measured. ``exit_code`` is 0 when every worker succeeded; ``failures``
+    has one line per failed rank (spawn launcher); ``measured`` is the measured bubble (see
+    :func:`summarize_timelines`; empty when the workers failed)."""
+
+    exit_code: int
+    failures: tuple[str, ...]
+    events: tuple[Any, ...]
+    measured: dict[str, Any]
+    simulated_bubble_rate: float
+
+
+def _launch_torchrun(nproc: int, worker_args: list[str]) -> int:
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "schedlang.runtime.worker", *worker_args]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    return subprocess.run(cmd, env=env).returncode
+
+
+def _launch_spawn(nproc: int, worker_args: list[str], timeout: float) -> tuple[int, list[str]]:
+    from schedlang.runtime.launch import spawn
+    from schedlang.runtime.worker import worker_main
+
+    results = spawn(worker_main, nproc, (worker_args,), timeout=timeout, join_timeout=10 * timeout,
+                    check=False)
+    code, failures = 0, []
+    for r in results:
+        if r.exitcode != 0:
+            code = 1
+            lines = [ln for ln in r.stderr.splitlines() if "schedlang runtime:" in ln or "Error" in ln]
+            failures.append(f"rank {r.rank}: exit {r.exitcode}: {r.error or (lines[-1] if lines else '')}")
+    return code, failures
+
+
+def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt", steps: int = 10,
+        nproc: int | None = None, split_backward: str = "autograd", launcher: str = "torchrun",
+        prepost: int = 4, timeout: float = 60.0) -> RunResult:
+    """Train ``model`` (``MODULE:FACTORY``) with a scheduled program's streams on one process per
+    rank (``torchrun`` or ``spawn``) for ``steps`` steps; return what was measured.
+
+    The workers' own output (each step's loss) goes to this process's stdout and stderr.
+    """
+    import os
+    import tempfile
+
+    from schedlang import isa
+    from schedlang.codegen import codegen
+
+    nproc = check_run(program, nproc=nproc, steps=steps, model=model)
+    code_streams = codegen(program)
+    sim = _simulate(program)
+    with tempfile.TemporaryDirectory(prefix="schedlang-run-") as tmp:
+        path = os.path.join(tmp, "streams.json")
+        Path(path).write_text(isa.to_json(code_streams), encoding="utf-8")
+        worker_args = ["--streams", path, "--model", model, "--steps", str(steps), "--out", tmp,
+                       "--split-backward", split_backward, "--timeout", str(timeout),
+                       "--prepost", str(prepost)]
+        failures: list[str] = []
+        if launcher == "torchrun":
+            code = _launch_torchrun(nproc, worker_args)
+        else:
+            code, failures = _launch_spawn(nproc, worker_args, timeout)
+        if code != 0:
+            return RunResult(code, tuple(failures), (), {}, sim.bubble_rate)
+        events, measured = summarize_timelines(tmp)
+    return RunResult(0, (), tuple(events), measured, sim.bubble_rate)
+
+
+def profile_program(num_stages: int, num_microbatches: int, model: str, *, split_backward: str = "autograd",
+                    repeats: int = 5, warmup: int = 1) -> list[dict[str, Any]]:
+    """Build ``model`` (``MODULE:FACTORY``) for the pipeline's shape and profile its stages."""
+    import torch
+
+    from schedlang.kernels.profile import profile_ops
+    from schedlang.runtime.worker import default_device, load_factory, prepare_stages
+
+    try:
+        factory = load_factory(model)
+    except (ValueError, ImportError, AttributeError) as exc:
+        raise SchedlangError(f"--model {model}: {exc}") from None
+    try:
+        spec = factory(num_stages, num_microbatches)
+        stages = list(spec.stages)
+    except Exception as exc:  # the user's factory: its failure is a user error, not ours
+        raise SchedlangError(f"--model {model}: the factory failed: {type(exc).__name__}: {exc}") from None
+    if len(stages) != num_stages:
+        raise SchedlangError(f"--model {model} built {len(stages)} stages for a {num_stages}-stage pipeline")
+    device = default_device()
+    prepared = prepare_stages({s: m.to(device) for s, m in enumerate(stages)}, split_backward)
+    stages = [prepared[s] for s in range(num_stages)]
+    x, y = spec.batch(0)
+    if x.shape[0] % num_microbatches:
+        raise SchedlangError(f"--model {model}: a batch of {x.shape[0]} does not split into "
+                             f"{num_microbatches} microbatches")
+    size = x.shape[0] // num_microbatches
+    x_mb = x[:size].to(device)
+    y_mb = y[:size].to(device) if isinstance(y, torch.Tensor) else y
+
+    def loss(out: torch.Tensor) -> torch.Tensor:
+        return spec.loss_fn(out, y_mb)  # type: ignore[no-any-return]
+
+    return profile_ops(stages, x_mb, loss, repeats, warmup=warmup)
+
+
+def check_profile_options(repeats: int, warmup: int) -> None:
+    """``repeats`` at least 1 and ``warmup`` at least 0, or a user error."""
+    if repeats < 1 or warmup < 0:
+        raise SchedlangError("--repeats must be at least 1 and --warmup at least 0")
+
+
+def profile(program: Program, model: str = "schedlang.runtime.models:tiny_gpt", *,
+            split_backward: str = "autograd", repeats: int = 5, warmup: int = 1) -> list[dict[str, Any]]:
+    """Measure T_F, T_B, T_W and memory of each model part a (lowered) program's pipeline needs:
+    one row per stage of a chain (Chimera's two chains run replicas of the same parts)."""
+    check_profile_options(repeats, warmup)
+    try:
+        import torch  # noqa: F401
+    except ModuleNotFoundError:
+        raise SchedlangError("schedlang profile needs torch: pip install 'schedlang[runtime]'") from None
+    from schedlang import isa
+    from schedlang.codegen import stage_graph
+
+    parts = len(isa.chains_of(program.num_stages, stage_graph(program))[0])
+    return profile_program(parts, program.num_microbatches, model,
+                           split_backward=split_backward, repeats=repeats, warmup=warmup)

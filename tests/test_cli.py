@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from schedlang import api, emitters
 from schedlang.cli import main
 
 
@@ -61,7 +62,6 @@ def test_scheduler_flag_replaces_schedule_clause(capsys: pytest.CaptureFixture[s
         (["simulate", "std:1f1b", "--set", "p"], "expected NAME=VALUE"),
         (["simulate", "std:nope"], "no standard module 'std:nope'"),
         (["simulate", "/no/such/file.sched"], "cannot read '/no/such/file.sched'"),
-        (["compile", "std:1f1b", "--emit", "pdf"], "unknown --emit format 'pdf'"),
         (["compile", "std:1f1b", "--scheduler", "list:speed=3"], "has no argument 'speed'"),
         (["compile", "std:1f1b", "--dump-after", "optimize"], "no such pass"),
     ],
@@ -71,6 +71,36 @@ def test_user_errors_exit_1_without_traceback(capsys: pytest.CaptureFixture[str]
     assert code == 1
     assert fragment in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["compile", "optimize"])
+def test_unknown_emit_is_rejected_while_parsing_arguments(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    # the file does not exist: a rejection before any work never gets to read it
+    with pytest.raises(SystemExit) as exc:
+        main([command, "/no/such/file.sched", "--emit", "pdf"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    formats = ", ".join(emitters.EMITTERS)
+    assert f"schedlang {command}: error: argument --emit: unknown format 'pdf' (formats: {formats})" in err
+    assert "cannot read" not in err and "Traceback" not in err
+
+
+def test_compile_help_lists_every_emit_format_with_its_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["compile", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    listing = out[out.index("--emit formats:\n"):].splitlines()[1:]
+    assert [line.split()[0] for line in listing] == list(emitters.EMITTERS)
+    for line, e in zip(listing, emitters.EMITTERS.values(), strict=True):
+        assert line.split(None, 1)[1] == e.summary
+
+
+def test_every_emit_format_writes_a_compiled_program(capsys: pytest.CaptureFixture[str]) -> None:
+    for name, e in emitters.EMITTERS.items():
+        code, out, err = run(capsys, "compile", "std:zb-h1", "--set", "p=2", "--set", "m=2", "--emit", name)
+        assert code == 0, err
+        assert out == e(api.compile("std:zb-h1", p=2, m=2)), name
 
 
 def test_check_reports_a_located_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -116,8 +116,7 @@ def test_command_line_reports_the_starts_and_can_skip_the_periodic_one(capsys: p
 
     example = str(Path(__file__).resolve().parent.parent / "examples" / "zb-h1.sched")
     base = ["optimize", example, "--set", "p=4", "--set", "m=16", "--set", "tc=0.1", "--set", "tf=1.0",
-            "--set", "tb=1.0", "--set", "tw=1.0", "--set", "mem_limit=3.0", "--time-limit", "2", "--quiet",
-            "--emit", "none"]
+            "--set", "tb=1.0", "--set", "tw=1.0", "--set", "mem_limit=3.0", "--time-limit", "2", "--quiet"]
     assert main(base) == 0
     out = capsys.readouterr().out
     starts = next(line for line in out.splitlines() if line.startswith("starts: "))

@@ -72,7 +72,7 @@ def test_interleaved_bubble(p: int, k: int, v: int, tf: float, tb: float, tw: fl
 
 
 def _schedules() -> list[str]:
-    from schedlang.cli_library import std_entries
+    from schedlang.catalog import std_entries
 
     return [e.name.removeprefix("std:") for e in std_entries() if e.group == "schedule"]
 
@@ -172,8 +172,8 @@ def test_builtin_orders_golden(name: str, golden) -> None:  # noqa: ANN001 - the
 
 
 def test_list_names_every_builtin(capsys: pytest.CaptureFixture[str]) -> None:
+    from schedlang.catalog import all_entries
     from schedlang.cli import main
-    from schedlang.cli_library import all_entries
     from schedlang.schedulers import SCHEDULERS
 
     assert main(["list"]) == 0

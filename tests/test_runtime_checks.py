@@ -296,7 +296,7 @@ def test_kernels_path_with_the_triton_kernels() -> None:
 
 
 def test_runner_from_a_compiled_program() -> None:
-    from schedlang.cli_runtime import runner_from_program
+    from schedlang.api import runner_from_program
 
     prog = api.compile("std:zb-h1", {"p": 1, "m": 2})
     r = runner_from_program(prog, 0, {0: torch.nn.Linear(3, 3)}, torch.nn.functional.mse_loss,

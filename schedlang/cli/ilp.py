@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from schedlang.cli import COMMANDS, add_program_args, load_program, write_output
+from schedlang.cli.common import Command, add_emit_arg, add_program_args, load_program, write_output
 
 
 def _args(p: argparse.ArgumentParser) -> None:
@@ -31,20 +31,18 @@ def _args(p: argparse.ArgumentParser) -> None:
                    help="start from the heuristics only (no periodic steady-state search)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.add_argument("--emit", default="orders", help="format of the orders written with -o")
+    add_emit_arg(p, "format of the orders written with -o")
     p.add_argument("-o", "--output", metavar="PATH", help="write the optimized orders here")
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from schedlang.schedulers.ilp import optimize
+    from schedlang import api
 
     program = load_program(args, scheduled=False)
-    orders, rep = optimize(program, objective=args.objective, time_limit=args.time_limit,
-                           mem_limit=args.mem_limit, seed=args.seed, workers=args.workers,
-                           lns=not args.no_lns, progress=None if args.quiet else sys.stderr,
-                           wall_limit=args.wall_limit, periodic=not args.no_periodic)
+    optimized, rep = api.optimize(program, objective=args.objective, time_limit=args.time_limit,
+                                   mem_limit=args.mem_limit, seed=args.seed, workers=args.workers,
+                                   lns=not args.no_lns, progress=None if args.quiet else sys.stderr,
+                                   wall_limit=args.wall_limit, periodic=not args.no_periodic)
     if args.json:
         print(json.dumps(rep.as_dict(), indent=1))
     else:
@@ -52,12 +50,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"bound: {rep.bound_detail}")
         print("starts: " + ", ".join(f"{k} {v:.6g}" for k, v in rep.candidates.items()))
     if args.output:
-        from schedlang import emitters
-
-        emit = emitters.get(args.emit)
-        write_output(emit(replace(program, schedule=replace(orders, origin="ilp"))), args.output)
+        write_output(api.emit(optimized, args.emit), args.output)
     return 0
 
 
-COMMANDS["optimize"] = ("optimize the schedule with CP-SAT under the memory limit; report the proved gap",
-                        _args, _run)
+OPTIMIZE = Command("optimize the schedule with CP-SAT under the memory limit; report the proved gap",
+                   _args, _run)

@@ -2,15 +2,14 @@
 (check an instruction-stream file, or a PyTorch compute_comms CSV, for deadlocks and mismatched
 messages).
 
-Registered into :data:`schedlang.cli.COMMANDS` at import.
+The work is :func:`schedlang.api.import_torch_csv` and :func:`schedlang.api.check_streams`.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from schedlang.cli import COMMANDS, write_output
-from schedlang.source import SchedlangError
+from schedlang.cli.common import Command, write_output
 
 
 def _import_args(p: argparse.ArgumentParser) -> None:
@@ -22,14 +21,9 @@ def _import_args(p: argparse.ArgumentParser) -> None:
 
 
 def _import_run(args: argparse.Namespace) -> int:
-    from schedlang.export import import_torch
+    from schedlang import api
 
-    try:
-        with open(args.file, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise SchedlangError(f"cannot read '{args.file}': {exc.strerror}") from None
-    source, _ = import_torch(text, args.file, args.format, out_name=args.output or "<imported>")
+    source, _ = api.import_torch_csv(args.file, args.format, out_name=args.output or "<imported>")
     write_output(source, args.output)
     return 0
 
@@ -45,30 +39,15 @@ def _streams_args(p: argparse.ArgumentParser) -> None:
 
 
 def _streams_run(args: argparse.Namespace) -> int:
-    from schedlang import isa
-    from schedlang.codegen import check_deadlock
+    from schedlang import api
 
-    try:
-        if args.file.endswith(".csv"):
-            from schedlang.export import torch_csv_to_streams
-
-            with open(args.file, encoding="utf-8") as fh:
-                streams = torch_csv_to_streams(fh.read(), args.file)
-        else:
-            streams = isa.load(args.file)
-    except OSError as exc:
-        raise SchedlangError(f"cannot read '{args.file}': {exc.strerror}") from None
-    except isa.IsaError as exc:
-        raise SchedlangError(f"{args.file}: {exc}") from None
-    recvs = args.recvs or ("posted" if args.file.endswith(".csv") else "blocking")
-    check_deadlock(streams, args.sends, recvs)
+    streams, recvs = api.check_streams(args.file, args.sends, args.recvs)
     n = sum(len(rs.instrs) for rs in streams.ranks)
     how = f"{args.sends} sends" + (", posted receives" if recvs == "posted" else "")
     print(f"{args.file}: ok: {streams.num_ranks} ranks, {n} instructions, no deadlock ({how})")
     return 0
 
 
-COMMANDS["import"] = ("import a PyTorch schedule CSV as a schedlang program with explicit orders",
-                      _import_args, _import_run)
-COMMANDS["streams"] = ("check instruction streams: matched sends/receives, no deadlock",
-                       _streams_args, _streams_run)
+IMPORT = Command("import a PyTorch schedule CSV as a schedlang program with explicit orders",
+                 _import_args, _import_run)
+STREAMS = Command("check instruction streams: matched sends/receives, no deadlock", _streams_args, _streams_run)

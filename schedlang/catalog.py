@@ -1,25 +1,21 @@
-"""``schedlang list``: every built-in schedule and scheduler, one line each, with its source.
+"""The catalogue of built-ins: every standard-library program and module, and every scheduler.
 
-Three groups: the standard-library programs that have a schedule (``std:NAME``, written in the
-DSL or calling a scheduler), the registered schedulers (``--scheduler NAME``; ``warm start``
-marks the fast heuristics the optimizer may start from), and the standard-library modules that
-only declare ops and rules for others to import. A program's line is the first sentence of its
-header comment (cut at 100 characters). ``--json``
-prints the same as a list of objects.
+Three groups, each entry with a one-line summary and the file that defines it: the
+standard-library programs that have a schedule (``std:NAME``, written in the DSL or calling a
+scheduler), the registered schedulers (``--scheduler NAME``; ``warm_start`` marks the fast
+heuristics the optimizer may start from), and the standard-library modules that only declare ops
+and rules for others to import. A program's summary is the first sentence of its header comment
+(cut at 100 characters). ``schedlang list`` prints this catalogue.
 """
 
 from __future__ import annotations
 
-import argparse
 import inspect
-import json
 import os
 import re
-import sys
 from dataclasses import dataclass
 
 from schedlang import syntax as S
-from schedlang.cli import COMMANDS
 
 MAX_SUMMARY = 100
 _SENTENCE_END = re.compile(r"\.\s+(?=[A-Z(])")  # not "w.r.t. the"
@@ -27,7 +23,7 @@ _SENTENCE_END = re.compile(r"\.\s+(?=[A-Z(])")  # not "w.r.t. the"
 
 @dataclass(frozen=True)
 class Entry:
-    """One line of ``schedlang list``."""
+    """One built-in: a line of ``schedlang list``."""
 
     group: str  # "schedule", "scheduler" or "module"
     name: str
@@ -94,41 +90,7 @@ def scheduler_entries() -> list[Entry]:
 
 
 def all_entries() -> list[Entry]:
+    """Everything: programs with a schedule, then schedulers, then import-only modules."""
     entries = std_entries()
     return ([e for e in entries if e.group == "schedule"] + scheduler_entries()
             + [e for e in entries if e.group == "module"])
-
-
-def format_entries(entries: list[Entry]) -> str:
-    """The plain-text listing, grouped, with aligned columns."""
-    titles = {"schedule": "Schedules (schedlang simulate std:NAME --set p=8 ...)",
-              "scheduler": "Schedulers (--scheduler NAME[:ARG=VALUE,...]; * = warm start for the optimizer)",
-              "module": "Modules to import (ops, rules and costs)"}
-    width = max(len(e.name) for e in entries) + 2
-    lines: list[str] = []
-    for group, title in titles.items():
-        rows = [e for e in entries if e.group == group]
-        if not rows:
-            continue
-        lines.append(f"{title}:")
-        for e in rows:
-            mark = "*" if e.warm_start else " "
-            lines.append(f"  {e.name:<{width}}{mark} {e.summary}  [{e.source}]")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _list_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print a JSON list of objects")
-
-
-def _list_run(args: argparse.Namespace) -> int:
-    entries = all_entries()
-    if args.json:
-        sys.stdout.write(json.dumps([e.as_dict() for e in entries], indent=1) + "\n")
-    else:
-        sys.stdout.write(format_entries(entries))
-    return 0
-
-
-COMMANDS["list"] = ("list every built-in schedule (std:NAME) and scheduler, with its source", _list_args, _list_run)

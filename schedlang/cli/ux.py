@@ -1,10 +1,10 @@
 """``schedlang render`` and ``schedlang compare``: look at a schedule, and set schedules side by side.
 
-``render FILE -o OUT.svg|OUT.png`` draws the pipeline picture (see :mod:`schedlang.render`).
+``render FILE -o OUT.svg|OUT.png`` draws the pipeline picture (:func:`schedlang.api.render`).
 A ``FILE.json`` is read as a Chrome trace instead (planned by ``compile --emit chrome-trace`` or
-measured by the runtime) and drawn as recorded (see :func:`schedlang.trace.timeline_from_trace`).
+measured by the runtime) and drawn as recorded (:func:`schedlang.api.read_trace`).
 
-``compare A B ... [--set NAME=VALUE] [--scheduler S ...]`` lowers every program with the same
+``compare A B ... [--set NAME=VALUE] [--scheduler S ...]`` (:func:`schedlang.api.compare_rows`) lowers every program with the same
 parameter overrides (each override applies to the programs that declare it; one that no program
 declares is an error), schedules it with its own schedule clause or with each ``--scheduler``
 given, simulates it, and prints one row per (program, scheduler): bubble rate, makespan, cost,
@@ -25,12 +25,17 @@ import io
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
-from schedlang.cli import COMMANDS, add_program_args, load_program, write_output
-from schedlang.source import SchedlangError, Span, cli_source
+from schedlang.cli.common import (
+    Command,
+    add_program_args,
+    load_program,
+    print_warning,
+    write_output,
+)
+from schedlang.source import SchedlangError
 from schedlang.term import Column, Table, fmt_num, paint, use_colour
 
 # ------------------------------------------------------------------ render
@@ -47,7 +52,8 @@ def _render_args(p: argparse.ArgumentParser) -> None:
 
 
 def _render_run(args: argparse.Namespace) -> int:
-    from schedlang.render import Style, layout, scene_png, scene_svg
+    from schedlang import api
+    from schedlang.render import scene_png, scene_svg
 
     fmt = args.format
     if fmt is None:
@@ -61,10 +67,10 @@ def _render_run(args: argparse.Namespace) -> int:
         raise SchedlangError(f"--width {args.width} is too small (at least 200 pixels)")
     if args.file.endswith(".json"):
         prog, sim = _trace_timeline(args)
-        scene = layout(prog, sim, style=Style(width=args.width))
+        scene = api.render(prog, sim, width=args.width)
     else:
         prog = load_program(args)
-        scene = layout(prog, memory=args.memory, style=Style(width=args.width))
+        scene = api.render(prog, memory=args.memory, width=args.width)
     if fmt == "png":
         scene_png(scene, args.output)
     else:
@@ -76,18 +82,12 @@ def _render_run(args: argparse.Namespace) -> int:
 
 def _trace_timeline(args: argparse.Namespace) -> tuple[Any, Any]:
     """The timeline of a Chrome trace file (planned by ``--emit chrome-trace`` or measured)."""
-    from schedlang.trace import timeline_from_trace
+    from schedlang import api
 
     for flag, given in (("--set", args.sets), ("--scheduler", args.scheduler), ("--memory", args.memory)):
         if given:
             raise SchedlangError(f"{flag} does not apply to a trace ('{args.file}' is drawn as recorded)")
-    try:
-        with open(args.file, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise SchedlangError(f"cannot read '{args.file}': {exc.strerror}") from None
-    name = os.path.basename(args.file).removesuffix(".json")
-    return timeline_from_trace(text, name)
+    return api.read_trace(args.file)
 
 
 # ------------------------------------------------------------------ compare
@@ -105,65 +105,6 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", metavar="PATH", help="write to PATH instead of stdout")
 
 
-def _declared(path: str) -> set[str]:
-    from schedlang import syntax as S
-    from schedlang.api import load_items
-
-    _, items = load_items(path)
-    return {it.decl.name for it in items if isinstance(it.decl, S.ParamDecl)}
-
-
-def _sets_for(files: list[str], sets: list[str]) -> dict[str, list[str]]:
-    """The ``--set`` arguments each file declares; an override that no file declares is an error."""
-    from schedlang.api import parse_assignment
-
-    declared = {f: _declared(f) for f in files}
-    out: dict[str, list[str]] = {f: [] for f in files}
-    for text in sets:
-        name, _ = parse_assignment(text)
-        users = [f for f in files if name in declared[f]]
-        if not users:
-            raise SchedlangError(f"no program declares a parameter '{name}'",
-                                 Span(cli_source(text), 1, 1, 1, len(name) + 1))
-        for f in users:
-            out[f].append(text)
-    return out
-
-
-def compare_rows(files: list[str], sets: list[str], schedulers: list[str]) -> list[dict[str, Any]]:
-    """One dict per (program, scheduler): the figures ``simulate`` reports plus generation time."""
-    from schedlang.simulate import simulate
-
-    per_file = _sets_for(files, sets)
-    rows: list[dict[str, Any]] = []
-    for f in files:
-        choices: list[str | None] = list(schedulers) or [None]
-        for sched in choices:
-            ns = argparse.Namespace(file=f, sets=per_file[f], scheduler=sched)
-            t0 = time.perf_counter()
-            try:
-                prog = load_program(ns)
-            except SchedlangError as exc:
-                if len(files) * max(1, len(schedulers)) == 1:
-                    raise
-                # one combination that does not work (a scheduler that does not apply, an
-                # infeasible limit) is a row of the table, not the end of the comparison
-                rows.append({"program": f, "scheduler": sched or "(own)", "error": exc.render(),
-                             "ignored_sets": [s for s in sets if s not in per_file[f]]})
-                continue
-            gen = time.perf_counter() - t0
-            sim = simulate(prog)
-            rows.append({
-                "program": f, "scheduler": sched or prog.orders.origin,
-                "num_ranks": prog.num_ranks, "num_stages": prog.num_stages,
-                "num_microbatches": prog.num_microbatches, "num_ops": len(prog.ops),
-                "bubble_rate": sim.bubble_rate, "makespan": sim.makespan, "cost": sim.cost, "bubble": sim.bubble,
-                "peak_memory": [r.peak_memory for r in sim.ranks], "generation_s": gen,
-                "ignored_sets": [s for s in sets if s not in per_file[f]],
-            })
-    return rows
-
-
 def _peak_cell(peaks: list[float]) -> str:
     if len(peaks) <= 8:
         return " ".join(fmt_num(x, 4) for x in peaks)
@@ -172,7 +113,7 @@ def _peak_cell(peaks: list[float]) -> str:
 
 
 def compare_table(rows: list[dict[str, Any]]) -> Table:
-    """The terminal table of :func:`compare_rows`, best figures highlighted."""
+    """The terminal table of :func:`schedlang.api.compare_rows`, best figures highlighted."""
     def opt(fmt: Callable[[Any], str]) -> Callable[[Any], str]:
         return lambda x: "-" if x is None else fmt(x)
 
@@ -219,7 +160,9 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
 
 
 def _compare_run(args: argparse.Namespace) -> int:
-    rows = compare_rows(args.files, args.sets, args.schedulers)
+    from schedlang import api
+
+    rows = api.compare_rows(args.files, args.sets, args.schedulers, on_warning=print_warning)
     status = 1 if any("error" in r for r in rows) else 0
     for r in rows:
         if "error" in r:
@@ -241,6 +184,6 @@ def _compare_run(args: argparse.Namespace) -> int:
     return status
 
 
-COMMANDS["render"] = ("draw a schedule as SVG or PNG: one row per rank, time across", _render_args, _render_run)
-COMMANDS["compare"] = ("compare programs or schedulers on the same costs: bubble, makespan, memory",
-                       _compare_args, _compare_run)
+RENDER = Command("draw a schedule as SVG or PNG: one row per rank, time across", _render_args, _render_run)
+COMPARE = Command("compare programs or schedulers on the same costs: bubble, makespan, memory",
+                  _compare_args, _compare_run)

@@ -3,7 +3,7 @@
 The command reads the program only for its shape (number of stages and microbatches; it is not
 scheduled), builds the model with the same ``--model MODULE:FACTORY`` factory ``schedlang run``
 uses, cuts one microbatch off the factory's first batch, and times each stage's F, B and W with
-:func:`schedlang.kernels.profile.profile_ops` on this machine's device (CUDA when available,
+:func:`schedlang.api.profile` (:func:`schedlang.kernels.profile.profile_ops`) on this machine's device (CUDA when available,
 else the CPU). The result is one ``NAME=[v0, v1, ...]`` line per parameter (``tf``, ``tb``,
 ``tw`` in ms, ``mem_f``, ``mem_w`` in bytes; one value per stage), the format ``--params FILE``
 reads back::
@@ -22,48 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
-from schedlang.cli import COMMANDS, add_program_args, load_program, write_output
-from schedlang.source import SchedlangError
-
-__all__ = ["profile_program"]
-
-
-def profile_program(num_stages: int, num_microbatches: int, model: str, *, split_backward: str = "autograd",
-                    repeats: int = 5, warmup: int = 1) -> list[dict[str, Any]]:
-    """Build ``model`` (``MODULE:FACTORY``) for the pipeline's shape and profile its stages."""
-    import torch
-
-    from schedlang.kernels.profile import profile_ops
-    from schedlang.runtime.worker import default_device, load_factory, prepare_stages
-
-    try:
-        factory = load_factory(model)
-    except (ValueError, ImportError, AttributeError) as exc:
-        raise SchedlangError(f"--model {model}: {exc}") from None
-    try:
-        spec = factory(num_stages, num_microbatches)
-        stages = list(spec.stages)
-    except Exception as exc:  # the user's factory: its failure is a user error, not ours
-        raise SchedlangError(f"--model {model}: the factory failed: {type(exc).__name__}: {exc}") from None
-    if len(stages) != num_stages:
-        raise SchedlangError(f"--model {model} built {len(stages)} stages for a {num_stages}-stage pipeline")
-    device = default_device()
-    prepared = prepare_stages({s: m.to(device) for s, m in enumerate(stages)}, split_backward)
-    stages = [prepared[s] for s in range(num_stages)]
-    x, y = spec.batch(0)
-    if x.shape[0] % num_microbatches:
-        raise SchedlangError(f"--model {model}: a batch of {x.shape[0]} does not split into "
-                             f"{num_microbatches} microbatches")
-    size = x.shape[0] // num_microbatches
-    x_mb = x[:size].to(device)
-    y_mb = y[:size].to(device) if isinstance(y, torch.Tensor) else y
-
-    def loss(out: torch.Tensor) -> torch.Tensor:
-        return spec.loss_fn(out, y_mb)  # type: ignore[no-any-return]
-
-    return profile_ops(stages, x_mb, loss, repeats, warmup=warmup)
+from schedlang.cli.common import Command, add_program_args, load_program, write_output
 
 
 def _profile_args(p: argparse.ArgumentParser) -> None:
@@ -79,26 +39,18 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
 
 
 def _profile_run(args: argparse.Namespace) -> int:
-    from schedlang.kernels.profile import format_params
+    from schedlang import api
     from schedlang.term import Column, Table, use_colour
 
-    if args.repeats < 1 or args.warmup < 0:
-        raise SchedlangError("--repeats must be at least 1 and --warmup at least 0")
+    api.check_profile_options(args.repeats, args.warmup)
     prog = load_program(args, scheduled=False)
-    try:
-        import torch  # noqa: F401
-    except ModuleNotFoundError:
-        raise SchedlangError("schedlang profile needs torch: pip install 'schedlang[runtime]'") from None
-    from schedlang import isa
-    from schedlang.codegen import stage_graph
-
-    # one model part per stage of a chain (Chimera's two chains run replicas of the same parts)
-    parts = len(isa.chains_of(prog.num_stages, stage_graph(prog))[0])
-    rows = profile_program(parts, prog.num_microbatches, args.model,
-                           split_backward=args.split_backward, repeats=args.repeats, warmup=args.warmup)
+    rows = api.profile(prog, args.model, split_backward=args.split_backward, repeats=args.repeats,
+                       warmup=args.warmup)
     if args.json:
         write_output(json.dumps(rows, indent=1) + "\n", args.output)
         return 0
+    from schedlang.kernels.profile import format_params  # needs torch: after api.profile checked it
+
     modes = ", ".join(f"stage {r['stage']} {r['mode']}" for r in rows)
     header = (f"# schedlang profile {args.file}: {len(rows)} stages, model {args.model}, "
               f"device {rows[0]['device']}; W: {modes}\n"
@@ -114,5 +66,5 @@ def _profile_run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS["profile"] = ("measure T_F, T_B, T_W and memory per stage of a model; write them as parameters",
-                       _profile_args, _profile_run)
+PROFILE = Command("measure T_F, T_B, T_W and memory per stage of a model; write them as parameters",
+                  _profile_args, _profile_run)

@@ -1,0 +1,86 @@
+"""What every command shares: the program arguments, the ``--emit`` argument, and output."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import NamedTuple, TextIO
+
+from schedlang.ir import Program, format_program
+from schedlang.source import SchedlangError
+
+
+class Command(NamedTuple):
+    """One subcommand: its help line, how it adds its arguments, and what it runs."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def add_program_args(p: argparse.ArgumentParser, *, scheduler: bool = True) -> None:
+    """Arguments every command that reads a program takes."""
+    p.add_argument("file", help="a .sched file, or std:NAME for a built-in")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a parameter (repeatable); VALUE is a literal: 8, 1.5, [1, 2], true")
+    p.add_argument("--params", metavar="FILE",
+                   help="read overrides from FILE (NAME=VALUE lines, as `schedlang profile` writes); "
+                        "--set wins over it")
+    if scheduler:
+        p.add_argument("--scheduler", metavar="NAME[:ARG=VALUE,...]",
+                       help="replace the program's schedule clause with a named scheduler")
+
+
+def emit_format(name: str) -> str:
+    """argparse ``type`` of ``--emit``: an unknown format is rejected while parsing, before any work."""
+    from schedlang import emitters
+
+    if name not in emitters.EMITTERS:
+        raise argparse.ArgumentTypeError(
+            f"unknown format '{name}' (formats: {', '.join(emitters.EMITTERS)})")
+    return name
+
+
+def add_emit_arg(p: argparse.ArgumentParser, help_text: str) -> None:
+    """``--emit FORMAT``; the subcommand's help lists every format with what it is."""
+    from schedlang import emitters
+
+    p.add_argument("--emit", default="orders", type=emit_format, metavar="FORMAT",
+                   help=f"{help_text} (default orders; formats below)")
+    width = max(len(n) for n in emitters.EMITTERS) + 2
+    lines = [f"  {e.name:<{width}}{e.summary}" for e in emitters.EMITTERS.values()]
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = "--emit formats:\n" + "\n".join(lines)
+
+
+def print_warning(warning: SchedlangError) -> None:
+    """A front-end warning, located, on stderr."""
+    print(warning.render("warning"), file=sys.stderr)
+
+
+def load_program(args: argparse.Namespace, *, scheduled: bool = True,
+                 dump_after: str | None = None, out: TextIO | None = None) -> Program:
+    """:func:`schedlang.api.load_program` with the program arguments of ``args``; warnings go to
+    stderr and ``--dump-after`` IR to ``out`` (default stdout)."""
+    from schedlang import api
+
+    def dump(name: str, prog: Program) -> None:
+        stream = out or sys.stdout
+        stream.write(f"# IR after {name}\n{format_program(prog)}")
+
+    return api.load_program(args.file, sets=args.sets, params_file=getattr(args, "params", None),
+                            scheduler=getattr(args, "scheduler", None), scheduled=scheduled,
+                            dump_after=dump_after, dump=dump, on_warning=print_warning)
+
+
+def write_output(text: str, path: str | None) -> None:
+    """``text`` to ``path``, or to stdout for none or ``-``."""
+    if path is None or path == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise SchedlangError(f"cannot write '{path}': {exc.strerror}") from None
