@@ -45,25 +45,16 @@ from pathlib import Path
 from typing import Any
 
 from schedlang import syntax as S
-from schedlang.check import check_items
 from schedlang.evaluate import compile_expr
 from schedlang.ir import Orders, Program, SchedulerCall, Value, format_slots
 from schedlang.load import Item, load_program_items, read_source
-from schedlang.lower import lower
+from schedlang.lower import lower_source
 from schedlang.parse import parse_expr
 from schedlang.passes import DEFAULT_PIPELINE, run_passes
 from schedlang.simulate import Simulation
 from schedlang.simulate import simulate as _simulate
 from schedlang.source import SchedlangError, Source, Span, cli_source
 from schedlang.verify import verify
-
-
-def _to_value(v: Any, name: str) -> Value:
-    if isinstance(v, (bool, int, float, str)):
-        return v
-    if isinstance(v, (list, tuple)):
-        return tuple(_to_value(x, name) for x in v)
-    raise SchedlangError(f"parameter '{name}': unsupported Python value {v!r} (use int, float, bool, str or a list)")
 
 
 def parse_value(text: str, what: str = "<command line>") -> Value:
@@ -158,30 +149,10 @@ def parse_scheduler_spec(spec: str) -> SchedulerCall:
     return SchedulerCall(name.strip(), tuple(args), Span(src, 1, 1, 1, len(name) + 1), tuple(spans))
 
 
-def _declared_params(items: list[Item]) -> dict[str, S.ParamDecl]:
-    return {it.decl.name: it.decl for it in items if isinstance(it.decl, S.ParamDecl)}
-
-
 def load_items(path: str) -> tuple[Source, list[Item]]:
     """The source of ``path`` (a file or ``std:NAME``) and its parsed items, imports included (not checked yet)."""
     source = read_source(path)
     return source, load_program_items(source)
-
-
-def lower_source(source: Source, params: Mapping[str, Any] | None = None,
-                 param_spans: Mapping[str, Span] | None = None) -> Program:
-    """Parse, check and lower one source (with its imports) under parameter overrides."""
-    items = load_program_items(source)
-    check_items(items)
-    declared = _declared_params(items)
-    overrides: dict[str, Value] = {}
-    for name, value in (params or {}).items():
-        if name not in declared:
-            known = ", ".join(declared) or "none"
-            span = (param_spans or {}).get(name)
-            raise SchedlangError(f"'{source.name}' has no parameter '{name}' (parameters: {known})", span)
-        overrides[name] = _to_value(value, name)
-    return lower(items, source.name, overrides)
 
 
 def load(path: str, params: Mapping[str, Any] | None = None, **kw: Any) -> Program:

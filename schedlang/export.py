@@ -495,12 +495,12 @@ def import_torch(text: str, name: str = "<csv>", fmt: str = "auto", out_name: st
 
     A schedule that is not executable (a deadlock, an order against the dependencies) is reported
     at the offending CSV cell."""
-    from schedlang import api
+    from schedlang.lower import lower_source
     from schedlang.verify import verify
 
     ts = parse_torch_csv(text, name, fmt)
     source, where = torch_to_sched(ts, name)
-    program = api.loads(source, name=out_name)
+    program = lower_source(Source(out_name, source))
     try:
         verify(program)
     except SchedlangError as exc:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schedlang import syntax as S
-from schedlang.check import pattern_binders
+from schedlang.check import check_items, pattern_binders
 from schedlang.evaluate import (
     CONSTANTS,
     Env,
@@ -39,8 +39,8 @@ from schedlang.ir import (
     SchedulerCall,
     Value,
 )
-from schedlang.load import Item
-from schedlang.source import Note, SchedlangError, Span
+from schedlang.load import Item, load_program_items
+from schedlang.source import Note, SchedlangError, Source, Span
 from schedlang.verify import verify_acyclic
 
 # Sanity caps: a typo such as `microbatches 88888888` must give an error, not exhaust the machine.
@@ -548,3 +548,34 @@ def _why_missing(p: Program, kind: str, s: int, i: int) -> str:
 def compile_fn(e: S.Expr) -> Fn:
     """Compile a closed expression (for callers outside lowering)."""
     return compile_expr(e)
+
+
+# ------------------------------------------------------------------ a source under parameter overrides
+
+
+def _to_value(v: Any, name: str) -> Value:
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (list, tuple)):
+        return tuple(_to_value(x, name) for x in v)
+    raise SchedlangError(f"parameter '{name}': unsupported Python value {v!r} (use int, float, bool, str or a list)")
+
+
+def _declared_params(items: list[Item]) -> dict[str, S.ParamDecl]:
+    return {it.decl.name: it.decl for it in items if isinstance(it.decl, S.ParamDecl)}
+
+
+def lower_source(source: Source, params: Mapping[str, Any] | None = None,
+                 param_spans: Mapping[str, Span] | None = None) -> Program:
+    """Parse, check and lower one source (with its imports) under parameter overrides."""
+    items = load_program_items(source)
+    check_items(items)
+    declared = _declared_params(items)
+    overrides: dict[str, Value] = {}
+    for name, value in (params or {}).items():
+        if name not in declared:
+            known = ", ".join(declared) or "none"
+            span = (param_spans or {}).get(name)
+            raise SchedlangError(f"'{source.name}' has no parameter '{name}' (parameters: {known})", span)
+        overrides[name] = _to_value(value, name)
+    return lower(items, source.name, overrides)
