@@ -16,8 +16,9 @@ What it offers, by ``schedlang`` command:
 
 - programs: :func:`load`, :func:`loads`, :func:`compile`, :func:`schedule`, :func:`with_scheduler`,
   :func:`orders`; :func:`load_program` takes command-line style overrides (``--set``,
-  ``--params``, ``--scheduler``, ``--dump-after``), :func:`parse_assignment`,
-  :func:`read_params_file` and :func:`parse_scheduler_spec` read them.
+  ``--params``, ``--scheduler``, ``--dump-after``), :func:`parse_assignment`, :func:`parse_value`,
+  :func:`read_params_file` and :func:`parse_scheduler_spec` read them; :func:`load_items` gives
+  a file's parsed items and :func:`lower_source` lowers a :class:`Source` under overrides.
 - ``check``: :func:`compile` (a bad program raises a located :class:`SchedlangError`) and
   :func:`describe` (the one-line summary).
 - ``simulate``: :func:`simulate`, :func:`simulation_dict`.
@@ -27,9 +28,9 @@ What it offers, by ``schedlang`` command:
 - ``compare``: :func:`compare_rows`.
 - ``streams``: :func:`check_streams`. ``import``: :func:`import_torch_csv`.
 - ``render``: :func:`render` (a scene to write as SVG or PNG), :func:`read_trace`.
-- ``run``: :func:`run`, :func:`check_run`, :func:`runner_from_program`,
+- ``run``: :func:`run`, :func:`check_run`, :func:`check_model`, :func:`runner_from_program`,
   :func:`summarize_timelines` (need torch).
-- ``profile``: :func:`profile`, :func:`profile_program` (need torch).
+- ``profile``: :func:`profile`, :func:`check_profile_options`, :func:`profile_program` (need torch).
 - ``list``: :func:`builtins`.
 
 Importing this module loads the compiler (lark) but not torch, triton or ortools: the functions
