@@ -81,13 +81,13 @@ def _chrome_trace(program: Program) -> str:
 
 
 EMITTERS: dict[str, Emitter] = {e.name: e for e in (
-    Emitter("ir", "the scheduled IR as text (ops, dependencies, orders)", _ir),
+    Emitter("ir", "the scheduled IR as text (parameters, ops, dependencies, orders)", _ir),
     Emitter("orders", "each rank's op order, one line per rank (the default)", _orders),
     Emitter("streams", "per-rank instruction streams, text form (schedlang.isa)", _streams),
     Emitter("json", "per-rank instruction streams, JSON form (schedlang.isa)", _json),
-    Emitter("torch-csv", "PyTorch pipelining schedule CSV, compute_only (compute actions only)", _torch_csv),
-    Emitter("torch-csv-comms", "PyTorch pipelining schedule CSV, compute_comms (with sends, receives, "
-            "REDUCE_GRAD)", _torch_csv_comms),
+    Emitter("torch-csv", "PyTorch schedule CSV, compute_only (compute actions only)", _torch_csv),
+    Emitter("torch-csv-comms", "PyTorch schedule CSV, compute_comms (with sends, receives, REDUCE_GRAD)",
+            _torch_csv_comms),
     Emitter("svg", "the pipeline picture as SVG: one row per rank, time across", _svg),
     Emitter("chrome-trace", "the simulated timeline as a Chrome/Perfetto trace (JSON)", _chrome_trace),
 )}
