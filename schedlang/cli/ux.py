@@ -4,7 +4,7 @@
 A ``FILE.json`` is read as a Chrome trace instead (planned by ``compile --emit chrome-trace`` or
 measured by the runtime) and drawn as recorded (:func:`schedlang.api.read_trace`).
 
-``compare A B ... [--set NAME=VALUE] [--scheduler S ...]`` (:func:`schedlang.api.compare_rows`) lowers every program with the same
+``compare A B ... [--set NAME=VALUE] [--scheduler S ...]`` lowers every program with the same
 parameter overrides (each override applies to the programs that declare it; one that no program
 declares is an error), schedules it with its own schedule clause or with each ``--scheduler``
 given, simulates it, and prints one row per (program, scheduler): bubble rate, makespan, cost,
@@ -14,7 +14,7 @@ list of objects (``peak_memory`` is a per-rank list), ``--csv`` a header and one
 green (on a TTY only). A combination that fails (a scheduler that does not apply to a program,
 an infeasible memory limit) becomes a row with its error (``"error"`` in JSON and CSV, the full
 located message on stderr) and the exit status is 1; with a single combination the error is
-simply reported.
+simply reported. The rows come from :func:`schedlang.api.compare_rows`.
 """
 
 from __future__ import annotations
