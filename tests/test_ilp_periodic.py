@@ -19,7 +19,7 @@ from schedlang import testing as sst
 from schedlang.ir import Program
 from schedlang.schedulers.ilp import optimize, periodic
 from schedlang.schedulers.ilp.cases import pipeline
-from schedlang.schedulers.ilp.model import fifo_is_safe, scale_program, topo_order
+from schedlang.schedulers.ilp.model import fifo_is_safe, scale_program
 from schedlang.schedulers.ilp.solve import effective_limits, peaks, sequential_orders, warm_starts
 from schedlang.simulate import memory_profile, simulate
 from schedlang.verify import verify
@@ -29,7 +29,7 @@ def _search(prog: Program, time_limit: float) -> periodic.Periodic | None:
     limits = effective_limits(prog, None)
     prog = replace(prog, mem_limit=limits, schedule=None)
     sc = scale_program(prog, limits)
-    topo = topo_order(len(prog.ops), [[d for d, _ in s] for s in prog.succs()])
+    topo = prog.topo()
     solves: list[tuple[float, float]] = []  # (limit given, deterministic time used) per solve
     solve = periodic._solve
 

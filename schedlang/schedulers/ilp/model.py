@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from schedlang.ir import Program
+from schedlang.ir import Program, topological_order
 
 MAX_DIGITS = 6
 
@@ -132,24 +132,6 @@ def fifo_chains(program: Program) -> list[list[int]]:
     return [[k for _, k in sorted(v)] for _, v in sorted(groups.items())]
 
 
-def topo_order(n: int, succ: Sequence[Sequence[int]]) -> list[int]:
-    indeg = [0] * n
-    for k in range(n):
-        for d in succ[k]:
-            indeg[d] += 1
-    stack = [k for k in range(n) if indeg[k] == 0]
-    out = []
-    while stack:
-        k = stack.pop()
-        out.append(k)
-        for d in succ[k]:
-            indeg[d] -= 1
-            if indeg[d] == 0:
-                stack.append(d)
-    assert len(out) == n, "dependency cycle in the ILP's precedence graph"
-    return out
-
-
 @dataclass(frozen=True)
 class Precedence:
     """The precedence graph the model uses: program edges plus FIFO chains (with delays)."""
@@ -176,7 +158,7 @@ def precedence(program: Program, sc: Scaled, fifo: bool) -> Precedence:
         succ[s].append(d)
         out_arcs[s].append((d, w))
         in_arcs[d].append((s, w))
-    order = topo_order(n, succ)
+    order = topological_order(succ)  # the program's edges plus the FIFO chains
     head = [0] * n
     anc = [0] * n  # bitmask of ranks holding an ancestor
     for k in order:

@@ -31,7 +31,6 @@ from schedlang.schedulers.ilp.model import (
     Scaled,
     fifo_is_safe,
     scale_program,
-    topo_order,
 )
 from schedlang.source import SchedlangError
 
@@ -294,7 +293,7 @@ class Problem:
     sc: Scaled
     objective: str
     fifo: bool
-    topo: list[int]
+    topo: Sequence[int]  # a topological order of the program's ops
     lower: int
     horizon_slack: int
 
@@ -365,7 +364,7 @@ def optimize(program: Program, *, objective: str = "span", time_limit: float = 6
     sc = scale_program(prog, limits)
     use_fifo = fifo and fifo_is_safe(prog)
     iprog = integer_program(prog, sc)
-    topo = topo_order(len(prog.ops), [[d for d, _ in s] for s in prog.succs()])
+    topo = prog.topo()
     bound_f = lower_bound(prog, limits, objective)
     bound_i = lower_bound(iprog, limits, objective)
     problem = Problem(prog, iprog, sc, objective, use_fifo, topo,
