@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from schedlang.ir import Program, topological_order
@@ -65,9 +65,6 @@ class Scaled:
 
     def to_time(self, units: int) -> float:
         return units / self.scale
-
-    def from_time(self, t: float) -> int:
-        return int(round(t * self.scale))
 
 
 def _power_of_ten(values: Sequence[float]) -> tuple[int, bool]:
@@ -202,7 +199,6 @@ class IlpModel:
     prec: Precedence
     lower: int
     upper: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def build_model(program: Program, sc: Scaled, *, objective: str, upper: int, lower: int, horizon: int,

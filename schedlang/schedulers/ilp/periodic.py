@@ -30,12 +30,16 @@ Only for interchangeable microbatches (:func:`~schedlang.schedulers.ilp.model.fi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from schedlang.ir import Orders, Program
+from schedlang.schedulers.ilp.apply import orders_from_starts
+from schedlang.schedulers.ilp.cpsat import objective_value, solver_params
+from schedlang.schedulers.ilp.model import Scaled
+from schedlang.simulate import simulate
 from schedlang.source import SchedlangError
+from schedlang.verify import verify
 
 GRID_STEPS = 20  # grid steps for the longest op when the exact times are finer
 KS = (1, 2, 3, 4, 6, 8)  # templates tried, in order
@@ -70,7 +74,7 @@ class _Template:
         return sum(self.dur) + sum(w for _, _, w in self.edges)
 
 
-def _template(program: Program, sc: Any) -> _Template:
+def _template(program: Program, sc: Scaled) -> _Template:
     ids = tuple(o.id for o in program.ops if o.mb == 0)
     pos = {k: i for i, k in enumerate(ids)}
     if sc.exact and max(sc.dur[k] for k in ids) <= 4 * GRID_STEPS:  # the model's own times will do
@@ -96,8 +100,6 @@ def _solve(program: Program, t: _Template, P: int, K: int, Q: int, time_limit: f
     Without ``shorten`` any solution will do (the bisection); with it, the templates are made
     short (less memory held, shorter ramps)."""
     from ortools.sat.python import cp_model
-
-    from schedlang.schedulers.ilp.solve import solver_params
 
     n = len(t.ids)
     hs = t.reach + K * P
@@ -147,8 +149,8 @@ def unroll(program: Program, t: _Template, starts: Sequence[Sequence[int]], P: i
     return out
 
 
-def search(program: Program, sc: Any, objective: str, topo: Sequence[int], *, time_limit: float,
-           seed: int = 0, progress: Any = None) -> tuple[Periodic | None, float]:
+def search(program: Program, sc: Scaled, objective: str, topo: Sequence[int], *, time_limit: float,
+           seed: int = 0, progress: Callable[[str, float], None] | None = None) -> tuple[Periodic | None, float]:
     """The best periodic schedule within ``time_limit`` deterministic seconds (or None), and the
     deterministic time spent (also when nothing was found).
 
@@ -196,11 +198,6 @@ class _Search:
     def attempt(self, P: int, K: int, hint: Sequence[Sequence[int]] | None = None,
                 shorten: bool = False) -> _Found | None:
         """A verified periodic schedule with period ``P`` and ``K`` templates, or None."""
-        from schedlang.schedulers.ilp.apply import orders_from_starts
-        from schedlang.schedulers.ilp.solve import objective_value
-        from schedlang.simulate import simulate
-        from schedlang.verify import verify
-
         m, prog = self.program.num_microbatches, self.program
         copies = min(-(-m // K), 2 * (-(-self.t.reach // P)) + 2)
         for q in (copies, min(-(-m // K), 2 * copies)):
