@@ -6,7 +6,7 @@ these instead (as ``obj >= bound``) and reports its gap against them.
 For every rank ``r`` (``busy_r`` = the sum of its op times):
 
 1. **Work**: ``span_r >= busy_r``.
-2. **Start round trip** (REFERENCE.md section 1, appendix B of the zero-bubble paper). On a rank
+2. **Start round trip** (appendix B of the zero-bubble paper, Qi et al., ICLR 2024). On a rank
    with one stage of interchangeable microbatches and ops F, B (or fused BW) and optionally W,
    every ``B[s, j]`` starts at least ``RT`` after ``F[s, j]`` starts, where ``RT`` is the longest
    dependency path from the start of ``F[s, 0]`` to the start of ``B[s, 0]`` (the forwards down

@@ -1,6 +1,6 @@
 """Build the CP-SAT model of a scheduling problem (pure: no solving, no I/O).
 
-The model (REFERENCE.md section 2, in CP-SAT form):
+The model (the exact optimizer of the zero-bubble paper, Qi et al., ICLR 2024, appendix G, in CP-SAT form):
 
 - one fixed-size interval per op (start variable, integer duration);
 - ``AddNoOverlap`` per rank: a rank runs one op at a time;
