@@ -124,7 +124,9 @@ class Program:
     mem_limit_span: Span | None = field(default=None, compare=False, repr=False)
     # Located warnings from the front end (rendered with severity "warning" by the CLI).
     warnings: tuple[Any, ...] = field(default=(), compare=False, repr=False)
-    # Derived lookups (op index, adjacency); rebuilt lazily, never compared.
+    # Derived lookups (op index, roles, the dependency graph: adjacency, topological order, earliest
+    # starts); rebuilt lazily, never compared. Only functions of the ops, edges and kinds go here:
+    # with_orders shares the cache between a program and its scheduled copies.
     _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False, init=False, hash=False)
 
     # -- lookups (pure functions of the fields above, memoised)
