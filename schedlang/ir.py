@@ -181,7 +181,7 @@ class Program:
         the start of a source op to its start."""
         got = self._cache.get("heads")
         if got is None:
-            got = tuple(self.longest_from(*(k for k, p in enumerate(self.preds()) if not p)))
+            got = self.longest_from(*(k for k, p in enumerate(self.preds()) if not p))
             self._cache["heads"] = got
         return got  # type: ignore[no-any-return]
 
@@ -190,7 +190,7 @@ class Program:
         time): how long everything takes from the op's start on."""
         got = self._cache.get("tails")
         if got is None:
-            got = tuple(self.longest_to(*(k for k, s in enumerate(self.succs()) if not s)))
+            got = self.longest_to(*(k for k, s in enumerate(self.succs()) if not s))
             self._cache["tails"] = got
         return got  # type: ignore[no-any-return]
 
@@ -267,9 +267,9 @@ def topological_order(succ: Sequence[Sequence[int]],
 
     Kahn's algorithm with a stack (the last ready node first): the order the optimizer's
     tie-breaks have always used, so it is kept rather than :mod:`graphlib`'s, which releases nodes
-    level by level. On a cycle it raises :class:`graphlib.CycleError` like
-    :meth:`graphlib.TopologicalSorter.prepare`, with one cycle's nodes (in edge order) as
-    ``args[1]``: walking back from the lowest node left over through its first left-over
+    level by level. On a cycle it raises :class:`graphlib.CycleError`, as
+    :meth:`graphlib.TopologicalSorter.prepare` does, with one cycle's nodes in edge order as
+    ``args[1]`` (graphlib repeats the first node at the end; this does not), found by walking back from the lowest node left over through its first left-over
     predecessor (in ``pred``'s order, by default ascending) until a node repeats."""
     n = len(succ)
     indeg = [0] * n
