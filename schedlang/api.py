@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from schedlang import syntax as S
 from schedlang.evaluate import compile_expr
@@ -252,16 +252,19 @@ def simulation_dict(program: Program) -> dict[str, Any]:
             "num_microbatches": program.num_microbatches, "num_ops": len(program.ops), **sim.as_dict()}
 
 
-def optimize(program: Program, **options: Any) -> tuple[Program, Any]:
+def optimize(program: Program, options: Any = None, *, progress: TextIO | None = None,
+             **changes: Any) -> tuple[Program, Any]:
     """Optimize the orders of ``program`` with CP-SAT (needs ortools).
 
-    ``options`` are those of :func:`schedlang.schedulers.ilp.optimize` (objective, time_limit,
-    mem_limit, seed, workers, lns, periodic, wall_limit, progress, ...). Returns the program with
-    the optimized orders (origin ``ilp``) and the solver's report (status, objective, bound, gap).
+    ``options`` is a :class:`schedlang.schedulers.ilp.options.IlpOptions` (default: its defaults)
+    and ``changes`` are keyword names of its fields (objective, time_limit, mem_limit, seed,
+    workers, lns, periodic, wall_limit, ...); ``progress`` is the stream progress lines go to.
+    Returns the program with the optimized orders (origin ``ilp``) and the solver's report
+    (status, objective, bound, gap).
     """
     from schedlang.schedulers.ilp import optimize as _optimize
 
-    orders, report = _optimize(program, **options)
+    orders, report = _optimize(program, options, progress=progress, **changes)
     return replace(program, schedule=replace(orders, origin="ilp")), report
 
 

@@ -11,9 +11,11 @@ normally one) or a :class:`SchedulerCall` that the ``schedule`` pass replaces wi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import Enum
+from graphlib import CycleError
 from typing import Any
 
 from schedlang.source import Span
@@ -122,7 +124,9 @@ class Program:
     mem_limit_span: Span | None = field(default=None, compare=False, repr=False)
     # Located warnings from the front end (rendered with severity "warning" by the CLI).
     warnings: tuple[Any, ...] = field(default=(), compare=False, repr=False)
-    # Derived lookups (op index, adjacency); rebuilt lazily, never compared.
+    # Derived lookups (op index, roles, the dependency graph: adjacency, topological order, earliest
+    # starts); rebuilt lazily, never compared. Only functions of the ops, edges and kinds go here:
+    # with_orders shares the cache between a program and its scheduled copies.
     _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False, init=False, hash=False)
 
     # -- lookups (pure functions of the fields above, memoised)
@@ -137,6 +141,8 @@ class Program:
         k = self.op_index().get((kind, stage, mb))
         return None if k is None else self.ops[k]
 
+    # -- the dependency graph (pure functions of ``ops`` and ``edges``, memoised; the schedule
+    # is not part of it, so :meth:`with_orders` keeps the cache)
     def preds(self) -> tuple[tuple[tuple[int, float], ...], ...]:
         """For every op, its (predecessor op id, latency) pairs."""
         pr = self._cache.get("preds")
@@ -158,6 +164,63 @@ class Program:
             su = tuple(tuple(x) for x in lists)
             self._cache["succs"] = su
         return su  # type: ignore[no-any-return]
+
+    def topo(self) -> tuple[int, ...]:
+        """Every op id in a topological order of the dependency graph (see
+        :func:`topological_order`). Raises :class:`graphlib.CycleError` (``args[1]``: the op ids
+        of one cycle, in dependency order) if the graph has a cycle."""
+        order = self._cache.get("topo")
+        if order is None:
+            order = topological_order([[d for d, _ in s] for s in self.succs()],
+                                      [[s for s, _ in p] for p in self.preds()])
+            self._cache["topo"] = order
+        return order  # type: ignore[no-any-return]
+
+    def heads(self) -> tuple[float, ...]:
+        """The earliest start of every op: the longest path (op times plus edge latencies) from
+        the start of a source op to its start."""
+        got = self._cache.get("heads")
+        if got is None:
+            got = self.longest_from(*(k for k, p in enumerate(self.preds()) if not p))
+            self._cache["heads"] = got
+        return got  # type: ignore[no-any-return]
+
+    def tails(self) -> tuple[float, ...]:
+        """For every op, the longest path from its start to the end of a sink op (at least its own
+        time): how long everything takes from the op's start on."""
+        got = self._cache.get("tails")
+        if got is None:
+            got = self.longest_to(*(k for k, s in enumerate(self.succs()) if not s))
+            self._cache["tails"] = got
+        return got  # type: ignore[no-any-return]
+
+    def longest_from(self, *srcs: int) -> tuple[float, ...]:
+        """The longest dependency path from the start of any of ``srcs`` to the start of every op
+        (``-inf`` where none reaches it). Not memoised (one pass over the edges)."""
+        dist = [-math.inf] * len(self.ops)
+        for k in srcs:
+            dist[k] = 0.0
+        succs, ops = self.succs(), self.ops
+        for k in self.topo():
+            if dist[k] == -math.inf:
+                continue
+            for d, lat in succs[k]:
+                dist[d] = max(dist[d], dist[k] + ops[k].time + lat)
+        return tuple(dist)
+
+    def longest_to(self, *dsts: int) -> tuple[float, ...]:
+        """The longest dependency path from the start of every op to the end of any of ``dsts``
+        (``-inf`` where it reaches none). Not memoised (one pass over the edges)."""
+        ops = self.ops
+        reach = [-math.inf] * len(ops)
+        for k in dsts:
+            reach[k] = ops[k].time
+        succs = self.succs()
+        for k in reversed(self.topo()):
+            for d, lat in succs[k]:
+                if reach[d] > -math.inf:
+                    reach[k] = max(reach[k], ops[k].time + lat + reach[d])
+        return tuple(reach)
 
     def kind(self, name: str) -> OpKind:
         for k in self.kinds:
@@ -191,9 +254,51 @@ class Program:
         return self.schedule
 
     def with_orders(self, orders: Orders) -> Program:
-        from dataclasses import replace
+        """The same program with ``orders`` as its schedule. Everything memoised is a function of
+        the ops, edges and kinds, which orders do not change, so the copy shares the cache."""
+        out = replace(self, schedule=orders)
+        object.__setattr__(out, "_cache", self._cache)
+        return out
 
-        return replace(self, schedule=orders)
+
+def topological_order(succ: Sequence[Sequence[int]],
+                      pred: Sequence[Sequence[int]] | None = None) -> tuple[int, ...]:
+    """A topological order of the graph on ``0 .. len(succ) - 1`` with successor lists ``succ``.
+
+    Kahn's algorithm with a stack (the last ready node first): the order the optimizer's
+    tie-breaks have always used, so it is kept rather than :mod:`graphlib`'s, which releases nodes
+    level by level. On a cycle it raises :class:`graphlib.CycleError`, as
+    :meth:`graphlib.TopologicalSorter.prepare` does, with one cycle's nodes in edge order as
+    ``args[1]`` (graphlib repeats the first node at the end; this does not), found by walking back from the lowest node left over through its first left-over
+    predecessor (in ``pred``'s order, by default ascending) until a node repeats."""
+    n = len(succ)
+    indeg = [0] * n
+    for k in range(n):
+        for d in succ[k]:
+            indeg[d] += 1
+    stack = [k for k in range(n) if indeg[k] == 0]
+    out: list[int] = []
+    while stack:
+        k = stack.pop()
+        out.append(k)
+        for d in succ[k]:
+            indeg[d] -= 1
+            if indeg[d] == 0:
+                stack.append(d)
+    if len(out) == n:
+        return tuple(out)
+    if pred is None:
+        lists: list[list[int]] = [[] for _ in range(n)]
+        for k in range(n):
+            for d in succ[k]:
+                lists[d].append(k)
+        pred = lists
+    k = next(i for i in range(n) if indeg[i] > 0)
+    path: list[int] = []
+    while k not in path:
+        path.append(k)
+        k = next(s for s in pred[k] if indeg[s] > 0)
+    raise CycleError("dependency cycle", path[path.index(k):][::-1])
 
 
 # --------------------------------------------------------------------------- printer

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from graphlib import CycleError
+
 from schedlang.ir import Orders, Program
 from schedlang.simulate import simulate
 from schedlang.source import Note, SchedlangError
@@ -38,30 +40,14 @@ def verify_structure(p: Program) -> None:
 
 
 def verify_acyclic(p: Program) -> None:
-    """Kahn's algorithm; on failure, walk back through unfinished predecessors to a cycle."""
-    n = len(p.ops)
-    indeg = [0] * n
-    succs = p.succs()
-    for e in p.edges:
-        indeg[e.dst] += 1
-    stack = [k for k in range(n) if indeg[k] == 0]
-    seen = 0
-    while stack:
-        k = stack.pop()
-        seen += 1
-        for d, _ in succs[k]:
-            indeg[d] -= 1
-            if indeg[d] == 0:
-                stack.append(d)
-    if seen == n:
+    """The dependency graph has a topological order; on failure, report the cycle
+    :meth:`Program.topo` found, with the rules that made its edges."""
+    try:
+        p.topo()
+    except CycleError as exc:
+        cycle: list[int] = list(exc.args[1])
+    else:
         return
-    preds = p.preds()
-    k = next(i for i in range(n) if indeg[i] > 0)
-    path: list[int] = []
-    while k not in path:
-        path.append(k)
-        k = next(s for s, _ in preds[k] if indeg[s] > 0)
-    cycle = path[path.index(k):][::-1]
     labels = " -> ".join(p.ops[x].label for x in cycle + [cycle[0]])
     rules = []
     for a, b in zip(cycle, cycle[1:] + [cycle[0]], strict=True):

@@ -21,9 +21,6 @@ from types import ModuleType
 import schedlang
 
 # Known cycles, exempted edge by edge so that any other cycle still fails:
-# - the optimizer's solve <-> lns <-> periodic (hidden by function-level imports) is being
-#   removed on its own; delete this entry when that lands.
-ILP_CYCLE = {"schedlang.schedulers.ilp.solve", "schedlang.schedulers.ilp.lns", "schedlang.schedulers.ilp.periodic"}
 # - the scheduler registry: schedlang.schedulers imports every scheduler module (inside _load)
 #   and each imports Arg/Scheduler back from the package (ilp.solve also reads SCHEDULERS).
 #   Moving Arg/Scheduler into a leaf module removes it; delete this entry then.
@@ -31,8 +28,6 @@ REGISTRY = "schedlang.schedulers"
 
 
 def _known(src: str, dst: str) -> bool:
-    if src in ILP_CYCLE and dst in ILP_CYCLE:
-        return True
     return dst == REGISTRY and src.startswith(REGISTRY + ".")
 
 

@@ -19,7 +19,7 @@ from schedlang import testing as sst
 from schedlang.ir import Program
 from schedlang.schedulers.ilp import optimize, periodic
 from schedlang.schedulers.ilp.cases import pipeline
-from schedlang.schedulers.ilp.model import fifo_is_safe, scale_program, topo_order
+from schedlang.schedulers.ilp.model import fifo_is_safe, scale_program
 from schedlang.schedulers.ilp.solve import effective_limits, peaks, sequential_orders, warm_starts
 from schedlang.simulate import memory_profile, simulate
 from schedlang.verify import verify
@@ -29,7 +29,7 @@ def _search(prog: Program, time_limit: float) -> periodic.Periodic | None:
     limits = effective_limits(prog, None)
     prog = replace(prog, mem_limit=limits, schedule=None)
     sc = scale_program(prog, limits)
-    topo = topo_order(len(prog.ops), [[d for d, _ in s] for s in prog.succs()])
+    topo = prog.topo()
     solves: list[tuple[float, float]] = []  # (limit given, deterministic time used) per solve
     solve = periodic._solve
 
@@ -124,3 +124,53 @@ def test_command_line_reports_the_starts_and_can_skip_the_periodic_one(capsys: p
     assert main([*base, "--no-periodic"]) == 0
     out = capsys.readouterr().out
     assert "periodic" not in out and "starts: list" in out
+
+
+def _bisection_trace(prog: Program, replace_call: int, status: str) -> list[tuple[int, int, bool, str]]:
+    """Run the search with K = 1 only, answering the ``replace_call``-th fixed-period solve with
+    ``status`` and no schedule (as CP-SAT does when its time runs out, or when it proves the period
+    infeasible); every other solve is real. Returns (period, K, shorten, status) per solve."""
+    limits = effective_limits(prog, None)
+    prog = replace(prog, mem_limit=limits, schedule=None)
+    sc = scale_program(prog, limits)
+    calls: list[tuple[int, int, bool, str]] = []
+    solve, ks = periodic._solve, periodic.KS
+
+    def scripted(program: Program, t: Any, P: int, K: int, Q: int, time_limit: float, seed: int,
+                 hint: Any = None, shorten: bool = False) -> Any:
+        if len(calls) == replace_call:
+            calls.append((P, K, shorten, status))
+            return None, status, 0.01
+        got, name, used = solve(program, t, P, K, Q, time_limit, seed, hint, shorten)
+        calls.append((P, K, shorten, name))
+        return got, name, used
+
+    periodic._solve, periodic.KS = scripted, (1,)  # type: ignore[assignment]
+    try:
+        periodic.search(prog, sc, "span", prog.topo(), time_limit=20.0)
+    finally:
+        periodic._solve, periodic.KS = solve, ks  # type: ignore[assignment]
+    return calls
+
+
+def test_a_timed_out_period_does_not_move_the_bisection() -> None:
+    """Issue 14: a fixed-period solve that runs out of time (UNKNOWN) says nothing about the
+    period. It used to count as infeasible: the bisection raised its lower end to that period and
+    went on above it. Now the bisection stops there (keeping its best schedule); a proved
+    INFEASIBLE still moves the lower end, so the search goes on above it."""
+    prog = pipeline(4, 16, "uniform", 0.75)
+    real = _bisection_trace(prog, -1, "")  # no answer replaced
+    first_ok = next(i for i, c in enumerate(real) if c[3] in ("OPTIMAL", "FEASIBLE"))
+    # the call after the first schedule is the bisection's first midpoint, below that schedule
+    mid = first_ok + 1
+    assert real[mid][0] < real[first_ok][0] and not real[mid][2]
+
+    timed_out = _bisection_trace(prog, mid, "UNKNOWN")
+    assert timed_out[:mid] == real[:mid]
+    after = timed_out[mid + 1:]
+    # only the closing "shorten" solve at the best period found before the timeout follows
+    assert [c[:3] for c in after] == [(real[first_ok][0], 1, True)]
+
+    infeasible = _bisection_trace(prog, mid, "INFEASIBLE")
+    nxt = infeasible[mid + 1]
+    assert not nxt[2] and real[mid][0] < nxt[0] < real[first_ok][0]  # bisects above the proved end

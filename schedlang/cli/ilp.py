@@ -15,17 +15,22 @@ import json
 import sys
 
 from schedlang.cli.common import Command, add_emit_arg, add_program_args, load_program, write_output
+from schedlang.schedulers.ilp.options import IlpOptions
+
+_DEFAULTS = IlpOptions()
 
 
 def _args(p: argparse.ArgumentParser) -> None:
     add_program_args(p, scheduler=False)
-    p.add_argument("--objective", default="span", help="span (the paper's cost) or makespan")
-    p.add_argument("--time-limit", type=float, default=60.0, help="CP-SAT deterministic time (about seconds)")
-    p.add_argument("--wall-limit", type=float, default=None,
+    p.add_argument("--objective", default=_DEFAULTS.objective, help="span (the paper's cost) or makespan")
+    p.add_argument("--time-limit", type=float, default=_DEFAULTS.time_limit,
+                   help="CP-SAT deterministic time (about seconds)")
+    p.add_argument("--wall-limit", type=float, default=_DEFAULTS.wall_limit,
                    help="wall-clock cap in seconds (default 4 * time limit + 10; 0: none)")
-    p.add_argument("--mem-limit", type=float, default=None, help="per-rank memory limit (default: the program's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--mem-limit", type=float, default=_DEFAULTS.mem_limit,
+                   help="per-rank memory limit (default: the program's)")
+    p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    p.add_argument("--workers", type=int, default=_DEFAULTS.workers)
     p.add_argument("--no-lns", action="store_true", help="one full CP-SAT solve, no neighbourhood rounds")
     p.add_argument("--no-periodic", action="store_true",
                    help="start from the heuristics only (no periodic steady-state search)")
@@ -39,10 +44,10 @@ def _run(args: argparse.Namespace) -> int:
     from schedlang import api
 
     program = load_program(args, scheduled=False)
-    optimized, rep = api.optimize(program, objective=args.objective, time_limit=args.time_limit,
-                                   mem_limit=args.mem_limit, seed=args.seed, workers=args.workers,
-                                   lns=not args.no_lns, progress=None if args.quiet else sys.stderr,
-                                   wall_limit=args.wall_limit, periodic=not args.no_periodic)
+    options = IlpOptions(objective=args.objective, time_limit=args.time_limit, mem_limit=args.mem_limit,
+                         seed=args.seed, workers=args.workers, lns=not args.no_lns,
+                         wall_limit=args.wall_limit, periodic=not args.no_periodic)
+    optimized, rep = api.optimize(program, options, progress=None if args.quiet else sys.stderr)
     if args.json:
         print(json.dumps(rep.as_dict(), indent=1))
     else:

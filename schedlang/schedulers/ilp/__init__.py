@@ -1,10 +1,13 @@
-"""``ilp``: the CP-SAT optimizer (issue 8).
+"""``ilp``: the CP-SAT optimizer.
 
-Three pieces, as STYLE.md asks: :mod:`.model` builds the model (pure, inspectable),
-:mod:`.solve` solves it (seeded, deterministic time limit; reports objective, bound and gap;
-:mod:`.lns` holds the search loop), :mod:`.apply` turns a solution into orders. :mod:`.bounds`
-derives the structural lower bounds that make the gap meaningful; :mod:`.periodic` searches the
-steady state directly for a better start under tight memory limits.
+Three pieces: :mod:`.model` builds the model (pure, inspectable), :mod:`.solve` solves it (seeded,
+deterministic time limit; reports objective, bound and gap), :mod:`.apply` turns a solution into
+orders. Around them: :mod:`.options` declares every argument and default once
+(:class:`IlpOptions`); :mod:`.bounds` derives the structural lower bounds that make the gap
+meaningful; :mod:`.cpsat` is the solver plumbing the searches share; :mod:`.lns` is the search
+loop and :mod:`.periodic` searches the steady state directly for a better start under tight
+memory limits. Imports point one way: ``solve`` -> ``lns``, ``periodic`` -> ``cpsat`` ->
+``model``.
 
 Use it from the DSL (``schedule "ilp"(objective = "span", time_limit = 60)``), the command line
 (``--scheduler ilp:objective=makespan,time_limit=10``) or Python (:func:`optimize`, which also
@@ -19,16 +22,11 @@ from collections.abc import Mapping
 
 from schedlang.ir import Orders, Program, SchedulerCall, Value
 from schedlang.schedulers import Arg, Scheduler
-from schedlang.schedulers.ilp.solve import ArgError, Report, optimize
+from schedlang.schedulers.ilp.options import ArgError, IlpOptions, option_table
+from schedlang.schedulers.ilp.solve import Report, optimize
 from schedlang.source import SchedlangError, Span
 
-__all__ = ["SCHEDULER", "Report", "optimize", "run"]
-
-
-def _num(args: Mapping[str, Value], name: str, default: float) -> float:
-    v = args.get(name, default)
-    assert isinstance(v, (int, float)) and not isinstance(v, bool)
-    return float(v)
+__all__ = ["SCHEDULER", "IlpOptions", "Report", "optimize", "run"]
 
 
 def _arg_span(program: Program, name: str) -> Span | None:
@@ -42,12 +40,12 @@ def _arg_span(program: Program, name: str) -> Span | None:
 
 
 def run(program: Program, args: Mapping[str, Value]) -> Orders:
-    """The scheduler function: :func:`optimize` with the call's arguments; the report goes to
-    ``schedlang.schedulers.ilp.solve.last_report`` and (a summary line) to stderr. Errors about
+    """The scheduler function: :func:`optimize` with the call's arguments (an
+    :class:`IlpOptions`); a summary line goes to stderr unless ``progress = false``. Errors about
     an argument point at it (the objective, the memory limit)."""
-    limit = args.get("mem_limit")
     try:
-        orders, _ = _optimize(program, args, limit)
+        orders, _ = optimize(program, IlpOptions.from_args(args),
+                             progress=sys.stderr if args.get("progress", True) else None)
     except ArgError as exc:
         span = _arg_span(program, exc.arg)
         if exc.arg == "mem_limit" and "mem_limit" not in args:
@@ -56,40 +54,12 @@ def run(program: Program, args: Mapping[str, Value]) -> Orders:
     return orders
 
 
-def _optimize(program: Program, args: Mapping[str, Value], limit: Value | None) -> tuple[Orders, Report]:
-    return optimize(
-        program,
-        objective=str(args.get("objective", "span")),
-        time_limit=_num(args, "time_limit", 60.0),
-        mem_limit=float(limit) if isinstance(limit, (int, float)) and not isinstance(limit, bool) else None,
-        seed=int(_num(args, "seed", 0)),
-        workers=int(_num(args, "workers", 1)),
-        fifo=bool(args.get("fifo", True)),
-        lns=bool(args.get("lns", True)),
-        deterministic=bool(args.get("deterministic", True)),
-        progress=sys.stderr if args.get("progress", True) else None,
-        wall_limit=_num(args, "wall_limit", -1.0) if "wall_limit" in args else None,
-        periodic=bool(args.get("periodic", True)),
-    )
-
-
 SCHEDULER = Scheduler(
     name="ilp",
     summary="CP-SAT optimizer under the memory limit, warm-started from the best heuristic, with a proved gap",
     fn=run,
     args={
-        "objective": Arg(str, "span", "span (the paper's cost: the largest per-rank span) or makespan"),
-        "time_limit": Arg(float, 60.0, "CP-SAT deterministic time budget (about seconds)"),
-        "mem_limit": Arg(float, None, "per-rank memory limit (default: the program's)"),
-        "seed": Arg(int, 0, "random seed"),
-        "workers": Arg(int, 1, "CP-SAT workers (>1 interleaves subsolvers deterministically)"),
-        "fifo": Arg(bool, True, "microbatches of one op kind and stage in order (when lossless)"),
-        "lns": Arg(bool, True, "large-neighbourhood search after the first full solve"),
-        "deterministic": Arg(bool, True, "deterministic time limit (false: wall-clock seconds)"),
-        "wall_limit": Arg(float, None, "wall-clock cap in seconds on a deterministic search "
-                                       "(default 4 * time_limit + 10; 0: none)"),
-        "periodic": Arg(bool, True, "also start from the best periodic schedule (steady state "
-                                    "searched directly; a quarter of the time limit)"),
+        **{name: Arg(kind, default, help) for name, kind, default, help in option_table()},
         "progress": Arg(bool, True, "progress lines on stderr"),
     },
 )

@@ -24,10 +24,3 @@ def orders_from_starts(program: Program, starts: Sequence[int | float], topo: Se
         ids.sort(key=lambda k: (starts[k], pos[k], program.ops[k].mem, k))
         out.append(tuple((k,) for k in ids))
     return Orders(tuple(out), origin=origin)
-
-
-def starts_of(program: Program, orders: Orders) -> tuple[float, ...]:
-    """Start times of every op when ``orders`` run as early as possible (the simulator's)."""
-    from schedlang.simulate import simulate
-
-    return simulate(program.with_orders(orders)).start

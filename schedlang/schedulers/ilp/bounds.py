@@ -6,7 +6,7 @@ these instead (as ``obj >= bound``) and reports its gap against them.
 For every rank ``r`` (``busy_r`` = the sum of its op times):
 
 1. **Work**: ``span_r >= busy_r``.
-2. **Start round trip** (REFERENCE.md section 1, appendix B of the zero-bubble paper). On a rank
+2. **Start round trip** (appendix B of the zero-bubble paper, Qi et al., ICLR 2024). On a rank
    with one stage of interchangeable microbatches and ops F, B (or fused BW) and optionally W,
    every ``B[s, j]`` starts at least ``RT`` after ``F[s, j]`` starts, where ``RT`` is the longest
    dependency path from the start of ``F[s, 0]`` to the start of ``B[s, 0]`` (the forwards down
@@ -226,13 +226,13 @@ def _rank_shape(p: Program, r: int, fifo_ok: bool) -> tuple[_Shape, _Shape | Non
     shapes = [c for c in chunks if c is not None]
     if len(shapes) == 1:
         return shapes[0], None
-    after_f = {c.f: longest_from(p, c.f) for c in shapes}  # paths from each chunk's F[., 0]
+    after_f = {c.f: p.longest_from(c.f) for c in shapes}  # paths from each chunk's F[., 0]
     firsts = [c for c in shapes if all(after_f[c.f][o.f] > -math.inf for o in shapes)]
     if len(firsts) != 1:
         return None
     head = firsts[0]
     others = [c for c in shapes if c is not head]
-    if any(longest_from(p, o.b)[head.b] == -math.inf for o in others):
+    if any(p.longest_from(o.b)[head.b] == -math.inf for o in others):
         return None
     held = [o for o in others if o.w is not None]
     first = replace(head, extra=sum(o.tf + o.tb for o in others), rest=sum(o.tw for o in held),
@@ -246,33 +246,6 @@ def _rank_shape(p: Program, r: int, fifo_ok: bool) -> tuple[_Shape, _Shape | Non
     tail = lasts[0]
     return first, replace(first, f=tail.f, tf=tail.tf, extra=sum(o.tb for o in others),
                           entry=sum(o.mf for o in shapes), lead=after_f[head.f][tail.f])
-
-
-def longest_from(p: Program, *srcs: int) -> list[float]:
-    """Longest dependency path from the start of any of ``srcs`` to the start of every op (-inf if
-    none reaches it)."""
-    n = len(p.ops)
-    dist = [-math.inf] * n
-    for src in srcs:
-        dist[src] = 0.0
-    succs = p.succs()
-    for k in _topo(p):
-        if dist[k] == -math.inf:
-            continue
-        for d, lat in succs[k]:
-            dist[d] = max(dist[d], dist[k] + p.ops[k].time + lat)
-    return dist
-
-
-def _topo(p: Program) -> list[int]:
-    cached = p._cache.get("ilp_topo")
-    if cached is not None:
-        return cached  # type: ignore[no-any-return]
-    from schedlang.schedulers.ilp.model import topo_order
-
-    order = topo_order(len(p.ops), [[d for d, _ in s] for s in p.succs()])
-    p._cache["ilp_topo"] = order
-    return order
 
 
 def _window_work(sh: _Shape, a: int, b: int, others: int, limit: float) -> float:
@@ -312,8 +285,8 @@ def rank_bound(p: Program, r: int, limit: float, fifo_ok: bool) -> RankBound:
     if shapes is None:
         return RankBound(r, busy)
     sh, last = shapes
-    rt = longest_from(p, sh.f)[sh.b]
-    if rt == -math.inf or (sh.w is not None and longest_from(p, sh.b)[sh.w] == -math.inf):
+    rt = p.longest_from(sh.f)[sh.b]
+    if rt == -math.inf or (sh.w is not None and p.longest_from(sh.b)[sh.w] == -math.inf):
         return RankBound(r, busy)  # B not after F, or W not after B: the argument needs both
     m = p.num_microbatches
     k = m if not math.isfinite(limit) else math.floor(limit / sh.mf + EPS)
@@ -321,7 +294,7 @@ def rank_bound(p: Program, r: int, limit: float, fifo_ok: bool) -> RankBound:
     lb, pace = _pacing(sh, rt, m, limit)
     pace_m, on_last = pace(m, True), False
     if last is not None:  # several stages: pace the last chunk's forwards as well
-        first_pace, last_pace = pace, _pacing(last, longest_from(p, last.f)[last.b], m, limit)[1]
+        first_pace, last_pace = pace, _pacing(last, p.longest_from(last.f)[last.b], m, limit)[1]
 
         def pace(n: int, exact: bool) -> float:
             return max(first_pace(n, exact), last.lead + last_pace(n, exact) if n >= 2 else 0.0)
@@ -432,18 +405,10 @@ def _pacing(sh: _Shape, rt: float, m: int, limit: float) -> tuple[list[float], C
 
 def _heads_tails_of_rank(p: Program, r: int) -> tuple[list[float], list[float]]:
     """Item 4's ``head`` and ``tail`` of every op relative to rank ``r`` (``-inf``: unrelated)."""
-    n = len(p.ops)
-    order = _topo(p)
-    succs = p.succs()
-    head = longest_from(p, *(o.id for o in p.ops if o.rank == r))
-    reach = [-math.inf] * n  # longest path from the start of k to the end of an op of rank r
-    for o in p.ops:
-        if o.rank == r:
-            reach[o.id] = o.time
-    for k in reversed(order):
-        for d, lat in succs[k]:
-            if reach[d] > -math.inf:
-                reach[k] = max(reach[k], p.ops[k].time + lat + reach[d])
+    on = [o.id for o in p.ops if o.rank == r]
+    head = list(p.longest_from(*on))
+    # the longest path from the start of k to the end of an op of rank r, less k's own time
+    reach = p.longest_to(*on)
     tail = [x - p.ops[k].time if x > -math.inf else -math.inf for k, x in enumerate(reach)]
     return head, tail
 
@@ -489,7 +454,7 @@ def lower_bound(p: Program, limits: Sequence[float], objective: str = "span") ->
     span = max((b.span for b in ranks), default=0.0)
     if objective == "span":
         return Bound("span", span, ranks)
-    head, tail = _heads_tails(p)
+    head, tail = p.heads(), p.tails()
     cp = max((head[k] + tail[k] for k in range(len(p.ops))), default=0.0)
     best = cp
     for b in ranks:
@@ -498,19 +463,3 @@ def lower_bound(p: Program, limits: Sequence[float], objective: str = "span") ->
             after = min(tail[k] - p.ops[k].time for k in on)
             best = max(best, min(head[k] for k in on) + b.span + after)
     return Bound("makespan", best, ranks, cp)
-
-
-def _heads_tails(p: Program) -> tuple[list[float], list[float]]:
-    """Earliest start of every op, and the longest path from its start to the end of everything."""
-    n = len(p.ops)
-    order = _topo(p)
-    succs, preds = p.succs(), p.preds()
-    head = [0.0] * n
-    for k in order:
-        for d, lat in succs[k]:
-            head[d] = max(head[d], head[k] + p.ops[k].time + lat)
-    tail = [o.time for o in p.ops]
-    for k in reversed(order):
-        for s, lat in preds[k]:
-            tail[s] = max(tail[s], p.ops[s].time + lat + tail[k])
-    return head, tail

@@ -20,23 +20,32 @@ bounded by 24.2 proves it in 1).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
 
+from schedlang.schedulers.ilp.apply import orders_from_starts
+from schedlang.schedulers.ilp.cpsat import (
+    Problem,
+    Progress,
+    fifo_relabel,
+    horizon,
+    model_value,
+    solve_model,
+)
 from schedlang.schedulers.ilp.model import build_model
+from schedlang.simulate import simulate
+
+Neighbourhood = Callable[[Sequence[int]], set[int]]  # the incumbent's start times -> op ids set free
 
 FULL_SHARE = 0.3  # of the time limit, for the first full solve
 ROUND_TIME = 2.0  # deterministic seconds per neighbourhood round (at most)
 
 
-def search(problem: Any, hint: list[int], *, time_limit: float, seed: int, workers: int,
-           deterministic: bool, lns: bool, shown: Any,
+def search(problem: Problem, hint: list[int], *, time_limit: float, seed: int, workers: int,
+           deterministic: bool, lns: bool, shown: Progress,
            deadline: float | None = None) -> tuple[list[int], int, float, int, str, bool]:
     """Returns (best start times, proved bound, deterministic time used, rounds, status of the full
     solve, whether the wall-clock ``deadline`` (a ``time.perf_counter()`` value) cut the search)."""
-    import time
-
-    from schedlang.schedulers.ilp.solve import horizon, model_value, solve_model
 
     def wall_left() -> float | None:
         return None if deadline is None else deadline - time.perf_counter()
@@ -99,11 +108,9 @@ def search(problem: Any, hint: list[int], *, time_limit: float, seed: int, worke
     return best, bound, used, rounds, status, capped
 
 
-def _keep_better(problem: Any, got: list[int] | None, best: list[int], upper: int) -> tuple[list[int], int]:
+def _keep_better(problem: Problem, got: list[int] | None, best: list[int], upper: int) -> tuple[list[int], int]:
     """The solution ``got`` (compressed) and its value if it is no worse than ``upper``, else the
     incumbent."""
-    from schedlang.schedulers.ilp.solve import model_value
-
     if got is None:
         return best, upper
     got = compress(problem, got)
@@ -111,27 +118,22 @@ def _keep_better(problem: Any, got: list[int] | None, best: list[int], upper: in
     return (got, val) if val <= upper else (best, upper)
 
 
-def compress(problem: Any, starts: Sequence[int]) -> list[int]:
+def compress(problem: Problem, starts: Sequence[int]) -> list[int]:
     """Start times of the same per-rank orders run as early as possible (the simulator's rule,
     at the model's integer times), in FIFO form: never later than ``starts`` op by op, the same
     memory profile, so still a solution of the model; often a better one."""
-    from schedlang.schedulers.ilp.apply import orders_from_starts
-    from schedlang.schedulers.ilp.solve import fifo_relabel
-    from schedlang.simulate import simulate
-
     orders = orders_from_starts(problem.iprog, starts, problem.topo)
     asap = simulate(problem.iprog.with_orders(orders)).start
     out = fifo_relabel(problem.iprog, asap) if problem.fifo else [int(round(x)) for x in asap]
     return out if model_value_le(problem, out, starts) else list(starts)
 
 
-def model_value_le(problem: Any, a: Sequence[int], b: Sequence[int]) -> bool:
-    from schedlang.schedulers.ilp.solve import model_value
-
+def model_value_le(problem: Problem, a: Sequence[int], b: Sequence[int]) -> bool:
+    """True if start times ``a`` are no worse than ``b`` (in model units)."""
     return bool(model_value(problem, a) <= model_value(problem, b))
 
 
-def _fixed_orders(problem: Any, starts: Sequence[int], free: set[int]) -> dict[int, list[int]]:
+def _fixed_orders(problem: Problem, starts: Sequence[int], free: set[int]) -> dict[int, list[int]]:
     p = problem.iprog
     pos = {k: i for i, k in enumerate(problem.topo)}
     out: dict[int, list[int]] = {}
@@ -142,7 +144,7 @@ def _fixed_orders(problem: Any, starts: Sequence[int], free: set[int]) -> dict[i
     return out
 
 
-def _cycle(problem: Any) -> list[Any]:
+def _cycle(problem: Problem) -> list[Neighbourhood]:
     """One cycle of neighbourhood choosers (incumbent -> set of free op ids), which the search
     repeats: time windows of two widths, then pairs of ranks."""
     p = problem.iprog
@@ -150,20 +152,20 @@ def _cycle(problem: Any) -> list[Any]:
     R = p.num_ranks
     widths = [max(8, min(n, 160)), max(8, min(n, 80))]
 
-    def window(lo_frac: float, size: int) -> Any:
+    def window(lo_frac: float, size: int) -> Neighbourhood:
         def pick(starts: Sequence[int]) -> set[int]:
             order = sorted(range(n), key=lambda k: (starts[k], k))
             lo = int(lo_frac * max(0, n - size))
             return set(order[lo:lo + size])
         return pick
 
-    def ranks(r0: int, cnt: int) -> Any:
+    def ranks(r0: int, cnt: int) -> Neighbourhood:
         def pick(_starts: Sequence[int]) -> set[int]:
             chosen = {(r0 + i) % R for i in range(cnt)}
             return {o.id for o in p.ops if o.rank in chosen}
         return pick
 
-    cycle: list[Any] = []
+    cycle: list[Neighbourhood] = []
     for size in widths:
         steps = max(1, 2 * (n // size))
         cycle += [window(i / steps, size) for i in range(steps + 1)]

@@ -1,6 +1,6 @@
 """Build the CP-SAT model of a scheduling problem (pure: no solving, no I/O).
 
-The model (REFERENCE.md section 2, in CP-SAT form):
+The model (the exact optimizer of the zero-bubble paper, Qi et al., ICLR 2024, appendix G, in CP-SAT form):
 
 - one fixed-size interval per op (start variable, integer duration);
 - ``AddNoOverlap`` per rank: a rank runs one op at a time;
@@ -37,10 +37,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from schedlang.ir import Program
+from schedlang.ir import Program, topological_order
 
 MAX_DIGITS = 6
 
@@ -65,9 +65,6 @@ class Scaled:
 
     def to_time(self, units: int) -> float:
         return units / self.scale
-
-    def from_time(self, t: float) -> int:
-        return int(round(t * self.scale))
 
 
 def _power_of_ten(values: Sequence[float]) -> tuple[int, bool]:
@@ -132,24 +129,6 @@ def fifo_chains(program: Program) -> list[list[int]]:
     return [[k for _, k in sorted(v)] for _, v in sorted(groups.items())]
 
 
-def topo_order(n: int, succ: Sequence[Sequence[int]]) -> list[int]:
-    indeg = [0] * n
-    for k in range(n):
-        for d in succ[k]:
-            indeg[d] += 1
-    stack = [k for k in range(n) if indeg[k] == 0]
-    out = []
-    while stack:
-        k = stack.pop()
-        out.append(k)
-        for d in succ[k]:
-            indeg[d] -= 1
-            if indeg[d] == 0:
-                stack.append(d)
-    assert len(out) == n, "dependency cycle in the ILP's precedence graph"
-    return out
-
-
 @dataclass(frozen=True)
 class Precedence:
     """The precedence graph the model uses: program edges plus FIFO chains (with delays)."""
@@ -176,7 +155,7 @@ def precedence(program: Program, sc: Scaled, fifo: bool) -> Precedence:
         succ[s].append(d)
         out_arcs[s].append((d, w))
         in_arcs[d].append((s, w))
-    order = topo_order(n, succ)
+    order = topological_order(succ)  # the program's edges plus the FIFO chains
     head = [0] * n
     anc = [0] * n  # bitmask of ranks holding an ancestor
     for k in order:
@@ -220,7 +199,6 @@ class IlpModel:
     prec: Precedence
     lower: int
     upper: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def build_model(program: Program, sc: Scaled, *, objective: str, upper: int, lower: int, horizon: int,

@@ -24,23 +24,66 @@ exact ones (ops only get shorter), so long op times are mapped to a coarse grid 
 :data:`GRID_STEPS` steps for the longest op (CP-SAT finds periodic solutions at that resolution
 quickly and often none at microsecond resolution); the exact simulator re-times the orders.
 
+The bisection keeps ``lo`` (a period shown not to work) below ``hi`` (a period with a verified
+schedule). A fixed-period solve ends in one of three ways: a schedule (``hi`` moves down), proved
+infeasible (``lo`` moves up), or unknown (its time share ran out first). Unknown says nothing about
+the period, so it never moves ``lo``: the bisection of that ``K`` stops there and keeps its best
+schedule, and the rest of the budget goes to the next ``K``. (Periods between the unknown one and
+``hi`` are easier, but every try there can cost a whole :data:`SOLVE_TIME` again.) An unrolled
+schedule that fails the verifier even with twice the copies counts as not working (``lo``).
+
 Only for interchangeable microbatches (:func:`~schedlang.schedulers.ilp.model.fifo_is_safe`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from enum import Enum
 
 from schedlang.ir import Orders, Program
+from schedlang.schedulers.ilp.apply import orders_from_starts
+from schedlang.schedulers.ilp.cpsat import objective_value, solver_params
+from schedlang.schedulers.ilp.model import Scaled
+from schedlang.simulate import simulate
 from schedlang.source import SchedlangError
+from schedlang.verify import verify
 
-GRID_STEPS = 20  # grid steps for the longest op when the exact times are finer
-KS = (1, 2, 3, 4, 6, 8)  # templates tried, in order
-SOLVE_TIME = 2.0  # deterministic seconds per fixed-period solve (at most)
-TOLERANCE = 0.005  # bisection stops when hi - lo is within this fraction of the period
+# Grid steps for the longest op when the exact times are finer. Rounding a time up to the grid
+# lengthens an op by less than one step (1/GRID_STEPS of the longest op), which is what a period
+# found on the grid can lose per op; the exact simulator re-times the orders afterwards. The model's
+# own times are used instead when they are exact and the longest op is at most 4 * GRID_STEPS units
+# (fine enough, and no rounding at all).
+GRID_STEPS = 20
+# Templates tried, in order. K templates express any rhythm that repeats every K microbatches; the
+# model has K times the variables. An even K starts from K/2's templates twice over (a hint), so
+# the list is 1, 2, 3, 4 and the doubles of 3 and 4; a K is tried only when the pipeline holds at
+# least two periods of it (see _ks).
+KS = (1, 2, 3, 4, 6, 8)
+# Deterministic seconds per fixed-period solve (at most): the whole search gets a quarter of the
+# optimizer's time limit (15 s at the default 60 s), which holds a few bisection steps for each of
+# several K.
+SOLVE_TIME = 2.0
+# The bisection stops when hi - lo is within this fraction of the period: half a percent of the
+# steady-state rate. The first bracket is about GROWTH - 1 = 15% of the period wide, so that takes
+# about log2(0.15 / 0.005) ~ 5 steps.
+TOLERANCE = 0.005
+# The first period tried is GROWTH times the busiest rank's work per K microbatches (no period can
+# be below that work) and each try that fails grows it by GROWTH again: a bracket 15% wide, and
+# about 14 tries up to MAX_PERIOD.
+GROWTH = 1.15
+# Give up on a K past this many times the busiest rank's work per K microbatches: that rank would
+# idle 7/8 of the steady state, far worse than the heuristics this search is meant to beat.
+MAX_PERIOD = 8
+
+
+class Outcome(Enum):
+    """How one fixed-period try ended."""
+
+    FOUND = "found"  # a verified schedule with this period
+    INFEASIBLE = "infeasible"  # proved impossible (or failing the verifier with twice the copies)
+    UNKNOWN = "unknown"  # the solve ran out of time (or the budget was spent): nothing is known
 
 
 @dataclass(frozen=True)
@@ -70,7 +113,7 @@ class _Template:
         return sum(self.dur) + sum(w for _, _, w in self.edges)
 
 
-def _template(program: Program, sc: Any) -> _Template:
+def _template(program: Program, sc: Scaled) -> _Template:
     ids = tuple(o.id for o in program.ops if o.mb == 0)
     pos = {k: i for i, k in enumerate(ids)}
     if sc.exact and max(sc.dur[k] for k in ids) <= 4 * GRID_STEPS:  # the model's own times will do
@@ -92,12 +135,10 @@ def _template(program: Program, sc: Any) -> _Template:
 def _solve(program: Program, t: _Template, P: int, K: int, Q: int, time_limit: float, seed: int,
            hint: Sequence[Sequence[int]] | None = None,
            shorten: bool = False) -> tuple[list[list[int]] | None, str, float]:
-    """Templates for period ``P`` over ``Q`` copies: (starts per template or None, status, time).
-    Without ``shorten`` any solution will do (the bisection); with it, the templates are made
-    short (less memory held, shorter ramps)."""
+    """Templates for period ``P`` over ``Q`` copies: (starts per template or None, CP-SAT's status
+    name, deterministic time). Without ``shorten`` any solution will do (the bisection); with it,
+    the templates are made short (less memory held, shorter ramps)."""
     from ortools.sat.python import cp_model
-
-    from schedlang.schedulers.ilp.solve import solver_params
 
     n = len(t.ids)
     hs = t.reach + K * P
@@ -147,8 +188,8 @@ def unroll(program: Program, t: _Template, starts: Sequence[Sequence[int]], P: i
     return out
 
 
-def search(program: Program, sc: Any, objective: str, topo: Sequence[int], *, time_limit: float,
-           seed: int = 0, progress: Any = None) -> tuple[Periodic | None, float]:
+def search(program: Program, sc: Scaled, objective: str, topo: Sequence[int], *, time_limit: float,
+           seed: int = 0, progress: Callable[[str, float], None] | None = None) -> tuple[Periodic | None, float]:
     """The best periodic schedule within ``time_limit`` deterministic seconds (or None), and the
     deterministic time spent (also when nothing was found).
 
@@ -194,22 +235,22 @@ class _Search:
         return self.time_limit - self.used
 
     def attempt(self, P: int, K: int, hint: Sequence[Sequence[int]] | None = None,
-                shorten: bool = False) -> _Found | None:
-        """A verified periodic schedule with period ``P`` and ``K`` templates, or None."""
-        from schedlang.schedulers.ilp.apply import orders_from_starts
-        from schedlang.schedulers.ilp.solve import objective_value
-        from schedlang.simulate import simulate
-        from schedlang.verify import verify
-
+                shorten: bool = False) -> tuple[_Found | None, Outcome]:
+        """A verified periodic schedule with period ``P`` and ``K`` templates (or None), and how
+        the try ended (see :class:`Outcome`)."""
         m, prog = self.program.num_microbatches, self.program
+        # Copies of the templates that can meet: a template spans at most ``reach``, so copies
+        # more than ceil(reach / P) periods apart never overlap; twice that (both sides) plus two
+        # covers every copy alive at one time. More than ceil(m / K) copies never run.
         copies = min(-(-m // K), 2 * (-(-self.t.reach // P)) + 2)
         for q in (copies, min(-(-m // K), 2 * copies)):
             if self.left() <= 0.01:
-                return None
-            got, _, dt = _solve(prog, self.t, P, K, q, min(SOLVE_TIME, self.left()), self.seed, hint, shorten)
+                return None, Outcome.UNKNOWN
+            got, status, dt = _solve(prog, self.t, P, K, q, min(SOLVE_TIME, self.left()), self.seed, hint,
+                                     shorten)
             self.used += dt
             if got is None:
-                return None
+                return None, Outcome.INFEASIBLE if status == "INFEASIBLE" else Outcome.UNKNOWN
             orders = orders_from_starts(prog, unroll(prog, self.t, got, P, K), self.topo,
                                         origin=f"periodic(K={K})")
             sched = prog.with_orders(orders)
@@ -218,18 +259,21 @@ class _Search:
             except SchedlangError:
                 continue  # a conflict beyond the copies modelled: retry with more
             value = objective_value(simulate(sched), self.objective)
-            return _Found(Periodic(orders, K, P * self.t.unit, value, self.used), got, P)
-        return None
+            return _Found(Periodic(orders, K, P * self.t.unit, value, self.used), got, P), Outcome.FOUND
+        return None, Outcome.INFEASIBLE
 
     def first(self, K: int) -> tuple[_Found | None, int, int]:
-        """The first feasible period: (found, infeasible lower end, feasible upper end)."""
+        """The first feasible period: (found, the largest period shown not to work, the found
+        period)."""
         lo, found = K * self.work - 1, None  # a period below the busiest rank's work is impossible
         if self.rate is None:
-            P = math.ceil(1.15 * K * self.work)
-            while found is None and self.left() > 0.01 and P <= 8 * K * self.work:
-                found = self.attempt(P, K)
+            P = math.ceil(GROWTH * K * self.work)
+            while found is None and self.left() > 0.01 and P <= MAX_PERIOD * K * self.work:
+                found, outcome = self.attempt(P, K)
                 if found is None:
-                    lo, P = P, math.ceil(1.15 * P) + 1
+                    if outcome is Outcome.INFEASIBLE:
+                        lo = P
+                    P = math.ceil(GROWTH * P) + 1
             return found, lo, P
         P = math.ceil(K * self.rate) - 1  # only a better rate is worth the time
         if P <= lo:
@@ -237,7 +281,7 @@ class _Search:
         base = self.found.get(K // 2) if K % 2 == 0 else None
         # K = 2j: j's templates twice over are a solution at twice j's period (a hint)
         hint = None if base is None else [*base.starts, *([x + base.period for x in row] for row in base.starts)]
-        return self.attempt(P, K, hint), lo, P
+        return self.attempt(P, K, hint)[0], lo, P
 
     def best_for(self, K: int) -> _Found | None:
         found, lo, hi = self.first(K)
@@ -245,12 +289,14 @@ class _Search:
             return None
         while hi - lo > max(1, int(TOLERANCE * hi)) and self.left() > 0.01:
             mid = (lo + hi) // 2
-            got = self.attempt(mid, K, found.starts)
-            if got is None:
+            got, outcome = self.attempt(mid, K, found.starts)
+            if got is not None:
+                hi, found = mid, got
+            elif outcome is Outcome.INFEASIBLE:
                 lo = mid
             else:
-                hi, found = mid, got
-        found = self.attempt(found.period, K, found.starts, shorten=True) or found
+                break  # unknown: nothing learnt about mid, so the bracket cannot move (see above)
+        found = self.attempt(found.period, K, found.starts, shorten=True)[0] or found
         self.found[K] = found
         self.rate = hi / K if self.rate is None else min(self.rate, hi / K)
         return found

@@ -25,27 +25,27 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from schedlang.ir import Orders, Program
+from schedlang.schedulers.ilp import lns as lns_search
+from schedlang.schedulers.ilp import periodic as periodic_search
 from schedlang.schedulers.ilp.apply import orders_from_starts
 from schedlang.schedulers.ilp.bounds import Bound, lower_bound
-from schedlang.schedulers.ilp.model import (
-    Scaled,
-    fifo_is_safe,
-    scale_program,
-    topo_order,
+from schedlang.schedulers.ilp.cpsat import (
+    Problem,
+    Progress,
+    fifo_relabel,
+    model_value,
+    objective_value,
 )
+from schedlang.schedulers.ilp.model import Scaled, fifo_is_safe, scale_program
+from schedlang.schedulers.ilp.options import OBJECTIVES, ArgError, IlpOptions
+from schedlang.simulate import memory_profile, simulate
 from schedlang.source import SchedlangError
+from schedlang.verify import verify
 
-OBJECTIVES = ("span", "makespan")
+__all__ = ["OBJECTIVES", "ArgError", "IlpOptions", "Report", "optimize"]
+
 PERIODIC_SHARE = 0.25  # of the time limit, for the periodic warm start (periodic.py) ...
 PERIODIC_MIN_GAP = 0.01  # ... tried only when the best heuristic is further than this from the bound
-
-
-class ArgError(SchedlangError):
-    """A user error about one argument (``arg``); the scheduler locates it at that argument."""
-
-    def __init__(self, message: str, arg: str) -> None:
-        super().__init__(message)
-        self.arg = arg
 
 
 @dataclass
@@ -85,9 +85,6 @@ class Report:
         return asdict(self)
 
 
-last_report: Report | None = None  # the report of the latest optimize() call (for the CLI / API)
-
-
 # --------------------------------------------------------------------------- inputs
 
 
@@ -123,8 +120,7 @@ def sequential_orders(program: Program) -> Orders:
 
 
 def peaks(program: Program, orders: Orders) -> list[float]:
-    from schedlang.simulate import memory_profile
-
+    """The peak memory of every rank when ``program`` runs ``orders``."""
     prog = program.with_orders(orders)
     return [max([0.0, *memory_profile(prog, r)]) for r in range(program.num_ranks)]
 
@@ -155,10 +151,6 @@ def _one_needs_all(program: Program, seq: Sequence[float]) -> bool:
     return True
 
 
-def objective_value(sim: Any, objective: str) -> float:
-    return float(sim.cost if objective == "span" else sim.makespan)
-
-
 @dataclass(frozen=True)
 class Candidate:
     name: str
@@ -169,9 +161,7 @@ class Candidate:
 def warm_starts(program: Program, objective: str) -> list[Candidate]:
     """Every registered warm-start heuristic that applies and verifies under ``program``'s limit,
     best first (ties by name), plus the sequential fallback."""
-    from schedlang.schedulers import SCHEDULERS
-    from schedlang.simulate import simulate
-    from schedlang.verify import verify
+    from schedlang.schedulers import SCHEDULERS  # the registry imports this package
 
     out = []
     tried: list[tuple[str, Orders]] = []
@@ -206,130 +196,16 @@ def integer_program(program: Program, sc: Scaled) -> Program:
     return out
 
 
-def fifo_relabel(program: Program, starts: Sequence[float]) -> list[int]:
-    """Reassign start times within each (kind, stage) in microbatch order (valid when
-    :func:`fifo_is_safe`; keeps the objective, see model.py)."""
-    from schedlang.schedulers.ilp.model import fifo_chains
-
-    out = [int(round(x)) for x in starts]
-    for chain in fifo_chains(program):
-        for k, t in zip(chain, sorted(out[k] for k in chain), strict=True):
-            out[k] = t
-    return out
-
-
 # --------------------------------------------------------------------------- solving
 
 
-class Progress:
-    """Progress lines on a stream (stderr by default): status, objective, bound, gap, time."""
-
-    def __init__(self, stream: TextIO | None, scale: int, t0: float) -> None:
-        self.stream = stream
-        self.scale = scale
-        self.t0 = t0
-
-    def line(self, what: str, obj: float, bound: float) -> None:
-        if self.stream is None:
-            return
-        gap = (obj - bound) / obj if obj > 0 else 0.0
-        self.stream.write(f"ilp: {time.perf_counter() - self.t0:7.1f}s {what:<10} objective {obj:.6g} "
-                          f"bound {bound:.6g} gap {100 * gap:.2f}%\n")
-        self.stream.flush()
-
-
-def solver_params(solver: Any, *, time_limit: float, seed: int, workers: int, deterministic: bool,
-                  wall: float | None = None) -> None:
-    p = solver.parameters
-    p.random_seed = seed
-    p.num_workers = max(1, workers)
-    if deterministic:
-        p.max_deterministic_time = max(0.01, time_limit)
-        if workers > 1:
-            p.interleave_search = True
-        if wall is not None:  # the safety cap (see optimize's wall_limit)
-            p.max_time_in_seconds = max(0.01, wall)
-    else:
-        p.max_time_in_seconds = max(0.01, time_limit)
-    p.log_search_progress = False
-    # Probing in presolve and at the root costs seconds on these models and finds little; the
-    # complete hint (the warm start) then gives the first solution at once.
-    p.cp_model_probing_level = 0
-    # The LP relaxation of these disjunctive models is weak (the structural bound replaces it)
-    # and its wall time per unit of deterministic time is erratic (10x between seeds).
-    p.linearization_level = 0
-
-
-def solve_model(model: Any, *, time_limit: float, seed: int, workers: int, deterministic: bool,
-                on_solution: Any = None, wall: float | None = None) -> tuple[str, list[int] | None, int, float]:
-    """Solve; returns (status name, start times or None, best bound in model units, time used in the
-    limit's unit: deterministic time, or wall seconds when not ``deterministic``). ``wall`` caps
-    the wall-clock seconds of a deterministic solve."""
-    from ortools.sat.python import cp_model
-
-    solver = cp_model.CpSolver()
-    solver_params(solver, time_limit=time_limit, seed=seed, workers=workers, deterministic=deterministic,
-                  wall=wall)
-
-    class _Cb(cp_model.CpSolverSolutionCallback):  # type: ignore[misc]
-        def on_solution_callback(self) -> None:
-            if on_solution is not None:
-                on_solution(self.objective_value, self.best_objective_bound)
-
-    status = solver.solve(model.model, _Cb() if on_solution is not None else None)
-    name = solver.status_name(status)
-    used = solver.deterministic_time if deterministic else solver.wall_time
-    if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        starts = [int(solver.value(v)) for v in model.start]
-        return name, starts, int(math.ceil(solver.best_objective_bound - 1e-9)), used
-    return name, None, model.lower, used
-
-
-@dataclass
-class Problem:
-    """Everything the search needs, computed once."""
-
-    program: Program  # with the effective limits
-    iprog: Program  # integer times
-    sc: Scaled
-    objective: str
-    fifo: bool
-    topo: list[int]
-    lower: int
-    horizon_slack: int
-
-
-def model_value(problem: Problem, starts: Sequence[int]) -> int:
-    """The objective of start times, in model units (as the model defines it)."""
-    p, sc = problem.iprog, problem.sc
-    ends = [s + d for s, d in zip(starts, sc.dur, strict=True)]
-    if problem.objective == "makespan":
-        return max(ends)
-    out = 0
-    for r in range(p.num_ranks):
-        on = [o.id for o in p.ops if o.rank == r]
-        if on:
-            out = max(out, max(ends[k] for k in on) - min(starts[k] for k in on))
-    return out
-
-
-def horizon(problem: Problem, upper: int) -> int:
-    """A horizon no solution with objective <= ``upper`` needs to exceed, so proofs stay valid.
-
-    Makespan: ``upper`` itself. Span: shift any schedule left across every time gap in which no
-    rank is between its first and last op by the gap minus the largest latency (every edge across
-    the gap still has its latency); then the ranks' spans (each <= ``upper``) plus at most one
-    latency between them cover the whole: ``R * upper + R * max latency``."""
-    if problem.objective == "makespan":
-        return upper
-    return problem.program.num_ranks * upper + problem.horizon_slack
-
-
-def optimize(program: Program, *, objective: str = "span", time_limit: float = 60.0,
-             mem_limit: float | None = None, seed: int = 0, workers: int = 1, fifo: bool = True,
-             lns: bool = True, deterministic: bool = True, progress: TextIO | None = None,
-             wall_limit: float | None = None, periodic: bool = True) -> tuple[Orders, Report]:
+def optimize(program: Program, options: IlpOptions | None = None, *, progress: TextIO | None = None,
+             **changes: Any) -> tuple[Orders, Report]:
     """Optimize the per-rank orders of ``program`` (see the module docstring).
+
+    ``options`` (default :class:`IlpOptions`'s defaults) with ``changes`` applied (keyword names
+    of its fields, e.g. ``optimize(p, time_limit=10)``) says what to do; ``progress`` is the
+    stream the progress lines go to (None: none).
 
     ``time_limit`` is CP-SAT's deterministic time, so the same input, seed and workers give the
     same schedule. On some models (memory as a cumulative with variable-size intervals) CP-SAT's
@@ -338,23 +214,13 @@ def optimize(program: Program, *, objective: str = "span", time_limit: float = 6
     caps the search's wall-clock time as well. When the cap ends the search, the report says so
     (``wall_capped``): that result may differ between runs.
     """
-    global last_report
-    from schedlang.schedulers.ilp import lns as lns_mod
-    from schedlang.simulate import simulate
-
+    opts = replace(options or IlpOptions(), **changes)
     t0 = time.perf_counter()
-    if objective not in OBJECTIVES:
-        raise ArgError(f"ilp: unknown objective '{objective}' (objectives: {', '.join(OBJECTIVES)})", "objective")
-    if not time_limit > 0:
-        raise ArgError(f"ilp: time_limit must be positive, got {time_limit:g}", "time_limit")
-    if workers < 1:
-        raise ArgError(f"ilp: workers must be at least 1, got {workers}", "workers")
-    if wall_limit is None:
-        wall_limit = 4 * time_limit + 10 if deterministic else 0.0
-    if wall_limit < 0:
-        raise ArgError(f"ilp: wall_limit must be 0 (none) or positive, got {wall_limit:g}", "wall_limit")
-    deadline = t0 + wall_limit if wall_limit > 0 and deterministic else None
-    limits = effective_limits(program, mem_limit)
+    opts.check()
+    objective, time_limit, seed = opts.objective, opts.time_limit, opts.seed
+    wall_limit = opts.wall_seconds
+    deadline = t0 + wall_limit if wall_limit > 0 and opts.deterministic else None
+    limits = effective_limits(program, opts.mem_limit)
     prog = replace(program, mem_limit=None if all(math.isinf(x) for x in limits) else limits, schedule=None)
     check_limits(prog, limits)
     cands = warm_starts(prog, objective)
@@ -363,19 +229,17 @@ def optimize(program: Program, *, objective: str = "span", time_limit: float = 6
                        f"{', '.join(f'{x:g}' for x in limits)}; raise mem_limit", "mem_limit")
     warm = cands[0]
     sc = scale_program(prog, limits)
-    use_fifo = fifo and fifo_is_safe(prog)
+    use_fifo = opts.fifo and fifo_is_safe(prog)
     iprog = integer_program(prog, sc)
-    topo = topo_order(len(prog.ops), [[d for d, _ in s] for s in prog.succs()])
+    topo = prog.topo()
     bound_f = lower_bound(prog, limits, objective)
     bound_i = lower_bound(iprog, limits, objective)
     problem = Problem(prog, iprog, sc, objective, use_fifo, topo,
                       int(math.floor(bound_i.value + 1e-6)), max((e[2] for e in sc.edges), default=0) * prog.num_ranks)
-    shown = Progress(progress, sc.scale, t0)
+    shown = Progress(progress, t0)
     budget = time_limit
-    if use_fifo and periodic and warm.value > bound_f.value * (1 + PERIODIC_MIN_GAP) and prog.num_microbatches > 1:
-        from schedlang.schedulers.ilp.periodic import search as periodic_search
-
-        found, spent = periodic_search(prog, sc, objective, topo, time_limit=PERIODIC_SHARE * time_limit,
+    if use_fifo and opts.periodic and warm.value > bound_f.value * (1 + PERIODIC_MIN_GAP) and prog.num_microbatches > 1:
+        found, spent = periodic_search.search(prog, sc, objective, topo, time_limit=PERIODIC_SHARE * time_limit,
                                        seed=seed, progress=lambda what, v: shown.line(what, v, bound_f.value))
         budget -= spent
         if found is not None and found.value < warm.value - 1e-9 * max(1.0, warm.value):
@@ -384,24 +248,20 @@ def optimize(program: Program, *, objective: str = "span", time_limit: float = 6
     warm_starts_i = simulate(iprog.with_orders(warm.orders)).start
     hint = fifo_relabel(prog, warm_starts_i) if use_fifo else [int(round(x)) for x in warm_starts_i]
     shown.line(f"start:{warm.name}", warm.value, bound_f.value)
-    best_starts, cp_bound, dtime, rounds, status, capped = lns_mod.search(
-        problem, hint, time_limit=max(0.01, budget), seed=seed, workers=workers, deterministic=deterministic,
-        lns=lns, shown=shown, deadline=deadline)
+    best_starts, cp_bound, dtime, rounds, status, capped = lns_search.search(
+        problem, hint, time_limit=max(0.01, budget), seed=seed, workers=opts.workers,
+        deterministic=opts.deterministic, lns=opts.lns, shown=shown, deadline=deadline)
     orders = orders_from_starts(prog, best_starts, topo)
     chosen, rep = _finish(prog, problem, warm, orders, cands, bound_f, cp_bound, t0, dtime + time_limit - budget,
                           rounds)
     rep.wall_capped = capped
     rep.model_objective = sc.to_time(model_value(problem, best_starts))
     shown.line(rep.status.lower(), rep.objective, rep.bound)
-    last_report = rep
     return chosen, rep
 
 
 def _finish(prog: Program, problem: Problem, warm: Candidate, orders: Orders, cands: list[Candidate],
             bound_f: Bound, cp_bound: int, t0: float, dtime: float, rounds: int) -> tuple[Orders, Report]:
-    from schedlang.simulate import simulate
-    from schedlang.verify import verify
-
     chosen = orders
     try:
         verify(prog.with_orders(orders))
