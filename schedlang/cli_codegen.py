@@ -1,6 +1,6 @@
 """Codegen commands: ``schedlang import`` (PyTorch CSV to schedlang) and ``schedlang streams``
-(check an instruction-stream file, or a PyTorch compute_comms CSV, for deadlocks and mismatched
-messages).
+(check an instruction-stream file or a PyTorch CSV with the one stream checker; the work is
+:func:`schedlang.stream_files.check_stream_file`).
 
 Registered into :data:`schedlang.cli.COMMANDS` at import.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 
 from schedlang.cli import COMMANDS, write_output
-from schedlang.source import SchedlangError
 
 
 def _import_args(p: argparse.ArgumentParser) -> None:
@@ -23,12 +22,9 @@ def _import_args(p: argparse.ArgumentParser) -> None:
 
 def _import_run(args: argparse.Namespace) -> int:
     from schedlang.export import import_torch
+    from schedlang.stream_files import read_source
 
-    try:
-        with open(args.file, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise SchedlangError(f"cannot read '{args.file}': {exc.strerror}") from None
+    text = read_source(args.file).text
     source, _ = import_torch(text, args.file, args.format, out_name=args.output or "<imported>")
     write_output(source, args.output)
     return 0
@@ -36,7 +32,8 @@ def _import_run(args: argparse.Namespace) -> int:
 
 def _streams_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="an instruction-stream file (text or JSON, see schedlang.isa), or a PyTorch "
-                                "compute_comms CSV (FILE.csv)")
+                                "schedule CSV (FILE.csv; a compute-only one is checked with the "
+                                "communication PyTorch adds)")
     p.add_argument("--sends", default="buffered", choices=("buffered", "rendezvous"),
                    help="blocking semantics of sends (default buffered, the ISA's)")
     p.add_argument("--recvs", choices=("blocking", "posted"),
@@ -45,30 +42,13 @@ def _streams_args(p: argparse.ArgumentParser) -> None:
 
 
 def _streams_run(args: argparse.Namespace) -> int:
-    from schedlang import isa
-    from schedlang.codegen import check_deadlock
+    from schedlang.stream_files import check_stream_file
 
-    try:
-        if args.file.endswith(".csv"):
-            from schedlang.export import torch_csv_to_streams
-
-            with open(args.file, encoding="utf-8") as fh:
-                streams = torch_csv_to_streams(fh.read(), args.file)
-        else:
-            streams = isa.load(args.file)
-    except OSError as exc:
-        raise SchedlangError(f"cannot read '{args.file}': {exc.strerror}") from None
-    except isa.IsaError as exc:
-        raise SchedlangError(f"{args.file}: {exc}") from None
-    recvs = args.recvs or ("posted" if args.file.endswith(".csv") else "blocking")
-    check_deadlock(streams, args.sends, recvs)
-    n = sum(len(rs.instrs) for rs in streams.ranks)
-    how = f"{args.sends} sends" + (", posted receives" if recvs == "posted" else "")
-    print(f"{args.file}: ok: {streams.num_ranks} ranks, {n} instructions, no deadlock ({how})")
+    print(check_stream_file(args.file, args.sends, args.recvs))
     return 0
 
 
 COMMANDS["import"] = ("import a PyTorch schedule CSV as a schedlang program with explicit orders",
                       _import_args, _import_run)
-COMMANDS["streams"] = ("check instruction streams: matched sends/receives, no deadlock",
+COMMANDS["streams"] = ("check instruction streams: shape, data flow, matched sends/receives, no deadlock",
                        _streams_args, _streams_run)
