@@ -357,17 +357,18 @@ def _comm_rows(cells: list[list[tuple[str, Span]]], placement: list[int]) -> tup
 
 def _add_comms(ts: TorchSchedule, placement: list[int]) -> tuple[list[list[isa.Instr]], CsvSpans]:
     """Add communication and ``REDUCE_GRAD`` to a compute-only schedule as PyTorch 2.13 does on
-    load: ``REDUCE_GRAD`` of a stage right after its m-th ``B`` or ``W``; then, visiting the ranks
-    in turn, each runs its next action once its inputs are there (computed on the rank or
-    received), followed by a send for every output another rank consumes, whose receive is
-    appended to that rank's stream at once. A schedule where no rank can go on is refused, as
-    PyTorch refuses it, at the cell of the first stuck rank's next action."""
-    S, m = len(placement), ts.num_microbatches
-    heads = [0] * len(ts.rows)
-    ranks: list[list[isa.Instr]] = [[] for _ in ts.rows]
+    load: a ``REDUCE_GRAD`` of a stage becomes the action right after the stage's m-th ``B`` or
+    ``W``; then, visiting the ranks in turn, each rank runs its next action once its inputs are
+    there (computed on the rank or received), followed by a send for every output another rank
+    consumes, whose receive is appended to that rank's stream at once. A schedule where no rank
+    can go on is refused, as PyTorch refuses it, at the cell of the first stuck rank's next
+    action."""
+    S = len(placement)
+    todo, reduce_of = _reduce_grad_actions(ts)
+    heads = [0] * len(todo)
+    ranks: list[list[isa.Instr]] = [[] for _ in todo]
     spans: CsvSpans = {}
-    have: list[set[tuple[str, int, int]]] = [set() for _ in ts.rows]
-    backwards: dict[int, int] = {}
+    have: list[set[tuple[str, int, int]]] = [set() for _ in todo]
 
     def emit(r: int, ins: isa.Instr, span: Span) -> None:
         spans[(r, len(ranks[r]))] = span
@@ -381,40 +382,56 @@ def _add_comms(ts: TorchSchedule, placement: list[int]) -> tuple[list[list[isa.I
         return True
 
     def here(r: int) -> Span:
-        row = ts.spans[r]
-        return row[min(heads[r], len(row) - 1)]
+        return todo[r][min(heads[r], len(todo[r]) - 1)][1]
 
-    while any(h < len(row) for h, row in zip(heads, ts.rows, strict=True)):
+    while any(h < len(items) for h, items in zip(heads, todo, strict=True)):
         progress = False
-        for r, row in enumerate(ts.rows):
-            if heads[r] == len(row) or not all(ready(r, a) for a in row[heads[r]]):
+        for r, items in enumerate(todo):
+            if heads[r] == len(items) or not all(ready(r, a) for a in items[heads[r]][0]):
                 continue
-            slot, span = row[heads[r]], ts.spans[r][heads[r]]
-            emit(r, _slot_instr(slot), span)
+            slot, span = items[heads[r]]
+            if not slot:
+                emit(r, isa.Instr(isa.Op.REDUCE_GRAD, reduce_of[(r, heads[r])]), span)
+            else:
+                emit(r, _slot_instr(slot), span)
             for a in slot:
                 have[r].add(("in" if a.kind in ("I", "B") else a.kind, a.stage, a.mb))
                 q = a.stage + 1 if a.kind == "F" else a.stage - 1 if a.kind in ("I", "B") else -1
                 if 0 <= q < S and placement[q] != r:
-                    grad = a.kind != "F"
-                    emit(r, isa.Instr(isa.Op.SEND_GRAD if grad else isa.Op.SEND_ACT, a.stage, a.mb,
-                                      peer=placement[q], peer_stage=q), span)
-                    p = placement[q]
+                    grad, p = a.kind != "F", placement[q]
+                    emit(r, isa.Instr(isa.Op.SEND_GRAD if grad else isa.Op.SEND_ACT, a.stage, a.mb, peer=p,
+                                      peer_stage=q), span)
                     emit(p, isa.Instr(isa.Op.RECV_GRAD if grad else isa.Op.RECV_ACT, q, a.mb, peer=r,
                                       peer_stage=a.stage), here(p))
                     have[p].add(("recv_grad" if grad else "recv_act", q, a.mb))
-            for a in slot:
-                if a.kind in ("B", "W"):
-                    backwards[a.stage] = backwards.get(a.stage, 0) + 1
-                    if backwards[a.stage] == m:
-                        emit(r, isa.Instr(isa.Op.REDUCE_GRAD, a.stage), span)
             heads[r] += 1
             progress = True
         if not progress:
-            stuck = [r for r, row in enumerate(ts.rows) if heads[r] < len(row)]
-            waits = ", ".join(f"rank {r} at {_fmt_cell(ts.rows[r][heads[r]])}" for r in stuck)
+            stuck = [r for r, items in enumerate(todo) if heads[r] < len(items)]
+            waits = ", ".join(f"rank {r} at {_fmt_cell(todo[r][heads[r]][0])}" for r in stuck)
             raise SchedlangError("PyTorch cannot add communication to this compute-only schedule: every rank "
                                  f"waits for an input no rank can send yet ({waits})", here(stuck[0]))
     return ranks, spans
+
+
+def _reduce_grad_actions(ts: TorchSchedule) -> tuple[list[list[tuple[tuple[Action, ...], Span]]],
+                                                      dict[tuple[int, int], int]]:
+    """Per rank, its slots with their cells and, right after a stage's m-th ``B`` or ``W``, an
+    empty slot standing for the stage's ``REDUCE_GRAD``; and (rank, position) -> that stage."""
+    todo: list[list[tuple[tuple[Action, ...], Span]]] = []
+    reduce_of: dict[tuple[int, int], int] = {}
+    backwards: dict[int, int] = {}
+    for r, (row, row_spans) in enumerate(zip(ts.rows, ts.spans, strict=True)):
+        todo.append([])
+        for slot, span in zip(row, row_spans, strict=True):
+            todo[r].append((slot, span))
+            for a in slot:
+                if a.kind in ("B", "W"):
+                    backwards[a.stage] = backwards.get(a.stage, 0) + 1
+                    if backwards[a.stage] == ts.num_microbatches:
+                        reduce_of[(r, len(todo[r]))] = a.stage
+                        todo[r].append(((), span))
+    return todo, reduce_of
 
 
 def _fmt_cell(slot: tuple[Action, ...]) -> str:
