@@ -122,7 +122,8 @@ def test_spaces_and_quotes_in_cells_are_read_as_import_reads_them(tmp_path: Path
 
 _JUNK = [" 0F0", '"', "(0F0;0B0;0F1)OVERLAP_F_B", "(0F0)OVERLAP_F_B", "(;)OVERLAP_F_B", "9SEND_F0", "0RECV_B0",
          "0SEND_B0", "0REDUCE_GRAD", "0UNSHARD", "None", "", "1F" + "7" * 30, "0F-1", "F0", "0X0", "\ufeff0F0",
-         "0F0\t", "((0F0;0I0)OVERLAP_F_B)", "0I0;0W0", "99F0", "0W99"]
+         "0F0\t", "((0F0;0I0)OVERLAP_F_B)", "0I0;0W0", "99F0", "0W99", '" 0F0"', '"1SEND_F0 "', "0SEND_F",
+         "7RECV_F0", "0RECV_F0", "3SEND_B1", "(0F1;1I0)OVERLAP_F_B", "1RESHARD"]
 
 
 def _mutate(text: str, rng: random.Random) -> str:
