@@ -350,6 +350,8 @@ def parse_text(text: str) -> Streams:  # noqa: C901 - a flat line dispatcher
             if version != VERSION:
                 raise IsaError(f"unsupported version {version} (this reader knows {VERSION})", lineno)
         elif head == "pipeline":
+            if header is not None:
+                raise IsaError("second 'pipeline' header (a stream file has one)", lineno)
             header = _kv(tokens[1:], lineno)
         elif head == "meta":
             key, _, value = line[len("meta"):].strip().partition("=")

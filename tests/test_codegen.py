@@ -94,6 +94,8 @@ def test_text_and_json_round_trip(name: str, params: dict[str, int]) -> None:
     ("schedlang-isa 1\npipeline ranks=1 stages=1 microbatches=1\nrank 0\n  FOO stage=0\n", 4, "unknown instruction"),
     ("schedlang-isa 1\npipeline ranks=1 stages=1 microbatches=1\nrank 0\n  F stage=x\n", 4, "integer"),
     ("schedlang-isa 1\npipeline ranks=1 stages=1 microbatches=1\nrank 0\n  END\n", 4, "END without BATCH"),
+    ("schedlang-isa 1\npipeline ranks=1 stages=1 microbatches=1\npipeline ranks=2 stages=2 microbatches=1\n", 3,
+     "second 'pipeline' header"),
 ])
 def test_text_parse_errors_have_lines(text: str, line: int, what: str) -> None:
     with pytest.raises(isa.IsaError, match=what) as info:

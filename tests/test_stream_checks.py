@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -284,3 +285,47 @@ def test_non_utf8_files_give_located_errors(tmp_path: Path, capsys: pytest.Captu
     if suffix == ".csv":
         assert main(["import", str(path)]) == 1
         assert capsys.readouterr().err.startswith(f"{path}:2:5: error: not UTF-8 text")
+
+
+def _mutate_text(text: str, rng: random.Random) -> str:
+    lines = text.splitlines()
+    for _ in range(rng.randint(1, 3)):
+        k = rng.randrange(len(lines))
+        op = rng.randrange(6)
+        if op == 0:
+            del lines[k]
+        elif op == 1:
+            lines.insert(rng.randrange(len(lines)), lines[k])
+        elif op == 2:
+            j = rng.randrange(len(lines))
+            lines[k], lines[j] = lines[j], lines[k]
+        elif op == 3:  # change one number
+            nums = list(re.finditer(r"\d+", lines[k]))
+            if nums:
+                m = rng.choice(nums)
+                new = rng.choice(["0", "1", "2", "7", "-1", "9" * 30, "x"])
+                lines[k] = lines[k][:m.start()] + new + lines[k][m.end():]
+        elif op == 4:
+            lines.insert(k, rng.choice(["  BATCH", "  END", "rank 1 stages=1", "  OPT_STEP", "  F stage=0",
+                                        "  FB stage=0 mb=0 stage2=0 mb2=0", "meta x=y", "  USER kind=R"]))
+        else:
+            lines[k] = lines[k].replace("=", rng.choice(["==", " = ", "="]), 1)
+    return "\n".join(lines) + "\n"
+
+
+def test_stream_file_fuzz_gives_no_internal_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Seeded line mutations of built-ins' text streams: ok or a located error, never an internal
+    one; and most mutations are refused (a stream is hard to break harmlessly)."""
+    rng = random.Random(23)
+    bases = [isa.to_text(_compile(n, p)) for n, p in BUILTINS]
+    path = tmp_path / "s.txt"
+    refused = 0
+    for case in range(300):
+        text = _mutate_text(rng.choice(bases), rng)
+        path.write_text(text)
+        rc = main(["streams", str(path)])
+        err = capsys.readouterr().err
+        assert rc in (0, 1), f"case {case}: {err}\n{text}"
+        assert rc == 0 or LOCATED.match(err), f"case {case} unlocated: {err}"
+        refused += rc
+    assert refused > 250, refused
