@@ -236,6 +236,8 @@ def _json_doc() -> dict[str, object]:
     (lambda d: d["ranks"][0]["instrs"].__setitem__(0, {"op": "F", "speed": 1}), "ranks[0].instrs[0]: unknown field 'speed'"),
     (lambda d: d.pop("num_stages"), "the document: missing field 'num_stages'"),
     (lambda d: d.__setitem__("placement", 3), "placement: expected a list of integers, got 3"),
+    (lambda d: d.__setitem__("meta", 5), "meta: expected an object of strings, got 5"),
+    (lambda d: d["ranks"][1].__setitem__("instrs", 7), "ranks[1].instrs: expected a list of instructions, got 7"),
     (lambda d: d["ranks"][0]["instrs"].__setitem__(0, {"op": "BATCH", "parts": [{"op": "BATCH", "parts": []}]}),
      "ranks[0].instrs[0].parts[0].parts: only a BATCH holds parts, and a BATCH is not nested"),
 ])
