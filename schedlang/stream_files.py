@@ -10,6 +10,8 @@ instruction's line, a CSV's at the cell, a JSON stream's names the JSON path of 
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,15 +21,22 @@ from schedlang.source import SchedlangError, Source, Span
 
 Locate = Callable[[StreamError], Span]
 
+MAX_BYTES = 256 << 20  # a cap, so that a huge or endless file cannot exhaust memory
+
 
 def read_source(path: str) -> Source:
     """The text of a user's file as a :class:`Source` (UTF-8; a leading byte-order mark is
-    skipped). Unreadable files and bytes that are not UTF-8 give located errors."""
+    skipped). Unreadable files, files that are not regular or larger than :data:`MAX_BYTES`, and
+    bytes that are not UTF-8 give errors (located at the bad byte for the last)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would hang, /dev/zero never ends
+            raise SchedlangError(f"cannot read '{path}': not a regular file")
         with open(path, "rb") as fh:
-            data = fh.read()
+            data = fh.read(MAX_BYTES + 1)
     except OSError as exc:
         raise SchedlangError(f"cannot read '{path}': {exc.strerror}") from None
+    if len(data) > MAX_BYTES:
+        raise SchedlangError(f"cannot read '{path}': larger than {MAX_BYTES >> 20} MiB")
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import re
 from collections.abc import Callable
@@ -331,3 +332,11 @@ def test_stream_file_fuzz_gives_no_internal_error(tmp_path: Path, capsys: pytest
         assert rc == 0 or LOCATED.match(err), f"case {case} unlocated: {err}"
         refused += rc
     assert refused > 250, refused
+
+
+def test_special_files_are_refused_without_reading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    for path in (str(fifo), "/dev/zero", str(tmp_path)):
+        assert main(["streams", path]) == 1
+        assert capsys.readouterr().err.startswith(f"schedlang: error: cannot read '{path}': "), path
