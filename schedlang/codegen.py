@@ -4,9 +4,9 @@
 every op once, dependencies consistent with the orders) and guarantees streams that pass
 :func:`schedlang.isa_check.check_streams` (the one stream checker: shape, data flow, messages
 matched in order, and progress under buffered sends) when its stages form chains (see the stage
-graph in :mod:`schedlang.isa`); a program where a stage reads several stages gets streams that
-pass the matching and progress checks (``flow=False``) but that the checker and the runtime
-refuse.
+graph in :mod:`schedlang.isa`); a program where a stage reads several stages gets streams whose
+messages match and that do not deadlock, but that the checker (its shape check expects chains)
+and the runtime refuse.
 
 What it emits, per rank, walking the rank's slots in order:
 
