@@ -2,13 +2,14 @@
 
 - :class:`PipelineRunner` (``schedlang.runtime.executor``) runs one rank's stream on real modules:
   ``runner.step(inputs, targets) -> loss``.
-- :func:`check_streams` (``schedlang.runtime.validate``) rejects streams that cannot run.
+- :func:`check_streams` and :class:`StreamError` (re-exported from :mod:`schedlang.isa_check`, the
+  one stream checker, shared with the compiler) reject streams that cannot run.
 - :func:`split_sequential`, :class:`TinyGPT` and :func:`tiny_gpt` (``schedlang.runtime.models``)
   cut a model into stages and supply the bundled example.
 - :func:`spawn` (``schedlang.runtime.launch``) starts worker processes on one machine.
 - Timelines and Chrome traces: ``schedlang.runtime.timeline``.
 
-From the compiler this package imports only :mod:`schedlang.isa`. Importing the package is
+From the compiler this package imports only :mod:`schedlang.isa` and :mod:`schedlang.isa_check`. Importing the package is
 light; torch loads with the submodules.
 """
 
@@ -28,14 +29,14 @@ __all__ = [
 ]
 
 _WHERE = {
-    "PipelineRunner": "executor",
-    "PipelineError": "fault",
-    "StreamError": "validate",
-    "check_streams": "validate",
-    "spawn": "launch",
-    "split_sequential": "models",
-    "TinyGPT": "models",
-    "tiny_gpt": "models",
+    "PipelineRunner": "schedlang.runtime.executor",
+    "PipelineError": "schedlang.runtime.fault",
+    "StreamError": "schedlang.isa_check",
+    "check_streams": "schedlang.isa_check",
+    "spawn": "schedlang.runtime.launch",
+    "split_sequential": "schedlang.runtime.models",
+    "TinyGPT": "schedlang.runtime.models",
+    "tiny_gpt": "schedlang.runtime.models",
 }
 
 
@@ -43,5 +44,5 @@ def __getattr__(name: str) -> Any:
     if name in _WHERE:
         import importlib
 
-        return getattr(importlib.import_module(f"schedlang.runtime.{_WHERE[name]}"), name)
+        return getattr(importlib.import_module(_WHERE[name]), name)
     raise AttributeError(f"module 'schedlang.runtime' has no attribute {name!r}")

@@ -60,10 +60,10 @@ import torch.distributed as dist
 from schedlang.runtime.autograd_split import WeightWork, input_backward
 from schedlang.runtime.fault import FaultMonitor, PipelineError
 from schedlang.runtime.timeline import Event, event_name
-from schedlang.runtime.validate import StreamError, check_streams
 from torch import nn
 
 from schedlang.isa import Instr, Op, RankStream, Streams
+from schedlang.isa_check import StreamError, check_streams
 
 __all__ = ["PipelineRunner", "with_reductions"]
 
@@ -138,7 +138,7 @@ class PipelineRunner:
                  user_ops: Mapping[str, UserOp] | None = None, record: bool = True,
                  prepost: int = 0) -> None:
         streams = with_reductions(streams)
-        check_streams(streams)
+        check_streams(streams, training=True)
         rs = streams.stream(rank)
         _check_modules(rs, stage_modules)
         self.user_ops = dict(user_ops or {})

@@ -26,7 +26,8 @@ What it offers, by ``schedlang`` command:
   (codegen), :func:`chrome_trace`.
 - ``optimize``: :func:`optimize` (CP-SAT; needs ortools).
 - ``compare``: :func:`compare_rows`.
-- ``streams``: :func:`check_streams`. ``import``: :func:`import_torch_csv`.
+- ``streams``: :func:`check_streams` (:func:`load_streams` reads without checking). ``import``:
+  :func:`import_torch_csv`.
 - ``render``: :func:`render` (a scene to write as SVG or PNG), :func:`read_trace`.
 - ``run``: :func:`run`, :func:`check_run`, :func:`check_model`, :func:`runner_from_program`,
   :func:`summarize_timelines` (need torch).
@@ -282,45 +283,33 @@ def streams(program: Program) -> Any:
     return codegen(program)
 
 
-def check_streams(path: str, sends: str = "buffered", recvs: str | None = None) -> tuple[Any, str]:
-    """Read an instruction-stream file (text or JSON) or a PyTorch compute_comms CSV (``.csv``) and
-    check it: matched sends and receives, no deadlock under ``sends``/``recvs`` semantics.
+def load_streams(path: str) -> Any:
+    """Read an instruction-stream file (text or JSON) or a PyTorch CSV (``.csv``; a compute-only
+    one gets the communication PyTorch adds to it) as :class:`schedlang.isa.Streams`, unchecked;
+    malformed input raises a located :class:`SchedlangError`."""
+    from schedlang.stream_files import load_stream_file
 
-    ``recvs`` defaults to ``blocking`` for streams (the ISA's) and ``posted`` for a CSV (as
-    PyTorch's runtime does). Returns the streams and the receive semantics used; raises a
-    :class:`SchedlangError` for an unreadable file or a failed check.
-    """
-    from schedlang import isa
-    from schedlang.codegen import check_deadlock
+    return load_stream_file(path)[0]
 
-    try:
-        if path.endswith(".csv"):
-            from schedlang.export import torch_csv_to_streams
 
-            with open(path, encoding="utf-8") as fh:
-                got = torch_csv_to_streams(fh.read(), path)
-        else:
-            got = isa.load(path)
-    except OSError as exc:
-        raise SchedlangError(f"cannot read '{path}': {exc.strerror}") from None
-    except isa.IsaError as exc:
-        raise SchedlangError(f"{path}: {exc}") from None
-    recvs = recvs or ("posted" if path.endswith(".csv") else "blocking")
-    check_deadlock(got, sends, recvs)
-    return got, recvs
+def check_streams(path: str, sends: str = "buffered", recvs: str | None = None) -> str:
+    """Read a stream file or PyTorch CSV (see :func:`load_streams`) and run the one stream checker
+    (:mod:`schedlang.isa_check`) on it: shape, data flow, matched sends and receives, no deadlock
+    under ``sends``/``recvs`` semantics (``recvs`` defaults to ``blocking`` for streams, the ISA's,
+    and ``posted`` for a CSV, as PyTorch's runtime runs it). Returns the one-line summary that
+    ``schedlang streams`` prints; raises a located :class:`SchedlangError` on any problem."""
+    from schedlang.stream_files import check_stream_file
+
+    return check_stream_file(path, sends, recvs)
 
 
 def import_torch_csv(path: str, fmt: str = "auto", out_name: str = "<imported>") -> tuple[str, Program]:
     """A PyTorch schedule CSV as schedlang: the program's source text (named ``out_name``) and the
     program itself (explicit orders, verified). See :func:`schedlang.export.import_torch`."""
     from schedlang.export import import_torch
+    from schedlang.source import read_file
 
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise SchedlangError(f"cannot read '{path}': {exc.strerror}") from None
-    return import_torch(text, path, fmt, out_name=out_name)
+    return import_torch(read_file(path).text, path, fmt, out_name=out_name)
 
 
 def chrome_trace(program: Program) -> str:

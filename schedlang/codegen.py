@@ -2,8 +2,11 @@
 
 :func:`codegen` requires a scheduled, verified :class:`~schedlang.ir.Program` (explicit orders,
 every op once, dependencies consistent with the orders) and guarantees streams that pass
-:func:`check_deadlock` (buffered sends, see below) and whose sends match the peers' receives in
-order.
+:func:`schedlang.isa_check.check_streams` (the one stream checker: shape, data flow, messages
+matched in order, and progress under buffered sends) when its stages form chains (see the stage
+graph in :mod:`schedlang.isa`); a program where a stage reads several stages gets streams whose
+messages match and that do not deadlock, but that the checker (its shape check expects chains)
+and the runtime refuse.
 
 What it emits, per rank, walking the rank's slots in order:
 
@@ -67,30 +70,9 @@ backward part of an FB) of stage ``s`` on its rank, placed before the next compu
 (after that op's sends and any receives that follow); ``OPT_STEP`` ends every stream. Programs
 with no backward ops get neither.
 
-*Deadlock check.* :func:`check_deadlock` executes all streams symbolically. Semantics, ``sends``
-parameter:
-
-- ``"buffered"`` (the ISA v1 semantics): a send completes when issued; a receive completes once the
-  peer has issued the matching send (the k-th receive of a channel matches its k-th send); a
-  ``BATCH`` issues all its sends when the rank reaches it and completes once all its receives
-  are matched; compute, ``REDUCE_GRAD`` and ``OPT_STEP`` never block (gradient reduction is over
-  data-parallel replicas, not pipeline ranks).
-- ``"rendezvous"``: as above, but a send completes only once the peer has posted the matching
-  receive (the peer's current instruction or batch holds it, or it is past it). Stricter; codegen
-  does not promise it in general (see *Batching*).
-
-And ``recvs``:
-
-- ``"blocking"`` (the ISA v1 semantics): a receive waits where it stands, as above;
-- ``"posted"`` (``irecv`` semantics, as PyTorch's runtime and ``schedlang.runtime`` execute them):
-  a receive only posts (it counts as posted for rendezvous sends); the compute instruction that
-  consumes its tensor waits for it. Weaker than blocking: streams that pass with blocking
-  receives pass with posted ones.
-
-If some rank cannot finish, the check reports the cycle of ranks waiting on each other with the
-instruction each one waits on (or a rank waiting on a rank that has finished). Before executing,
-it checks that every channel's sends match the peer's receives in order (same payload, stage, peer
-stage and microbatch) and that counts agree.
+*Deadlock check.* Codegen runs the progress check of :mod:`schedlang.isa_check` (its module
+docstring states the blocking semantics, ``sends`` buffered or rendezvous and ``recvs`` blocking
+or posted, precisely) on the eager streams and falls back to lazy receives if it ever failed.
 """
 
 from __future__ import annotations
@@ -102,7 +84,7 @@ from schedlang import isa
 from schedlang.ir import Op as IrOp
 from schedlang.ir import Program, Role
 from schedlang.isa import Instr, RankStream, Streams
-from schedlang.source import SchedlangError
+from schedlang.isa_check import find_deadlock
 
 _COMPUTE = {Role.F: isa.Op.F, Role.B: isa.Op.B, Role.W: isa.Op.W, Role.BW: isa.Op.BW}
 
@@ -390,175 +372,6 @@ def _streams(program: Program, ranks: tuple[RankStream, ...]) -> Streams:
         meta=(("program", program.name.replace("#", "_").replace("\n", " ")),),
         prev=stage_graph(program),
     )
-
-
-# ------------------------------------------------------------------ deadlock check
-
-
-class StreamError(SchedlangError):
-    """Streams that would hang or exchange the wrong tensors; the message explains where."""
-
-
-@dataclass(frozen=True, slots=True)
-class Wait:
-    """Rank ``rank`` is stuck at instruction ``index`` (``instr``), waiting on rank ``on``."""
-
-    rank: int
-    index: int
-    instr: Instr
-    on: int
-
-    def __str__(self) -> str:
-        return f"rank {self.rank} at instruction {self.index} ({_fmt(self.instr)}) waits on rank {self.on}"
-
-
-def _fmt(ins: Instr) -> str:
-    if ins.op is isa.Op.BATCH:
-        return "BATCH[" + "; ".join(str(p) for p in ins.parts) + "]"
-    return str(ins)
-
-
-def _channel_of(rank: int, ins: Instr) -> tuple[int, int]:
-    return (rank, ins.peer) if ins.op.is_send else (ins.peer, rank)
-
-
-def _matches(send: Instr, recv: Instr) -> bool:
-    pair = {isa.Op.SEND_ACT: isa.Op.RECV_ACT, isa.Op.SEND_GRAD: isa.Op.RECV_GRAD}
-    return (pair.get(send.op) is recv.op and send.mb == recv.mb
-            and send.stage == recv.peer_stage and send.peer_stage == recv.stage)
-
-
-def check_matching(streams: Streams) -> None:
-    """Every channel's sends must match the peer's receives one to one, in order."""
-    sends: dict[tuple[int, int], list[Instr]] = defaultdict(list)
-    recvs: dict[tuple[int, int], list[Instr]] = defaultdict(list)
-    for rs in streams.ranks:
-        for ins in isa.flatten(rs.instrs):
-            if ins.op.is_p2p:
-                if not 0 <= ins.peer < streams.num_ranks or ins.peer == rs.rank:
-                    raise StreamError(f"rank {rs.rank}: {ins} names a bad peer")
-                (sends if ins.op.is_send else recvs)[_channel_of(rs.rank, ins)].append(ins)
-    for ch in sorted(set(sends) | set(recvs)):
-        s, r = sends.get(ch, []), recvs.get(ch, [])
-        for k, (a, b) in enumerate(zip(s, r, strict=False)):
-            if not _matches(a, b):
-                raise StreamError(f"message {k} from rank {ch[0]} to rank {ch[1]}: rank {ch[0]} sends "
-                                  f"'{a}' but rank {ch[1]} receives '{b}'")
-        if len(s) != len(r):
-            raise StreamError(f"rank {ch[0]} sends {len(s)} messages to rank {ch[1]}, "
-                              f"which receives {len(r)}")
-
-
-def _inputs(ins: Instr) -> list[tuple[int, int, bool]]:
-    """The (stage, mb, is_gradient) tensors a compute instruction consumes from receives."""
-    out = []
-    if ins.op in (isa.Op.F, isa.Op.FB):
-        out.append((ins.stage, ins.mb, False))
-    if ins.op in (isa.Op.B, isa.Op.BW):
-        out.append((ins.stage, ins.mb, True))
-    if ins.op is isa.Op.FB:
-        out.append((ins.stage2, ins.mb2, True))
-    return out
-
-
-class _Exec:
-    """Symbolic execution state of all ranks (see :func:`check_deadlock`)."""
-
-    def __init__(self, streams: Streams, rendezvous: bool, posted_recvs: bool) -> None:
-        self.streams = streams
-        self.rendezvous = rendezvous
-        self.posted_recvs = posted_recvs
-        self.pc = [0] * streams.num_ranks
-        self.posted: list[list[tuple[Instr, int]] | None] = [None] * streams.num_ranks
-        self.sent: dict[tuple[int, int], int] = defaultdict(int)  # sends posted per channel
-        self.recvd: dict[tuple[int, int], int] = defaultdict(int)  # receives posted per channel
-        # posted receives by the tensor they bring: rank -> (stage, mb, grad) -> (recv, its index)
-        self.pending: list[dict[tuple[int, int, bool], tuple[Instr, int]]] = [{} for _ in streams.ranks]
-
-    def parts(self, r: int) -> list[tuple[Instr, int]]:
-        """Post the rank's current instruction (once); the p2p parts it waits on, with their
-        channel index (with posted receives: a compute waits on the receives of its inputs)."""
-        cur = self.posted[r]
-        if cur is None:
-            ins = self.streams.ranks[r].instrs[self.pc[r]]
-            cur = []
-            for p in (ins.parts if ins.op is isa.Op.BATCH else (ins,)):
-                if p.op.is_p2p:
-                    ch = _channel_of(r, p)
-                    counter = self.sent if p.op.is_send else self.recvd
-                    if p.op.is_recv and self.posted_recvs:
-                        self.pending[r][(p.stage, p.mb, p.op is isa.Op.RECV_GRAD)] = (p, counter[ch])
-                    else:
-                        cur.append((p, counter[ch]))
-                    counter[ch] += 1
-            if self.posted_recvs:
-                cur.extend(self.pending[r].pop(key) for key in _inputs(ins) if key in self.pending[r])
-            self.posted[r] = cur
-        return cur
-
-    def blocked_on(self, r: int) -> tuple[Instr, int] | None:
-        """The first part rank r's current instruction waits on that cannot complete yet, if any."""
-        for p, k in self.parts(r):
-            ch = _channel_of(r, p)
-            if p.op.is_recv and self.sent[ch] <= k:
-                return p, p.peer
-            if p.op.is_send and self.rendezvous and self.recvd[ch] <= k:
-                return p, p.peer
-        return None
-
-    def run(self) -> list[int]:
-        """Advance every rank as far as possible; return the ranks that cannot finish."""
-        progress = True
-        while progress:
-            progress = False
-            for r, rs in enumerate(self.streams.ranks):
-                while self.pc[r] < len(rs.instrs) and self.blocked_on(r) is None:
-                    self.pc[r] += 1
-                    self.posted[r] = None
-                    progress = True
-        return [r for r, rs in enumerate(self.streams.ranks) if self.pc[r] < len(rs.instrs)]
-
-
-def find_deadlock(streams: Streams, sends: str = "buffered", recvs: str = "blocking") -> list[Wait] | None:
-    """None if every rank finishes; else the waits along a cycle of stuck ranks (or the chain
-    ending at a rank that has finished). Assumes :func:`check_matching` passed."""
-    assert sends in ("buffered", "rendezvous"), sends
-    assert recvs in ("blocking", "posted"), recvs
-    ex = _Exec(streams, sends == "rendezvous", recvs == "posted")
-    stuck = ex.run()
-    if not stuck:
-        return None
-    waits: dict[int, Wait] = {}
-    for r in stuck:
-        b = ex.blocked_on(r)
-        assert b is not None
-        waits[r] = Wait(r, ex.pc[r], streams.ranks[r].instrs[ex.pc[r]], b[1])
-    chain: list[Wait] = []
-    r = stuck[0]
-    seen: dict[int, int] = {}
-    while r in waits and r not in seen:
-        seen[r] = len(chain)
-        chain.append(waits[r])
-        r = waits[r].on
-    return chain[seen[r]:] if r in seen else chain
-
-
-def check_deadlock(streams: Streams, sends: str = "buffered", recvs: str = "blocking") -> None:
-    """Raise :class:`StreamError` if the streams mismatch or some rank would block forever
-    (``sends``/``recvs`` select the semantics, see the module docstring)."""
-    if len(streams.ranks) != streams.num_ranks or any(rs.rank != r for r, rs in enumerate(streams.ranks)):
-        raise StreamError("streams must list ranks 0..num_ranks-1 in order")
-    check_matching(streams)
-    waits = find_deadlock(streams, sends, recvs)
-    if waits is None:
-        return
-    how = f"{sends} sends" + (", posted receives" if recvs == "posted" else "")
-    if waits[-1].on in {w.rank for w in waits}:
-        cycle = " -> ".join(str(w.rank) for w in waits) + f" -> {waits[0].rank}"
-        head = f"deadlock ({how}): ranks {cycle} wait on each other"
-    else:
-        head = f"deadlock ({how}): rank {waits[-1].on} finished but rank {waits[-1].rank} still waits on it"
-    raise StreamError(head + "\n" + "\n".join(f"  {w}" for w in waits))
 
 
 # ------------------------------------------------------------------ emitters

@@ -223,7 +223,7 @@ def streams_to_torch_rows(streams: isa.Streams) -> list[list[str]]:
 def torch_rows_to_streams(rows: list[list[str]], placement: list[int] | tuple[int, ...],
                           num_microbatches: int) -> isa.Streams:
     """Instruction streams for PyTorch ``compute_comms`` rows (e.g. PyTorch's own lowering), so
-    :func:`schedlang.codegen.check_deadlock` can check them. ``UNSHARD``/``RESHARD`` are skipped."""
+    :func:`schedlang.isa_check.check_streams` can check them. ``UNSHARD``/``RESHARD`` are skipped."""
     S = len(placement)
     ranks = []
     for r, row in enumerate(rows):
@@ -264,19 +264,187 @@ def _torch_to_instr(s: int, kind: str, mb: int, placement: list[int] | tuple[int
     return None  # UNSHARD / RESHARD
 
 
-def torch_csv_to_streams(text: str, name: str = "<csv>") -> isa.Streams:
-    """Instruction streams for a PyTorch ``compute_comms`` CSV (placement and microbatch count
-    inferred from its compute actions), to check it with :func:`schedlang.codegen.check_deadlock`."""
-    ts = parse_torch_csv(text, name, "compute_comms")
+_COMM_PEER = {"SEND_F": 1, "RECV_F": -1, "SEND_B": -1, "RECV_B": 1}  # peer stage offset
+_STREAM_COMM = {"SEND_F": isa.Op.SEND_ACT, "RECV_F": isa.Op.RECV_ACT, "SEND_B": isa.Op.SEND_GRAD,
+                "RECV_B": isa.Op.RECV_GRAD}
+_STREAM_COMPUTE = {"F": isa.Op.F, "I": isa.Op.B, "W": isa.Op.W, "B": isa.Op.BW}
+
+CsvSpans = dict[tuple[int | None, int | None], Span]
+
+
+def torch_csv_streams(text: str, name: str = "<csv>") -> tuple[isa.Streams, CsvSpans, str]:
+    """Instruction streams for a PyTorch schedule CSV, to check with the stream checker
+    (:func:`schedlang.isa_check.check_streams`). Returns the streams, the CSV cell of each
+    instruction (``(rank, index)``; ``(rank, None)``: the rank's row) and the CSV's kind:
+
+    - ``csv`` (``compute_comms``: it has ``SEND``/``RECV``/``REDUCE_GRAD`` actions): each action
+      becomes an instruction (``UNSHARD``/``RESHARD`` are skipped: they do not move pipeline
+      tensors); every ``RECV`` and ``REDUCE_GRAD`` must be there, as PyTorch requires;
+    - ``csv-compute-only`` (no such actions): the communication and ``REDUCE_GRAD``\\ s are added as
+      PyTorch adds them when it loads a compute-only CSV (see :func:`_add_comms`).
+
+    There is no ``OPT_STEP``: PyTorch's caller steps the optimizer after the schedule (check with
+    ``opt_step=False``).
+    The compute actions are checked as for import: each once, every stage on every microbatch,
+    one forward and either a full backward or an input and a weight backward.
+    """
+    ts = parse_torch_csv(text, name, "auto")
     placement = _placement(ts)
-    rows = [[c.strip().strip('"') for c in line.split(",")] for line in text.splitlines()][:len(ts.rows)]
-    for lineno, row in enumerate(rows, start=1):
-        for cell in row:
-            a = _ACTION.fullmatch(cell)
-            if a is not None and a.group(2) in ("SEND_F", "RECV_B") and int(a.group(1)) + 1 >= len(placement) or \
-                    a is not None and a.group(2) in ("SEND_B", "RECV_F") and int(a.group(1)) == 0:
-                raise SchedlangError(f"'{cell}' has no peer stage", Span(ts.source, lineno, 1))
-    return torch_rows_to_streams(rows, placement, ts.num_microbatches)
+    _check_actions(ts)
+    cells = _csv_cells(ts.source)[:len(ts.rows)]
+    comms = any((a := _ACTION.fullmatch(c)) is not None and a.group(2) in {*_STREAM_COMM, "REDUCE_GRAD"}
+                for row in cells for c, _ in row)
+    if comms:
+        ranks, spans = _comm_rows(cells, placement)
+    else:
+        ranks, spans = _add_comms(ts, placement)
+    rows = []
+    for r, instrs in enumerate(ranks):
+        spans[(r, None)] = Span(ts.source, r + 1, 1)
+        spans[(r, len(instrs))] = spans.get((r, len(instrs) - 1), spans[(r, None)])  # the end of the row
+        rows.append(isa.RankStream(r, tuple(s for s, q in enumerate(placement) if q == r), tuple(instrs)))
+    streams = isa.Streams(len(ranks), len(placement), ts.num_microbatches, tuple(placement), tuple(rows))
+    return streams, spans, "csv" if comms else "csv-compute-only"
+
+
+def _csv_cells(src: Source) -> list[list[tuple[str, Span]]]:
+    """Per line, its non-empty cells (quotes and blanks stripped, ``None`` skipped) and their spans."""
+    rows = []
+    for lineno, line in enumerate(src.text.splitlines(), start=1):
+        row, col = [], 1
+        for cell in line.split(","):
+            text = cell.strip().strip('"').strip()
+            if text not in ("", "None"):
+                row.append((text, Span(src, lineno, col, lineno, col + max(len(cell), 1))))
+            col += len(cell) + 1
+        rows.append(row)
+    return rows
+
+
+def _comm_rows(cells: list[list[tuple[str, Span]]], placement: list[int]) -> tuple[list[list[isa.Instr]], CsvSpans]:
+    S = len(placement)
+    ranks: list[list[isa.Instr]] = []
+    spans: CsvSpans = {}
+    for r, row in enumerate(cells):
+        instrs: list[isa.Instr] = []
+        for text, span in row:
+            a = _ACTION.fullmatch(text)
+            kind = a.group(2) if a is not None else ""
+            ins: isa.Instr | None
+            if a is None or kind in _STREAM_COMPUTE:
+                ins = _slot_instr(_parse_cell(text, span, "auto"))
+            elif kind in ("UNSHARD", "RESHARD"):
+                ins = None
+            else:
+                s = int(a.group(1))
+                if s >= S:
+                    raise SchedlangError(f"'{text}' names stage {s}, but the stages run 0..{S - 1}", span)
+                if kind == "REDUCE_GRAD":
+                    ins = isa.Instr(isa.Op.REDUCE_GRAD, s)
+                else:
+                    q = s + _COMM_PEER[kind]
+                    if not 0 <= q < S:
+                        raise SchedlangError(f"'{text}' has no peer stage (stages run 0..{S - 1})", span)
+                    if a.group(3) == "":
+                        raise SchedlangError(f"'{text}' needs a microbatch index", span)
+                    ins = isa.Instr(_STREAM_COMM[kind], s, int(a.group(3)), peer=placement[q], peer_stage=q)
+            if ins is not None:
+                spans[(r, len(instrs))] = span
+                instrs.append(ins)
+        ranks.append(instrs)
+    return ranks, spans
+
+
+def _add_comms(ts: TorchSchedule, placement: list[int]) -> tuple[list[list[isa.Instr]], CsvSpans]:
+    """Add communication and ``REDUCE_GRAD`` to a compute-only schedule as PyTorch 2.13 does on
+    load: a ``REDUCE_GRAD`` of a stage becomes the action right after the stage's m-th ``B`` or
+    ``W``; then, visiting the ranks in turn, each rank runs its next action once its inputs are
+    there (computed on the rank or received), followed by a send for every output another rank
+    consumes, whose receive is appended to that rank's stream at once. A schedule where no rank
+    can go on is refused, as PyTorch refuses it, at the cell of the first stuck rank's next
+    action."""
+    S = len(placement)
+    todo, reduce_of = _reduce_grad_actions(ts)
+    heads = [0] * len(todo)
+    ranks: list[list[isa.Instr]] = [[] for _ in todo]
+    spans: CsvSpans = {}
+    have: list[set[tuple[str, int, int]]] = [set() for _ in todo]
+
+    def emit(r: int, ins: isa.Instr, span: Span) -> None:
+        spans[(r, len(ranks[r]))] = span
+        ranks[r].append(ins)
+
+    def ready(r: int, a: Action) -> bool:
+        if a.kind == "F" and a.stage > 0:
+            return ("F", a.stage - 1, a.mb) in have[r] or ("recv_act", a.stage, a.mb) in have[r]
+        if a.kind in ("I", "B") and a.stage < S - 1:
+            return ("in", a.stage + 1, a.mb) in have[r] or ("recv_grad", a.stage, a.mb) in have[r]
+        return True
+
+    def here(r: int) -> Span:
+        return todo[r][min(heads[r], len(todo[r]) - 1)][1]
+
+    while any(h < len(items) for h, items in zip(heads, todo, strict=True)):
+        progress = False
+        for r, items in enumerate(todo):
+            if heads[r] == len(items) or not all(ready(r, a) for a in items[heads[r]][0]):
+                continue
+            slot, span = items[heads[r]]
+            if not slot:
+                emit(r, isa.Instr(isa.Op.REDUCE_GRAD, reduce_of[(r, heads[r])]), span)
+            else:
+                emit(r, _slot_instr(slot), span)
+            for a in slot:
+                have[r].add(("in" if a.kind in ("I", "B") else a.kind, a.stage, a.mb))
+                q = a.stage + 1 if a.kind == "F" else a.stage - 1 if a.kind in ("I", "B") else -1
+                if 0 <= q < S and placement[q] != r:
+                    grad, p = a.kind != "F", placement[q]
+                    emit(r, isa.Instr(isa.Op.SEND_GRAD if grad else isa.Op.SEND_ACT, a.stage, a.mb, peer=p,
+                                      peer_stage=q), span)
+                    emit(p, isa.Instr(isa.Op.RECV_GRAD if grad else isa.Op.RECV_ACT, q, a.mb, peer=r,
+                                      peer_stage=a.stage), here(p))
+                    have[p].add(("recv_grad" if grad else "recv_act", q, a.mb))
+            heads[r] += 1
+            progress = True
+        if not progress:
+            stuck = [r for r, items in enumerate(todo) if heads[r] < len(items)]
+            waits = ", ".join(f"rank {r} at {_fmt_cell(todo[r][heads[r]][0])}" for r in stuck)
+            raise SchedlangError("PyTorch cannot add communication to this compute-only schedule: every rank "
+                                 f"waits for an input no rank can send yet ({waits})", here(stuck[0]))
+    return ranks, spans
+
+
+def _reduce_grad_actions(ts: TorchSchedule) -> tuple[list[list[tuple[tuple[Action, ...], Span]]],
+                                                      dict[tuple[int, int], int]]:
+    """Per rank, its slots with their cells and, right after a stage's m-th ``B`` or ``W``, an
+    empty slot standing for the stage's ``REDUCE_GRAD``; and (rank, position) -> that stage."""
+    todo: list[list[tuple[tuple[Action, ...], Span]]] = []
+    reduce_of: dict[tuple[int, int], int] = {}
+    backwards: dict[int, int] = {}
+    for r, (row, row_spans) in enumerate(zip(ts.rows, ts.spans, strict=True)):
+        todo.append([])
+        for slot, span in zip(row, row_spans, strict=True):
+            todo[r].append((slot, span))
+            for a in slot:
+                if a.kind in ("B", "W"):
+                    backwards[a.stage] = backwards.get(a.stage, 0) + 1
+                    if backwards[a.stage] == ts.num_microbatches:
+                        reduce_of[(r, len(todo[r]))] = a.stage
+                        todo[r].append(((), span))
+    return todo, reduce_of
+
+
+def _fmt_cell(slot: tuple[Action, ...]) -> str:
+    return ";".join(f"{a.stage}{a.kind}{a.mb}" for a in slot)
+
+
+def _slot_instr(slot: tuple[Action, ...]) -> isa.Instr:
+    if len(slot) == 1:
+        a = slot[0]
+        return isa.Instr(_STREAM_COMPUTE[a.kind], a.stage, a.mb)
+    f = next(a for a in slot if a.kind == "F")
+    b = next(a for a in slot if a.kind != "F")
+    return isa.Instr(isa.Op.FB, f.stage, f.mb, stage2=b.stage, mb2=b.mb, kind="BW" if b.kind == "B" else "B")
 
 
 def torch_comms_rows(program: Program) -> list[list[str]]:
@@ -305,7 +473,8 @@ def emit_torch_csv_comms(program: Program) -> str:
 
 # ================================================================== import
 
-_ACTION = re.compile(r"(\d+)(F|I|B|W|UNSHARD|RESHARD|REDUCE_GRAD|SEND_F|RECV_F|SEND_B|RECV_B)(\d*)")
+# indices of at most 9 digits: larger ones are no schedule, and int() of a huge one is slow or refused
+_ACTION = re.compile(r"(\d{1,9})(F|I|B|W|UNSHARD|RESHARD|REDUCE_GRAD|SEND_F|RECV_F|SEND_B|RECV_B)(\d{0,9})")
 _OVERLAP = re.compile(r"\((.*)\)OVERLAP_F_B")
 
 
@@ -371,23 +540,20 @@ def parse_torch_csv(text: str, name: str = "<csv>", fmt: str = "auto") -> TorchS
         raise SchedlangError(f"unknown CSV format '{fmt}' (formats: {', '.join(FORMATS)})")
     src = Source(name, text)
     rows, spans = [], []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        row, row_spans = [], []
-        col = 1
-        for cell in line.split(","):
-            span = Span(src, lineno, col, lineno, col + max(len(cell), 1))
-            slot = _parse_cell(cell, span, fmt)
-            if slot:
-                row.append(slot)
-                row_spans.append(span)
-            col += len(cell) + 1
-        rows.append(tuple(row))
-        spans.append(tuple(row_spans))
+    for cells in _csv_cells(src):
+        slots = [(slot, span) for cell, span in cells if (slot := _parse_cell(cell, span, fmt))]
+        rows.append(tuple(slot for slot, _ in slots))
+        spans.append(tuple(span for _, span in slots))
     while rows and not rows[-1] and not text.splitlines()[len(rows) - 1].strip():
         rows.pop()
         spans.pop()
     if not rows:
         raise SchedlangError("empty schedule: no rows", Span(src, 1, 1))
+    for r, row in enumerate(rows):
+        if not row:
+            raise SchedlangError(f"rank {r} (row {r + 1}) has no compute actions: PyTorch reads one row per rank "
+                                 "and every rank holds at least one stage (a blank row would shift the ranks "
+                                 "after it)", Span(src, r + 1, 1))
     return TorchSchedule(tuple(rows), tuple(spans), src)
 
 
@@ -513,9 +679,6 @@ def import_torch(text: str, name: str = "<csv>", fmt: str = "auto", out_name: st
 
 def import_csv(path: str, fmt: str = "auto") -> Program:
     """Read and import a PyTorch CSV file (see :func:`import_torch`)."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise SchedlangError(f"cannot read '{path}': {exc.strerror}") from None
-    return import_torch(text, path, fmt)[1]
+    from schedlang.source import read_file
+
+    return import_torch(read_file(path).text, path, fmt)[1]

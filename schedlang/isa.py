@@ -32,8 +32,8 @@ in ``parts``. ``REDUCE_GRAD`` finishes the gradients of ``stage`` (scale by 1/nu
 all-reduce over data-parallel replicas when there are any). ``OPT_STEP`` steps the optimizer of
 every stage on the rank.
 
-Guarantees a runtime can rely on (codegen output; :func:`schedlang.codegen.check_deadlock`
-checks them, and its docstring states the blocking semantics precisely):
+Guarantees a runtime can rely on (codegen output; :func:`schedlang.isa_check.check_streams`
+checks them, and its module docstring states the blocking semantics precisely):
 
 - Messages between an ordered pair of ranks match in issue order: the k-th send from rank a to
   rank b (counting ``BATCH`` parts in order) is the k-th receive on b from a, with the same
@@ -284,7 +284,8 @@ def _int(text: str, lineno: int, what: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise IsaError(f"{what}: expected an integer, got {text!r}", lineno) from None
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise IsaError(f"{what}: expected an integer, got {shown!r}", lineno) from None
 
 
 def _int_list(text: str, lineno: int, what: str) -> tuple[int, ...]:
@@ -349,6 +350,8 @@ def parse_text(text: str) -> Streams:  # noqa: C901 - a flat line dispatcher
             if version != VERSION:
                 raise IsaError(f"unsupported version {version} (this reader knows {VERSION})", lineno)
         elif head == "pipeline":
+            if header is not None:
+                raise IsaError("second 'pipeline' header (a stream file has one)", lineno)
             header = _kv(tokens[1:], lineno)
         elif head == "meta":
             key, _, value = line[len("meta"):].strip().partition("=")
@@ -412,18 +415,69 @@ def _instr_to_obj(ins: Instr) -> dict[str, Any]:
     return obj
 
 
-def _instr_from_obj(obj: dict[str, Any]) -> Instr:
-    args = dict(obj)
+def _json_bad(path: str, what: str, value: object) -> IsaError:
     try:
-        op = Op(args.pop("op"))
-    except (KeyError, ValueError) as exc:
-        raise IsaError(f"bad instruction {obj!r}: {exc}") from None
-    parts = tuple(_instr_from_obj(p) for p in args.pop("parts", ()))
-    known = {f.name for f in fields(Instr)}
-    unknown = set(args) - known
+        shown = json.dumps(value)
+    except (ValueError, RecursionError):
+        shown = type(value).__name__
+    if len(shown) > 40:
+        shown = shown[:37] + "..."
+    return IsaError(f"{path}: expected {what}, got {shown}")
+
+
+def _json_int(value: object, path: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _json_bad(path, "an integer", value)
+    return value
+
+
+def _json_ints(value: object, path: str) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise _json_bad(path, "a list of integers", value)
+    return tuple(_json_int(v, f"{path}[{k}]") for k, v in enumerate(value))
+
+
+def _json_obj(value: object, path: str, required: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _json_bad(path, "an object", value)
+    missing = [k for k in required if k not in value]
+    if missing:
+        raise IsaError(f"{path}: missing field {missing[0]!r}")
+    unknown = sorted(set(value) - set(required) - set(optional))
     if unknown:
-        raise IsaError(f"unknown fields {sorted(unknown)} in {obj!r}")
-    return Instr(op, parts=parts, **args)
+        raise IsaError(f"{path}: unknown field {unknown[0]!r}")
+    return value
+
+
+_INSTR_FIELDS = tuple(f.name for f in fields(Instr) if f.name != "op")
+
+
+def _instr_from_obj(value: object, path: str, nested: bool = False) -> Instr:
+    obj = _json_obj(value, path, ("op",), _INSTR_FIELDS)
+    try:
+        op = Op(obj["op"])
+    except (TypeError, ValueError):
+        raise _json_bad(f"{path}.op", "an opcode (" + ", ".join(o.value for o in Op) + ")", obj["op"]) from None
+    args: dict[str, Any] = {name: _json_int(obj[name], f"{path}.{name}") for name in _INT_FIELDS if name in obj}
+    if "kind" in obj:
+        if not isinstance(obj["kind"], str):
+            raise _json_bad(f"{path}.kind", "a string", obj["kind"])
+        args["kind"] = obj["kind"]
+    if "parts" in obj:
+        if op is not Op.BATCH or nested:
+            raise IsaError(f"{path}.parts: only a BATCH holds parts, and a BATCH is not nested")
+        if not isinstance(obj["parts"], list):
+            raise _json_bad(f"{path}.parts", "a list of instructions", obj["parts"])
+        args["parts"] = tuple(_instr_from_obj(p, f"{path}.parts[{k}]", True) for k, p in enumerate(obj["parts"]))
+    return Instr(op, **args)
+
+
+def _rank_from_obj(value: object, path: str) -> RankStream:
+    obj = _json_obj(value, path, ("rank", "stages", "instrs"), ())
+    if not isinstance(obj["instrs"], list):
+        raise _json_bad(f"{path}.instrs", "a list of instructions", obj["instrs"])
+    return RankStream(_json_int(obj["rank"], f"{path}.rank"), _json_ints(obj["stages"], f"{path}.stages"),
+                      tuple(_instr_from_obj(i, f"{path}.instrs[{k}]") for k, i in enumerate(obj["instrs"])))
 
 
 def to_json(streams: Streams) -> str:
@@ -450,34 +504,49 @@ def to_json(streams: Streams) -> str:
 
 
 def from_json(text: str) -> Streams:
-    """Parse the JSON form produced by :func:`to_json`."""
+    """Parse the JSON form produced by :func:`to_json`; an error names the JSON path of the bad
+    value (e.g. ``ranks[1].instrs[4].mb``), or the line of a JSON syntax error."""
     try:
         doc = json.loads(text)
-        if doc.get("format") != "schedlang-isa":
-            raise IsaError("not a schedlang-isa JSON document")
-        if doc["version"] != VERSION:
-            raise IsaError(f"unsupported version {doc['version']}")
-        return Streams(
-            num_ranks=doc["num_ranks"],
-            num_stages=doc["num_stages"],
-            num_microbatches=doc["num_microbatches"],
-            placement=tuple(doc["placement"]),
-            ranks=tuple(
-                RankStream(r["rank"], tuple(r["stages"]), tuple(_instr_from_obj(i) for i in r["instrs"]))
-                for r in doc["ranks"]
-            ),
-            version=doc["version"],
-            meta=tuple(doc.get("meta", {}).items()),
-            prev=tuple(doc.get("prev", ())),
-        )
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise IsaError(f"malformed JSON streams: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise IsaError(f"malformed JSON: {exc.msg} (column {exc.colno})", exc.lineno) from None
+    except RecursionError:
+        raise IsaError("malformed JSON streams: values nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer beyond Python's digit limit
+        raise IsaError(f"malformed JSON: {exc}") from None
+    top = ("format", "version", "num_ranks", "num_stages", "num_microbatches", "placement", "ranks")
+    if not isinstance(doc, dict) or doc.get("format") != "schedlang-isa":
+        raise IsaError('not a schedlang-isa JSON document (expected an object with "format": "schedlang-isa")')
+    doc = _json_obj(doc, "the document", top, ("meta", "prev"))
+    version = _json_int(doc["version"], "version")
+    if version != VERSION:
+        raise IsaError(f"version: unsupported version {version} (this reader knows {VERSION})")
+    meta = doc.get("meta", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise _json_bad("meta", "an object of strings", meta)
+    if not isinstance(doc["ranks"], list):
+        raise _json_bad("ranks", "a list of rank objects", doc["ranks"])
+    return Streams(
+        num_ranks=_json_int(doc["num_ranks"], "num_ranks"),
+        num_stages=_json_int(doc["num_stages"], "num_stages"),
+        num_microbatches=_json_int(doc["num_microbatches"], "num_microbatches"),
+        placement=_json_ints(doc["placement"], "placement"),
+        ranks=tuple(_rank_from_obj(r, f"ranks[{k}]") for k, r in enumerate(doc["ranks"])),
+        version=version,
+        meta=tuple(meta.items()),
+        prev=_json_ints(doc.get("prev", []), "prev"),
+    )
 
 
 def load(path: str) -> Streams:
     """Read streams from a ``.json`` file or a text file."""
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
+    with open(path, "rb") as fh:
+        data = fh.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise IsaError(f"not UTF-8 text: byte 0x{data[exc.start]:02x} cannot be decoded",
+                       data[:exc.start].count(b"\n") + 1) from None
     return from_json(text) if text.lstrip().startswith("{") else parse_text(text)
 
 

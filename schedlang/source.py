@@ -7,6 +7,8 @@ Internal bugs stay plain assertions and are never dressed up as user errors.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 
 
@@ -85,3 +87,33 @@ def _render_one(severity: str, message: str, span: Span | None) -> str:
 def cli_source(text: str, what: str = "<command line>") -> Source:
     """A pseudo-source for values given on the command line (``--set p=8``)."""
     return Source(what, text)
+
+
+MAX_BYTES = 256 << 20  # a cap, so that a huge or endless file cannot exhaust memory
+
+
+def read_file(path: str, span: Span | None = None) -> Source:
+    """The text of a user's file as a :class:`Source` (UTF-8; a leading byte-order mark is
+    skipped). Unreadable files, files that are not regular or larger than :data:`MAX_BYTES`, and
+    bytes that are not UTF-8 give errors (located at the bad byte for the last; the others at
+    ``span``, where the path was given, if any)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would hang, /dev/zero never ends
+            raise SchedlangError(f"cannot read '{path}': not a regular file", span)
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise SchedlangError(f"cannot read '{path}': {exc.strerror}", span) from None
+    if len(data) > MAX_BYTES:
+        raise SchedlangError(f"cannot read '{path}': larger than {MAX_BYTES >> 20} MiB", span)
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return Source(path, data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        good = data[:exc.start].decode("utf-8")
+        line = good.count("\n") + 1
+        col = len(good) - (good.rfind("\n") + 1) + 1
+        text = data.decode("utf-8", errors="replace")
+        raise SchedlangError(f"not UTF-8 text: byte 0x{data[exc.start]:02x} cannot be decoded",
+                             Span(Source(path, text), line, col)) from None

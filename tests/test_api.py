@@ -79,11 +79,11 @@ def test_check_streams_and_import_round_trip(tmp_path: Path) -> None:
     prog = api.compile("std:zb-h1", p=2, m=2)
     path = tmp_path / "s.txt"
     path.write_text(api.emit(prog, "streams"))
-    streams, recvs = api.check_streams(str(path))
-    assert recvs == "blocking" and streams == api.streams(prog)
+    assert "no deadlock (buffered sends)" in api.check_streams(str(path))
+    assert api.load_streams(str(path)) == api.streams(prog)
     csv = tmp_path / "s.csv"
     csv.write_text(api.emit(prog, "torch-csv-comms"))
-    assert api.check_streams(str(csv))[1] == "posted"
+    assert "posted receives" in api.check_streams(str(csv))
     only = tmp_path / "only.csv"
     only.write_text(api.emit(prog, "torch-csv"))
     source, back = api.import_torch_csv(str(only), "compute_only", out_name="back.sched")

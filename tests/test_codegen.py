@@ -17,18 +17,10 @@ from hypothesis import strategies as st
 
 from schedlang import api, isa
 from schedlang.cli import main
-from schedlang.codegen import (
-    BATCHINGS,
-    RECV_PLACEMENTS,
-    StreamError,
-    check_deadlock,
-    check_matching,
-    codegen,
-    find_deadlock,
-    messages,
-)
+from schedlang.codegen import BATCHINGS, RECV_PLACEMENTS, codegen, messages
 from schedlang.ir import Orders, Program, Role
 from schedlang.isa import Instr, Op
+from schedlang.isa_check import StreamError, check_streams, find_deadlock
 from schedlang.source import SchedlangError
 from schedlang.verify import verify
 
@@ -59,7 +51,7 @@ def _compile(name: str, params: dict[str, int]) -> Program:
 def test_builtin_streams_golden(golden, name: str, params: dict[str, int]) -> None:
     prog = _compile(name, params)
     streams = codegen(prog)
-    check_deadlock(streams)
+    check_streams(streams)
     golden.check(f"codegen/{name}.streams.txt", isa.to_text(streams))
 
 
@@ -69,12 +61,12 @@ def test_1f1b_steady_state_is_batched() -> None:
     streams = codegen(api.compile("std:1f1b", p=4, m=8))
     batches = [i for i in streams.ranks[0].instrs if i.op is Op.BATCH]
     assert batches and all({p.op for p in b.parts} == {Op.SEND_ACT, Op.RECV_GRAD} for b in batches)
-    check_deadlock(streams, "rendezvous")
+    check_streams(streams, sends="rendezvous")
     unbatched = isa.Streams(**{**_fields(streams), "ranks": tuple(
         isa.RankStream(rs.rank, rs.stages, tuple(isa.flatten(rs.instrs))) for rs in streams.ranks)})
-    check_deadlock(unbatched)  # buffered sends: batching changes nothing
+    check_streams(unbatched)  # buffered sends: batching changes nothing
     with pytest.raises(StreamError, match="rendezvous"):
-        check_deadlock(unbatched, "rendezvous")
+        check_streams(unbatched, sends="rendezvous")
 
 
 def _fields(s: isa.Streams) -> dict[str, object]:
@@ -102,6 +94,8 @@ def test_text_and_json_round_trip(name: str, params: dict[str, int]) -> None:
     ("schedlang-isa 1\npipeline ranks=1 stages=1 microbatches=1\nrank 0\n  FOO stage=0\n", 4, "unknown instruction"),
     ("schedlang-isa 1\npipeline ranks=1 stages=1 microbatches=1\nrank 0\n  F stage=x\n", 4, "integer"),
     ("schedlang-isa 1\npipeline ranks=1 stages=1 microbatches=1\nrank 0\n  END\n", 4, "END without BATCH"),
+    ("schedlang-isa 1\npipeline ranks=1 stages=1 microbatches=1\npipeline ranks=2 stages=2 microbatches=1\n", 3,
+     "second 'pipeline' header"),
 ])
 def test_text_parse_errors_have_lines(text: str, line: int, what: str) -> None:
     with pytest.raises(isa.IsaError, match=what) as info:
@@ -130,8 +124,9 @@ def test_handmade_deadlock_reports_cycle(golden) -> None:
     assert waits is not None
     assert {(w.rank, w.index, w.on) for w in waits} == {(0, 0, 1), (1, 0, 0)}
     with pytest.raises(StreamError) as info:
-        check_deadlock(s)
-    golden.check("codegen/deadlock_cycle.txt", info.value.render() + "\n")
+        check_streams(s, flow=False)
+    assert (info.value.rank, info.value.index) == (0, 0)
+    golden.check("codegen/deadlock_cycle.txt", SchedlangError(info.value.message).render() + "\n")
 
 
 def test_three_rank_cycle() -> None:
@@ -150,11 +145,11 @@ def test_three_rank_cycle() -> None:
 def test_rendezvous_only_deadlock() -> None:
     # both ranks send first: fine with buffered sends, a deadlock when a send waits for its receive
     s = _streams([ACT01[0], Instr(Op.F, 0, 0), GRAD10[1]], [GRAD10[0], Instr(Op.F, 1, 0), ACT01[1]])
-    check_deadlock(s)
+    check_streams(s, flow=False)
     with pytest.raises(StreamError, match=r"ranks (0 -> 1 -> 0|1 -> 0 -> 1)"):
-        check_deadlock(s, "rendezvous")
+        check_streams(s, sends="rendezvous", flow=False)
     batched = _streams([Instr(Op.BATCH, parts=(ACT01[0], GRAD10[1]))], [Instr(Op.BATCH, parts=(GRAD10[0], ACT01[1]))])
-    check_deadlock(batched, "rendezvous")
+    check_streams(batched, sends="rendezvous", flow=False)
 
 
 def test_posted_receives_wait_at_the_consumer() -> None:
@@ -163,9 +158,9 @@ def test_posted_receives_wait_at_the_consumer() -> None:
     s = _streams([GRAD10[1], Instr(Op.F, 0, 0), ACT01[0], Instr(Op.B, 0, 0)],
                  [ACT01[1], Instr(Op.F, 1, 0), Instr(Op.B, 1, 0), GRAD10[0]])
     with pytest.raises(StreamError, match="ranks (0 -> 1 -> 0|1 -> 0 -> 1)"):
-        check_deadlock(s)
-    check_deadlock(s, recvs="posted")
-    check_deadlock(s, "rendezvous", "posted")
+        check_streams(s, flow=False)
+    check_streams(s, recvs="posted", flow=False)
+    check_streams(s, sends="rendezvous", recvs="posted", flow=False)
     # with the backward first, even a posted receive cannot help
     s = _streams([GRAD10[1], Instr(Op.B, 0, 0), Instr(Op.F, 0, 0), ACT01[0]],
                  [ACT01[1], Instr(Op.F, 1, 0), Instr(Op.B, 1, 0), GRAD10[0]])
@@ -175,8 +170,9 @@ def test_posted_receives_wait_at_the_consumer() -> None:
 
 def test_waiting_on_a_finished_rank() -> None:
     s = _streams([Instr(Op.F, 0, 0)], [ACT01[1], Instr(Op.F, 1, 0)])
-    with pytest.raises(StreamError, match="sends 0 messages to rank 1, which receives 1"):
-        check_deadlock(s)
+    with pytest.raises(StreamError, match="rank 0 sends nothing but rank 1 receives act of stage 0 microbatch 0 "
+                       r"at instruction 0 \(.*; rank 0 sends 0 messages to rank 1, which receives 1\)"):
+        check_streams(s, flow=False)
     waits = find_deadlock(s)
     assert waits is not None and waits[-1].on == 0
 
@@ -185,8 +181,8 @@ def test_out_of_order_messages_are_reported() -> None:
     send0, send1 = Instr(Op.SEND_ACT, 0, 0, peer=1, peer_stage=1), Instr(Op.SEND_ACT, 0, 1, peer=1, peer_stage=1)
     recv0, recv1 = Instr(Op.RECV_ACT, 1, 0, peer=0, peer_stage=0), Instr(Op.RECV_ACT, 1, 1, peer=0, peer_stage=0)
     s = isa.Streams(2, 2, 2, (0, 1), (isa.RankStream(0, (0,), (send0, send1)), isa.RankStream(1, (1,), (recv1, recv0))))
-    with pytest.raises(StreamError, match="message 0 from rank 0 to rank 1"):
-        check_matching(s)
+    with pytest.raises(StreamError, match="rank 0 -> rank 1: message 0 does not match"):
+        check_streams(s, flow=False)
 
 
 def test_codegen_reorders_receives_to_match_sends() -> None:
@@ -202,7 +198,7 @@ def test_codegen_reorders_receives_to_match_sends() -> None:
         }""")
     verify(prog)
     streams = codegen(prog)
-    check_deadlock(streams)
+    check_streams(streams)
     r1 = list(isa.flatten(streams.ranks[1].instrs))
     recvs = [i.mb for i in r1 if i.op is Op.RECV_ACT]
     assert recvs == [0, 1]
@@ -226,7 +222,7 @@ def test_user_kinds_overlap_and_reductions() -> None:
         }""")
     verify(prog)
     streams = codegen(prog)
-    check_deadlock(streams)
+    check_streams(streams)
     r1 = streams.ranks[1].instrs
     assert Instr(Op.FB, 1, 1, stage2=1, mb2=0, kind="B") in r1
     assert Instr(Op.USER, 1, 0, kind="R") in r1
@@ -300,8 +296,8 @@ def _random_orders(prog: Program, rng: random.Random, overlap: bool) -> Program:
 
 
 def _assert_streams_sound(prog: Program, streams: isa.Streams) -> None:
-    check_deadlock(streams)  # includes: every channel's sends match the peer's receives in order
-    check_deadlock(streams, recvs="posted")  # what irecv-based runtimes do: weaker, must pass too
+    check_streams(streams)  # includes: every channel's sends match the peer's receives in order
+    check_streams(streams, recvs="posted")  # what irecv-based runtimes do: weaker, must pass too
     incoming = {(prog.ops[m.dst].stage, prog.ops[m.dst].mb, m.grad) for m in messages(prog)}
     # each compute slot appears once, in the rank's order
     for r, rs in enumerate(streams.ranks):
@@ -381,11 +377,14 @@ def test_cli_emit_and_streams_check(tmp_path, capsys) -> None:
     assert "no deadlock" in capsys.readouterr().out
     bad = tmp_path / "bad.txt"
     bad.write_text("schedlang-isa 1\npipeline ranks=2 stages=2 microbatches=1 placement=0,1\n"
-                   "rank 0 stages=0\n  RECV_GRAD stage=0 mb=0 peer=1 peer_stage=1\n  SEND_ACT stage=0 mb=0 peer=1 peer_stage=1\n"
-                   "rank 1 stages=1\n  RECV_ACT stage=1 mb=0 peer=0 peer_stage=0\n  SEND_GRAD stage=1 mb=0 peer=0 peer_stage=0\n")
+                   "rank 0 stages=0\n  F stage=0 mb=0\n  RECV_GRAD stage=0 mb=0 peer=1 peer_stage=1\n"
+                   "  SEND_ACT stage=0 mb=0 peer=1 peer_stage=1\n  BW stage=0 mb=0\n  REDUCE_GRAD stage=0\n  OPT_STEP\n"
+                   "rank 1 stages=1\n  RECV_ACT stage=1 mb=0 peer=0 peer_stage=0\n  F stage=1 mb=0\n  BW stage=1 mb=0\n"
+                   "  SEND_GRAD stage=1 mb=0 peer=0 peer_stage=0\n  REDUCE_GRAD stage=1\n  OPT_STEP\n")
     assert main(["streams", str(bad)]) == 1
     err = capsys.readouterr().err
-    assert "ranks 0 -> 1 -> 0 wait on each other" in err and "Traceback" not in err
+    assert err.startswith(f"{bad}:5:3: error: deadlock (buffered sends): ranks 0 -> 1 -> 0 wait on each other\n"), err
+    assert "Traceback" not in err
     assert main(["compile", "std:1f1b", "--emit", "streams"]) == 0
     assert capsys.readouterr().out.startswith("schedlang-isa 1\n")
 
@@ -405,5 +404,5 @@ def test_every_builtin_generates_sound_streams(name: str, p: int, m: int) -> Non
     prog = _compile(name, {"p": p, "m": m})
     streams = codegen(prog)
     _assert_streams_sound(prog, streams)
-    check_deadlock(streams, "rendezvous")
+    check_streams(streams, sends="rendezvous")
     _assert_streams_sound(prog, codegen(prog, "lazy", "peer"))

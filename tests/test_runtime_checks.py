@@ -14,11 +14,11 @@ import torch
 from schedlang.runtime.executor import PipelineRunner, with_reductions
 from schedlang.runtime.models import split_sequential, tiny_gpt
 from schedlang.runtime.timeline import Event, chrome_trace, measured_bubble
-from schedlang.runtime.validate import StreamError, check_streams
 
 from schedlang import api, isa
 from schedlang.codegen import codegen
 from schedlang.isa import Instr, Op, RankStream, Streams
+from schedlang.isa_check import StreamError, check_streams
 
 
 def _streams(name: str, **params: int) -> Streams:
@@ -52,7 +52,7 @@ def test_mismatched_peers_are_rejected() -> None:
     r0.insert(sends[1], r0.pop(sends[0]))
     bad = dataclasses.replace(st, ranks=(RankStream(0, (0,), tuple(r0)), st.ranks[1]))
     with pytest.raises(StreamError, match=r"rank 0 -> rank 1: message 0 does not match: rank 0 sends act "
-                                          r"of stage 0 microbatch 1 but rank 1 receives act of stage 0 microbatch 0"):
+                                          r"of stage 0 microbatch 1 at instruction 2 but rank 1 receives act of stage 0 microbatch 0 at instruction 0"):
         check_streams(bad)
 
 
@@ -71,9 +71,10 @@ def test_deadlocked_streams_are_rejected() -> None:
     r1 = (ins(Op.RECV_ACT, stage=1, mb=0, peer=0, peer_stage=0), ins(Op.F, stage=1, mb=0),
           ins(Op.BW, stage=1, mb=0), ins(Op.SEND_GRAD, stage=1, mb=0, peer=0, peer_stage=0))
     st = Streams(2, 2, 1, (0, 1), (RankStream(0, (0,), r0), RankStream(1, (1,), r1)))
-    with pytest.raises(StreamError, match=r"deadlock: rank 0 at instruction 1 \(RECV_GRAD .*\); "
-                                          r"rank 1 at instruction 0 \(RECV_ACT"):
-        check_streams(st)
+    with pytest.raises(StreamError, match=r"deadlock \(buffered sends\): ranks 0 -> 1 -> 0 wait on each other\n"
+                                          r"  rank 0 at instruction 1 \(RECV_GRAD .*\) waits on rank 1\n"
+                                          r"  rank 1 at instruction 0 \(RECV_ACT"):
+        check_streams(with_reductions(st))
 
 
 def test_missing_and_extra_stage_modules_are_rejected() -> None:
@@ -113,7 +114,7 @@ def _plain_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Ten
 
 
 def test_chimera_streams_carry_two_chains_and_pass_the_checks() -> None:
-    from schedlang.runtime.validate import microbatches_of
+    from schedlang.isa_check import microbatches_of
 
     st = _streams("std:chimera", p=2, m=4)
     check_streams(st)
@@ -138,7 +139,7 @@ def test_bad_stage_graphs_are_rejected() -> None:
     # a microbatch that leaves its chain: stage 3 forwards microbatch 0 as well
     r0 = st.ranks[0]
     extra = (Instr(Op.F, stage=3, mb=0),) + r0.instrs
-    with pytest.raises(StreamError, match=r"stage 3 and stage 2 \(the head of its chain\) forward different"):
+    with pytest.raises(StreamError, match=r"rank 0, instruction 0 \(F stage=3 mb=0\): stage 3 forwards microbatch 0, which stage 2 \(the head "):
         check_streams(dataclasses.replace(st, ranks=(dataclasses.replace(r0, instrs=extra), st.ranks[1])))
 
 

@@ -460,22 +460,22 @@ def test_pytorch_lowering_passes_our_deadlock_check(cls_name: str, p: int) -> No
     symbolic execution (buffered and rendezvous) with every pair's messages in order."""
     import torch.distributed.pipelining.schedules as S
 
-    from schedlang.codegen import check_deadlock
     from schedlang.export import torch_rows_to_streams
+    from schedlang.isa_check import StreamError, check_streams
 
     sched = getattr(S, cls_name)(_mock_stages(p, 2 * p, 0, [0, p]), 2 * p, loss_fn=lambda a, b: a)
     rows = [[str(a) for a in sched.pipeline_order_with_comms[r]] for r in range(p)]
     placement = [sched.stage_index_to_group_rank[s] for s in range(2 * p)]
     streams = torch_rows_to_streams(rows, placement, 2 * p)
-    check_deadlock(streams)
-    check_deadlock(streams, "rendezvous")
+    check_streams(streams, flow=False)
+    check_streams(streams, sends="rendezvous", flow=False)
     # two receives of one channel swapped: caught as messages out of order
     r = next(r for r in range(p) if sum("RECV_F" in a for a in rows[r]) >= 2)
     i, j = [k for k, a in enumerate(rows[r]) if "RECV_F" in a][:2]
     assert placement[int(rows[r][i].split("RECV_F")[0]) - 1] == placement[int(rows[r][j].split("RECV_F")[0]) - 1]
     rows[r][i], rows[r][j] = rows[r][j], rows[r][i]
-    with pytest.raises(SchedlangError, match="sends"):
-        check_deadlock(torch_rows_to_streams(rows, placement, 2 * p))
+    with pytest.raises(StreamError, match="does not match"):
+        check_streams(torch_rows_to_streams(rows, placement, 2 * p), flow=False)
 
 
 def test_cli_streams_checks_pytorch_comms_csv(tmp_path, capsys) -> None:
@@ -485,17 +485,24 @@ def test_cli_streams_checks_pytorch_comms_csv(tmp_path, capsys) -> None:
     assert "no deadlock (buffered sends, posted receives)" in capsys.readouterr().out
     assert main(["streams", str(good), "--recvs", "blocking"]) == 0
     bad = tmp_path / "bad.csv"  # rank 1 never sends the gradient rank 0 waits for
-    bad.write_text("0F0,0SEND_F0,0RECV_B0,0B0\n1RECV_F0,1F0,1B0\n")
+    bad.write_text("0F0,0SEND_F0,0RECV_B0,0B0,0REDUCE_GRAD\n1RECV_F0,1F0,1B0,1REDUCE_GRAD\n")
     assert main(["streams", str(bad)]) == 1
     assert "rank 1 sends 0 messages to rank 0, which receives 1" in capsys.readouterr().err
     early = tmp_path / "early.csv"  # a receive posted early: fine for PyTorch, which waits at 0B0
-    early.write_text("0RECV_B0,0F0,0SEND_F0,0B0\n1RECV_F0,1F0,1B0,1SEND_B0\n")
+    early.write_text("0RECV_B0,0F0,0SEND_F0,0B0,0REDUCE_GRAD\n1RECV_F0,1F0,1B0,1SEND_B0,1REDUCE_GRAD\n")
     assert main(["streams", str(early)]) == 0
     assert main(["streams", str(early), "--recvs", "blocking"]) == 1  # a blocking receive there hangs
     assert "ranks 0 -> 1 -> 0 wait on each other" in capsys.readouterr().err
+    # without the REDUCE_GRADs PyTorch would not scale the gradients: refused at the end of the row
+    bare = tmp_path / "bare.csv"
+    bare.write_text("0F0,0SEND_F0,0RECV_B0,0B0\n1RECV_F0,1F0,1B0,1SEND_B0,1REDUCE_GRAD\n")
+    assert main(["streams", str(bare)]) == 1
+    assert capsys.readouterr().err.startswith(f"{bare}:1:23: error: rank 0, at the end of its stream (after "
+                                              "instruction 3): no REDUCE_GRAD of stage 0")
     cyc = tmp_path / "cycle.csv"  # rank 0 runs its backward before the forward that feeds rank 1
     cyc.write_text("0RECV_B0,0B0,0F0,0SEND_F0\n1RECV_F0,1F0,1B0,1SEND_B0\n")
     assert main(["streams", str(cyc)]) == 1
     err = capsys.readouterr().err
-    assert "deadlock (buffered sends, posted receives): ranks 0 -> 1 -> 0 wait on each other" in err
-    assert "rank 0 at instruction 1 (BW stage=0 mb=0)" in err
+    # the data-flow check sees it before the deadlock it causes
+    assert err.startswith(f"{cyc}:1:10: error: rank 0, instruction 1 (BW stage=0 mb=0): backward before the "
+                          "forward of stage 0 microbatch 0"), err

@@ -1,6 +1,5 @@
 """Codegen commands: ``schedlang import`` (PyTorch CSV to schedlang) and ``schedlang streams``
-(check an instruction-stream file, or a PyTorch compute_comms CSV, for deadlocks and mismatched
-messages).
+(check an instruction-stream file or a PyTorch CSV with the one stream checker).
 
 The work is :func:`schedlang.api.import_torch_csv` and :func:`schedlang.api.check_streams`.
 """
@@ -30,7 +29,8 @@ def _import_run(args: argparse.Namespace) -> int:
 
 def _streams_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="an instruction-stream file (text or JSON, see schedlang.isa), or a PyTorch "
-                                "compute_comms CSV (FILE.csv)")
+                                "schedule CSV (FILE.csv; a compute-only one is checked with the "
+                                "communication PyTorch adds)")
     p.add_argument("--sends", default="buffered", choices=("buffered", "rendezvous"),
                    help="blocking semantics of sends (default buffered, the ISA's)")
     p.add_argument("--recvs", choices=("blocking", "posted"),
@@ -41,13 +41,11 @@ def _streams_args(p: argparse.ArgumentParser) -> None:
 def _streams_run(args: argparse.Namespace) -> int:
     from schedlang import api
 
-    streams, recvs = api.check_streams(args.file, args.sends, args.recvs)
-    n = sum(len(rs.instrs) for rs in streams.ranks)
-    how = f"{args.sends} sends" + (", posted receives" if recvs == "posted" else "")
-    print(f"{args.file}: ok: {streams.num_ranks} ranks, {n} instructions, no deadlock ({how})")
+    print(api.check_streams(args.file, args.sends, args.recvs))
     return 0
 
 
 IMPORT = Command("import a PyTorch schedule CSV as a schedlang program with explicit orders",
                  _import_args, _import_run)
-STREAMS = Command("check instruction streams: matched sends/receives, no deadlock", _streams_args, _streams_run)
+STREAMS = Command("check instruction streams: shape, data flow, matched sends/receives, no deadlock",
+                  _streams_args, _streams_run)
