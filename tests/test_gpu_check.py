@@ -88,7 +88,7 @@ def test_cpu_rehearsal_runs_every_part(tmp_path: Path) -> None:
 
 
 def test_a_crashing_part_still_leaves_a_report(tmp_path: Path) -> None:
-    proc = _run(tmp_path, "--parts", "profile", env={"GPU_CHECK_FAULT": "profile"})
+    proc = _run(tmp_path, "--parts", "profile", env={"GPU_CHECK_FAULT": "profile:crash"})
     assert proc.returncode == 1
     report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     part = report["parts"]["profile"]
@@ -96,3 +96,29 @@ def test_a_crashing_part_still_leaves_a_report(tmp_path: Path) -> None:
     assert "ended without finishing" in part["errors"][0]
     assert report["verdict"] == "NOT OK: profile crashed"
     assert "profile  crashed" in proc.stdout
+
+
+def _gone(pid: int) -> bool:
+    """The process has ended (a zombie nobody reaped counts as ended)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+@pytest.mark.slow
+def test_a_hanging_part_is_killed_with_its_children_and_the_next_part_runs(tmp_path: Path) -> None:
+    # budget 0.9 s; the driver's backstop kills the part's process group 15 s later
+    proc = _run(tmp_path, "--parts", "profile,norms", "--budget-scale", "0.01",
+                env={"GPU_CHECK_FAULT": "profile:hang"})
+    assert proc.returncode == 1
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    hung, after = report["parts"]["profile"], report["parts"]["norms"]
+    assert hung["status"] == "timeout"
+    (note,) = hung["notes"]
+    assert _gone(int(note.rsplit(" ", 1)[1])), "the hanging part's child outlived it"
+    # the next part ran, within its own (tiny) budget: it skipped what did not fit, and said so
+    assert after["status"] == "partial" and after["returncode"] == 1 and after["checks"] == []
+    assert {s["code"] for s in after["skipped"]} == {"budget", "no-cuda"}
+    assert report["verdict"] == "NOT OK: profile timeout, norms partial"
