@@ -25,13 +25,16 @@ them), so one part that crashes or runs out of time does not take the others or 
 
 Each part writes ``DIR/PART.json`` as it goes (rows, checks, what it skipped and why) and
 ``DIR/PART.log``; the driver gathers them into ``DIR/report.json`` and prints a short table
-(also in ``DIR/report.txt``). The exit status is 0 when every part ran to the end and every
-correctness check passed.
+(also in ``DIR/report.txt``). A part is ``ok`` when everything in it ran and every check
+passed, ``partial`` when it skipped something (out of time, a missing input), ``failed``,
+``timeout`` or ``crashed`` otherwise; the exit status is 0 when every part is ``ok``.
 
-``--cpu-rehearsal`` runs the same code on the CPU in under two minutes: tiny odd shapes under
-``TRITON_INTERPRET=1`` (set in the parts' environment before any kernel module is imported),
-gloo between CPU processes, a tiny model. What cannot mean anything there (speed, CUDA memory,
-the NCCL probe) is skipped with the code ``no-cuda``. See docs/gpu.md.
+``--cpu-rehearsal`` runs the same code on the CPU (about 25 s of CPU time): tiny odd shapes
+under ``TRITON_INTERPRET=1`` (set in the parts' environment before any kernel module is
+imported), gloo between CPU processes, a tiny model; the speed loops run at a tiny size so that
+their code runs too. What needs CUDA (the real sizes' timing, CUDA memory, the NCCL and
+gloo-with-CUDA probes) is skipped with the code ``no-cuda``. Every process uses ``cuda:0``.
+See docs/gpu.md.
 """
 
 from __future__ import annotations
