@@ -799,7 +799,8 @@ def _environment(mode: str) -> dict[str, Any]:
 
 
 def _fmt(v: Any, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
+    """``format(v, spec)``, or a dash as wide as the spec asks for when ``v`` is None."""
+    return format("-", ">" + spec.split(".")[0]) if v is None else format(v, spec)
 
 
 def table(report: dict[str, Any]) -> str:

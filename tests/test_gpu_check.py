@@ -122,3 +122,54 @@ def test_a_hanging_part_is_killed_with_its_children_and_the_next_part_runs(tmp_p
     assert after["status"] == "partial" and after["returncode"] == 1 and after["checks"] == []
     assert {s["code"] for s in after["skipped"]} == {"budget", "no-cuda"}
     assert report["verdict"] == "NOT OK: profile timeout, norms partial"
+
+
+def _module() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_table_of_a_gpu_report() -> None:
+    """The GPU-only branches of the table (CUDA memory figures, a failed check) render as documented."""
+    part = {"status": "ok", "wall_s": 12.5, "checks": [], "skipped": [], "errors": [], "rows": []}
+    report = {
+        "mode": "gpu", "environment": {"device": "NVIDIA H100 80GB HBM3"},
+        "parts": {
+            "kernels": {**part, "checks": [{"what": "linear F 2048x2048x2048 float32", "ok": True},
+                                           {"what": "linear W 37x48x80 bfloat16", "ok": False}],
+                        "status": "failed",
+                        "rows": [{"kind": "speed", "op": "F", "m": 2048, "n": 2048, "k": 2048, "dtype": "float32",
+                                  "triton_ms": 1.5, "torch_ms": 1.2, "speed_vs_torch": 0.8}]},
+            "runtime": {**part, "transport": "gloo-host",
+                        "skipped": [{"what": "runtime 1f1b kernels", "code": "budget", "why": "x"}],
+                        "status": "partial",
+                        "rows": [{"kind": "probe", "transport": "nccl", "ok": False, "detail": "d"},
+                                 {"kind": "run", "schedule": "zb-h1", "split": "kernels", "grads_ok": True,
+                                  "grad_max_rel_diff": 2.5e-6, "step_ms": 180.25, "peak_mib": [1536.4, 2048.6]}]},
+            "profile": {**part, "rows": [{"kind": "prediction", "schedule": "zb-h1", "split": "kernels",
+                                          "predicted_ms": 150.0, "predicted_shared_ms": 290.5,
+                                          "measured_ms": None}]},
+        },
+    }
+    gc = _module()
+    report["verdict"] = gc._verdict(report["parts"])
+    assert gc.table(report).splitlines() == [
+        "gpu_check [gpu] on NVIDIA H100 80GB HBM3: NOT OK: kernels failed, runtime partial",
+        "part     status    seconds  checks  failed  skipped  skipped codes",
+        "kernels  failed       12.5       2       1        0  -",
+        "runtime  partial      12.5       0       0        1  budget",
+        "profile  ok           12.5       0       0        0  -",
+        "  FAILED kernels: linear W 37x48x80 bfloat16",
+        "speed = torch ms / triton ms (above 1: the Triton kernel is faster)",
+        "  linear F 2048^3             float32   triton    1.500 ms  torch    1.200 ms  speed  0.80x",
+        "runtime: 2 processes, transport gloo-host",
+        "  schedule split     grads   max rel diff   step ms    peak MiB r0/r1",
+        "  zb-h1    kernels   equal        2.5e-06    180.25         1536/2049",
+        "profile -> simulate: predicted step (own device per rank / ranks sharing one device) vs measured",
+        "  zb-h1    kernels   predicted    150.00 /    290.50 ms  measured         - ms",
+    ]
