@@ -30,6 +30,10 @@ the checked streams. :meth:`PipelineRunner.step` trains on one batch:
   A receive is posted where the stream says and waited for only when its tensor is first used,
   so computation between the two overlaps the transfer. Sends are waited for at the end of the
   step. Messages between two ranks match in issue order, which the checks guarantee.
+  With ``comm_device="cpu"`` the tensors that cross ranks travel through host memory (sent
+  from a host copy, received into a host buffer, moved to the compute device at first use):
+  gloo cannot send CUDA tensors and NCCL refuses two ranks on one GPU, so this is how several
+  processes sharing one GPU run a pipeline.
 - ``REDUCE_GRAD`` scales a stage's gradients by 1/num_microbatches (the loss is a mean over
   microbatches) and all-reduces them (mean) over ``dp_group`` when given; ``OPT_STEP`` steps the
   optimizer and zeroes the gradients. A stream without them gets them appended. With several
@@ -121,6 +125,8 @@ class PipelineRunner:
         prepost: post every receive this many instructions before the stream's own position
             (0: where the stream says). Receives stay in stream order; earlier posting lets the
             transfer overlap computation, at the price of holding the buffers longer.
+        comm_device: where activations and gradients cross ranks (default: the compute
+            device); ``"cpu"`` stages them through host memory (see the module docstring).
         group: the pipeline process group (default: the whole world, rank = global rank).
         dp_group: data-parallel replicas of this rank's stages, gradients are averaged over it.
         timeout: seconds an instruction may take before the watchdog stops every rank.
@@ -136,7 +142,7 @@ class PipelineRunner:
                  device: torch.device | str | None = None, timeout: float = 60.0,
                  fault_action: str = "exit", store: Any = None,
                  user_ops: Mapping[str, UserOp] | None = None, record: bool = True,
-                 prepost: int = 0) -> None:
+                 prepost: int = 0, comm_device: torch.device | str | None = None) -> None:
         streams = with_reductions(streams)
         check_streams(streams, training=True)
         rs = streams.stream(rank)
@@ -158,6 +164,7 @@ class PipelineRunner:
         self._chains = streams.chains()
         self._replicas = _replica_sets(streams)
         self.device = torch.device(device) if device is not None else _module_device(self.modules.values())
+        self.comm_device = torch.device(comm_device) if comm_device is not None else self.device
         self.params = {s: [p for p in mod.parameters() if p.requires_grad] for s, mod in self.modules.items()}
         all_params = list({id(p): p for s in rs.stages for p in self.params[s]}.values())
         self.optimizer = optimizer_factory(all_params) if optimizer_factory is not None else None
@@ -396,7 +403,7 @@ class PipelineRunner:
             x = slot.x = prev.detach().requires_grad_()
         else:
             assert slot.x is not None, "receive missing"
-            x = slot.x.requires_grad_()
+            x = slot.x = slot.x.to(self.device).requires_grad_()
         with torch.enable_grad():
             out = self.modules[s](x)
             if s in self._loss_stages:
@@ -413,7 +420,7 @@ class PipelineRunner:
             dy, nxt.dx = nxt.dx, None
             self._maybe_free(c, i)
             return dy
-        return slot.dy
+        return slot.dy.to(self.device) if slot.dy is not None else None
 
     def _backward_input(self, s: int, i: int) -> None:
         slot = self._table[(s, i)]
@@ -520,15 +527,16 @@ class PipelineRunner:
                 leader = holders[0]
                 if self.rank == leader:
                     for r in holders[1:]:
-                        other = torch.empty_like(total)
+                        other = torch.empty_like(total, device=self.comm_device)
                         dist.recv(other, self._global[r], group=self.group)
-                        total = total + other
+                        total = total + other.to(self.device)
                     for r in holders[1:]:
-                        dist.send(total, self._global[r], group=self.group)
+                        dist.send(total.to(self.comm_device), self._global[r], group=self.group)
                 else:
-                    dist.send(total, self._global[leader], group=self.group)
-                    total = torch.empty_like(total)
-                    dist.recv(total, self._global[leader], group=self.group)
+                    dist.send(total.to(self.comm_device), self._global[leader], group=self.group)
+                    other = torch.empty_like(total, device=self.comm_device)
+                    dist.recv(other, self._global[leader], group=self.group)
+                    total = other.to(self.device)
             for s in mine:
                 self._set_flat_grad(s, total)
 
@@ -596,16 +604,16 @@ class PipelineRunner:
         if ins.op is Op.SEND_ACT:
             out = self._table[(ins.stage, ins.mb)].out
             assert out is not None
-            return dist.isend, out.detach().contiguous(), peer
+            return dist.isend, out.detach().to(self.comm_device).contiguous(), peer
         if ins.op is Op.SEND_GRAD:
             slot = self._table[(ins.stage, ins.mb)]
             dx, slot.dx = slot.dx, None
             assert dx is not None
             self._maybe_free(ins.stage, ins.mb)
-            return dist.isend, dx.contiguous(), peer
+            return dist.isend, dx.to(self.comm_device).contiguous(), peer
         producer = self._producer[ins.stage] if ins.op is Op.RECV_ACT else ins.stage
         shape, dtype = self._shapes[producer]
-        return dist.irecv, torch.empty(shape, dtype=dtype, device=self.device), peer
+        return dist.irecv, torch.empty(shape, dtype=dtype, device=self.comm_device), peer
 
 
 
