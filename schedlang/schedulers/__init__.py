@@ -1,6 +1,8 @@
 """Named schedulers: algorithms that turn a lowered program into per-rank orders.
 
-Registered by name in :data:`SCHEDULERS` (one explicit dict). Each :class:`Scheduler` declares its
+Registered by name in :data:`SCHEDULERS` (one explicit dict): the heuristics of
+:mod:`schedlang.schedulers.table` plus the optimizer, ``ilp``, which starts from those heuristics
+(the table is apart so that the optimizer can read it without importing the registry). Each :class:`Scheduler` declares its
 arguments with a type and a default, so unknown or mistyped arguments get the same located errors
 whichever scheduler is called. Heavy dependencies (ortools) are imported inside the scheduler
 function, never at module import.
@@ -8,52 +10,18 @@ function, never at module import.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-
 from schedlang.evaluate import format_value, type_name
-from schedlang.ir import Orders, Program, SchedulerCall, Value
+from schedlang.ir import SchedulerCall, Value
+from schedlang.schedulers.base import Arg, Scheduler, SchedulerFn
 from schedlang.source import SchedlangError
 
-SchedulerFn = Callable[[Program, Mapping[str, Value]], Orders]
-
-
-@dataclass(frozen=True)
-class Arg:
-    """A scheduler argument: its type (``int``, ``float``, ``bool``, ``str``-like names are ints/floats
-    in the DSL), default and one line of help."""
-
-    type: type
-    default: Value | None
-    help: str = ""
-
-
-@dataclass(frozen=True)
-class Scheduler:
-    """A registered scheduler. ``warm_start`` marks fast heuristics the optimizer may start from;
-    ``applies`` says whether it can schedule a given program (shape, placement, op roles)."""
-
-    name: str
-    summary: str
-    fn: SchedulerFn
-    args: Mapping[str, Arg] = field(default_factory=dict)
-    warm_start: bool = False
-    applies: Callable[[Program], bool] = field(default=lambda _p: True)
-
+__all__ = ["SCHEDULERS", "Arg", "Scheduler", "SchedulerFn", "resolve"]
 
 def _load() -> dict[str, Scheduler]:
-    from schedlang.schedulers import (
-        chimera,  # library (issue 3)
-        heuristics,  # library (issue 3)
-        ilp,  # optimizer (issue 8); imports ortools only when it runs
-        list_sched,
-        torch_peer,  # library (issue 3)
-        zb_auto,
-        zb_v,
-    )
+    from schedlang.schedulers import ilp  # imports ortools only when it runs
+    from schedlang.schedulers.table import HEURISTICS
 
-    table = [list_sched.SCHEDULER, *heuristics.SCHEDULERS, zb_auto.SCHEDULER, zb_v.SCHEDULER, chimera.SCHEDULER, torch_peer.SCHEDULER, ilp.SCHEDULER]
-    return {s.name: s for s in table}
+    return {**HEURISTICS, ilp.SCHEDULER.name: ilp.SCHEDULER}
 
 
 SCHEDULERS: dict[str, Scheduler] = _load()

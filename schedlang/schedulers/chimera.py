@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from schedlang.ir import Orders, Program, Value
-from schedlang.schedulers import Scheduler
+from schedlang.schedulers.base import Scheduler
 from schedlang.schedulers.heuristics import Kinds, kinds_of
 from schedlang.schedulers.zb_v import v_placement
 from schedlang.source import SchedlangError

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from schedlang.ir import Orders, Program, Role, Value
-from schedlang.schedulers import Scheduler
+from schedlang.schedulers.base import Scheduler
 from schedlang.source import SchedlangError
 
 Item = tuple[str, int, int]  # (kind, stage, microbatch)

@@ -15,7 +15,7 @@ import heapq
 from collections.abc import Mapping
 
 from schedlang.ir import Orders, Program, Role, Value
-from schedlang.schedulers import Arg, Scheduler
+from schedlang.schedulers.base import Arg, Scheduler
 from schedlang.source import SchedlangError
 
 EPS = 1e-9

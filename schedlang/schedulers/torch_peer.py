@@ -21,7 +21,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from schedlang.ir import Orders, Program, Value
-from schedlang.schedulers import Arg, Scheduler
+from schedlang.schedulers.base import Arg, Scheduler
 from schedlang.schedulers.heuristics import Kinds, kinds_of, looped_placement
 from schedlang.schedulers.zb_v import v_placement
 from schedlang.source import SchedlangError

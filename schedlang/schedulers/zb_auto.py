@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from schedlang.ir import Orders, Program, Role, Value
-from schedlang.schedulers import Arg, Scheduler
+from schedlang.schedulers.base import Arg, Scheduler
 from schedlang.schedulers.heuristics import chain_placement, kinds_of
 from schedlang.simulate import simulate
 from schedlang.source import SchedlangError

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from schedlang.ir import Op, Orders, Program, Role, Value
-from schedlang.schedulers import Arg, Scheduler
+from schedlang.schedulers.base import Arg, Scheduler
 from schedlang.schedulers.heuristics import Kinds, kinds_of
 from schedlang.schedulers.list_sched import list_schedule
 from schedlang.simulate import simulate

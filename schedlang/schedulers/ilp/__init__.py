@@ -21,7 +21,7 @@ import sys
 from collections.abc import Mapping
 
 from schedlang.ir import Orders, Program, SchedulerCall, Value
-from schedlang.schedulers import Arg, Scheduler
+from schedlang.schedulers.base import Arg, Scheduler
 from schedlang.schedulers.ilp.options import ArgError, IlpOptions, option_table
 from schedlang.schedulers.ilp.solve import Report, optimize
 from schedlang.source import SchedlangError, Span

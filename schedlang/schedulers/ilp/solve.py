@@ -161,13 +161,13 @@ class Candidate:
 def warm_starts(program: Program, objective: str) -> list[Candidate]:
     """Every registered warm-start heuristic that applies and verifies under ``program``'s limit,
     best first (ties by name), plus the sequential fallback."""
-    from schedlang.schedulers import SCHEDULERS  # the registry imports this package
+    from schedlang.schedulers.table import HEURISTICS
 
     out = []
     tried: list[tuple[str, Orders]] = []
-    for name in sorted(SCHEDULERS):
-        s = SCHEDULERS[name]
-        if not s.warm_start or name == "ilp":
+    for name in sorted(HEURISTICS):
+        s = HEURISTICS[name]
+        if not s.warm_start:
             continue
         try:
             if not s.applies(program):
