@@ -166,9 +166,15 @@ def test_zb_auto_uneven_stages(p: int, m: int, data: st.DataObject) -> None:
 
 def test_zb_auto_limit_too_small_is_a_located_error() -> None:
     with pytest.raises(SchedlangError) as exc:
-        compile_program("std:zb-1p", p=4, m=8, mem_limit=0.5)
+        compile_program("std:zb-h1", p=4, m=8, mem_limit=0.5, scheduler="zb-auto")
     assert "zb-auto: the memory limit 0.5 of rank 0 cannot hold" in exc.value.message
     assert exc.value.span is not None
+    # ZB-1p's own limit (p * M_B = 4) is looser than the program's: the one memory-limit rule
+    # (the schedule pass) rejects it at the scheduler's argument
+    with pytest.raises(SchedlangError) as exc:
+        compile_program("std:zb-1p", p=4, m=8, mem_limit=0.5)
+    assert "the scheduler's mem_limit (4 on rank 0) is looser than the program's" in exc.value.message
+    assert exc.value.span is not None and "zb-1p" in exc.value.span.source.name
 
 
 # ------------------------------------------------------------------ shapes a schedule cannot take

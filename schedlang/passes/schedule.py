@@ -3,18 +3,69 @@
 Requires: a lowered program. Guarantees: the result has explicit :class:`~schedlang.ir.Orders`
 (unchanged if it already had them); a program without any schedule clause is an error, as is an
 unknown scheduler or argument (located at the call).
+
+The memory limit is resolved here, once, for every scheduler (:func:`scheduler_limits`): the
+program's ``mem_limit`` is the memory the ranks have, and the verifier checks every schedule
+against it; a scheduler's ``mem_limit`` argument may only tighten it. A tighter argument wins on
+every rank; one looser than the program's limit on some rank is a located error at the argument
+(honouring it would produce orders the verifier rejects, and silently ignoring it would drop what
+the user wrote). Schedulers read the resolved limit from the program they are given
+(``program.mem_limit``; its span points at the argument when the argument won) and never see a
+``mem_limit`` argument.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import replace
 
-from schedlang.ir import Orders, Program, SchedulerCall
-from schedlang.source import SchedlangError
+from schedlang.ir import Orders, Program, SchedulerCall, Value
+from schedlang.source import Note, SchedlangError, Span
+
+
+def _fmt(x: float) -> str:
+    return "inf" if math.isinf(x) else f"{x:g}"
+
+
+def scheduler_limits(program: Program, limits: Sequence[float], span: Span | None,
+                     what: str = "mem_limit") -> Program:
+    """``program`` with its memory limit tightened to the scheduler's per-rank ``limits``.
+
+    The rule (the same for every scheduler): each of ``limits`` must be at most the program's
+    limit on its rank (no program limit: anything goes); the result's ``mem_limit`` is
+    ``limits`` and its ``mem_limit_span`` is ``span`` (the argument that set them), so a
+    scheduler's "limit too small" error points there. A looser value is a
+    :class:`~schedlang.source.SchedlangError` at ``span`` with a note at the program's limit.
+    """
+    R = program.num_ranks
+    assert len(limits) == R, (len(limits), R)
+    own = program.mem_limit
+    if own is not None:
+        for r, (mine, theirs) in enumerate(zip(limits, own, strict=True)):
+            if mine > theirs + 1e-9 * max(1.0, abs(theirs)):
+                notes = (Note(program.mem_limit_span, "the program's limit is set here"),) \
+                    if program.mem_limit_span is not None else ()
+                raise SchedlangError(
+                    f"the scheduler's {what} ({_fmt(mine)} on rank {r}) is looser than the "
+                    f"program's mem_limit ({_fmt(theirs)}): a scheduler may only tighten the "
+                    "program's limit; lower the argument or raise the program's mem_limit",
+                    span, notes)
+    if all(math.isinf(x) for x in limits):
+        return program
+    return replace(program, mem_limit=tuple(float(x) for x in limits), mem_limit_span=span)
+
+
+def _arg_span(call: SchedulerCall, name: str) -> Span | None:
+    for i, (k, _) in enumerate(call.args):
+        if k == name:
+            return call.arg_spans[i] if i < len(call.arg_spans) else call.span
+    return call.span
 
 
 def schedule_pass(program: Program) -> Program:
-    """Replace a :class:`SchedulerCall` with the orders its scheduler produces."""
+    """Replace a :class:`SchedulerCall` with the orders its scheduler produces (the scheduler
+    sees the resolved memory limit, see the module docstring)."""
     sched = program.schedule
     if isinstance(sched, Orders):
         return program
@@ -26,5 +77,10 @@ def schedule_pass(program: Program) -> Program:
     from schedlang.schedulers import resolve
 
     scheduler, args = resolve(sched)
-    orders = scheduler.fn(program, args)
+    limit: Value | None = args.pop("mem_limit", None)
+    target = program
+    if limit is not None:
+        assert isinstance(limit, float), limit  # resolve() coerced it
+        target = scheduler_limits(program, [limit] * program.num_ranks, _arg_span(sched, "mem_limit"))
+    orders = scheduler.fn(target, args)
     return replace(program, schedule=replace(orders, origin=sched.name))

@@ -26,12 +26,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import replace
 
-from schedlang.ir import Op, Orders, Program, Role, Value
+from schedlang.ir import Op, Orders, Program, Role, SchedulerCall, Value
 from schedlang.schedulers import Arg, Scheduler
 from schedlang.schedulers.heuristics import Kinds, kinds_of
 from schedlang.schedulers.list_sched import list_schedule
 from schedlang.simulate import simulate
-from schedlang.source import SchedlangError
+from schedlang.source import SchedlangError, Span
 
 
 def v_placement(program: Program) -> bool:
@@ -52,21 +52,29 @@ def default_limits(program: Program, factor: float) -> list[float]:
     return [factor * microbatch_memory(program, r) for r in range(program.num_ranks)]
 
 
-def _limits(program: Program, mem_limit: Value | None, mb_limit: Value | None) -> list[float]:
-    """Per-rank limits: the smaller of ``mem_limit`` (else the program's) and ``mb_limit`` * M_B;
-    with neither given, p * M_B (ZB-V's budget)."""
+def _limits(program: Program, mb_limit: Value | None) -> tuple[Program, list[float]]:
+    """The program under its per-rank limits, and those limits: the program's (the schedule pass
+    has applied a ``mem_limit`` argument), tightened to ``mb_limit`` * M_B by the schedule pass's
+    rule (a looser ``mb_limit`` is an error at the argument); with no limit at all, p * M_B
+    (ZB-V's budget)."""
+    from schedlang.passes.schedule import scheduler_limits
+
     R = program.num_ranks
-    if isinstance(mem_limit, (int, float)) and not isinstance(mem_limit, bool):
-        base = [float(mem_limit)] * R
-    elif program.mem_limit is not None:
-        base = list(program.mem_limit)
-    else:
-        base = [math.inf] * R
-    if not isinstance(mb_limit, (int, float)) or isinstance(mb_limit, bool):
-        if not all(math.isinf(x) for x in base):
-            return base
-        mb_limit = float(R)
-    return [min(b, x) for b, x in zip(base, default_limits(program, float(mb_limit)), strict=True)]
+    if isinstance(mb_limit, (int, float)) and not isinstance(mb_limit, bool):
+        program = scheduler_limits(program, default_limits(program, float(mb_limit)),
+                                   _arg_span(program, "mb_limit"), "mb_limit")
+    if program.mem_limit is not None:
+        return program, list(program.mem_limit)
+    return program, default_limits(program, float(R))
+
+
+def _arg_span(program: Program, name: str) -> Span | None:
+    call = program.schedule
+    if isinstance(call, SchedulerCall):
+        for i, (k, _) in enumerate(call.args):
+            if k == name and i < len(call.arg_spans):
+                return call.arg_spans[i]
+    return program.schedule_span
 
 
 def _cost(program: Program, orders: Orders) -> tuple[float, float]:
@@ -82,8 +90,8 @@ def zb_v(program: Program, args: Mapping[str, Value]) -> Orders:
             "scheduler 'zb-v' needs the V placement (2p stages, 'place s => s < p ? s : 2*p - 1 - s') "
             f"and split F / B / W kinds; '{program.name}' has {program.num_stages} stage(s) on "
             f"{program.num_ranks} rank(s), placement {list(program.placement)}", program.schedule_span)
-    arg = args.get("mem_limit")
-    limits = _limits(program, arg, args.get("mb_limit"))
+    assert "mem_limit" not in args, "the schedule pass resolves the mem_limit argument"
+    program, limits = _limits(program, args.get("mb_limit"))
     best: tuple[tuple[float, float], Orders] | None = None
     last_error: SchedlangError | None = None
     for algo, priority, reserve in itertools.product((_run, gap_fill), ("BFW", "FBW"), (False, True)):
@@ -101,7 +109,7 @@ def zb_v(program: Program, args: Mapping[str, Value]) -> Orders:
             best = (key, orders)
     if best is None:
         assert last_error is not None
-        span = program.schedule_span if arg is not None else program.mem_limit_span or program.schedule_span
+        span = program.mem_limit_span or program.schedule_span
         raise SchedlangError(f"zb-v: {last_error.message}", span)
     return Orders(best[1].ranks, origin="zb-v")
 
@@ -225,7 +233,7 @@ SCHEDULER = Scheduler(
     fn=zb_v,
     warm_start=True,
     applies=lambda p: (k := kinds_of(p)) is not None and k.b is not None and v_placement(p),
-    args={"mem_limit": Arg(float, None, "per-rank memory limit (default: the program's, else p*M_B)"),
+    args={"mem_limit": Arg(float, None, "per-rank memory limit (at most the program's; default: the program's, else p*M_B)"),
           "mb_limit": Arg(float, None, "limit in microbatches: mb_limit * M_B on each rank (V-Half, V-Min)")},
 )
 

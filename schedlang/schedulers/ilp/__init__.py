@@ -44,13 +44,14 @@ def _arg_span(program: Program, name: str) -> Span | None:
 def run(program: Program, args: Mapping[str, Value]) -> Orders:
     """The scheduler function: :func:`optimize` with the call's arguments; the report goes to
     ``schedlang.schedulers.ilp.solve.last_report`` and (a summary line) to stderr. Errors about
-    an argument point at it (the objective, the memory limit)."""
-    limit = args.get("mem_limit")
+    an argument point at it (the objective; the memory limit, which the schedule pass resolved
+    into ``program.mem_limit`` with its span)."""
+    assert "mem_limit" not in args, "the schedule pass resolves the mem_limit argument"
     try:
-        orders, _ = _optimize(program, args, limit)
+        orders, _ = _optimize(program, args, None)
     except ArgError as exc:
         span = _arg_span(program, exc.arg)
-        if exc.arg == "mem_limit" and "mem_limit" not in args:
+        if exc.arg == "mem_limit":
             span = program.mem_limit_span
         raise SchedlangError(exc.message, span, exc.notes) from None
     return orders
@@ -80,7 +81,7 @@ SCHEDULER = Scheduler(
     args={
         "objective": Arg(str, "span", "span (the paper's cost: the largest per-rank span) or makespan"),
         "time_limit": Arg(float, 60.0, "CP-SAT deterministic time budget (about seconds)"),
-        "mem_limit": Arg(float, None, "per-rank memory limit (default: the program's)"),
+        "mem_limit": Arg(float, None, "per-rank memory limit (at most the program's; default: the program's)"),
         "seed": Arg(int, 0, "random seed"),
         "workers": Arg(int, 1, "CP-SAT workers (>1 interleaves subsolvers deterministically)"),
         "fifo": Arg(bool, True, "microbatches of one op kind and stage in order (when lossless)"),
