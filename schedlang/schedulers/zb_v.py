@@ -262,6 +262,9 @@ class _VRounds:
         self.approved = approved or [-1.0] * p
         self.index = program.op_index()
         self.preds = program.preds()
+        # the latency of each dependency, looked up by (src, dst): the comm before an op is
+        # that of the edge it waits on, not the largest of all edges
+        self.latency = {(e.src, e.dst): e.latency for e in program.edges}
         self.count = {(c, ch): [0] * p for c in ("F", "B") for ch in (0, 1)}
         self.cur = [0.0] * p
         self.mem = [0.0] * p
@@ -326,7 +329,9 @@ class _VRounds:
             self.put("F", 0, r)
         for r in range(p - 1, -1, -1):
             if r < p - 1:
-                back = self.end[self.op_id("F", r + 1, 1, 0)] + self._comm()  # type: ignore[index]
+                src, dst = self.op_id("F", r + 1, 1, 0), self.op_id("F", r, 1, 0)
+                assert src is not None
+                back = self.end[src] + self._comm(src, dst)
                 f_mem = self.program.ops[self.op_id("F", r, 0, 0)].mem  # type: ignore[index]
                 f_time = self.program.ops[self.op_id("F", r, 0, 0)].time  # type: ignore[index]
                 while (self.mem[r] + f_mem * (2 + 2 * r) <= self.limits[r] and self.cur[r] + f_time <= back
@@ -344,14 +349,18 @@ class _VRounds:
                         self.put("F", chunk, j)
                 chunk = 1 - chunk
 
-    def _comm(self) -> float:
-        return max((e.latency for e in self.program.edges), default=0.0)
+    def _comm(self, src: int, dst: int | None) -> float:
+        """The latency of the edge ``src -> dst`` (0 when there is none)."""
+        return 0.0 if dst is None else self.latency.get((src, dst), 0.0)
 
-    def fill(self, r: int, dep: float | None, flag: bool) -> None:
-        """Ws into the gap before an op whose input arrives at ``dep``."""
+    def fill(self, r: int, src: int | None, dst: int | None, flag: bool) -> None:
+        """Ws into the gap before ``dst``, whose input from ``src`` arrives after the edge's
+        latency."""
+        dep = self.dep_end(src)
         if dep is None:
             return
-        comm = self._comm()
+        assert src is not None
+        comm = self._comm(src, dst)
         while self.pending_w[r] and dep + comm >= self.cur[r] + self.program.ops[self.pending_w[r][0]].time:
             self.put_w(r)
         if self.pending_w[r] and dep + comm - self.cur[r] > self.max_bubble(r) - self.bubble[r] and flag:
@@ -378,7 +387,7 @@ class _VRounds:
             n = self.count[("B", chunk)][r]
             src = self.op_id("B", r + 1, 0, n) if chunk == 0 and r < p - 1 else (
                 self.op_id("B", r - 1, 1, n) if chunk == 1 and r > 0 else None)
-            self.fill(r, self.dep_end(src), chunk == 0 or self.fill_b)
+            self.fill(r, src, self.op_id("B", r, chunk, n), chunk == 0 or self.fill_b)
             self.put("B", chunk, r)
 
     def forward_round(self) -> None:
@@ -403,7 +412,7 @@ class _VRounds:
                 self.put_w(r)
             src = self.op_id("F", r - 1, 0, f0[r]) if chunk == 0 and r > 0 else (
                 self.op_id("F", r + 1, 1, f1[r]) if chunk == 1 and r < p - 1 else None)
-            self.fill(r, self.dep_end(src), self.fill_f)
+            self.fill(r, src, k, self.fill_f)
             self.put("F", chunk, r)
 
     def run(self) -> Orders:
