@@ -73,3 +73,17 @@ def test_zb_v_mb_limit_follows_the_same_rule() -> None:
         api.compile("std:zb-v", scheduler="zb-v:mb_limit=3", mem_limit=4.0, **base)
     prog = api.compile("std:zb-v", scheduler="zb-v:mb_limit=1.5", mem_limit=4.0, **base)
     assert max(r.peak_memory for r in simulate(prog).ranks) <= 3.0
+
+
+def test_optimize_api_and_command_line_follow_the_same_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    from schedlang.cli import main
+    from schedlang.schedulers.ilp import optimize
+
+    prog = api.load("std:zb-h1", p=2, m=2, mem_limit=4.0)
+    with pytest.raises(SchedlangError, match=r"the scheduler's mem_limit \(100 on rank 0\) is looser"):
+        optimize(prog, mem_limit=100, time_limit=1, progress=None)
+    orders, _ = optimize(prog, mem_limit=3, time_limit=1, progress=None)
+    assert max(r.peak_memory for r in simulate(prog.with_orders(orders)).ranks) <= 3
+    assert main(["optimize", "std:zb-h1", "--set", "p=2", "--set", "m=2", "--set", "mem_limit=4",
+                 "--mem-limit", "100", "--quiet"]) == 1
+    assert "is looser than the program's mem_limit (4)" in capsys.readouterr().err
