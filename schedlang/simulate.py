@@ -6,12 +6,12 @@ duration is the sum of its ops' times (``overlap sum``) or their maximum (``over
 Because start times are a fixed point of that rule, any topological processing order gives the
 same result; the simulator walks ranks' heads Kahn-style in O(ops + edges).
 
-Reports (the Zero Bubble paper's definitions, Qi et al., ICLR 2024): makespan; per rank busy
-time, span (first start to last end), idle time within the span and peak memory; ``cost`` = the largest span; ``bubble`` = cost minus
-the busiest rank's work; ``bubble_rate`` = bubble / cost (the paper's definition; a rank's start
-offset is not counted; computed by :func:`schedlang.traceformat.span_bubble`, which the
-runtime's measured bubble uses too). An order that can never finish raises :class:`DeadlockError` naming the
-ranks and the ops they wait on.
+Reports (the Zero Bubble paper's definitions, Qi et al., ICLR 2024): makespan; per rank busy time,
+span (first start to last end), idle time within the span and peak memory; ``cost`` = the largest
+span; ``bubble`` = cost minus the busiest rank's work; ``bubble_rate`` = bubble / cost (the paper's
+definition; a rank's start offset is not counted; computed by
+:func:`schedlang.traceformat.span_bubble`, which the runtime's measured bubble uses too). An order
+that can never finish raises :class:`DeadlockError` naming the ranks and the ops they wait on.
 """
 
 from __future__ import annotations
