@@ -4,17 +4,25 @@ Each rank records the start and end of every instruction it runs (``time.perf_co
 which is the system-wide monotonic clock on Linux, so ranks on one machine share a time base).
 :func:`chrome_trace` merges the ranks' events into one trace (one track per rank, one complete
 event per instruction with its stage and microbatch in ``args``); :func:`measured_bubble` applies
-the simulator's definition of the bubble rate to the measured compute events.
+the simulator's definition of the bubble rate to the measured compute events. Both use the
+compiler's one trace writer and bubble computation, :mod:`schedlang.traceformat` (a light module:
+with :mod:`schedlang.isa`, the only compiler modules the runtime imports).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from schedlang.isa import COMPUTE_OPS, Op
+from schedlang.traceformat import (
+    complete_event,
+    rank_tracks,
+    span_bubble,
+    trace_document,
+    trace_text,
+)
 
 __all__ = ["Event", "MeasuredBubble", "chrome_trace", "measured_bubble", "write_chrome_trace"]
 
@@ -68,7 +76,8 @@ class MeasuredBubble:
 
 
 def measured_bubble(events: Iterable[Event]) -> MeasuredBubble:
-    """Bubble rate of one step's events, as the simulator defines it (REFERENCE.md, section 1).
+    """Bubble rate of one step's events, by the simulator's definition
+    (:func:`schedlang.traceformat.span_bubble`).
 
     ``cost`` = max over ranks of (end of the last compute - start of the first compute);
     ``bubble`` = cost - the busiest rank's compute time; ``bubble_rate`` = bubble / cost.
@@ -83,36 +92,31 @@ def measured_bubble(events: Iterable[Event]) -> MeasuredBubble:
     spans, busy = [], []
     for rank in sorted(per_rank):
         evs = per_rank[rank]
-        spans.append(max(e.end_ns for e in evs) - min(e.start_ns for e in evs))
-        busy.append(sum(e.end_ns - e.start_ns for e in evs))
+        spans.append((max(e.end_ns for e in evs) - min(e.start_ns for e in evs)) / 1e9)
+        busy.append(sum(e.end_ns - e.start_ns for e in evs) / 1e9)
     everything = [e for evs in per_rank.values() for e in evs]
     makespan = max(e.end_ns for e in everything) - min(e.start_ns for e in everything)
-    cost = max(spans)
-    bubble = cost - max(busy)
-    return MeasuredBubble(makespan / 1e9, cost / 1e9, tuple(b / 1e9 for b in busy), bubble / 1e9,
-                          bubble / cost if cost > 0 else 0.0)
+    fig = span_bubble(busy, spans)
+    return MeasuredBubble(makespan / 1e9, fig.cost, tuple(busy), fig.bubble, fig.bubble_rate)
+
+
+def _trace_events(events: Sequence[Event]) -> list[dict[str, Any]]:
+    t0 = min((e.start_ns for e in events), default=0)
+    out = rank_tracks(sorted({e.rank for e in events}))
+    for e in events:
+        out.append(complete_event(e.rank, e.name, e.stage, e.mb, (e.start_ns - t0) / 1e3,
+                                  max(e.end_ns - e.start_ns, 0) / 1e3, step=e.step, index=e.index,
+                                  cat=e.cat))
+    return out
 
 
 def chrome_trace(events: Sequence[Event], meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A Chrome/Perfetto trace (JSON object format): one process track per rank."""
-    t0 = min((e.start_ns for e in events), default=0)
-    out: list[dict[str, Any]] = []
-    for rank in sorted({e.rank for e in events}):
-        out.append({"name": "process_name", "ph": "M", "pid": rank, "tid": 0,
-                    "args": {"name": f"rank {rank}"}})
-        out.append({"name": "process_sort_index", "ph": "M", "pid": rank, "tid": 0,
-                    "args": {"sort_index": rank}})
-    for e in events:
-        label = e.name if e.stage < 0 else f"{e.name}{e.stage}.{e.mb}" if e.mb >= 0 else f"{e.name}{e.stage}"
-        out.append({
-            "name": label, "cat": e.cat, "ph": "X", "pid": e.rank, "tid": 0,
-            "ts": (e.start_ns - t0) / 1e3, "dur": max(e.end_ns - e.start_ns, 0) / 1e3,
-            "args": {"op": e.name, "stage": e.stage, "mb": e.mb, "step": e.step, "index": e.index},
-        })
-    return {"traceEvents": out, "displayTimeUnit": "ms", "otherData": dict(meta or {})}
+    """A Chrome/Perfetto trace (JSON object format) of measured events, in the compiler's layout
+    (:mod:`schedlang.traceformat`): one track per rank, one complete event per instruction."""
+    return trace_document(_trace_events(events), meta)
 
 
 def write_chrome_trace(path: str, events: Sequence[Event], meta: Mapping[str, Any] | None = None) -> None:
-    """Write :func:`chrome_trace` to ``path``."""
+    """Write :func:`chrome_trace` to ``path`` (one event per line, as the compiler writes it)."""
     with open(path, "w", encoding="utf-8") as fh:
-        json.dump(chrome_trace(events, meta), fh)
+        fh.write(trace_text(_trace_events(events), meta))

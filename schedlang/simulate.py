@@ -6,11 +6,12 @@ duration is the sum of its ops' times (``overlap sum``) or their maximum (``over
 Because start times are a fixed point of that rule, any topological processing order gives the
 same result; the simulator walks ranks' heads Kahn-style in O(ops + edges).
 
-Reports (REFERENCE.md section 1): makespan; per rank busy time, span (first start to last end),
-idle time within the span and peak memory; ``cost`` = the largest span; ``bubble`` = cost minus
-the busiest rank's work; ``bubble_rate`` = bubble / cost (the paper's definition; a rank's start
-offset is not counted). An order that can never finish raises :class:`DeadlockError` naming the
-ranks and the ops they wait on.
+Reports (the Zero Bubble paper's definitions, Qi et al., ICLR 2024): makespan; per rank busy time,
+span (first start to last end), idle time within the span and peak memory; ``cost`` = the largest
+span; ``bubble`` = cost minus the busiest rank's work; ``bubble_rate`` = bubble / cost (the paper's
+definition; a rank's start offset is not counted; computed by
+:func:`schedlang.traceformat.span_bubble`, which the runtime's measured bubble uses too). An order
+that can never finish raises :class:`DeadlockError` naming the ranks and the ops they wait on.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 from schedlang.ir import Orders, Program
 from schedlang.source import Note, SchedlangError
+from schedlang.traceformat import span_bubble
 
 
 class DeadlockError(SchedlangError):
@@ -149,10 +151,8 @@ def simulate(program: Program) -> Simulation:  # noqa: C901 - one tight loop, ke
         span = free[r] - f if limit[r] > first_slot[r] else 0.0
         stats.append(RankStats(r, busy[r], span, span - busy[r], peak, f, free[r]))
     makespan = max(free) if R else 0.0
-    cost = max(s.span for s in stats)
-    bubble = cost - max(busy)
-    rate = bubble / cost if cost > 0 else 0.0
-    return Simulation(makespan, cost, bubble, rate, tuple(stats), tuple(start), tuple(end))
+    fig = span_bubble(busy, [s.span for s in stats])
+    return Simulation(makespan, fig.cost, fig.bubble, fig.bubble_rate, tuple(stats), tuple(start), tuple(end))
 
 
 def _executed(g: int, heads: list[int], slot_rank: list[int], first_slot: list[int]) -> bool:

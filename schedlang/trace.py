@@ -1,9 +1,9 @@
 """Chrome / Perfetto trace of a simulated schedule (``--emit chrome-trace``).
 
 The output is the Chrome "JSON object" trace format, which https://ui.perfetto.dev and
-``chrome://tracing`` open directly. It follows the layout of the runtime's measured traces
-(``schedlang.runtime.timeline.chrome_trace``), so a planned and a measured timeline can be opened
-side by side and compared event by event:
+``chrome://tracing`` open directly. It is written by :mod:`schedlang.traceformat`, the one trace writer, which the runtime's
+measured traces (``schedlang.runtime.timeline.chrome_trace``) use too, so a planned and a measured
+timeline can be opened side by side and compared event by event:
 
 - ``{"traceEvents": [...], "displayTimeUnit": "ms", "otherData": {...}}``, one event per line.
 - One track per rank: ``pid`` = rank, ``tid`` = 0. Metadata events (``"ph": "M"``) name the
@@ -32,6 +32,7 @@ from typing import Any
 
 from schedlang.ir import Program
 from schedlang.simulate import Simulation, simulate
+from schedlang.traceformat import complete_event, rank_tracks, span_bubble, trace_text
 
 TRACE_SOURCE = "schedlang-simulate"
 
@@ -39,22 +40,15 @@ TRACE_SOURCE = "schedlang-simulate"
 def trace_events(program: Program, sim: Simulation | None = None, unit_us: float = 1000.0) -> list[dict[str, Any]]:
     """The trace events (metadata first, then one complete event per op, rank by rank)."""
     sim = sim or simulate(program)
-    events: list[dict[str, Any]] = []
-    for r in range(program.num_ranks):
-        events.append({"ph": "M", "name": "process_name", "pid": r, "tid": 0, "args": {"name": f"rank {r}"}})
-        events.append({"ph": "M", "name": "process_sort_index", "pid": r, "tid": 0, "args": {"sort_index": r}})
-        events.append({"ph": "M", "name": "thread_name", "pid": r, "tid": 0, "args": {"name": "compute"}})
+    events = rank_tracks(range(program.num_ranks))
     for r, slots in enumerate(program.orders.ranks):
         for pos, slot in enumerate(slots):
             for k in slot:
                 op = program.ops[k]
-                events.append({
-                    "ph": "X", "name": f"{op.kind}{op.stage}.{op.mb}", "cat": "instr", "pid": r, "tid": 0,
-                    "ts": round(sim.start[k] * unit_us, 3),
-                    "dur": round((sim.end[k] - sim.start[k]) * unit_us, 3),
-                    "args": {"op": op.kind, "stage": op.stage, "mb": op.mb, "step": 0, "index": pos,
-                             "role": program.role(op).value, "label": op.label},
-                })
+                events.append(complete_event(
+                    r, op.kind, op.stage, op.mb, round(sim.start[k] * unit_us, 3),
+                    round((sim.end[k] - sim.start[k]) * unit_us, 3), step=0, index=pos,
+                    extra={"role": program.role(op).value, "label": op.label}))
     return events
 
 
@@ -67,10 +61,7 @@ def chrome_trace(program: Program, unit_us: float = 1000.0) -> str:
         "num_microbatches": program.num_microbatches,
         "makespan": sim.makespan, "bubble_rate": sim.bubble_rate,
     }
-    # One event per line: compact for large schedules, yet diffable line by line.
-    events = ",\n".join(json.dumps(e, separators=(",", ":")) for e in trace_events(program, sim, unit_us))
-    return (f'{{"traceEvents":[\n{events}\n],\n"displayTimeUnit":"ms",\n'
-            f'"otherData":{json.dumps(other, separators=(",", ":"))}}}\n')
+    return trace_text(trace_events(program, sim, unit_us), other)
 
 
 def read_trace(text: str) -> dict[int, list[dict[str, Any]]]:
@@ -172,7 +163,6 @@ def timeline_from_trace(text: str, name: str = "trace") -> tuple[Program, Simula
         first = start[slots[0][0]] if slots else 0.0
         last = end[slots[-1][0]] if slots else 0.0
         stats.append(RankStats(r, busy, last - first, last - first - busy, 0.0, first, last))
-    cost = max(x.span for x in stats)
-    bubble = cost - max(x.busy for x in stats)
-    return program, Simulation(max(end), cost, bubble, bubble / cost if cost > 0 else 0.0, tuple(stats),
+    fig = span_bubble([x.busy for x in stats], [x.span for x in stats])
+    return program, Simulation(max(end), fig.cost, fig.bubble, fig.bubble_rate, tuple(stats),
                                tuple(start), tuple(end))

@@ -330,6 +330,7 @@ def _assert_streams_sound(prog: Program, streams: isa.Streams) -> None:
 OPTIONS = st.tuples(st.sampled_from(RECV_PLACEMENTS), st.sampled_from(BATCHINGS))
 
 
+@pytest.mark.slow
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pipelines(), st.randoms(use_true_random=False), st.booleans(), OPTIONS, st.booleans())
 def test_codegen_sound_on_random_valid_orders(src: str, rng: random.Random, overlap: bool,

@@ -120,7 +120,20 @@ def _console_steps(body: str) -> list[tuple[str, str]]:
 CONSOLE = _cases("console")
 
 
-@pytest.mark.parametrize("doc,line,body,after", CONSOLE, ids=_ids(CONSOLE))
+def _console_marks(body: str) -> list[pytest.MarkDecorator]:
+    """`schedlang run` spawns torch.distributed workers (dist); `schedlang profile` times a model
+    (slow)."""
+    cmds = [shlex.split(c, comments=True)[1:2] for c, _ in _console_steps(body)]
+    marks = []
+    if ["run"] in cmds:
+        marks.append(pytest.mark.dist)
+    if ["profile"] in cmds:
+        marks.append(pytest.mark.slow)
+    return marks
+
+
+@pytest.mark.parametrize("doc,line,body,after", [
+    pytest.param(*case, marks=_console_marks(case[2])) for case in CONSOLE], ids=_ids(CONSOLE))
 def test_console_block(doc: Path, line: int, body: str, after: str, tmp_path: Path,
                        monkeypatch: pytest.MonkeyPatch) -> None:
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
@@ -143,6 +156,7 @@ def test_console_block(doc: Path, line: int, body: str, after: str, tmp_path: Pa
 PY_DOCS = [d for d in DOCS if any(kind == "python" for kind, _, _ in blocks(d))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("doc", PY_DOCS, ids=[d.name for d in PY_DOCS])
 def test_python_blocks(doc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A document's python blocks run in order in one namespace, like a session."""

@@ -235,6 +235,7 @@ def _exact_span(prog: Program, limit: float, time_limit: float) -> tuple[str, fl
     return solver.status_name(status), solver.objective_value / 4
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sst.programs(max_ranks=2, max_stages_per_rank=3, max_microbatches=4, user_kind=False),
        st.sampled_from([0.0, 0.1, 0.25, 0.5, 1.0]))
@@ -254,6 +255,7 @@ def test_several_stage_bounds_never_exceed_the_optimum(prog: Program, frac: floa
     assert lower_bound(limited, limits, "span").value <= best + 1e-6
 
 
+@pytest.mark.slow
 def test_closing_solve_proves_what_the_first_solve_did_not() -> None:
     """Uniform costs, p = 4, m = 8, limit 2p*M_B: the first full solve (bounded by the warm start,
     24.6) does not prove 24.2 optimal in its share, the neighbourhood rounds find nothing better for
@@ -281,7 +283,9 @@ def test_wall_clock_cap_stops_the_search_and_says_so() -> None:
     prog = pipeline(4, 24, "uniform", 2.0)  # not provable by the bounds: the search runs
     orders, rep = optimize(prog, time_limit=60, wall_limit=1.0)
     assert rep.wall_capped and "wall-clock cap" in rep.summary()
-    assert rep.time < 20  # the cap, plus model building and the final checks
+    # the cap ended the search before the deterministic budget was spent (what the code
+    # controls; the wall time itself depends on the machine's load)
+    assert rep.deterministic_time < 60
     assert rep.objective <= rep.warm_objective + 1e-9
     verify(prog.with_orders(orders))
     with pytest.raises(SchedlangError, match="wall_limit must be 0"):
@@ -303,6 +307,7 @@ def test_makespan_objective_and_bound() -> None:
 # ------------------------------------------------------------------ results
 
 
+@pytest.mark.slow
 def test_improves_on_the_heuristics_1p5b_p4_m12() -> None:
     """The issue's headline instance, with a short budget: never worse than the best heuristic,
     verifies, and the report's figures are the simulator's."""

@@ -86,6 +86,7 @@ def tiny(draw: st.DrawFn, p: int = 2) -> tuple[Program, str]:
     return prog, objective
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(tiny())
 def test_ilp_matches_brute_force_and_bounds_are_valid(case: tuple[Program, str]) -> None:
@@ -103,6 +104,7 @@ def test_ilp_matches_brute_force_and_bounds_are_valid(case: tuple[Program, str])
     assert rep.objective == pytest.approx(sim.cost if objective == "span" else sim.makespan)
 
 
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(tiny(p=3))
 def test_three_ranks_against_brute_force(case: tuple[Program, str]) -> None:

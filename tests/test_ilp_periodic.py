@@ -55,6 +55,7 @@ def _search(prog: Program, time_limit: float) -> periodic.Periodic | None:
     return got
 
 
+@pytest.mark.slow
 def test_steady_state_beats_every_heuristic_under_a_tight_limit() -> None:
     """Uniform costs, p = 4, m = 64, limit 0.75 p*M_B (three forwards fit on rank 0): the greedy
     heuristics settle at 0.25 bubble or worse; a periodic schedule does better, and its period
@@ -72,6 +73,7 @@ def test_steady_state_beats_every_heuristic_under_a_tight_limit() -> None:
     assert got.orders.origin == f"periodic(K={got.k})"
 
 
+@pytest.mark.slow
 def test_optimize_starts_from_the_periodic_schedule_and_reports_it() -> None:
     prog = pipeline(4, 24, "uniform", 0.75)
     orders, rep = optimize(prog, time_limit=4)
@@ -94,6 +96,7 @@ def limited_programs(draw: st.DrawFn) -> Program:
     return replace(prog, mem_limit=(need * factor,) * prog.num_ranks)
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(limited_programs())
 def test_unrolled_periodic_schedules_are_valid(prog: Program) -> None:
@@ -111,6 +114,7 @@ def test_unrolled_periodic_schedules_are_valid(prog: Program) -> None:
     assert got.value == pytest.approx(simulate(sched).cost)
 
 
+@pytest.mark.slow
 def test_command_line_reports_the_starts_and_can_skip_the_periodic_one(capsys: pytest.CaptureFixture[str]) -> None:
     from schedlang.cli import main
 

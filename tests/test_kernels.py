@@ -360,6 +360,7 @@ def microbatches(n: int = 4) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     return xs, dys
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_triton", [None, False], ids=["auto", "torch-fallback"])
 def test_deferred_w_matches_autograd(use_triton: bool | None) -> None:
     if use_triton is None and not triton_usable(torch.empty(0, device=DEV)):
@@ -415,6 +416,7 @@ def test_run_w_adds_to_existing_grads() -> None:
         close(p.grad, w if i == 1 else g0 + w)
 
 
+@pytest.mark.slow
 @needs_triton
 def test_no_active_key_means_full_backward() -> None:
     """No store, or a store without an active key: normal layers, grads straight to .grad."""

@@ -35,6 +35,7 @@ def _sim(name: str, **kw: object) -> Simulation:
     return simulate(compile_program(f"std:{name}", params=kw))
 
 
+@pytest.mark.slow
 @given(p=st.integers(1, 8), m=st.integers(1, 24), tf=times, tb=times, tw=times, mw=mem_w_frac)
 @settings(max_examples=60, deadline=None)
 def test_closed_forms_comm_zero(p: int, m: int, tf: float, tb: float, tw: float, mw: float) -> None:
@@ -55,6 +56,7 @@ def test_closed_forms_comm_zero(p: int, m: int, tf: float, tb: float, tw: float,
     assert h2.ranks[0].peak_memory == pytest.approx(min(m, 2 * p - 1) * 2.0)
 
 
+@pytest.mark.slow
 @given(p=st.integers(2, 7), m=st.integers(1, 21), tf=times, tb=times, tw=times)
 @settings(max_examples=40, deadline=None)
 def test_small_m_is_never_worse_than_1f1b(p: int, m: int, tf: float, tb: float, tw: float) -> None:
@@ -67,6 +69,7 @@ def test_small_m_is_never_worse_than_1f1b(p: int, m: int, tf: float, tb: float, 
         assert h2 <= h1 + 1e-9
 
 
+@pytest.mark.slow
 @given(p=st.integers(2, 7), extra=st.integers(1, 12), tf=times, tb=times, tw=times, c=st.integers(0, 8))
 @settings(max_examples=40, deadline=None)
 def test_closed_forms_with_comm(p: int, extra: int, tf: float, tb: float, tw: float, c: int) -> None:
@@ -127,6 +130,7 @@ def test_paper_profiles(model: str, r1f1b: float, rh1: float, r2p: float) -> Non
 # ------------------------------------------------------------------ zb-auto
 
 
+@pytest.mark.slow
 @given(p=st.integers(1, 6), m=st.integers(1, 18), tf=times, tb=times, tw=times,
        tc=st.sampled_from([0.0, 0.125, 0.5]), mw=mem_w_frac)
 @settings(max_examples=40, deadline=None)
@@ -146,6 +150,7 @@ def test_zb_auto_beats_handcrafted_within_limit(p: int, m: int, tf: float, tb: f
         assert max(r.peak_memory for r in z.ranks) <= limit + 1e-9
 
 
+@pytest.mark.slow
 @given(p=st.integers(2, 5), m=st.integers(2, 12), data=st.data())
 @settings(max_examples=25, deadline=None)
 def test_zb_auto_uneven_stages(p: int, m: int, data: st.DataObject) -> None:
@@ -166,9 +171,15 @@ def test_zb_auto_uneven_stages(p: int, m: int, data: st.DataObject) -> None:
 
 def test_zb_auto_limit_too_small_is_a_located_error() -> None:
     with pytest.raises(SchedlangError) as exc:
-        compile_program("std:zb-1p", p=4, m=8, mem_limit=0.5)
+        compile_program("std:zb-h1", p=4, m=8, mem_limit=0.5, scheduler="zb-auto")
     assert "zb-auto: the memory limit 0.5 of rank 0 cannot hold" in exc.value.message
     assert exc.value.span is not None
+    # ZB-1p's own limit (p * M_B = 4) is looser than the program's: the one memory-limit rule
+    # (the schedule pass) rejects it at the scheduler's argument
+    with pytest.raises(SchedlangError) as exc:
+        compile_program("std:zb-1p", p=4, m=8, mem_limit=0.5)
+    assert "the scheduler's mem_limit (4 on rank 0) is looser than the program's" in exc.value.message
+    assert exc.value.span is not None and "zb-1p" in exc.value.span.source.name
 
 
 # ------------------------------------------------------------------ shapes a schedule cannot take
@@ -236,6 +247,7 @@ def test_require_builtin() -> None:
 # ------------------------------------------------------------------ the V family
 
 
+@pytest.mark.slow
 @given(p=st.integers(1, 6), extra=st.integers(0, 6), t=st.sampled_from([0.5, 1.0, 2.0]), mw=mem_w_frac)
 @settings(max_examples=25, deadline=None)
 def test_zb_v_zero_bubble_with_equal_times(p: int, extra: int, t: float, mw: float) -> None:
@@ -245,6 +257,7 @@ def test_zb_v_zero_bubble_with_equal_times(p: int, extra: int, t: float, mw: flo
     assert max(r.peak_memory for r in sim.ranks) <= 2 * p + 1e-9
 
 
+@pytest.mark.slow
 @given(p=st.integers(1, 6), m=st.integers(1, 14), tf=times, tb=times, tw=times,
        tc=st.sampled_from([0.0, 0.25]), name=st.sampled_from(["zb-v", "v-half", "v-min"]))
 @settings(max_examples=30, deadline=None)

@@ -41,6 +41,7 @@ PAIRS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("builtin", "scheduler", "has_v"), PAIRS)
 def test_dsl_and_python_give_the_same_orders(builtin: str, scheduler: str, has_v: bool) -> None:
     for p, m in itertools.product(PS, MS):
@@ -51,6 +52,7 @@ def test_dsl_and_python_give_the_same_orders(builtin: str, scheduler: str, has_v
             assert dsl.orders.ranks == py.orders.ranks, (builtin, scheduler, kw)
 
 
+@pytest.mark.slow
 def test_interleaved_with_one_chunk_is_1f1b() -> None:
     for p, m in itertools.product(PS, MS):
         assert orders(compile_program("std:interleaved-1f1b", p=p, m=m, v=1)) == orders(
@@ -86,6 +88,7 @@ def _expected_error(name: str, p: int, m: int, v: int | None) -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_every_builtin_verifies_or_errors_clearly() -> None:
     names = _schedules()
     assert len(names) >= 14
@@ -139,6 +142,7 @@ def test_schedulers_work_from_roles_not_names(scheduler: str) -> None:
     assert got == orders(ref)
 
 
+@pytest.mark.slow
 @given(sst.programs(max_ranks=4, max_stages_per_rank=2, max_microbatches=6))
 @settings(max_examples=60, deadline=None)
 def test_library_schedulers_on_generated_programs(program) -> None:  # noqa: ANN001 - a Program

@@ -25,6 +25,7 @@ from schedlang.simulate import simulate  # noqa: E402
 from schedlang.testing import PAPER_PROFILES  # noqa: E402
 
 
+@pytest.mark.slow
 def test_dualpipe_v_is_torchs() -> None:
     for p in (1, 2, 3, 4, 5):
         for m in range(2 * p, 3 * p + 2):
@@ -33,6 +34,7 @@ def test_dualpipe_v_is_torchs() -> None:
             assert ours.orders.ranks == theirs.orders.ranks, (p, m)
 
 
+@pytest.mark.slow
 def test_interleaved_is_torchs() -> None:
     checked = 0
     for p, v, m in itertools.product((1, 2, 3, 4, 5), (2, 3), range(1, 21)):
@@ -47,6 +49,7 @@ def test_interleaved_is_torchs() -> None:
     assert checked > 60
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("costs", ["uniform", "1.5B", "6.2B"])
 def test_zb_v_no_worse_than_torchs(costs: str) -> None:
     for p, m in ((2, 4), (3, 7), (4, 8), (4, 12), (8, 24)):

@@ -56,6 +56,7 @@ def _extend(children: st.SearchStrategy[S.Expr]) -> st.SearchStrategy[S.Expr]:
 expressions = st.recursive(leaves, _extend, max_leaves=12)
 
 
+@pytest.mark.slow
 @given(expressions)
 @settings(max_examples=300, deadline=None)
 def test_expression_printer_round_trips(e: S.Expr) -> None:
@@ -63,6 +64,7 @@ def test_expression_printer_round_trips(e: S.Expr) -> None:
     assert parse_expr(Source("<e>", text)) == e, text
 
 
+@pytest.mark.slow
 @given(sst.pipeline_sources())
 @settings(max_examples=60, deadline=None)
 def test_printed_program_lowers_to_the_same_ir(text: str) -> None:

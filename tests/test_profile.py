@@ -26,6 +26,7 @@ def _params(path: Path) -> dict[str, object]:
     return {name: value for name, value, _ in api.read_params_file(str(path))}
 
 
+@pytest.mark.slow
 def test_profile_writes_one_value_per_stage_and_params_feeds_them_back(tmp_path: Path) -> None:
     costs = tmp_path / "costs.txt"
     status, out, err = _run(["profile", "std:zb-h1", "--set", "p=3", "--set", "m=3", "--repeats", "1",
@@ -52,6 +53,7 @@ def test_profile_writes_one_value_per_stage_and_params_feeds_them_back(tmp_path:
     assert cli["makespan"] == pytest.approx(api.simulate(prog).makespan)
 
 
+@pytest.mark.slow
 def test_profile_with_kernel_layers_measures_what_w_holds() -> None:
     # plain layers: W is estimated and nothing is held between B and W; split layers stash their
     # inputs and output gradients for W, so mem_w becomes positive on the transformer stage

@@ -72,6 +72,7 @@ def longest_path(program: Program) -> tuple[list[float], list[float]]:
     return start, [start[o.id] + o.time for o in ops]
 
 
+@pytest.mark.slow
 @given(sst.scheduled_programs())
 @settings(max_examples=80, deadline=None)
 def test_simulator_agrees_with_longest_path(program: Program) -> None:
@@ -89,6 +90,7 @@ def test_simulator_agrees_with_longest_path(program: Program) -> None:
     assert sim.bubble_rate == pytest.approx((sim.cost - max(r.busy for r in sim.ranks)) / sim.cost)
 
 
+@pytest.mark.slow
 @given(sst.scheduled_programs(max_ranks=3), st.data())
 @settings(max_examples=80, deadline=None)
 def test_broken_orders_are_rejected_with_a_location_or_run(program: Program, data: st.DataObject) -> None:

@@ -410,6 +410,7 @@ def exportable_programs(draw: st.DrawFn) -> Program:
     return _random_orders(api.loads(src), draw(st.randoms(use_true_random=False)), draw(st.booleans()))
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(exportable_programs())
 def test_random_schedules_round_trip_through_csv(prog: Program) -> None:
@@ -421,6 +422,7 @@ def test_random_schedules_round_trip_through_csv(prog: Program) -> None:
             [[sorted(prog.ops[k].label for k in s) for s in r] for r in prog.orders.ranks]
 
 
+@pytest.mark.slow
 @needs_torch
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(exportable_programs())

@@ -39,10 +39,9 @@ def list_schedule(program: Program, args: Mapping[str, Value]) -> Orders:
     """Greedy earliest-start list scheduling (see the module docstring)."""
     rule = str(args.get("priority", "BFW"))
     prio = _priorities(program, rule)
-    limit_arg = args.get("mem_limit")
+    assert "mem_limit" not in args, "the schedule pass resolves the mem_limit argument"
     R = program.num_ranks
-    limits = [float(limit_arg)] * R if isinstance(limit_arg, (int, float)) else (
-        list(program.mem_limit) if program.mem_limit else [float("inf")] * R)
+    limits = list(program.mem_limit) if program.mem_limit else [float("inf")] * R
     ops = program.ops
     preds, succs = program.preds(), program.succs()
     missing = [len(preds[k]) for k in range(len(ops))]
@@ -116,6 +115,6 @@ SCHEDULER = Scheduler(
     warm_start=True,
     args={
         "priority": Arg(str, "BFW", "role order among ops that can start at once"),
-        "mem_limit": Arg(float, None, "per-rank memory limit (default: the program's)"),
+        "mem_limit": Arg(float, None, "per-rank memory limit (at most the program's; default: the program's)"),
     },
 )

@@ -3,8 +3,8 @@ section 3.1), the family that produced ZB-1p (memory limit p*M_B) and ZB-2p (lim
 
 Requires: one stage per rank (any permutation), split F / B / W kinds, the standard rules (F flows
 down the stages, B flows back up, W after its own B). Times may differ per stage and per op; the
-comm time is read from the edges' latencies; the memory limit is the smaller of the
-``mem_limit`` argument and the program's limit (none if neither is given). Guarantees: orders
+comm time is read from the edges' latencies; the memory limit is the program's (a ``mem_limit``
+argument may tighten it: the schedule pass applies it; none if neither is given). Guarantees: orders
 that respect every dependency and never take a rank over the limit (or a located error saying
 the limit cannot hold the pipeline).
 
@@ -243,11 +243,9 @@ class _Greedy:
         return out
 
 
-def _limits(program: Program, arg: Value | None) -> list[float]:
-    """Per-stage limits: the smaller of the ``mem_limit`` argument and the program's limit."""
+def _limits(program: Program) -> list[float]:
+    """Per-stage limits: the program's (the schedule pass has applied a ``mem_limit`` argument)."""
     per_rank = list(program.mem_limit) if program.mem_limit is not None else [math.inf] * program.num_ranks
-    if isinstance(arg, (int, float)) and not isinstance(arg, bool):
-        per_rank = [min(float(arg), x) for x in per_rank]
     return [per_rank[program.placement[s]] for s in range(program.num_stages)]
 
 
@@ -258,7 +256,8 @@ def zb_auto(program: Program, args: Mapping[str, Value]) -> Orders:
         raise SchedlangError("scheduler 'zb-auto' needs one stage per rank and split F / B / W kinds "
                              f"(import std:fbw); '{program.name}' has {program.num_stages} stage(s) on "
                              f"{program.num_ranks} rank(s)", program.schedule_span)
-    limits = _limits(program, args.get("mem_limit"))
+    assert "mem_limit" not in args, "the schedule pass resolves the mem_limit argument"
+    limits = _limits(program)
     best: _Greedy | None = None
     stuck: int | None = None
     for a, b, c in itertools.product((True, False), repeat=3):
@@ -318,6 +317,6 @@ SCHEDULER = Scheduler(
     fn=zb_auto,
     warm_start=True,
     applies=_applies,
-    args={"mem_limit": Arg(float, None, "per-rank memory limit (the program's limit still applies)"),
+    args={"mem_limit": Arg(float, None, "per-rank memory limit (at most the program's; default: the program's)"),
           "handcrafted": Arg(bool, True, "also try ZB-H1 / ZB-H2 and keep them when they fit and cost less")},
 )

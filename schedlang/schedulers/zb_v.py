@@ -26,12 +26,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import replace
 
-from schedlang.ir import Op, Orders, Program, Role, Value
-from schedlang.schedulers.base import Arg, Scheduler
+from schedlang.ir import Op, Orders, Program, Role, SchedulerCall, Value
+from schedlang.schedulers.base import Arg, Scheduler, scheduler_limits
 from schedlang.schedulers.heuristics import Kinds, kinds_of
 from schedlang.schedulers.list_sched import list_schedule
 from schedlang.simulate import simulate
-from schedlang.source import SchedlangError
+from schedlang.source import SchedlangError, Span
 
 
 def v_placement(program: Program) -> bool:
@@ -52,21 +52,28 @@ def default_limits(program: Program, factor: float) -> list[float]:
     return [factor * microbatch_memory(program, r) for r in range(program.num_ranks)]
 
 
-def _limits(program: Program, mem_limit: Value | None, mb_limit: Value | None) -> list[float]:
-    """Per-rank limits: the smaller of ``mem_limit`` (else the program's) and ``mb_limit`` * M_B;
-    with neither given, p * M_B (ZB-V's budget)."""
+def _limits(program: Program, mb_limit: Value | None) -> tuple[Program, list[float]]:
+    """The program under its per-rank limits, and those limits: the program's (the schedule pass
+    has applied a ``mem_limit`` argument), tightened to ``mb_limit`` * M_B by the schedule pass's
+    rule (a looser ``mb_limit`` is an error at the argument); with no limit at all, p * M_B
+    (ZB-V's budget)."""
+
     R = program.num_ranks
-    if isinstance(mem_limit, (int, float)) and not isinstance(mem_limit, bool):
-        base = [float(mem_limit)] * R
-    elif program.mem_limit is not None:
-        base = list(program.mem_limit)
-    else:
-        base = [math.inf] * R
-    if not isinstance(mb_limit, (int, float)) or isinstance(mb_limit, bool):
-        if not all(math.isinf(x) for x in base):
-            return base
-        mb_limit = float(R)
-    return [min(b, x) for b, x in zip(base, default_limits(program, float(mb_limit)), strict=True)]
+    if isinstance(mb_limit, (int, float)) and not isinstance(mb_limit, bool):
+        program = scheduler_limits(program, default_limits(program, float(mb_limit)),
+                                   _arg_span(program, "mb_limit"), "mb_limit")
+    if program.mem_limit is not None:
+        return program, list(program.mem_limit)
+    return program, default_limits(program, float(R))
+
+
+def _arg_span(program: Program, name: str) -> Span | None:
+    call = program.schedule
+    if isinstance(call, SchedulerCall):
+        for i, (k, _) in enumerate(call.args):
+            if k == name and i < len(call.arg_spans):
+                return call.arg_spans[i]
+    return program.schedule_span
 
 
 def _cost(program: Program, orders: Orders) -> tuple[float, float]:
@@ -82,8 +89,8 @@ def zb_v(program: Program, args: Mapping[str, Value]) -> Orders:
             "scheduler 'zb-v' needs the V placement (2p stages, 'place s => s < p ? s : 2*p - 1 - s') "
             f"and split F / B / W kinds; '{program.name}' has {program.num_stages} stage(s) on "
             f"{program.num_ranks} rank(s), placement {list(program.placement)}", program.schedule_span)
-    arg = args.get("mem_limit")
-    limits = _limits(program, arg, args.get("mb_limit"))
+    assert "mem_limit" not in args, "the schedule pass resolves the mem_limit argument"
+    program, limits = _limits(program, args.get("mb_limit"))
     best: tuple[tuple[float, float], Orders] | None = None
     last_error: SchedlangError | None = None
     for algo, priority, reserve in itertools.product((_run, gap_fill), ("BFW", "FBW"), (False, True)):
@@ -101,7 +108,7 @@ def zb_v(program: Program, args: Mapping[str, Value]) -> Orders:
             best = (key, orders)
     if best is None:
         assert last_error is not None
-        span = program.schedule_span if arg is not None else program.mem_limit_span or program.schedule_span
+        span = program.mem_limit_span or program.schedule_span
         raise SchedlangError(f"zb-v: {last_error.message}", span)
     return Orders(best[1].ranks, origin="zb-v")
 
@@ -225,7 +232,7 @@ SCHEDULER = Scheduler(
     fn=zb_v,
     warm_start=True,
     applies=lambda p: (k := kinds_of(p)) is not None and k.b is not None and v_placement(p),
-    args={"mem_limit": Arg(float, None, "per-rank memory limit (default: the program's, else p*M_B)"),
+    args={"mem_limit": Arg(float, None, "per-rank memory limit (at most the program's; default: the program's, else p*M_B)"),
           "mb_limit": Arg(float, None, "limit in microbatches: mb_limit * M_B on each rank (V-Half, V-Min)")},
 )
 
@@ -254,6 +261,9 @@ class _VRounds:
         self.approved = approved or [-1.0] * p
         self.index = program.op_index()
         self.preds = program.preds()
+        # the latency of each dependency, looked up by (src, dst): the comm before an op is
+        # that of the edge it waits on, not the largest of all edges
+        self.latency = {(e.src, e.dst): e.latency for e in program.edges}
         self.count = {(c, ch): [0] * p for c in ("F", "B") for ch in (0, 1)}
         self.cur = [0.0] * p
         self.mem = [0.0] * p
@@ -318,7 +328,9 @@ class _VRounds:
             self.put("F", 0, r)
         for r in range(p - 1, -1, -1):
             if r < p - 1:
-                back = self.end[self.op_id("F", r + 1, 1, 0)] + self._comm()  # type: ignore[index]
+                src, dst = self.op_id("F", r + 1, 1, 0), self.op_id("F", r, 1, 0)
+                assert src is not None
+                back = self.end[src] + self._comm(src, dst)
                 f_mem = self.program.ops[self.op_id("F", r, 0, 0)].mem  # type: ignore[index]
                 f_time = self.program.ops[self.op_id("F", r, 0, 0)].time  # type: ignore[index]
                 while (self.mem[r] + f_mem * (2 + 2 * r) <= self.limits[r] and self.cur[r] + f_time <= back
@@ -336,14 +348,18 @@ class _VRounds:
                         self.put("F", chunk, j)
                 chunk = 1 - chunk
 
-    def _comm(self) -> float:
-        return max((e.latency for e in self.program.edges), default=0.0)
+    def _comm(self, src: int, dst: int | None) -> float:
+        """The latency of the edge ``src -> dst`` (0 when there is none)."""
+        return 0.0 if dst is None else self.latency.get((src, dst), 0.0)
 
-    def fill(self, r: int, dep: float | None, flag: bool) -> None:
-        """Ws into the gap before an op whose input arrives at ``dep``."""
+    def fill(self, r: int, src: int | None, dst: int | None, flag: bool) -> None:
+        """Ws into the gap before ``dst``, whose input from ``src`` arrives after the edge's
+        latency."""
+        dep = self.dep_end(src)
         if dep is None:
             return
-        comm = self._comm()
+        assert src is not None
+        comm = self._comm(src, dst)
         while self.pending_w[r] and dep + comm >= self.cur[r] + self.program.ops[self.pending_w[r][0]].time:
             self.put_w(r)
         if self.pending_w[r] and dep + comm - self.cur[r] > self.max_bubble(r) - self.bubble[r] and flag:
@@ -370,7 +386,7 @@ class _VRounds:
             n = self.count[("B", chunk)][r]
             src = self.op_id("B", r + 1, 0, n) if chunk == 0 and r < p - 1 else (
                 self.op_id("B", r - 1, 1, n) if chunk == 1 and r > 0 else None)
-            self.fill(r, self.dep_end(src), chunk == 0 or self.fill_b)
+            self.fill(r, src, self.op_id("B", r, chunk, n), chunk == 0 or self.fill_b)
             self.put("B", chunk, r)
 
     def forward_round(self) -> None:
@@ -395,7 +411,7 @@ class _VRounds:
                 self.put_w(r)
             src = self.op_id("F", r - 1, 0, f0[r]) if chunk == 0 and r > 0 else (
                 self.op_id("F", r + 1, 1, f1[r]) if chunk == 1 and r < p - 1 else None)
-            self.fill(r, self.dep_end(src), self.fill_f)
+            self.fill(r, src, k, self.fill_f)
             self.put("F", chunk, r)
 
     def run(self) -> Orders:

@@ -42,13 +42,15 @@ def _arg_span(program: Program, name: str) -> Span | None:
 def run(program: Program, args: Mapping[str, Value]) -> Orders:
     """The scheduler function: :func:`optimize` with the call's arguments (an
     :class:`IlpOptions`); a summary line goes to stderr unless ``progress = false``. Errors about
-    an argument point at it (the objective, the memory limit)."""
+    an argument point at it (the objective; the memory limit, which the schedule pass resolved
+    into ``program.mem_limit`` with its span)."""
+    assert "mem_limit" not in args, "the schedule pass resolves the mem_limit argument"
     try:
         orders, _ = optimize(program, IlpOptions.from_args(args),
                              progress=sys.stderr if args.get("progress", True) else None)
     except ArgError as exc:
         span = _arg_span(program, exc.arg)
-        if exc.arg == "mem_limit" and "mem_limit" not in args:
+        if exc.arg == "mem_limit":
             span = program.mem_limit_span
         raise SchedlangError(exc.message, span, exc.notes) from None
     return orders

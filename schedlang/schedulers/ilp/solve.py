@@ -89,10 +89,13 @@ class Report:
 
 
 def effective_limits(program: Program, mem_limit: float | None) -> tuple[float, ...]:
-    """Per-rank limits: the argument if given, else the program's, else unlimited."""
+    """Per-rank limits: the argument if given (by the schedule pass's rule: it may only tighten
+    the program's limit), else the program's, else unlimited."""
     R = program.num_ranks
     if mem_limit is not None:
-        return (float(mem_limit),) * R
+        from schedlang.schedulers.base import scheduler_limits
+
+        program = scheduler_limits(program, [float(mem_limit)] * R, None)
     if program.mem_limit is not None:
         return tuple(float(x) for x in program.mem_limit)
     return (math.inf,) * R
