@@ -13,12 +13,15 @@ from __future__ import annotations
 import ast
 import importlib.util
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import schedlang
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:
@@ -163,3 +166,25 @@ def test_import_schedlang_stays_light() -> None:
             "print(sorted(m for m in ('torch', 'triton', 'ortools') if m in sys.modules))\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "[]"
+
+
+def _layout_text() -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("## Layout")
+    return readme[start:readme.index("\n## ", start + 1)]
+
+
+def test_every_module_is_named_in_the_architecture_guide_and_the_readme_layout() -> None:
+    """docs/architecture.md and README's layout section name every module of ``schedlang/`` (a
+    new module without a word there fails), and every ``schedlang/...`` path they name exists."""
+    guide = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    layout = _layout_text()
+    pkg = ROOT / "schedlang"
+    names = sorted({p.stem for p in pkg.glob("*.py") if not p.stem.startswith("_")}
+                   | {p.name for p in pkg.iterdir() if (p / "__init__.py").exists()})
+    for name in names:
+        assert re.search(rf"\b{re.escape(name)}\b", guide), f"docs/architecture.md never names {name}"
+        assert re.search(rf"`{re.escape(name)}/?`", layout), f"README's layout never names `{name}`"
+    for text in (guide, layout):
+        for path in re.findall(r"`(schedlang/[\w/.]+?)`", text):
+            assert (ROOT / path).exists(), f"{path} is named but does not exist"
