@@ -257,12 +257,17 @@ def optimize(program: Program, **options: Any) -> tuple[Program, Any]:
 
     ``options`` are those of :func:`schedlang.schedulers.ilp.optimize` (objective, time_limit,
     mem_limit, seed, workers, lns, periodic, wall_limit, progress, ...). Returns the program with
-    the optimized orders (origin ``ilp``) and the solver's report (status, objective, bound, gap).
+    the optimized orders (origin ``ilp``; a ``mem_limit`` option becomes its memory limit) and
+    the solver's report (status, objective, bound, gap).
     """
     from schedlang.schedulers.ilp import optimize as _optimize
 
     orders, report = _optimize(program, **options)
-    return replace(program, schedule=replace(orders, origin="ilp")), report
+    out = replace(program, schedule=replace(orders, origin="ilp"))
+    limit = options.get("mem_limit")
+    if limit is not None:  # the limit the orders were optimized under goes with them (--emit sched)
+        out = replace(out, mem_limit=None if float(limit) == float("inf") else (float(limit),) * program.num_ranks)
+    return out, report
 
 
 def emit(program: Program, fmt: str) -> str:

@@ -5,7 +5,8 @@
 
 Progress goes to stderr while it runs; then the report (status, objective, bound, gap, bubble
 rate, warm start, every heuristic's figure) is printed, as a table or one JSON object, and the
-orders are written with ``-o`` (``--emit`` format, default ``orders``).
+orders are written with ``-o`` (``--emit`` format; default ``sched``, a program ``schedlang check``
+accepts, for ``-o FILE.sched``, else ``orders``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ import argparse
 import json
 import sys
 
-from schedlang.cli.common import Command, add_emit_arg, add_program_args, load_program, write_output
+from schedlang.cli.common import (
+    Command,
+    add_emit_arg,
+    add_program_args,
+    emit_choice,
+    load_program,
+    write_output,
+)
 
 
 def _args(p: argparse.ArgumentParser) -> None:
@@ -50,7 +58,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"bound: {rep.bound_detail}")
         print("starts: " + ", ".join(f"{k} {v:.6g}" for k, v in rep.candidates.items()))
     if args.output:
-        write_output(api.emit(optimized, args.emit), args.output)
+        write_output(api.emit(optimized, emit_choice(args.emit, args.output)), args.output)
     return 0
 
 
