@@ -6,8 +6,8 @@ duration is the sum of its ops' times (``overlap sum``) or their maximum (``over
 Because start times are a fixed point of that rule, any topological processing order gives the
 same result; the simulator walks ranks' heads Kahn-style in O(ops + edges).
 
-Reports (REFERENCE.md section 1): makespan; per rank busy time, span (first start to last end),
-idle time within the span and peak memory; ``cost`` = the largest span; ``bubble`` = cost minus
+Reports (the measures of the Zero Bubble paper, Qi et al., ICLR 2024): makespan; per rank busy
+time, span (first start to last end), idle time within the span and peak memory; ``cost`` = the largest span; ``bubble`` = cost minus
 the busiest rank's work; ``bubble_rate`` = bubble / cost (the paper's definition; a rank's start
 offset is not counted). An order that can never finish raises :class:`DeadlockError` naming the
 ranks and the ops they wait on.
