@@ -32,8 +32,9 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wall-limit", type=float, default=None,
                    help="wall-clock cap in seconds (default 4 * time limit + 10; 0: none)")
     p.add_argument("--mem-limit", type=float, default=None, help="per-rank memory limit (default: the program's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="CP-SAT random seed (default 0)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="CP-SAT search workers (default 1)")
     p.add_argument("--no-lns", action="store_true", help="one full CP-SAT solve, no neighbourhood rounds")
     p.add_argument("--no-periodic", action="store_true",
                    help="start from the heuristics only (no periodic steady-state search)")
