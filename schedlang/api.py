@@ -33,6 +33,8 @@ What it offers, by ``schedlang`` command:
   measured op times).
 - ``profile``: :func:`profile`, :func:`check_profile_options`, :func:`profile_program` (need torch).
 - ``list``: :func:`builtins`.
+- ``serve``: :mod:`schedlang.serve` (it calls these functions; needs Flask). ``compile --emit
+  sched`` is :func:`emit` with ``"sched"``.
 
 Importing this module loads the compiler (lark) but not torch, triton or ortools: the functions
 that need them import them when called.

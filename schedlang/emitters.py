@@ -88,7 +88,7 @@ def _chrome_trace(program: Program) -> str:
 
 EMITTERS: dict[str, Emitter] = {e.name: e for e in (
     Emitter("ir", "the scheduled IR as text (parameters, ops, dependencies, orders)", _ir),
-    Emitter("orders", "each rank's op order, one line per rank (the default)", _orders),
+    Emitter("orders", "each rank's op order, one line per rank", _orders),
     Emitter("streams", "per-rank instruction streams, text form (schedlang.isa)", _streams),
     Emitter("json", "per-rank instruction streams, JSON form (schedlang.isa)", _json),
     Emitter("torch-csv", "PyTorch schedule CSV, compute_only (compute actions only)", _torch_csv),

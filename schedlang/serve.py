@@ -353,6 +353,8 @@ def make_server(path: str | None = None, host: str = "127.0.0.1", port: int = 87
     port; read it from ``server.server_port``). Call ``serve_forever()`` and ``shutdown()``."""
     from werkzeug.serving import make_server as _make_server
 
+    if not 0 <= port <= 65535:
+        raise SchedlangError(f"--port {port} is not a TCP port (0 to 65535)")
     app = create_app(path)
     try:
         return _make_server(host, port, app, threaded=True)

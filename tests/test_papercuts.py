@@ -220,7 +220,7 @@ def test_run_prints_both_simulations_and_explains_the_trace(monkeypatch, tmp_pat
     out = capsys.readouterr().out
     assert (f"bubble rate: measured 0.2500 (mean of 2 steps after the first; step 12.00 ms)  simulated "
             f"{on_measured:.4f} on the measured op times (communication free), 0.1111 on the program's costs") in out
-    assert "all 3 steps, the first (warm-up) included" in out
+    assert "all 3 steps, warm-up included" in out
     meta = json.loads(trace.read_text())["otherData"]
     assert meta["simulated_bubble_rate_on_measured_times"] == on_measured
-    assert "higher than the per-step mean" in meta["note"]
+    assert "higher than the per-step mean" in meta["note"] and "schedlang render" in meta["note"]

@@ -75,9 +75,9 @@ def _run_run(args: argparse.Namespace) -> int:
 
 
 # Why a bubble read off the whole trace differs from the printed one.
-TRACE_NOTE = ("all {steps} steps, the first (warm-up) included: a bubble rate computed over the whole "
-              "trace, as schedlang render does, also counts the first step and the gaps between steps, "
-              "so it is higher than the per-step mean printed above")
+TRACE_NOTE = ("all {steps} steps, warm-up included: a bubble read off the whole trace (as schedlang "
+              "render does) also counts the first step and the gaps between steps, so it is higher than "
+              "the per-step mean above")
 
 
 RUN = Command("train a model with a schedule on real processes (torch.distributed)", _run_args, _run_run)

@@ -1,6 +1,7 @@
 """``schedlang serve [FILE] [--port N]``: the schedule explorer in the browser.
 
-The page and everything it does are :mod:`schedlang.serve`; this command parses the arguments,
+The page and everything it does are :mod:`schedlang.serve` (a library module over
+:mod:`schedlang.api`); this command parses the arguments,
 starts the server (this machine only unless ``--host`` says otherwise) and prints its address.
 """
 
@@ -22,11 +23,11 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from schedlang import serve
-    from schedlang.source import SchedlangError
+    import logging
 
-    if not 0 <= args.port <= 65535:
-        raise SchedlangError(f"--port {args.port} is not a TCP port (0 to 65535)")
+    from schedlang import serve
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request on the terminal
     server = serve.make_server(args.file, args.host, args.port)
     url = f"http://{args.host}:{server.server_port}/"
     print(f"schedlang explorer: {url}  (Ctrl-C stops it)", flush=True)
