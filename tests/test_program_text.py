@@ -1,17 +1,20 @@
 """``--emit sched``: a scheduled program written as schedlang text compiles back to the same
 pipeline (ops with ranks, times and memory; dependencies with latencies; placement; memory limit;
 overlap) and the same per-rank orders. Every built-in at its default parameters, built-ins under
-uneven costs, an optimized schedule and an imported PyTorch CSV."""
+uneven costs, random pipelines with random valid orders, an optimized schedule and an imported
+PyTorch CSV."""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 import schedlang.api as sl
 from schedlang.cli import main
 from schedlang.load import std_names
 from schedlang.program_text import program_differences, program_text
 from schedlang.simulate import simulate
+from schedlang.testing import scheduled_programs
 
 STD_SCHEDULES = [e.name for e in sl.builtins() if e.group == "schedule"]
 
@@ -143,3 +146,11 @@ def test_compile_emit_sched_cli(tmp_path, capsys) -> None:
     # the values are built in: setting a parameter of the original is an error, not ignored
     assert main(["check", str(out), "--set", "p=4"]) == 1
     assert "has no parameter 'p'" in capsys.readouterr().err
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scheduled_programs())
+def test_random_programs_round_trip(prog) -> None:  # type: ignore[no-untyped-def]
+    # random pipelines (placements, per-stage costs, comm) with random valid orders
+    text, back = _round_trip(prog)
+    assert program_differences(prog, back) == [], text
