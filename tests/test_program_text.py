@@ -154,3 +154,11 @@ def test_random_programs_round_trip(prog) -> None:  # type: ignore[no-untyped-de
     # random pipelines (placements, per-stage costs, comm) with random valid orders
     text, back = _round_trip(prog)
     assert program_differences(prog, back) == [], text
+
+
+def test_import_rejects_an_unknown_emit_format_before_reading(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["import", "/no/such/file.csv", "--emit", "pdf"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --emit: unknown format 'pdf'" in err and "cannot read" not in err
