@@ -133,7 +133,7 @@ def test_initial_program_from_a_file_keeps_its_name(tmp_path: Path) -> None:
 
 @pytest.fixture
 def client() -> Any:
-    pytest.importorskip("flask")
+    # Flask is in the test extra: without it these fail rather than skip
     return serve.create_app().test_client()
 
 
@@ -166,6 +166,24 @@ def test_an_internal_error_is_plain_json_without_a_traceback(client: Any, monkey
     assert r.status_code == 500
     assert r.get_json()["error"]["message"] == "internal error: RuntimeError: kaput (please report it)"
     assert b"Traceback" not in r.data
+
+
+def test_without_flask_the_command_says_what_to_install(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import builtins
+
+    from schedlang.cli import main
+
+    real_import = builtins.__import__
+
+    def no_flask(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "flask" or name.startswith("flask."):
+            raise ModuleNotFoundError("No module named 'flask'", name="flask")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_flask)
+    assert main(["serve", "--port", "0"]) == 1
+    assert "schedlang serve needs Flask: pip install 'schedlang[serve]'" in capsys.readouterr().err
 
 
 def test_serve_command_refuses_a_bad_port(capsys: pytest.CaptureFixture[str]) -> None:
