@@ -224,3 +224,44 @@ def test_run_prints_both_simulations_and_explains_the_trace(monkeypatch, tmp_pat
     meta = json.loads(trace.read_text())["otherData"]
     assert meta["simulated_bubble_rate_on_measured_times"] == on_measured
     assert "higher than the per-step mean" in meta["note"] and "schedlang render" in meta["note"]
+
+
+# ------------------------------------------------------------------ command lines in the docs
+
+
+def _doc_command_lines() -> list[tuple[str, str]]:
+    """Every ``schedlang ...`` command shown in README.md and docs/*.md (``$ `` prompts and sh
+    blocks), split at ``&&`` and with comments cut."""
+    import shlex
+
+    out = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = path.read_text(encoding="utf-8")
+        for lang, block in re.findall(r"^```(\w*)\n(.*?)^```", text, re.S | re.M):
+            if lang not in ("sh", "console", "bash", ""):
+                continue
+            for line in block.splitlines():
+                for part in line.removeprefix("$ ").split("&&"):
+                    if part.strip().startswith("schedlang "):  # not output lines
+                        words = shlex.split(part, comments=True)
+                        out.append((path.name, shlex.join(words[1:])))
+    return out
+
+
+DOC_COMMANDS = _doc_command_lines()
+
+
+def test_docs_show_commands() -> None:
+    assert len(DOC_COMMANDS) >= 20
+
+
+@pytest.mark.parametrize(("doc", "command"), DOC_COMMANDS, ids=[f"{d}:{c[:40]}" for d, c in DOC_COMMANDS])
+def test_every_command_in_the_docs_parses(doc: str, command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # an option or --emit format the command line does not have (the tutorial once showed
+    # `--emit none`) is caught here without running anything
+    import shlex
+
+    try:
+        build_parser().parse_args(shlex.split(command))
+    except SystemExit as exc:
+        pytest.fail(f"{doc}: schedlang {command}: exit {exc.code}: {capsys.readouterr().err}")
