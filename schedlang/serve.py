@@ -84,14 +84,13 @@ def _overrides(params: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, Spa
 def _lower(text: str, name: str, params: Mapping[str, str]) -> tuple[Program, list[str]]:
     """Lower the editor's text under the controls' overrides, each applied only where the program
     declares it; returns the program and the overrides it does not declare."""
-    from schedlang.lower import lower_source
     from schedlang.source import Source
 
     values, spans = _overrides(params)
     declared = declared_params(text, name)
     ignored = sorted(k for k in values if k not in declared)
     used = {k: v for k, v in values.items() if k in declared}
-    return lower_source(Source(name, text), used, spans), ignored
+    return api.lower_source(Source(name, text), used, spans), ignored
 
 
 def declared_params(text: str, name: str) -> list[str]:
