@@ -30,9 +30,12 @@ What it offers, by ``schedlang`` command:
   :func:`import_torch_csv`.
 - ``render``: :func:`render` (a scene to write as SVG or PNG), :func:`read_trace`.
 - ``run``: :func:`run`, :func:`check_run`, :func:`check_model`, :func:`runner_from_program`,
-  :func:`summarize_timelines` (need torch).
+  :func:`summarize_timelines` (need torch), :func:`measured_program` (the program on a run's
+  measured op times).
 - ``profile``: :func:`profile`, :func:`check_profile_options`, :func:`profile_program` (need torch).
 - ``list``: :func:`builtins`.
+- ``serve``: :mod:`schedlang.serve` (it calls these functions; needs Flask). ``compile --emit
+  sched`` is :func:`emit` with ``"sched"``.
 
 Importing this module loads the compiler (lark) but not torch, triton or ortools: the functions
 that need them import them when called.
@@ -211,20 +214,22 @@ def orders(program: Program) -> dict[int, list[str]]:
 def load_program(path: str, *, sets: Sequence[str] = (), params_file: str | None = None,
                  scheduler: str | None = None, scheduled: bool = True, dump_after: str | None = None,
                  dump: Callable[[str, Program], None] | None = None,
-                 on_warning: Callable[[SchedlangError], None] | None = None) -> Program:
+                 on_warning: Callable[[SchedlangError], None] | None = None,
+                 param_items: Sequence[tuple[str, Value, Span]] = ()) -> Program:
     """Parse, check, lower (and by default schedule and verify) ``path`` under command-line overrides.
 
     ``sets`` are ``NAME=VALUE`` texts (``--set``), located on the command line in errors;
     ``params_file`` holds ``NAME=VALUE`` lines (``--params``; ``sets`` win over it).
     ``scheduler`` replaces the schedule clause (``NAME[:ARG=VALUE,...]``). Each front-end warning
     goes to ``on_warning`` as soon as the program is lowered. ``dump(name, program)`` receives
-    the IR after the pass ``dump_after`` (``lower`` included).
+    the IR after the pass ``dump_after`` (``lower`` included). ``param_items`` are overrides
+    already read (``(name, value, span)``, as :func:`read_params_file` returns them), applied
+    first.
     """
     params: dict[str, Any] = {}
     spans: dict[str, Span] = {}
-    if params_file:
-        for name, value, span in read_params_file(params_file):
-            params[name], spans[name] = value, span
+    for name, value, span in [*param_items, *(read_params_file(params_file) if params_file else ())]:
+        params[name], spans[name] = value, span
     for text in sets:
         name, value = parse_assignment(text)
         params[name] = value
@@ -260,13 +265,18 @@ def optimize(program: Program, options: Any = None, *, progress: TextIO | None =
     ``options`` is a :class:`schedlang.schedulers.ilp.options.IlpOptions` (default: its defaults)
     and ``changes`` are keyword names of its fields (objective, time_limit, mem_limit, seed,
     workers, lns, periodic, wall_limit, ...); ``progress`` is the stream progress lines go to.
-    Returns the program with the optimized orders (origin ``ilp``) and the solver's report
-    (status, objective, bound, gap).
+    Returns the program with the optimized orders (origin ``ilp``; a ``mem_limit`` option, which
+    may only tighten the program's, becomes its memory limit, so that ``--emit sched`` writes the
+    limit the orders were optimized under) and the solver's report (status, objective, bound, gap).
     """
     from schedlang.schedulers.ilp import optimize as _optimize
 
     orders, report = _optimize(program, options, progress=progress, **changes)
-    return replace(program, schedule=replace(orders, origin="ilp")), report
+    out = replace(program, schedule=replace(orders, origin="ilp"))
+    limit = changes.get("mem_limit", None if options is None else options.mem_limit)
+    if limit is not None and float(limit) != float("inf"):
+        out = replace(out, mem_limit=(float(limit),) * program.num_ranks)
+    return out, report
 
 
 def emit(program: Program, fmt: str) -> str:
@@ -366,28 +376,41 @@ def _sets_for(files: Sequence[str], sets: Sequence[str]) -> dict[str, list[str]]
 
 
 def compare_rows(files: Sequence[str], sets: Sequence[str] = (), schedulers: Sequence[str] = (), *,
+                 params_file: str | None = None,
                  on_warning: Callable[[SchedlangError], None] | None = None) -> list[dict[str, Any]]:
     """One dict per (program, scheduler): the figures ``simulate`` reports plus generation time.
 
-    Each ``NAME=VALUE`` in ``sets`` applies to the programs that declare it (one that no program
-    declares is an error). A combination that fails becomes a row with its rendered ``error``,
-    unless it is the only one (then the error is raised).
+    Each ``NAME=VALUE`` in ``sets``, and each line of ``params_file`` (``--params``; ``sets``
+    win over it), applies to the programs that declare it (one that no program declares is an
+    error). A combination that fails becomes a row with its rendered ``error``, unless it is the
+    only one (then the error is raised).
     """
     per_file = _sets_for(files, sets)
+    from_file = read_params_file(params_file) if params_file else []
+    declared = {f: _declared(f) for f in files}
+    for name, _, span in from_file:
+        if not any(name in declared[f] for f in files):
+            raise SchedlangError(f"no program declares a parameter '{name}'", span)
+    file_items = {f: [x for x in from_file if x[0] in declared[f]] for f in files}
+    # what a program leaves at its default: the --set texts and the params lines it does not declare
+    ignored = {f: [s for s in sets if s not in per_file[f]]
+               + [f"{name} ({params_file}:{span.line})" for name, _, span in from_file if name not in declared[f]]
+               for f in files}
     rows: list[dict[str, Any]] = []
     for f in files:
         choices: list[str | None] = list(schedulers) or [None]
         for sched in choices:
             t0 = time.perf_counter()
             try:
-                prog = load_program(f, sets=per_file[f], scheduler=sched, on_warning=on_warning)
+                prog = load_program(f, sets=per_file[f], scheduler=sched, on_warning=on_warning,
+                                    param_items=file_items[f])
             except SchedlangError as exc:
                 if len(files) * max(1, len(schedulers)) == 1:
                     raise
                 # one combination that does not work (a scheduler that does not apply, an
                 # infeasible limit) is a row of the table, not the end of the comparison
                 rows.append({"program": f, "scheduler": sched or "(own)", "error": exc.render(),
-                             "ignored_sets": [s for s in sets if s not in per_file[f]]})
+                             "ignored_sets": ignored[f]})
                 continue
             gen = time.perf_counter() - t0
             sim = _simulate(prog)
@@ -397,7 +420,7 @@ def compare_rows(files: Sequence[str], sets: Sequence[str] = (), schedulers: Seq
                 "num_microbatches": prog.num_microbatches, "num_ops": len(prog.ops),
                 "bubble_rate": sim.bubble_rate, "makespan": sim.makespan, "cost": sim.cost, "bubble": sim.bubble,
                 "peak_memory": [r.peak_memory for r in sim.ranks], "generation_s": gen,
-                "ignored_sets": [s for s in sets if s not in per_file[f]],
+                "ignored_sets": ignored[f],
             })
     return rows
 
@@ -447,6 +470,40 @@ def summarize_timelines(out_dir: str) -> tuple[list[Any], dict[str, Any]]:
     }
 
 
+def measured_program(program: Program, events: Sequence[Any]) -> tuple[Program, int]:
+    """``program`` with each op's time replaced by its mean measured duration in ``events``
+    (the runtime's :class:`schedlang.runtime.timeline.Event` records, in seconds; the steps after
+    the first when there are several) and every dependency's latency set to 0; returns it and the
+    number of ops that had no event of their own (an overlapped ``FB`` slot is recorded as one
+    event) and keep their planned time, scaled like the rest.
+
+    Its simulation is the schedule's bubble on this run's op times with communication free: the
+    difference to the measured bubble is what communication and waiting cost."""
+    from schedlang.ir import Role
+
+    steps = sorted({e.step for e in events})
+    use = set(steps[1:] or steps)
+    total: dict[tuple[str, int, int], float] = {}
+    count: dict[tuple[str, int, int], int] = {}
+    for e in events:
+        if e.step in use and e.cat == "instr":
+            key = (e.name, e.stage, e.mb)
+            total[key] = total.get(key, 0.0) + (e.end_ns - e.start_ns) / 1e9
+            count[key] = count.get(key, 0) + 1
+    times: dict[int, float] = {}
+    for op in program.ops:
+        role = program.role(op)
+        key = (op.kind if role is Role.USER else role.value, op.stage, op.mb)
+        if key in count:
+            times[op.id] = total[key] / count[key]
+    # ops without an event keep their planned time, in seconds at the run's mean ratio
+    planned = sum(program.ops[k].time for k in times)
+    scale = sum(times.values()) / planned if planned > 0 else 1.0
+    ops = tuple(replace(o, time=times.get(o.id, o.time * scale)) for o in program.ops)
+    edges = tuple(replace(e, latency=0.0) for e in program.edges)
+    return replace(program, ops=ops, edges=edges), len(program.ops) - len(times)
+
+
 def check_model(spec: str) -> None:
     """Import the model factory ``MODULE:FACTORY`` here first: a typo is a plain error, not a crash
     on every rank."""
@@ -477,13 +534,17 @@ def check_run(program: Program, *, nproc: int | None = None, steps: int = 10,
 class RunResult:
     """What :func:`run` measured. ``exit_code`` is 0 when every worker succeeded; ``failures``
     has one line per failed rank (spawn launcher); ``measured`` is the measured bubble (see
-    :func:`summarize_timelines`; empty when the workers failed)."""
+    :func:`summarize_timelines`; empty when the workers failed). ``simulated_bubble_rate`` is
+    the schedule simulated on the program's own costs; ``measured_times_bubble_rate`` the same
+    schedule simulated on this run's measured op times with communication free (see
+    :func:`measured_program`; None when the workers failed)."""
 
     exit_code: int
     failures: tuple[str, ...]
     events: tuple[Any, ...]
     measured: dict[str, Any]
     simulated_bubble_rate: float
+    measured_times_bubble_rate: float | None = None
 
 
 def _launch_torchrun(nproc: int, worker_args: list[str]) -> int:
@@ -543,7 +604,8 @@ def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt", s
         if code != 0:
             return RunResult(code, tuple(failures), (), {}, sim.bubble_rate)
         events, measured = summarize_timelines(tmp)
-    return RunResult(0, (), tuple(events), measured, sim.bubble_rate)
+    on_measured = _simulate(measured_program(program, events)[0]).bubble_rate if events else None
+    return RunResult(0, (), tuple(events), measured, sim.bubble_rate, on_measured)
 
 
 def profile_program(num_stages: int, num_microbatches: int, model: str, *, split_backward: str = "autograd",

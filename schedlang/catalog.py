@@ -4,8 +4,8 @@ Three groups, each entry with a one-line summary and the file that defines it: t
 standard-library programs that have a schedule (``std:NAME``, written in the DSL or calling a
 scheduler), the registered schedulers (``--scheduler NAME``; ``warm_start`` marks the fast
 heuristics the optimizer may start from), and the standard-library modules that only declare ops
-and rules for others to import. A program's summary is the first sentence of its header comment
-(cut at 100 characters). ``schedlang list`` prints this catalogue.
+and rules for others to import. A program's summary is the first sentence of its header comment,
+whole (keep it short). ``schedlang list`` prints this catalogue.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 from schedlang import syntax as S
 
-MAX_SUMMARY = 100
 _SENTENCE_END = re.compile(r"\.\s+(?=[A-Z(])")  # not "w.r.t. the"
 
 
@@ -47,8 +46,6 @@ def header_summary(text: str) -> str:
     header = " ".join(x for x in lines if x)
     end = _SENTENCE_END.search(header)
     sentence = header if end is None else header[: end.start() + 1]
-    if len(sentence) > MAX_SUMMARY:
-        sentence = sentence[: MAX_SUMMARY - 3].rsplit(" ", 1)[0] + " ..."
     return sentence.rstrip(".")
 
 

@@ -74,6 +74,12 @@ def _svg(program: Program) -> str:
     return render_svg(program)
 
 
+def _sched(program: Program) -> str:
+    from schedlang.program_text import program_text
+
+    return program_text(program)
+
+
 def _chrome_trace(program: Program) -> str:
     from schedlang.trace import chrome_trace
 
@@ -82,12 +88,14 @@ def _chrome_trace(program: Program) -> str:
 
 EMITTERS: dict[str, Emitter] = {e.name: e for e in (
     Emitter("ir", "the scheduled IR as text (parameters, ops, dependencies, orders)", _ir),
-    Emitter("orders", "each rank's op order, one line per rank (the default)", _orders),
+    Emitter("orders", "each rank's op order, one line per rank", _orders),
     Emitter("streams", "per-rank instruction streams, text form (schedlang.isa)", _streams),
     Emitter("json", "per-rank instruction streams, JSON form (schedlang.isa)", _json),
     Emitter("torch-csv", "PyTorch schedule CSV, compute_only (compute actions only)", _torch_csv),
     Emitter("torch-csv-comms", "PyTorch schedule CSV, compute_comms (with sends, receives, REDUCE_GRAD)",
             _torch_csv_comms),
+    Emitter("sched", "the scheduled program as schedlang text with explicit per-rank orders "
+            "(compiles back to the same orders and costs)", _sched),
     Emitter("svg", "the pipeline picture as SVG: one row per rank, time across", _svg),
     Emitter("chrome-trace", "the simulated timeline as a Chrome/Perfetto trace (JSON)", _chrome_trace),
 )}

@@ -317,6 +317,17 @@ def _keyword(term: str) -> str:
     return f"'{term.lower()}'" if term.isupper() else term
 
 
+def _did_you_mean(tok: Token, expected: set[str]) -> str:
+    """A hint for a misspelled keyword (``schedul {``): the closest keyword allowed here."""
+    import difflib
+
+    if tok.type != "NAME":
+        return ""
+    keywords = [t.lower() for t in expected if t.isupper() and t not in _TOKEN_NAMES]
+    best = difflib.get_close_matches(str(tok), keywords, n=1, cutoff=0.7)
+    return f" (did you mean '{best[0]}'?)" if best else ""
+
+
 def _syntax_error(source: Source, exc: UnexpectedInput) -> SchedlangError:
     line = getattr(exc, "line", None) or 1
     col = getattr(exc, "column", None) or 1
@@ -327,8 +338,10 @@ def _syntax_error(source: Source, exc: UnexpectedInput) -> SchedlangError:
             line, col = len(lines), len(lines[-1]) + 1
             msg = "unexpected end of input" + _describe_expected(exc.expected)
         else:
-            msg = f"unexpected {str(tok)!r}" + _describe_expected(exc.expected)
+            msg = f"unexpected {str(tok)!r}" + _did_you_mean(tok, exc.expected) + _describe_expected(exc.expected)
             line, col = tok.line or line, tok.column or col
+            if "\n" not in str(tok):  # underline the whole token
+                return SchedlangError(msg, Span(source, line, col, line, col + len(str(tok))))
     elif isinstance(exc, UnexpectedCharacters):
         pos = exc.pos_in_stream or 0
         ch = source.text[pos] if pos < len(source.text) else ""

@@ -30,13 +30,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import strategies as st
+try:
+    from hypothesis import strategies as st
+except ModuleNotFoundError as exc:  # an optional dependency: say how to get it
+    raise ModuleNotFoundError("schedlang.testing needs hypothesis: pip install 'schedlang[testing]'",
+                              name=exc.name) from exc
 
 from schedlang.ir import Orders, Program
 from schedlang.source import SchedlangError
 
 PAPER_PROFILES: dict[str, dict[str, float]] = {
-    # REFERENCE.md section 1: profiled times (ms) measured in the zero-bubble paper, p=8, m=24.
+    # profiled times (ms) measured in the Zero Bubble paper (Qi et al., ICLR 2024), p=8, m=24
     "1.5B": {"tf": 18.522, "tb": 18.086, "tw": 9.337, "tc": 0.601},
     "6.2B": {"tf": 29.718, "tb": 29.444, "tw": 19.927, "tc": 0.527},
 }

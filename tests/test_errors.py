@@ -67,7 +67,29 @@ CASES = [
     ("source-pattern-expr", FBW + "dep F[s + 1, i] -> B[s, i]\n", (6, 7), "unknown name 's'"),
     ("mem-limit-length", HEAD + "mem_limit [1, 2, 3]\n", (6, 11), "mem_limit lists 3 values for 2 ranks"),
     ("overlap-mode", HEAD + "overlap most\n", (6, 1), "unknown overlap mode"),
+    ("misspelled-keyword", HEAD + 'schedul "list"\n', (6, 1), "unexpected 'schedul'"),
+    ("misspelled-attribute", HEAD + "op X[s, i] tme 1\n", (6, 12), "unexpected 'tme'"),
 ]
+
+# A misspelled keyword gets the closest keyword allowed at that place; a name that is close to
+# none gets no guess.
+HINTS = [
+    ('schedul "list"\n', "schedul", "schedule"),
+    ("microbatch 4\n", "microbatch", "microbatches"),
+    ("op X[s, i] tme 1\n", "tme", "time"),
+    ("dep F[s, i] -> F[s + 1, i] latncy 2\n", "latncy", "latency"),
+    ("zzzz 4\n", "zzzz", None),
+]
+
+
+@pytest.mark.parametrize(("text", "word", "hint"), HINTS)
+def test_misspelled_keyword_hint(text: str, word: str, hint: str | None) -> None:
+    message = _error(HEAD + text).message
+    if hint is None:
+        assert message.startswith(f"unexpected '{word}'; expected"), message
+        assert "did you mean" not in message
+    else:
+        assert message.startswith(f"unexpected '{word}' (did you mean '{hint}'?); expected"), message
 
 
 def _error(source: str) -> SchedlangError:

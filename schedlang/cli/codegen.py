@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from schedlang.cli.common import Command, write_output
+from schedlang.cli.common import Command, add_emit_arg, write_output
 
 
 def _import_args(p: argparse.ArgumentParser) -> None:
@@ -17,13 +17,15 @@ def _import_args(p: argparse.ArgumentParser) -> None:
                    help="compute_only rejects communication actions (as PyTorch does); compute_comms and "
                         "auto skip them (default auto)")
     p.add_argument("-o", "--output", metavar="OUT.sched", help="write the program here instead of stdout")
+    add_emit_arg(p, "write the imported schedule in this format",
+                 "the program as imported, importing std:fbw or std:fused; sched writes it self-contained")
 
 
 def _import_run(args: argparse.Namespace) -> int:
     from schedlang import api
 
-    source, _ = api.import_torch_csv(args.file, args.format, out_name=args.output or "<imported>")
-    write_output(source, args.output)
+    source, program = api.import_torch_csv(args.file, args.format, out_name=args.output or "<imported>")
+    write_output(source if args.emit is None else api.emit(program, args.emit), args.output)
     return 0
 
 

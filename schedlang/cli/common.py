@@ -42,16 +42,26 @@ def emit_format(name: str) -> str:
     return name
 
 
-def add_emit_arg(p: argparse.ArgumentParser, help_text: str) -> None:
-    """``--emit FORMAT``; the subcommand's help lists every format with what it is."""
+def add_emit_arg(p: argparse.ArgumentParser, help_text: str,
+                 default_text: str = "sched for -o FILE.sched, else orders") -> None:
+    """``--emit FORMAT`` (default None: see :func:`emit_choice`); the subcommand's help lists
+    every format with what it is."""
     from schedlang import emitters
 
-    p.add_argument("--emit", default="orders", type=emit_format, metavar="FORMAT",
-                   help=f"{help_text} (default orders; formats below)")
+    p.add_argument("--emit", default=None, type=emit_format, metavar="FORMAT",
+                   help=f"{help_text} (default: {default_text}; formats below)")
     width = max(len(n) for n in emitters.EMITTERS) + 2
     lines = [f"  {e.name:<{width}}{e.summary}" for e in emitters.EMITTERS.values()]
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = "--emit formats:\n" + "\n".join(lines)
+
+
+def emit_choice(emit: str | None, output: str | None) -> str:
+    """The ``--emit`` format to write: the one given, else ``sched`` for an ``-o`` path ending in
+    ``.sched`` (a program file), else ``orders``."""
+    if emit is not None:
+        return emit
+    return "sched" if output is not None and output.endswith(".sched") else "orders"
 
 
 def print_warning(warning: SchedlangError) -> None:

@@ -6,7 +6,14 @@ import argparse
 import json
 import sys
 
-from schedlang.cli.common import Command, add_emit_arg, add_program_args, load_program, write_output
+from schedlang.cli.common import (
+    Command,
+    add_emit_arg,
+    add_program_args,
+    emit_choice,
+    load_program,
+    write_output,
+)
 
 # ------------------------------------------------------------------ check
 
@@ -68,7 +75,7 @@ def _compile_run(args: argparse.Namespace) -> int:
     from schedlang import api
 
     prog = load_program(args, dump_after=args.dump_after)
-    write_output(api.emit(prog, args.emit), args.output)
+    write_output(api.emit(prog, emit_choice(args.emit, args.output)), args.output)
     return 0
 
 

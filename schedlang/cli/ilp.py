@@ -5,7 +5,8 @@
 
 Progress goes to stderr while it runs; then the report (status, objective, bound, gap, bubble
 rate, warm start, every heuristic's figure) is printed, as a table or one JSON object, and the
-orders are written with ``-o`` (``--emit`` format, default ``orders``).
+orders are written with ``-o`` (``--emit`` format; default ``sched``, a program ``schedlang check``
+accepts, for ``-o FILE.sched``, else ``orders``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ import argparse
 import json
 import sys
 
-from schedlang.cli.common import Command, add_emit_arg, add_program_args, load_program, write_output
+from schedlang.cli.common import (
+    Command,
+    add_emit_arg,
+    add_program_args,
+    emit_choice,
+    load_program,
+    write_output,
+)
 from schedlang.schedulers.ilp.options import IlpOptions
 
 _DEFAULTS = IlpOptions()
@@ -29,8 +37,10 @@ def _args(p: argparse.ArgumentParser) -> None:
                    help="wall-clock cap in seconds (default 4 * time limit + 10; 0: none)")
     p.add_argument("--mem-limit", type=float, default=_DEFAULTS.mem_limit,
                    help="per-rank memory limit (default: the program's)")
-    p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
-    p.add_argument("--workers", type=int, default=_DEFAULTS.workers)
+    p.add_argument("--seed", type=int, default=_DEFAULTS.seed,
+                   help=f"CP-SAT random seed (default {_DEFAULTS.seed})")
+    p.add_argument("--workers", type=int, default=_DEFAULTS.workers,
+                   help=f"CP-SAT search workers (default {_DEFAULTS.workers})")
     p.add_argument("--no-lns", action="store_true", help="one full CP-SAT solve, no neighbourhood rounds")
     p.add_argument("--no-periodic", action="store_true",
                    help="start from the heuristics only (no periodic steady-state search)")
@@ -55,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"bound: {rep.bound_detail}")
         print("starts: " + ", ".join(f"{k} {v:.6g}" for k, v in rep.candidates.items()))
     if args.output:
-        write_output(api.emit(optimized, args.emit), args.output)
+        write_output(api.emit(optimized, emit_choice(args.emit, args.output)), args.output)
     return 0
 
 

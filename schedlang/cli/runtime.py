@@ -4,8 +4,9 @@ The command compiles the program (user errors are located diagnostics, before an
 starts), then :func:`schedlang.api.run` generates the instruction streams and launches one worker
 per rank through torchrun (``python -m torch.distributed.run --standalone --nproc-per-node N``)
 or ``--launcher spawn``; the workers print the loss of every step, then this command prints the
-measured bubble rate next to the simulated one, and with ``--trace PATH`` writes one
-Chrome/Perfetto trace of all ranks.
+measured bubble rate (the mean over the steps after the first) next to the schedule simulated on
+the op times measured in the same run (communication free) and on the program's own costs, and
+with ``--trace PATH`` writes one Chrome/Perfetto trace of all ranks and all steps.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", metavar="PATH", help="write a Chrome/Perfetto trace of all ranks to PATH")
     p.add_argument("--split-backward", choices=["autograd", "kernels"], default="autograd",
                    help="how B and W are split: generic autograd, or schedlang.kernels layers")
-    p.add_argument("--launcher", choices=["torchrun", "spawn"], default="torchrun")
+    p.add_argument("--launcher", choices=["torchrun", "spawn"], default="torchrun",
+                   help="how the workers start: torchrun (python -m torch.distributed.run --standalone, "
+                        "the default) or spawn (torch.multiprocessing from this process; each failed "
+                        "rank's error is reported)")
     p.add_argument("--prepost", type=int, default=4, metavar="K",
                    help="post each receive K instructions before its place in the stream (default 4; "
                         "0 = exactly where the stream says)")
@@ -51,18 +55,29 @@ def _run_run(args: argparse.Namespace) -> int:
         return 1
     measured = res.measured
     if measured:
+        on_measured = ("-" if res.measured_times_bubble_rate is None
+                       else f"{res.measured_times_bubble_rate:.4f}")
         print(f"bubble rate: measured {measured['bubble_rate']:.4f} (mean of {measured['steps']} steps after "
-              f"the first; step {measured['makespan_s'] * 1e3:.2f} ms)  simulated {res.simulated_bubble_rate:.4f}")
+              f"the first; step {measured['makespan_s'] * 1e3:.2f} ms)  simulated {on_measured} on the "
+              f"measured op times (communication free), {res.simulated_bubble_rate:.4f} on the program's costs")
     if args.trace:
         from schedlang.runtime.timeline import write_chrome_trace
 
-        meta = {"program": prog.name, "simulated_bubble_rate": res.simulated_bubble_rate, **measured}
+        meta = {"program": prog.name, "simulated_bubble_rate": res.simulated_bubble_rate,
+                "simulated_bubble_rate_on_measured_times": res.measured_times_bubble_rate, **measured,
+                "note": TRACE_NOTE.format(steps=args.steps)}
         try:
             write_chrome_trace(args.trace, list(res.events), meta)
         except OSError as exc:
             raise SchedlangError(f"cannot write '{args.trace}': {exc.strerror}") from None
-        print(f"trace: {args.trace} ({len(res.events)} events, {nproc} ranks)")
+        print(f"trace: {args.trace} ({len(res.events)} events, {nproc} ranks, {TRACE_NOTE.format(steps=args.steps)})")
     return 0
+
+
+# Why a bubble read off the whole trace differs from the printed one.
+TRACE_NOTE = ("all {steps} steps, warm-up included: a bubble read off the whole trace (as schedlang "
+              "render does) also counts the first step and the gaps between steps, so it is higher than "
+              "the per-step mean above")
 
 
 RUN = Command("train a model with a schedule on real processes (torch.distributed)", _run_args, _run_run)

@@ -4,9 +4,9 @@
 A ``FILE.json`` is read as a Chrome trace instead (planned by ``compile --emit chrome-trace`` or
 measured by the runtime) and drawn as recorded (:func:`schedlang.api.read_trace`).
 
-``compare A B ... [--set NAME=VALUE] [--scheduler S ...]`` lowers every program with the same
-parameter overrides (each override applies to the programs that declare it; one that no program
-declares is an error), schedules it with its own schedule clause or with each ``--scheduler``
+``compare A B ... [--set NAME=VALUE] [--params FILE] [--scheduler S ...]`` lowers every program
+with the same parameter overrides (each override applies to the programs that declare it; one
+that no program declares is an error), schedules it with its own schedule clause or with each ``--scheduler``
 given, simulates it, and prints one row per (program, scheduler): bubble rate, makespan, cost,
 peak memory per rank and the time taken to lower and schedule it (``gen s``). ``--json`` prints a
 list of objects (``peak_memory`` is a per-rank list), ``--csv`` a header and one line per row
@@ -47,7 +47,8 @@ def _render_args(p: argparse.ArgumentParser) -> None:
     p.description = ("draw a schedule as SVG or PNG: one row per rank, time across; FILE may also be a "
                      "Chrome trace (.json, planned or measured), drawn as recorded")
     p.add_argument("--memory", action="store_true", help="plot each rank's memory under its row")
-    p.add_argument("--width", type=int, default=0, help="picture width in pixels (default: from the schedule)")
+    p.add_argument("--width", type=int, default=None,
+                   help="picture width in pixels, at least 200 (default: from the schedule)")
     p.add_argument("--format", choices=("svg", "png"), help="output format (default: from OUT's extension)")
 
 
@@ -63,14 +64,14 @@ def _render_run(args: argparse.Namespace) -> int:
         fmt = "png" if ext == ".png" else "svg"
     if fmt == "png" and (not args.output or args.output == "-"):
         raise SchedlangError("PNG output needs -o OUT.png (a file, not stdout)")
-    if args.width and args.width < 200:
+    if args.width is not None and args.width < 200:  # 0 too: it is not "the default"
         raise SchedlangError(f"--width {args.width} is too small (at least 200 pixels)")
     if args.file.endswith(".json"):
         prog, sim = _trace_timeline(args)
-        scene = api.render(prog, sim, width=args.width)
+        scene = api.render(prog, sim, width=args.width or 0)
     else:
         prog = load_program(args)
-        scene = api.render(prog, memory=args.memory, width=args.width)
+        scene = api.render(prog, memory=args.memory, width=args.width or 0)
     if fmt == "png":
         scene_png(scene, args.output)
     else:
@@ -97,6 +98,9 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="programs (.sched files or std:NAME)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
                    help="override a parameter in every program that declares it (repeatable)")
+    p.add_argument("--params", metavar="FILE",
+                   help="read overrides from FILE (NAME=VALUE lines, as `schedlang profile` writes), each "
+                        "applied to every program that declares it; --set wins over it")
     p.add_argument("--scheduler", dest="schedulers", action="append", default=[], metavar="NAME[:ARG=VALUE,...]",
                    help="schedule every program with this scheduler (repeatable; default: each program's own)")
     out = p.add_mutually_exclusive_group()
@@ -162,7 +166,8 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
 def _compare_run(args: argparse.Namespace) -> int:
     from schedlang import api
 
-    rows = api.compare_rows(args.files, args.sets, args.schedulers, on_warning=print_warning)
+    rows = api.compare_rows(args.files, args.sets, args.schedulers, params_file=args.params,
+                            on_warning=print_warning)
     status = 1 if any("error" in r for r in rows) else 0
     for r in rows:
         if "error" in r:
