@@ -33,11 +33,12 @@ VS = (1, 2, 3)
 # (DSL built-in, Python scheduler, whether the built-in takes v)
 PAIRS = [
     ("gpipe", "gpipe", False),
-    ("looped-bfs", "gpipe", True),
+    ("looped-bfs", "looped-bfs", True),
     ("1f1b", "1f1b", False),
     ("zb-h1", "zb-h1", False),
     ("zb-h2", "zb-h2", False),
     ("interleaved-1f1b", "interleaved-1f1b", True),
+    ("interleaved-zb", "interleaved-zb", True),
 ]
 
 
