@@ -156,7 +156,7 @@ def lower_source(source: Source, params: Mapping[str, Any] | None = None,
             span = (param_spans or {}).get(name)
             raise SchedlangError(f"'{source.name}' has no parameter '{name}' (parameters: {known})", span)
         overrides[name] = _to_value(value, name)
-    return lower(items, source.name, overrides)
+    return lower(items, source.name, overrides, param_spans)
 
 
 def load(path: str, params: Mapping[str, Any] | None = None, **kw: Any) -> Program:

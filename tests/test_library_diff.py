@@ -64,9 +64,12 @@ def test_interleaved_with_one_chunk_is_1f1b() -> None:
 @settings(max_examples=30, deadline=None)
 def test_interleaved_bubble(p: int, k: int, v: int, tf: float, tb: float, tw: float) -> None:
     # Megatron's result: with m a multiple of p the bubble is (p-1) times one chunk's F+B+W, so
-    # 1/v of 1F1B's when a chunk costs 1/v of a full stage (Narayanan et al., SC 2021, eq. 2)
+    # 1/v of 1F1B's, a chunk costing 1/v of a model slice (Narayanan et al., SC 2021, eq. 2); the
+    # costs are a slice's, so std:1f1b on the same figures has v times the bubble
     sim = simulate(compile_program("std:interleaved-1f1b", p=p, m=k * p, v=v, tf=tf, tb=tb, tw=tw))
-    assert sim.bubble == pytest.approx((p - 1) * (tf + tb + tw))
+    assert sim.bubble == pytest.approx((p - 1) * (tf + tb + tw) / v)
+    plain = simulate(compile_program("std:1f1b", p=p, m=k * p, tf=tf, tb=tb, tw=tw))
+    assert plain.bubble == pytest.approx(v * sim.bubble)
 
 
 # ------------------------------------------------------------------ every built-in, every shape
