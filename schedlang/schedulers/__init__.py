@@ -48,11 +48,12 @@ def _load() -> dict[str, Scheduler]:
         ilp,  # optimizer (issue 8); imports ortools only when it runs
         list_sched,
         torch_peer,  # library (issue 3)
+        v_blocks,  # library (issue 16)
         zb_auto,
         zb_v,
     )
 
-    table = [list_sched.SCHEDULER, *heuristics.SCHEDULERS, zb_auto.SCHEDULER, zb_v.SCHEDULER, chimera.SCHEDULER, torch_peer.SCHEDULER, ilp.SCHEDULER]
+    table = [list_sched.SCHEDULER, *heuristics.SCHEDULERS, zb_auto.SCHEDULER, zb_v.SCHEDULER, v_blocks.SCHEDULER, chimera.SCHEDULER, torch_peer.SCHEDULER, ilp.SCHEDULER]
     return {s.name: s for s in table}
 
 
