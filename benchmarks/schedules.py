@@ -11,8 +11,9 @@ in units of M_B), and the time to generate the schedule (load + schedule + verif
 Peers: PyTorch 2.13's own orders for its Interleaved1F1B, InterleavedZeroBubble, ZBVZeroBubble
 and DualPipeV schedules (scheduler ``torch``), timed by the same simulator on the same costs.
 
-Notes: dualpipe-v overlaps F and B of two chunks in one slot (``overlap max``), so its busy time
-is smaller than the others'; chimera keeps two weight replicas (not counted); pipedream counts
+Notes: dualpipe and dualpipe-v overlap F and B of two chunks in one slot (``overlap max``), so
+their busy time is smaller than the others'; chimera and dualpipe keep two weight replicas (not
+counted); pipedream counts
 one stashed weight version per in-flight microbatch at mem_stash = M_B (``std:pipedream``) and
 has no flush, so its figures are those of one window of a continuous stream.
 
@@ -52,6 +53,7 @@ ROWS: list[tuple[str, str, str | None, int, dict[str, Any]]] = [
     ("zb-v", "std:zb-v", None, 2, {}),
     ("v-half", "std:v-half", None, 2, {}),
     ("v-min", "std:v-min", None, 2, {}),
+    ("dualpipe", "std:dualpipe", None, 1, {}),
     ("dualpipe-v", "std:dualpipe-v", None, 2, {}),
     ("chimera", "std:chimera", None, 1, {}),
     ("pipedream (async)", "std:pipedream", None, 1, {}),

@@ -22,7 +22,7 @@ from schedlang.source import SchedlangError
 from schedlang.testing import PAPER_PROFILES
 
 ALL = ["1f1b", "gpipe", "zb-h1", "zb-h2", "zb-1p", "zb-2p", "zb-v", "v-half", "v-min", "dualpipe-v",
-       "interleaved-1f1b", "interleaved-zb", "looped-bfs", "pipedream"]
+       "interleaved-1f1b", "interleaved-zb", "looped-bfs", "pipedream", "chimera", "dualpipe"]
 
 
 @pytest.mark.parametrize("costs", ["uniform", "1.5B"])

@@ -87,6 +87,10 @@ def _expected_error(name: str, p: int, m: int, v: int | None) -> str | None:
         return f"{name} needs exactly two chunks per rank (v = 2)"
     if name == "dualpipe-v" and m < 2 * p:
         return "dualpipe-v needs at least 2p microbatches (m >= 2 * p)"
+    if name == "dualpipe" and p % 2:
+        return "dualpipe needs an even number of ranks (p % 2 == 0)"
+    if name == "dualpipe" and (m % 2 or m < 2 * p):
+        return "dualpipe needs an even m with m >= 2p"
     return None
 
 
@@ -205,6 +209,6 @@ def test_builtins_take_per_stage_costs(name: str) -> None:
     mem_f = [1.0 + (s % 2) for s in range(n)]
     prog = compile_program(f"std:{name}", params={"p": 4, "m": 8, "tf": tf, "tb": tb, "mem_f": mem_f})
     by_stage = {o.stage: o.time for o in prog.ops if o.kind == "F"}
-    # chimera's stage s runs the model's stage s % p, so it reads the list at s % p
-    want = {s: tf[s % 4] if name == "chimera" else tf[s] for s in by_stage}
+    # chimera's and dualpipe's stage s runs the model's slice s % p, so they read the list at s % p
+    want = {s: tf[s % 4] if name in ("chimera", "dualpipe") else tf[s] for s in by_stage}
     assert by_stage == want
