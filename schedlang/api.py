@@ -22,6 +22,7 @@ from typing import Any
 
 from schedlang import syntax as S
 from schedlang.check import check_items
+from schedlang.config import Config, check_config, read_config
 from schedlang.evaluate import compile_expr
 from schedlang.ir import Orders, Program, SchedulerCall, Value, format_slots
 from schedlang.load import Item, load_program_items, read_source
@@ -93,6 +94,17 @@ def read_params_file(path: str) -> list[tuple[str, Value, Span]]:
             raise SchedlangError(f"{name}: {exc.message}",
                                  Span(src, lineno, col + line.strip().index("=") + 1)) from None
     return out
+
+
+def read_config_for(config_path: str, program_path: str) -> Config:
+    """Parameter overrides from a JSON or YAML config file (``--config FILE``, the keys of the
+    common 1F1B visualizer or parameter names; see :mod:`schedlang.config`), checked against the
+    parameters the program ``program_path`` declares: a key it does not have is an error located
+    at the key."""
+    config = read_config(config_path)
+    source = read_source(program_path)
+    check_config(config, list(_declared_params(load_program_items(source))), source.name)
+    return config
 
 
 def _split_top(text: str) -> list[str]:

@@ -34,6 +34,10 @@ def add_program_args(p: argparse.ArgumentParser, *, scheduler: bool = True) -> N
     p.add_argument("--params", metavar="FILE",
                    help="read overrides from FILE (NAME=VALUE lines, as `schedlang profile` writes); "
                         "--set wins over it")
+    p.add_argument("--config", metavar="FILE",
+                   help="read parameters from a JSON or YAML file (the 1F1B visualizer's num_stages, num_batches, "
+                        "forward_times, backward_times, p2p_time, output_file, or parameter names); "
+                        "--params and --set win over it")
     if scheduler:
         p.add_argument("--scheduler", metavar="NAME[:ARG=VALUE,...]",
                        help="replace the program's schedule clause with a named scheduler")
@@ -50,6 +54,10 @@ def load_program(args: argparse.Namespace, *, scheduled: bool = True,
 
     params: dict[str, Any] = {}
     spans: dict[str, Span] = {}
+    if getattr(args, "config", None):
+        config = api.read_config_for(args.config, args.file)
+        params.update(config.params)
+        spans.update(config.spans)
     if getattr(args, "params", None):
         for name, value, span in api.read_params_file(args.params):
             params[name], spans[name] = value, span
@@ -208,6 +216,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_output(args: argparse.Namespace) -> None:
+    """A ``--config`` file's ``output_file`` becomes the command's ``-o`` when none was given,
+    before the command reads it; a command that writes no file says that it ignores it."""
+    if not getattr(args, "config", None):
+        return
+    from schedlang.config import read_config
+
+    output = read_config(args.config).output
+    if output is None or getattr(args, "output", None) is not None:
+        return
+    if hasattr(args, "output"):
+        args.output = output
+    else:
+        print(f"{args.config}: warning: output_file '{output}' is not used: this command writes no file",
+              file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -215,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _config_output(args)
         return COMMANDS[args.command][2](args)
     except SchedlangError as exc:
         print(exc.render(), file=sys.stderr)
