@@ -138,7 +138,7 @@ def one_f_one_b(program: Program, args: Mapping[str, Value]) -> Orders:
 
 
 def zb_steps(f: str, b: str, w: str, stage: int, M: int, lag_b: int, lag_w: int) -> Iterator[Item]:
-    """The ZB-H rule: at step x issue F(x), B(x - lag_b), W(x - lag_w) (REFERENCE.md section 1)."""
+    """The ZB-H rule: at step x issue F(x), B(x - lag_b), W(x - lag_w) (Qi et al., ICLR 2024, the Zero Bubble paper)."""
     for x in range(M + lag_w):
         yield (f, stage, x)
         yield (b, stage, x - lag_b)
