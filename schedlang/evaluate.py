@@ -158,7 +158,7 @@ BUILTINS: dict[str, tuple[int, int, Callable[[list[Value], Span | None], Value]]
 }
 
 # Functions that need the pipeline's placement; bound by lowering once the placement is known.
-PIPELINE_FUNCTIONS = {"rank_of": (1, 1), "stage_of": (2, 2), "num_stages_on": (1, 1), "stage_cost": (3, 3)}
+PIPELINE_FUNCTIONS = {"rank_of": (1, 1), "stage_of": (2, 2), "num_stages_on": (1, 1), "stage_cost": (3, 4)}
 # Constants always in scope.
 CONSTANTS: dict[str, Value] = {"inf": math.inf}
 # Names bound from the pipeline's shape.

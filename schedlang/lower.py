@@ -236,14 +236,19 @@ def _bind_pipeline_functions(st: _State, place: S.PlaceDecl | None) -> None:
         return len(on_rank(expect_int(args[0], span, "the rank"), span))
 
     def stage_cost(args: list[Value], span: Span | None) -> Value:
-        x, s, per = args
+        x, s, per = args[:3]
         if type(x) is not tuple and type(per) is str and per == "stage":
             return x  # the common case, kept cheap
         pl = placement()
         s = expect_int(s, span, "the stage")
         if not 0 <= s < len(pl):
             raise SchedlangError(f"stage_cost(): stage {s} out of range 0..{len(pl)}", span)
-        return _stage_cost(st, x, s, per, pl, span)
+        whole = None
+        if len(args) == 4:
+            whole = expect_int(args[3], span, "the model slice")
+            if not 0 <= whole <= max(pl):
+                raise SchedlangError(f"stage_cost(): model slice {whole} out of range 0..{max(pl) + 1}", span)
+        return _stage_cost(st, x, s, per, pl, span, whole)
 
     st.funcs.update(rank_of=rank_of, stage_of=stage_of, num_stages_on=num_stages_on, stage_cost=stage_cost)
     st.place_decl = place
@@ -252,14 +257,18 @@ def _bind_pipeline_functions(st: _State, place: S.PlaceDecl | None) -> None:
 COST_UNITS = ("slice", "stage")
 
 
-def _stage_cost(st: _State, x: Value, s: int, per: Value, pl: tuple[int, ...], span: Span | None) -> Value:
+def _stage_cost(st: _State, x: Value, s: int, per: Value, pl: tuple[int, ...], span: Span | None,
+                whole: int | None = None) -> Value:
     """``stage_cost(x, s, per)``: stage s's share of a cost figure ``x`` (a number or a list).
 
     ``per = "slice"``: ``x`` is one model slice's cost, what one rank holds when every rank has one
     stage (1F1B); a rank with v stages holds one slice cut in v, so each of them costs x / v. A
     list has one value per slice (p values: stage s is in slice s // v) or one per stage (taken
     as given). ``per = "stage"``: ``x`` is every stage's own cost, a number or one value per
-    stage. Any other list length is an error at the place the list was given."""
+    stage. Any other list length is an error at the place the list was given.
+
+    ``stage_cost(x, s, per, k)``: stage s runs model slice k whole (a weight replica, as in
+    Chimera and DualPipe): nothing is divided, and a list of p values is read at k."""
     if per not in COST_UNITS:
         raise SchedlangError(f"costs_per must be one of {', '.join(repr(u) for u in COST_UNITS)}, got "
                              f"{format_value(per)}", _origin(st, per, span)[1])
@@ -267,13 +276,13 @@ def _stage_cost(st: _State, x: Value, s: int, per: Value, pl: tuple[int, ...], s
     counts = [0] * R
     for r in pl:
         counts[r] += 1
-    v = counts[pl[s]]  # stages on the rank that holds s
-    even = all(c == counts[0] for c in counts)
+    v = counts[pl[s]] if whole is None else 1  # stages that share the rank's slice
+    even = all(c == counts[0] for c in counts) or whole is not None
     if isinstance(x, tuple):
         if len(x) == S_:
             return x[s]
         if per == "slice" and len(x) == R and even:
-            y = x[s // v]
+            y = x[s // v if whole is None else whole]
             return y / v if isinstance(y, (int, float)) and not isinstance(y, bool) and v != 1 else y
         name, where = _origin(st, x, span)
         what = f"{name}: a" if name else "A"

@@ -123,6 +123,17 @@ def test_wrong_list_length_points_at_the_users_file(tmp_path) -> None:  # noqa: 
     assert info.value.span is None
 
 
+def test_replicas_read_the_slice_list() -> None:
+    # chimera and dualpipe hold a whole slice per stage (two replicas per rank): nothing divided,
+    # stage s reads slice s % p of a p-list
+    for name in ("chimera", "dualpipe"):
+        prog = compile_program(f"std:{name}", p=4, m=8, tf=[1.0, 2.0, 3.0, 4.0])
+        assert {o.stage: o.time for o in prog.ops if o.kind == "F"} == {s: float(s % 4 + 1) for s in range(8)}
+        assert {o.time for o in compile_program(f"std:{name}", p=4, m=8).ops} == {1.0}
+        with pytest.raises(SchedlangError, match=r"tf: a list of 3 values for 4 rank\(s\) and 8 stage\(s\)"):
+            compile_program(f"std:{name}", p=4, m=8, tf=[1, 2, 3])
+
+
 def test_uneven_placement_needs_per_stage_lists(tmp_path) -> None:  # noqa: ANN001 - pytest's tmp_path
     src = ('import "std:fbw"\nparam tf = [1, 2]\nranks 2\nstages 3\nmicrobatches 2\n'
            'place s => s == 0 ? 0 : 1\nschedule "list"\n')
