@@ -243,18 +243,23 @@ def _bind_pipeline_functions(st: _State, place: S.PlaceDecl | None) -> None:
         s = expect_int(s, span, "the stage")
         if not 0 <= s < len(pl):
             raise SchedlangError(f"stage_cost(): stage {s} out of range 0..{len(pl)}", span)
-        whole = None
-        if len(args) == 4:
-            whole = expect_int(args[3], span, "the model slice")
-            if not 0 <= whole <= max(pl):
-                raise SchedlangError(f"stage_cost(): model slice {whole} out of range 0..{max(pl) + 1}", span)
-        return _stage_cost(st, x, s, per, pl, span, whole)
+        return _stage_cost(st, x, s, per, pl, span, _slice_arg(args, pl, span))
 
     st.funcs.update(rank_of=rank_of, stage_of=stage_of, num_stages_on=num_stages_on, stage_cost=stage_cost)
     st.place_decl = place
 
 
 COST_UNITS = ("slice", "stage")
+
+
+def _slice_arg(args: list[Value], pl: tuple[int, ...], span: Span | None) -> int | None:
+    """The model slice of ``stage_cost(x, s, per, k)`` (None for the three-argument form)."""
+    if len(args) < 4:
+        return None
+    k = expect_int(args[3], span, "the model slice")
+    if not 0 <= k <= max(pl):
+        raise SchedlangError(f"stage_cost(): model slice {k} out of range 0..{max(pl) + 1}", span)
+    return k
 
 
 def _stage_cost(st: _State, x: Value, s: int, per: Value, pl: tuple[int, ...], span: Span | None,
