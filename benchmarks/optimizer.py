@@ -51,7 +51,7 @@ def shape_program(shape: str, p: int, m: int, lim: float) -> Any:
     from schedlang.api import loads
 
     return loads(SHAPE_SOURCE.format(place=SHAPES[shape]), name=f"{shape}-p{p}-m{m}",
-                 params=dict(p=p, m=m, tf=0.5, tb=0.5, tw=0.5, tc=0.1, mem_f=0.5, mem_w=0.25,
+                 params=dict(p=p, m=m, tf=0.5, tb=0.5, tw=0.5, tc=0.1, mem_f=0.5, mem_w=0.25, costs_per="stage",
                              mem_limit=lim * p * (0.5 + 0.5)))  # M_B: both half-stages' activations
 
 

@@ -1,18 +1,19 @@
 """Every built-in schedule side by side on the same costs, p = 8, m = 24.
 
 Two cost sets: uniform (T_F = T_B = T_W = 1, no comm, M_B = 1, M_W = 0.5) and the Zero Bubble
-paper's profiled 1.5B model (REFERENCE.md section 1: T_F 18.522, T_B 18.086, T_W 9.337 ms,
-T_comm 0.601 ms; M_W / M_B = 32h / (34h + 5as) = 0.366 for h 2304, a 24, s 1024). Schedules with
-v chunks per rank get per-chunk costs (times and memory divided by v), so every row computes the
-same model. Columns: bubble rate (the paper's definition), makespan, makespan and peak memory as
+paper's profiled 1.5B model (Qi et al., ICLR 2024: T_F 18.522, T_B 18.086, T_W 9.337 ms,
+T_comm 0.601 ms; M_W / M_B = 32h / (34h + 5as) = 0.366 for h 2304, a 24, s 1024). The figures are
+a model slice's (what one rank holds under 1F1B); the standard library gives each of v chunks per
+rank 1/v of them (std:costs), so every row computes the same model. Columns: bubble rate (the paper's definition), makespan, makespan and peak memory as
 a ratio to 1F1B's in the same run (the peer), peak activation memory (max over ranks and rank 0,
 in units of M_B), and the time to generate the schedule (load + schedule + verify; best of 3).
 
 Peers: PyTorch 2.13's own orders for its Interleaved1F1B, InterleavedZeroBubble, ZBVZeroBubble
 and DualPipeV schedules (scheduler ``torch``), timed by the same simulator on the same costs.
 
-Notes: dualpipe-v overlaps F and B of two chunks in one slot (``overlap max``), so its busy time
-is smaller than the others'; chimera keeps two weight replicas (not counted); pipedream counts
+Notes: dualpipe and dualpipe-v overlap F and B of two chunks in one slot (``overlap max``), so
+their busy time is smaller than the others'; chimera and dualpipe keep two weight replicas (not
+counted); pipedream counts
 one stashed weight version per in-flight microbatch at mem_stash = M_B (``std:pipedream``) and
 has no flush, so its figures are those of one window of a continuous stream.
 
@@ -28,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from schedlang.api import compile as compile_program
-from schedlang.api import loads, schedule, with_scheduler
 from schedlang.simulate import simulate
 
 P, M = 8, 24
@@ -38,22 +38,12 @@ COSTS: dict[str, dict[str, float]] = {
     "paper-1.5B": {"tf": 18.522, "tb": 18.086, "tw": 9.337, "tc": 0.601, "mem_f": 1.0, "mem_w": 0.366},
 }
 
-# F / B / W over two looped chunks per rank: the program torch's InterleavedZeroBubble orders
-INTERLEAVED_ZB = """
-import "std:fbw"
-param p = 4
-param m = 8
-ranks p
-stages 2 * p
-microbatches m
-place s => s % p
-"""
-
 # (row label, program (std:NAME or source text), scheduler or None, chunks per rank, extra parameters)
 ROWS: list[tuple[str, str, str | None, int, dict[str, Any]]] = [
     ("gpipe", "std:gpipe", None, 1, {}),
     ("1f1b", "std:1f1b", None, 1, {}),
     ("interleaved-1f1b (v=2)", "std:interleaved-1f1b", None, 2, {"v": 2}),
+    ("interleaved-zb (v=2)", "std:interleaved-zb", None, 2, {"v": 2}),
     ("looped-bfs (v=2)", "std:looped-bfs", None, 2, {"v": 2}),
     ("zb-h1", "std:zb-h1", None, 1, {}),
     ("zb-h2", "std:zb-h2", None, 1, {}),
@@ -63,12 +53,13 @@ ROWS: list[tuple[str, str, str | None, int, dict[str, Any]]] = [
     ("zb-v", "std:zb-v", None, 2, {}),
     ("v-half", "std:v-half", None, 2, {}),
     ("v-min", "std:v-min", None, 2, {}),
+    ("dualpipe", "std:dualpipe", None, 1, {}),
     ("dualpipe-v", "std:dualpipe-v", None, 2, {}),
     ("chimera", "std:chimera", None, 1, {}),
     ("pipedream (async)", "std:pipedream", None, 1, {}),
     # peers: PyTorch 2.13's own orders (scheduler "torch"), timed by the same simulator
     ("torch Interleaved1F1B (v=2)", "std:interleaved-1f1b", "torch:schedule=Interleaved1F1B", 2, {"v": 2}),
-    ("torch InterleavedZeroBubble (v=2)", INTERLEAVED_ZB, "torch:schedule=InterleavedZeroBubble", 2, {}),
+    ("torch InterleavedZeroBubble (v=2)", "std:interleaved-zb", "torch:schedule=InterleavedZeroBubble", 2, {"v": 2}),
     ("torch ZBVZeroBubble", "std:zb-v", "torch:schedule=ZBVZeroBubble", 2, {}),
     ("torch DualPipeV", "std:dualpipe-v", "torch:schedule=DualPipeV", 2, {}),
 ]
@@ -77,7 +68,7 @@ ROWS: list[tuple[str, str, str | None, int, dict[str, Any]]] = [
 def _params(costs: dict[str, float], v: int, extra: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"p": P, "m": M, "tc": costs["tc"]}
     for k in ("tf", "tb", "tw", "mem_f", "mem_w"):
-        out[k] = costs[k] / v
+        out[k] = costs[k]  # a model slice's: std:costs divides them among a rank's v chunks
     if "mem_f" in out and extra.get("program") == "std:pipedream":
         out["mem_stash"] = costs["mem_f"]
     return out | {k: x for k, x in extra.items() if k != "program"}
@@ -93,10 +84,7 @@ def run_row(program: str, scheduler: str | None, v: int, extra: dict[str, Any], 
     prog = None
     for _ in range(3):
         t0 = time.perf_counter()
-        if program.startswith("std:"):
-            prog = compile_program(program, params=params, scheduler=scheduler)
-        else:
-            prog = schedule(with_scheduler(loads(program, name="interleaved-zb", params=params), scheduler or ""))
+        prog = compile_program(program, params=params, scheduler=scheduler)
         best = min(best, time.perf_counter() - t0)
     assert prog is not None
     sim = simulate(prog)

@@ -16,8 +16,9 @@ What it offers, by ``schedlang`` command:
 
 - programs: :func:`load`, :func:`loads`, :func:`compile`, :func:`schedule`, :func:`with_scheduler`,
   :func:`orders`; :func:`load_program` takes command-line style overrides (``--set``,
-  ``--params``, ``--scheduler``, ``--dump-after``), :func:`parse_assignment`, :func:`parse_value`,
-  :func:`read_params_file` and :func:`parse_scheduler_spec` read them; :func:`load_items` gives
+  ``--params``, ``--config``, ``--scheduler``, ``--dump-after``), :func:`parse_assignment`,
+  :func:`parse_value`, :func:`read_params_file`, :func:`read_config_for` and
+  :func:`parse_scheduler_spec` read them; :func:`load_items` gives
   a file's parsed items and :func:`lower_source` lowers a :class:`Source` under overrides.
 - ``check``: :func:`compile` (a bad program raises a located :class:`SchedlangError`) and
   :func:`describe` (the one-line summary).
@@ -50,6 +51,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from schedlang import syntax as S
+from schedlang.config import Config, check_config, read_config
 from schedlang.evaluate import compile_expr
 from schedlang.ir import Orders, Program, SchedulerCall, Value, format_slots
 from schedlang.load import Item, load_program_items, read_source
@@ -113,6 +115,19 @@ def read_params_file(path: str) -> list[tuple[str, Value, Span]]:
             raise SchedlangError(f"{name}: {exc.message}",
                                  Span(src, lineno, col + line.strip().index("=") + 1)) from None
     return out
+
+
+def read_config_for(config_path: str, program_path: str) -> Config:
+    """Parameter overrides from a JSON or YAML config file (``--config FILE``, the keys of the
+    common 1F1B visualizer or parameter names; see :mod:`schedlang.config`), checked against the
+    parameters the program ``program_path`` declares: a key it does not have is an error located
+    at the key."""
+    config = read_config(config_path)
+    source = read_source(program_path)
+    from schedlang.lower import _declared_params
+
+    check_config(config, list(_declared_params(load_program_items(source))), source.name)
+    return config
 
 
 def _split_top(text: str) -> list[str]:
@@ -215,7 +230,8 @@ def load_program(path: str, *, sets: Sequence[str] = (), params_file: str | None
                  scheduler: str | None = None, scheduled: bool = True, dump_after: str | None = None,
                  dump: Callable[[str, Program], None] | None = None,
                  on_warning: Callable[[SchedlangError], None] | None = None,
-                 param_items: Sequence[tuple[str, Value, Span]] = ()) -> Program:
+                 param_items: Sequence[tuple[str, Value, Span]] = (),
+                 config_file: str | None = None) -> Program:
     """Parse, check, lower (and by default schedule and verify) ``path`` under command-line overrides.
 
     ``sets`` are ``NAME=VALUE`` texts (``--set``), located on the command line in errors;
@@ -224,10 +240,15 @@ def load_program(path: str, *, sets: Sequence[str] = (), params_file: str | None
     goes to ``on_warning`` as soon as the program is lowered. ``dump(name, program)`` receives
     the IR after the pass ``dump_after`` (``lower`` included). ``param_items`` are overrides
     already read (``(name, value, span)``, as :func:`read_params_file` returns them), applied
-    first.
+    first. ``config_file`` is a JSON or YAML config (``--config``, see :func:`read_config_for`);
+    ``params_file`` and ``sets`` win over it.
     """
     params: dict[str, Any] = {}
     spans: dict[str, Span] = {}
+    if config_file:
+        config = read_config_for(config_file, path)
+        params.update(config.params)
+        spans.update(config.spans)
     for name, value, span in [*param_items, *(read_params_file(params_file) if params_file else ())]:
         params[name], spans[name] = value, span
     for text in sets:

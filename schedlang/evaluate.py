@@ -98,9 +98,18 @@ def _len(args: list[Value], span: Span | None) -> Value:
 
 
 def _sum(args: list[Value], span: Span | None) -> Value:
+    """``sum(list)``; a list that holds lists adds them element by element, a number counting
+    for every element (``sum([tb, tw])`` is a per-stage list when ``tb`` is one)."""
     if not isinstance(args[0], tuple):
         raise SchedlangError(f"sum() takes a list, got {type_name(args[0])}", span)
-    return sum(_num(v, span, "element of sum()") for v in args[0])
+    lists = [x for x in args[0] if isinstance(x, tuple)]
+    if not lists:
+        return sum(_num(v, span, "element of sum()") for v in args[0])
+    n = len(lists[0])
+    if any(len(x) != n for x in lists):
+        raise SchedlangError(f"sum() of lists of different lengths ({', '.join(str(len(x)) for x in lists)})", span)
+    return tuple(sum(_num(x[k] if isinstance(x, tuple) else x, span, "element of sum()") for x in args[0])
+                 for k in range(n))
 
 
 def _to_int(args: list[Value], span: Span | None) -> Value:
@@ -149,7 +158,7 @@ BUILTINS: dict[str, tuple[int, int, Callable[[list[Value], Span | None], Value]]
 }
 
 # Functions that need the pipeline's placement; bound by lowering once the placement is known.
-PIPELINE_FUNCTIONS = {"rank_of": (1, 1), "stage_of": (2, 2), "num_stages_on": (1, 1)}
+PIPELINE_FUNCTIONS = {"rank_of": (1, 1), "stage_of": (2, 2), "num_stages_on": (1, 1), "stage_cost": (3, 4)}
 # Constants always in scope.
 CONSTANTS: dict[str, Value] = {"inf": math.inf}
 # Names bound from the pipeline's shape.

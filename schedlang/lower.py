@@ -83,11 +83,14 @@ class _State:
     globals: Any = None
     place_decl: S.PlaceDecl | None = None
     stages_span: Span | None = None
+    override_spans: Mapping[str, Span] = field(default_factory=dict)
 
 
-def lower(items: list[Item], name: str, overrides: Mapping[str, Value] | None = None) -> Program:
-    """Build the IR program (see the module docstring)."""
-    st = _State(items, overrides or {})
+def lower(items: list[Item], name: str, overrides: Mapping[str, Value] | None = None,
+          override_spans: Mapping[str, Span] | None = None) -> Program:
+    """Build the IR program (see the module docstring). ``override_spans`` says where each
+    override was given (``--set``, a params file), for errors about its value."""
+    st = _State(items, overrides or {}, override_spans=override_spans or {})
     decls = [it.decl for it in items]
     exprs: dict[str, tuple[S.Expr, Span | None]] = {}
     param_names: list[str] = []
@@ -232,8 +235,101 @@ def _bind_pipeline_functions(st: _State, place: S.PlaceDecl | None) -> None:
     def num_stages_on(args: list[Value], span: Span | None) -> Value:
         return len(on_rank(expect_int(args[0], span, "the rank"), span))
 
-    st.funcs.update(rank_of=rank_of, stage_of=stage_of, num_stages_on=num_stages_on)
+    def stage_cost(args: list[Value], span: Span | None) -> Value:
+        x, s, per = args[:3]
+        if type(x) is not tuple and type(per) is str and per == "stage":
+            return x  # the common case, kept cheap
+        pl = placement()
+        s = expect_int(s, span, "the stage")
+        if not 0 <= s < len(pl):
+            raise SchedlangError(f"stage_cost(): stage {s} out of range 0..{len(pl)}", span)
+        return _stage_cost(st, x, s, per, pl, span, _slice_arg(args, pl, span))
+
+    st.funcs.update(rank_of=rank_of, stage_of=stage_of, num_stages_on=num_stages_on, stage_cost=stage_cost)
     st.place_decl = place
+
+
+COST_UNITS = ("slice", "stage")
+
+
+def _slice_arg(args: list[Value], pl: tuple[int, ...], span: Span | None) -> int | None:
+    """The model slice of ``stage_cost(x, s, per, k)`` (None for the three-argument form)."""
+    if len(args) < 4:
+        return None
+    k = expect_int(args[3], span, "the model slice")
+    if not 0 <= k <= max(pl):
+        raise SchedlangError(f"stage_cost(): model slice {k} out of range 0..{max(pl) + 1}", span)
+    return k
+
+
+def _stage_cost(st: _State, x: Value, s: int, per: Value, pl: tuple[int, ...], span: Span | None,
+                whole: int | None = None) -> Value:
+    """``stage_cost(x, s, per)``: stage s's share of a cost figure ``x`` (a number or a list).
+
+    ``per = "slice"``: ``x`` is one model slice's cost, what one rank holds when every rank has one
+    stage (1F1B); a rank with v stages holds one slice cut in v, so each of them costs x / v. A
+    list has one value per slice (p values: stage s is in slice s // v) or one per stage (taken
+    as given). ``per = "stage"``: ``x`` is every stage's own cost, a number or one value per
+    stage. Any other list length is an error at the place the list was given.
+
+    ``stage_cost(x, s, per, k)``: stage s runs model slice k whole (a weight replica, as in
+    Chimera and DualPipe): nothing is divided, and a list of p values is read at k."""
+    if per not in COST_UNITS:
+        raise SchedlangError(f"costs_per must be one of {', '.join(repr(u) for u in COST_UNITS)}, got "
+                             f"{format_value(per)}", _origin(st, per, span)[1])
+    S_, R = len(pl), max(pl) + 1
+    counts = [0] * R
+    for r in pl:
+        counts[r] += 1
+    v = counts[pl[s]] if whole is None else 1  # stages that share the rank's slice
+    even = all(c == counts[0] for c in counts) or whole is not None
+    if isinstance(x, tuple):
+        if len(x) == S_:
+            return x[s]
+        if per == "slice" and len(x) == R and even:
+            y = x[s // v if whole is None else whole]
+            return y / v if isinstance(y, (int, float)) and not isinstance(y, bool) and v != 1 else y
+        name, where = _origin(st, x, span)
+        what = f"{name}: a" if name else "A"
+        if per == "slice" and not even and len(x) == R:
+            raise SchedlangError(f"{what} list of {len(x)} values per model slice needs the same number of "
+                                 f"stages on every rank; give one value per stage ({S_})", where)
+        want = f"one value per model slice ({R}) or per stage ({S_})" if per == "slice" and R != S_ else \
+            f"one value per stage ({S_})"
+        raise SchedlangError(f"{what} list of {len(x)} values for {R} rank(s) and {S_} stage(s); give {want}", where)
+    if per == "slice" and v != 1 and isinstance(x, (int, float)) and not isinstance(x, bool):
+        return x / v
+    return x
+
+
+def _origin(st: _State, value: Value, fallback: Span | None) -> tuple[str | None, Span | None]:
+    """The parameter a value came from and where the user gave it: a ``--set`` or params-file
+    override, else the parameter's declaration in the user's own file; ``fallback`` when the
+    value was not given by the user (a default of the standard library, or a computed value)."""
+    g = st.globals
+    user_decls = {it.decl.name: it.decl for it in st.items
+                  if isinstance(it.decl, S.ParamDecl) and not it.module.startswith("std:")}
+
+    def given(name: str) -> bool:
+        return name in st.overrides or name in user_decls
+
+    def where(name: str) -> Span | None:
+        # an override from Python has no text to point at: no location rather than the library's
+        if name in st.overrides:
+            return st.override_spans.get(name)
+        return user_decls[name].value.span
+
+    names = [it.decl.name for it in st.items if isinstance(it.decl, S.ParamDecl)]
+    same = [n for n in names if n in g and (g[n] is value or (isinstance(value, str) and g[n] == value))]
+    for n in same:
+        if given(n):
+            return n, where(n)
+    if isinstance(value, tuple):
+        # a list computed from a user's list (tbw = sum([tb, tw])): name the user's list of that length
+        for n in names:
+            if isinstance(g.get(n), tuple) and len(g[n]) == len(value) and given(n):
+                return n, where(n)
+    return (same[0] if same else None), fallback
 
 
 def _placement(st: _State, R: int, Sn: int) -> tuple[int, ...]:
@@ -578,4 +674,4 @@ def lower_source(source: Source, params: Mapping[str, Any] | None = None,
             span = (param_spans or {}).get(name)
             raise SchedlangError(f"'{source.name}' has no parameter '{name}' (parameters: {known})", span)
         overrides[name] = _to_value(value, name)
-    return lower(items, source.name, overrides)
+    return lower(items, source.name, overrides, param_spans)

@@ -180,7 +180,8 @@ def test_example_compiles_and_simulates(path: Path) -> None:
 
 # Examples that write out a built-in schedule must give the built-in's orders for the same
 # parameters (their shape and costs, passed to the built-in).
-SAME_AS_STD = ["gpipe", "1f1b", "zb-h1", "zb-h2", "looped-bfs", "interleaved-1f1b", "zb-1p", "zb-2p"]
+SAME_AS_STD = ["gpipe", "1f1b", "zb-h1", "zb-h2", "looped-bfs", "interleaved-1f1b", "interleaved-zb", "zb-1p",
+               "zb-2p"]
 
 
 @pytest.mark.parametrize("name", SAME_AS_STD)

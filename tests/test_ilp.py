@@ -172,7 +172,7 @@ def test_block_bound_by_hand() -> None:
     assert all(c.value >= b.value for c in warm_starts(prog, "span"))
 
 
-V_SMALL = dict(p=2, tf=1.0, tb=1.0, tw=1.0, mem_f=1.0, mem_w=0.5)  # every time 1, no comm
+V_SMALL = dict(p=2, tf=1.0, tb=1.0, tw=1.0, mem_f=1.0, mem_w=0.5, costs_per="stage")  # every time 1 (per chunk), no comm
 
 
 def test_several_stage_bounds_by_hand() -> None:

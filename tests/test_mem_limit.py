@@ -67,8 +67,8 @@ def test_too_small_argument_points_at_the_argument() -> None:
 
 
 def test_zb_v_mb_limit_follows_the_same_rule() -> None:
-    # M_B = 2 per rank (two chunks of mem_f 1): mb_limit 3 asks for 6 > the program's 4
-    base = dict(p=2, m=4)
+    # per-stage costs: M_B = 2 per rank (two chunks of mem_f 1): mb_limit 3 asks for 6 > the program's 4
+    base = dict(p=2, m=4, costs_per="stage")
     with pytest.raises(SchedlangError, match=r"the scheduler's mb_limit \(6 on rank 0\) is looser"):
         api.compile("std:zb-v", scheduler="zb-v:mb_limit=3", mem_limit=4.0, **base)
     prog = api.compile("std:zb-v", scheduler="zb-v:mb_limit=1.5", mem_limit=4.0, **base)

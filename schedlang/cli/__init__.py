@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from schedlang import __version__
 from schedlang.cli import codegen, core, ilp, library, profile, runtime, serve, ux
-from schedlang.cli.common import Command
+from schedlang.cli.common import Command, config_output
 from schedlang.source import SchedlangError
 
 EXIT_USER = 1
@@ -69,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        config_output(args)
         return COMMANDS[args.command].run(args)
     except SchedlangError as exc:
         print(exc.render(), file=sys.stderr)

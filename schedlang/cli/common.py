@@ -27,6 +27,10 @@ def add_program_args(p: argparse.ArgumentParser, *, scheduler: bool = True) -> N
     p.add_argument("--params", metavar="FILE",
                    help="read overrides from FILE (NAME=VALUE lines, as `schedlang profile` writes); "
                         "--set wins over it")
+    p.add_argument("--config", metavar="FILE",
+                   help="read parameters from a JSON or YAML file (the 1F1B visualizer's num_stages, num_batches, "
+                        "forward_times, backward_times, p2p_time, output_file, or parameter names); "
+                        "--params and --set win over it")
     if scheduler:
         p.add_argument("--scheduler", metavar="NAME[:ARG=VALUE,...]",
                        help="replace the program's schedule clause with a named scheduler")
@@ -81,7 +85,25 @@ def load_program(args: argparse.Namespace, *, scheduled: bool = True,
 
     return api.load_program(args.file, sets=args.sets, params_file=getattr(args, "params", None),
                             scheduler=getattr(args, "scheduler", None), scheduled=scheduled,
-                            dump_after=dump_after, dump=dump, on_warning=print_warning)
+                            dump_after=dump_after, dump=dump, on_warning=print_warning,
+                            config_file=getattr(args, "config", None))
+
+
+def config_output(args: argparse.Namespace) -> None:
+    """A ``--config`` file's ``output_file`` becomes the command's ``-o`` when none was given,
+    before the command reads it; a command that writes no file says that it ignores it."""
+    if not getattr(args, "config", None):
+        return
+    from schedlang.config import read_config
+
+    output = read_config(args.config).output
+    if output is None or getattr(args, "output", None) is not None:
+        return
+    if hasattr(args, "output"):
+        args.output = output
+    else:
+        print(f"{args.config}: warning: output_file '{output}' is not used: this command writes no file",
+              file=sys.stderr)
 
 
 def write_output(text: str, path: str | None) -> None:

@@ -85,7 +85,8 @@ def _trace_timeline(args: argparse.Namespace) -> tuple[Any, Any]:
     """The timeline of a Chrome trace file (planned by ``--emit chrome-trace`` or measured)."""
     from schedlang import api
 
-    for flag, given in (("--set", args.sets), ("--scheduler", args.scheduler), ("--memory", args.memory)):
+    for flag, given in (("--set", args.sets), ("--scheduler", args.scheduler), ("--memory", args.memory),
+                        ("--config", args.config)):
         if given:
             raise SchedlangError(f"{flag} does not apply to a trace ('{args.file}' is drawn as recorded)")
     return api.read_trace(args.file)

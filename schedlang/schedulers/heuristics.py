@@ -1,12 +1,12 @@
 """Fixed-pattern schedules as generic Python schedulers: ``gpipe``, ``1f1b``, ``zb-h1``, ``zb-h2``,
-``interleaved-1f1b``.
+``looped-bfs``, ``interleaved-1f1b``, ``interleaved-zb``.
 
 Each works from the program itself (its ops, their roles and the placement), not from a
 hard-wired shape, so ``--scheduler 1f1b`` can schedule any compatible program: user kinds named
 anything, as long as the roles are F and BW (fused backward) or F, B and W (split backward).
 They are the warm starts of the optimizer. Where the standard library has the same schedule in
 the DSL (``std:gpipe``, ``std:looped-bfs``, ``std:1f1b``, ``std:zb-h1``, ``std:zb-h2``,
-``std:interleaved-1f1b``), both give the same orders (tests/test_library_diff.py checks it).
+``std:interleaved-1f1b``, ``std:interleaved-zb``), both give the same orders (tests/test_library_diff.py checks it).
 
 Orders are built as lists of (kind, stage, microbatch) items; an item whose op does not exist
 (outside the shape, or excluded by a ``where``) is skipped, like ``?`` in the DSL.
@@ -80,13 +80,13 @@ def _require(program: Program, kinds: Kinds | None, ok: bool, name: str, need: s
     return kinds
 
 
-# ------------------------------------------------------------------ gpipe (and looped BFS)
+# ------------------------------------------------------------------ gpipe and looped BFS
 
 
 def gpipe(program: Program, args: Mapping[str, Value]) -> Orders:
     """Fill-drain: every rank runs all its forwards (stage by stage, ascending; microbatches in
-    order), then all its backwards (stages descending). With several stages per rank this is
-    looped BFS (breadth-first, Lamy-Poirier 2023)."""
+    order), then all its backwards (stages descending, microbatches in order). With several stages
+    per rank it is a breadth-first order; :func:`looped_bfs` is torch's variant of it."""
     kinds = _require(program, kinds_of(program), True, "gpipe", "F and BW (or F, B, W) kinds")
     M = program.num_microbatches
     per_rank = []
@@ -96,6 +96,22 @@ def gpipe(program: Program, args: Mapping[str, Value]) -> Orders:
         items += [(k, s, i) for s in reversed(stages) for i in range(M) for k in kinds.backward]
         per_rank.append(items)
     return to_orders(program, per_rank, "gpipe")
+
+
+def looped_bfs(program: Program, args: Mapping[str, Value]) -> Orders:
+    """Looped BFS as torch's ScheduleLoopedBFS runs it (placement s % p): all forwards chunk by
+    chunk (microbatches in order), then the backwards chunk by chunk in reverse, each chunk's
+    microbatches in reverse order (m-1 ... 0)."""
+    kinds = _require(program, kinds_of(program), looped_placement(program), "looped-bfs",
+                     "stage s on rank s % p (place s => s % p) with v stages on every rank")
+    M = program.num_microbatches
+    per_rank = []
+    for r in range(program.num_ranks):
+        stages = program.stages_on(r)
+        items: list[Item] = [(kinds.f, s, i) for s in stages for i in range(M)]
+        items += [(k, s, i) for s in reversed(stages) for i in reversed(range(M)) for k in kinds.backward]
+        per_rank.append(items)
+    return to_orders(program, per_rank, "looped-bfs")
 
 
 # ------------------------------------------------------------------ 1F1B
@@ -122,8 +138,7 @@ def one_f_one_b(program: Program, args: Mapping[str, Value]) -> Orders:
 
 
 def zb_steps(f: str, b: str, w: str, stage: int, M: int, lag_b: int, lag_w: int) -> Iterator[Item]:
-    """The ZB-H rule: at step x issue F(x), B(x - lag_b), W(x - lag_w); it reproduces the Zero
-    Bubble paper's ZB-H1 and ZB-H2 orders."""
+    """The ZB-H rule: at step x issue F(x), B(x - lag_b), W(x - lag_w) (Qi et al., ICLR 2024, the Zero Bubble paper)."""
     for x in range(M + lag_w):
         yield (f, stage, x)
         yield (b, stage, x - lag_b)
@@ -199,6 +214,48 @@ def interleaved(program: Program, args: Mapping[str, Value]) -> Orders:
     return to_orders(program, per_rank, "interleaved-1f1b")
 
 
+def interleaved_zb_items(f: str, b: str, w: str, p: int, v: int, M: int, r: int) -> list[Item]:
+    """torch's ScheduleInterleavedZeroBubble order on rank r: the interleaved groups of
+    :func:`interleaved_items` with (v-1)g + p-1-r warm-up forwards, each backward split into B
+    and W, and the W of backward number j issued right after backward j + r (the first r
+    backwards run as in 1F1B, without their W), the remaining Ws at the end."""
+    g = interleaved_group(p, M)
+    total = (M + g - 1) // g * g * v
+    warm = min(total, (v - 1) * g + p - 1 - r)
+
+    def fwd(k: int) -> tuple[int, int]:
+        return (k % (g * v) // g) * p + r, k // (g * v) * g + k % g
+
+    def bwd(k: int) -> tuple[int, int]:
+        return (v - 1 - k % (g * v) // g) * p + r, k // (g * v) * g + k % g
+
+    items: list[Item] = []
+    for k in range(total + warm):
+        if k < total:
+            items.append((f, *fwd(k)))
+        j = k - warm
+        if j >= 0:
+            items.append((b, *bwd(j)))
+            if j >= r:
+                items.append((w, *bwd(j - r)))
+    items += [(w, *bwd(j)) for j in range(max(0, total - r), total)]
+    return items
+
+
+def interleaved_zb(program: Program, args: Mapping[str, Value]) -> Orders:
+    """torch's interleaved zero bubble (placement s % p, split B / W); any m (see
+    std:interleaved-zb)."""
+    kinds = _require(program, kinds_of(program), looped_placement(program), "interleaved-zb",
+                     "stage s on rank s % p (place s => s % p) with v stages on every rank")
+    if kinds.b is None or kinds.w is None:
+        _require(program, None, False, "interleaved-zb", "split B / W kinds (import std:fbw)")
+    assert kinds.b is not None and kinds.w is not None
+    p, M = program.num_ranks, program.num_microbatches
+    v = program.num_stages // p
+    per_rank = [interleaved_zb_items(kinds.f, kinds.b, kinds.w, p, v, M, r) for r in range(p)]
+    return to_orders(program, per_rank, "interleaved-zb")
+
+
 # ------------------------------------------------------------------ registration
 
 
@@ -229,8 +286,10 @@ def _applies(pred: Callable[[Program], bool], fn: Callable[[Program, Mapping[str
 
 
 SCHEDULERS = [
-    Scheduler("gpipe", "GPipe fill-drain: all forwards, then all backwards (looped BFS with v > 1)",
+    Scheduler("gpipe", "GPipe fill-drain: all forwards, then all backwards",
               gpipe, warm_start=True, applies=_applies(lambda _p: True, gpipe)),
+    Scheduler("looped-bfs", "torch's looped BFS: forwards chunk by chunk, backwards reversed (placement s % p)",
+              looped_bfs, warm_start=True, applies=_applies(looped_placement, looped_bfs)),
     Scheduler("1f1b", "1F1B / PipeDream-flush: S-1-s warm-up forwards, then F and B(+W) in turn",
               one_f_one_b, warm_start=True, applies=_applies(chain_placement, one_f_one_b)),
     Scheduler("zb-h1", "Zero Bubble ZB-H1: 1F1B with W delayed by p-1 steps (peak p*M_B)",
@@ -239,4 +298,6 @@ SCHEDULERS = [
               zb_h2, warm_start=True, applies=_applies(chain_placement, zb_h2, split=True)),
     Scheduler("interleaved-1f1b", "Megatron interleaved 1F1B over v stages per rank (placement s % p)",
               interleaved, warm_start=True, applies=_applies(looped_placement, interleaved)),
+    Scheduler("interleaved-zb", "torch's interleaved zero bubble: interleaved 1F1B with B / W split, W lagging r",
+              interleaved_zb, warm_start=True, applies=_applies(looped_placement, interleaved_zb, split=True)),
 ]

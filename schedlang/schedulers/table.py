@@ -8,9 +8,17 @@ here.
 
 from __future__ import annotations
 
-from schedlang.schedulers import chimera, heuristics, list_sched, torch_peer, zb_auto, zb_v
+from schedlang.schedulers import (
+    chimera,
+    heuristics,
+    list_sched,
+    torch_peer,
+    v_blocks,
+    zb_auto,
+    zb_v,
+)
 from schedlang.schedulers.base import Scheduler
 
 HEURISTICS: dict[str, Scheduler] = {s.name: s for s in (
     list_sched.SCHEDULER, *heuristics.SCHEDULERS, zb_auto.SCHEDULER, zb_v.SCHEDULER,
-    chimera.SCHEDULER, torch_peer.SCHEDULER)}
+    v_blocks.SCHEDULER, chimera.SCHEDULER, torch_peer.SCHEDULER)}

@@ -3,7 +3,7 @@
 ``--scheduler torch:schedule=ZBVZeroBubble`` orders the program the way
 ``torch.distributed.pipelining.schedules.Schedule<NAME>`` (torch 2.13) orders its actions, so
 schedlang's simulator can time PyTorch's schedules on the same costs as its own. Supported:
-``Interleaved1F1B`` and ``InterleavedZeroBubble`` (placement s % p), ``ZBVZeroBubble`` and
+``LoopedBFS``, ``Interleaved1F1B`` and ``InterleavedZeroBubble`` (placement s % p), ``ZBVZeroBubble`` and
 ``DualPipeV`` (V placement). The orders come from the classes' private
 ``_calculate_single_rank_operations``, called on a stand-in object with the fields it reads, so no
 process group or model is needed; that API is private, hence the pinned version.
@@ -27,7 +27,7 @@ from schedlang.schedulers.zb_v import v_placement
 from schedlang.source import SchedlangError
 
 TORCH_VERSION = "2.13"
-SUPPORTED = ("Interleaved1F1B", "InterleavedZeroBubble", "ZBVZeroBubble", "DualPipeV")
+SUPPORTED = ("LoopedBFS", "Interleaved1F1B", "InterleavedZeroBubble", "ZBVZeroBubble", "DualPipeV")
 
 
 def torch_actions(name: str, p: int, m: int, v: int) -> dict[int, list[Any]]:
@@ -40,7 +40,7 @@ def torch_actions(name: str, p: int, m: int, v: int) -> dict[int, list[Any]]:
     cls = getattr(schedules, f"Schedule{name}")
     rounds = max(1, m // p)
     fake = SimpleNamespace(pp_group_size=p, _n_microbatches=m, num_stages=p * v, n_local_stages=v,
-                           number_of_rounds=rounds, microbatches_per_round=m // rounds)
+                           number_of_rounds=rounds, microbatches_per_round=m // rounds, _stages=[None] * v)
     return {r: list(cls._calculate_single_rank_operations(fake, r)) for r in range(p)}
 
 
@@ -70,10 +70,11 @@ def torch_orders(program: Program, args: Mapping[str, Value]) -> Orders:
                              program.schedule_span)
     v_shape = name in ("ZBVZeroBubble", "DualPipeV")
     ok = v_placement(program) if v_shape else looped_placement(program)
-    if kinds is None or not ok or (name != "Interleaved1F1B" and kinds.b is None):
+    fused_ok = name in ("LoopedBFS", "Interleaved1F1B")
+    if kinds is None or not ok or (not fused_ok and kinds.b is None):
         raise SchedlangError(f"scheduler 'torch': Schedule{name} needs "
                              f"{'the V placement' if v_shape else 'placement s % p'} and "
-                             f"{'F / BW or ' if name == 'Interleaved1F1B' else ''}F / B / W kinds",
+                             f"{'F / BW or ' if fused_ok else ''}F / B / W kinds",
                              program.schedule_span)
     p, m = program.num_ranks, program.num_microbatches
     actions = torch_actions(name, p, m, program.num_stages // p)
