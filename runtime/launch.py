@@ -137,7 +137,8 @@ def spawn(fn: Callable[..., Any], nproc: int, args: Sequence[Any] = (), *, backe
             p.join()
             out[r].exitcode = p.exitcode
             out[r].seconds = ended.get(r, time.monotonic() - start)
-            out[r].stderr = Path(logdir, f"rank{r}.err").read_text(errors="replace")
+            err_file = Path(logdir, f"rank{r}.err")  # absent if the process died before opening it
+            out[r].stderr = err_file.read_text(errors="replace") if err_file.exists() else "(no output)"
     del store
     results = [out[r] for r in range(nproc)]
     failed = [r for r in results if r.exitcode != 0]
