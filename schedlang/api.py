@@ -11,19 +11,25 @@ Typical use::
 Parameters are keyword arguments (``p=4``) or a mapping (``params={"p": 4}``); overriding a
 parameter the program does not declare is an error. ``scheduler="list:priority=BFW"`` swaps the
 program's schedule clause for a named scheduler.
+
+``import_root=DIR`` sets the folder imports must lie under (default: the program's folder), and
+``limits={"max_ops": 5_000_000}`` (or a :class:`~schedlang.limits.Limits`) raises or lowers the
+work limits (see :mod:`schedlang.limits`); both are keyword-only, so they are never parameters.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
+from schedlang import limits as _limits
 from schedlang import syntax as S
 from schedlang.check import check_items
-from schedlang.evaluate import compile_expr
+from schedlang.evaluate import check_int, compile_expr
 from schedlang.ir import Orders, Program, SchedulerCall, Value, format_slots
+from schedlang.limits import Limits
 from schedlang.load import Item, load_program_items, read_source
 from schedlang.lower import lower
 from schedlang.parse import parse_expr
@@ -35,7 +41,9 @@ from schedlang.verify import verify
 
 
 def _to_value(v: Any, name: str) -> Value:
-    if isinstance(v, (bool, int, float, str)):
+    if isinstance(v, int) and not isinstance(v, bool):
+        return check_int(v, None)
+    if isinstance(v, (bool, float, str)):
         return v
     if isinstance(v, (list, tuple)):
         return tuple(_to_value(x, name) for x in v)
@@ -45,7 +53,7 @@ def _to_value(v: Any, name: str) -> Value:
 def parse_value(text: str, what: str = "<command line>") -> Value:
     """Parse a literal value given as text (``8``, ``1.5``, ``[1, 2]``, ``true``, ``"span"``)."""
     src = cli_source(text, what)
-    expr = parse_expr(src)
+    expr = parse_expr(src)  # refuses a value over the max_source_bytes limit, or nested too deep
     try:
         return compile_expr(expr)({"inf": float("inf")})  # type: ignore[no-any-return]
     except SchedlangError as exc:
@@ -71,10 +79,7 @@ def read_params_file(path: str) -> list[tuple[str, Value, Span]]:
     This is what ``schedlang profile`` writes and ``--params FILE`` reads. Returns
     ``(name, value, span)`` in file order; a later line for the same name wins.
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SchedlangError(f"cannot read '{path}': {exc.strerror}") from None
+    text = read_source(path).text  # a regular UTF-8 file (a byte-order mark is dropped), size-capped
     src = Source(path, text)
     out: list[tuple[str, Value, Span]] = []
     for lineno, raw in enumerate(text.splitlines(), 1):
@@ -118,6 +123,8 @@ def parse_scheduler_spec(spec: str) -> SchedulerCall:
     src = cli_source(spec, "<--scheduler>")
     if not name:
         raise SchedlangError("--scheduler needs a name", Span(src, 1, 1))
+    if not name.strip():
+        raise SchedlangError("--scheduler needs a name", Span(src, 1, 1))
     args: list[tuple[str, Value]] = []
     spans: list[Span | None] = []
     col = len(name) + 2
@@ -126,8 +133,13 @@ def parse_scheduler_spec(spec: str) -> SchedulerCall:
         span = Span(src, 1, col, 1, col + len(part))
         if not sep or not key.strip().isidentifier():
             raise SchedlangError(f"expected ARG=VALUE, got {part!r}", span)
+        if key.strip() in (k for k, _ in args):
+            raise SchedlangError(f"scheduler argument '{key.strip()}' given twice", span)
         v = val.strip()
-        value: Value = v if v.isidentifier() and v not in ("true", "false", "inf") else parse_value(v, "<--scheduler>")
+        try:
+            value: Value = v if v.isidentifier() and v not in ("true", "false", "inf") else parse_value(v, "<--scheduler>")
+        except SchedlangError as exc:
+            raise SchedlangError(f"{key.strip()}: {exc.message}", span) from None
         args.append((key.strip(), value))
         spans.append(span)
         col += len(part) + 1
@@ -138,16 +150,23 @@ def _declared_params(items: list[Item]) -> dict[str, S.ParamDecl]:
     return {it.decl.name: it.decl for it in items if isinstance(it.decl, S.ParamDecl)}
 
 
-def load_items(path: str) -> tuple[Source, list[Item]]:
+def load_items(path: str, *, import_root: str | None = None) -> tuple[Source, list[Item]]:
     source = read_source(path)
-    return source, load_program_items(source)
+    return source, load_program_items(source, import_root)
 
 
 def lower_source(source: Source, params: Mapping[str, Any] | None = None,
-                 param_spans: Mapping[str, Span] | None = None) -> Program:
+                 param_spans: Mapping[str, Span] | None = None, *, import_root: str | None = None,
+                 limits: Limits | Mapping[str, int] | None = None) -> Program:
     """Parse, check and lower one source (with its imports) under parameter overrides."""
-    items = load_program_items(source)
-    check_items(items)
+    with _limits.using(limits):
+        return _lower_source(source, params, param_spans, import_root)
+
+
+def _lower_source(source: Source, params: Mapping[str, Any] | None, param_spans: Mapping[str, Span] | None,
+                  import_root: str | None) -> Program:
+    items = load_program_items(source, import_root)
+    check_items(items, source)
     declared = _declared_params(items)
     overrides: dict[str, Value] = {}
     for name, value in (params or {}).items():
@@ -159,15 +178,20 @@ def lower_source(source: Source, params: Mapping[str, Any] | None = None,
     return lower(items, source.name, overrides)
 
 
-def load(path: str, params: Mapping[str, Any] | None = None, **kw: Any) -> Program:
+def load(path: str, params: Mapping[str, Any] | None = None, *, import_root: str | None = None,
+         limits: Limits | Mapping[str, int] | None = None, **kw: Any) -> Program:
     """Parse, check and lower a file or ``std:NAME``; the result is not scheduled yet if it names
     a scheduler (run :func:`schedule` or use :func:`compile`)."""
-    return lower_source(read_source(path), {**(params or {}), **kw})
+    with _limits.using(limits):
+        return lower_source(read_source(path), {**(params or {}), **kw}, import_root=import_root)
 
 
-def loads(text: str, name: str = "<string>", params: Mapping[str, Any] | None = None, **kw: Any) -> Program:
-    """Like :func:`load`, from source text."""
-    return lower_source(Source(name, text), {**(params or {}), **kw})
+def loads(text: str, name: str = "<string>", params: Mapping[str, Any] | None = None, *,
+          import_root: str | None = None, limits: Limits | Mapping[str, int] | None = None,
+          **kw: Any) -> Program:
+    """Like :func:`load`, from source text (its imports resolve under the current folder unless
+    ``import_root`` says otherwise)."""
+    return lower_source(Source(name, text), {**(params or {}), **kw}, import_root=import_root, limits=limits)
 
 
 def with_scheduler(program: Program, scheduler: str | SchedulerCall) -> Program:
@@ -183,13 +207,29 @@ def schedule(program: Program, passes: Sequence[str] = DEFAULT_PIPELINE, *, veri
     return out
 
 
-def compile(path: str, params: Mapping[str, Any] | None = None, *, scheduler: str | None = None,
-            passes: Sequence[str] = DEFAULT_PIPELINE, **kw: Any) -> Program:  # noqa: A001 - the verb users expect
+def compile(path: str, params: Mapping[str, Any] | None = None, *, scheduler: str | None = None,  # noqa: A001
+            passes: Sequence[str] = DEFAULT_PIPELINE, import_root: str | None = None,
+            limits: Limits | Mapping[str, int] | None = None, **kw: Any) -> Program:
     """Load, schedule and verify: the result has explicit, valid orders."""
-    program = load(path, params, **kw)
-    if scheduler is not None:
-        program = with_scheduler(program, scheduler)
-    return schedule(program, passes)
+    with _limits.using(limits):
+        program = load(path, params, import_root=import_root, **kw)
+        if scheduler is not None:
+            program = with_scheduler(program, scheduler)
+        return schedule(program, passes)
+
+
+def check_output_path(path: str | None) -> None:
+    """Refuse an output path whose folder does not exist (or is not a folder), before the work
+    that would produce the output starts. ``None`` and ``-`` (stdout) pass."""
+    if path is None or path == "-":
+        return
+    if "\0" in path:
+        raise SchedlangError("an output path cannot contain a NUL character")
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise SchedlangError(f"cannot write '{path}': the folder '{folder}' does not exist")
+    if os.path.isdir(path):
+        raise SchedlangError(f"cannot write '{path}': it is a folder")
 
 
 def simulate(program: Program) -> Simulation:

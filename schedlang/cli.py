@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from schedlang import __version__
+from schedlang import __version__, limits
 from schedlang.ir import Program, format_orders, format_program
 from schedlang.source import SchedlangError
 
@@ -34,6 +34,8 @@ def add_program_args(p: argparse.ArgumentParser, *, scheduler: bool = True) -> N
     p.add_argument("--params", metavar="FILE",
                    help="read overrides from FILE (NAME=VALUE lines, as `schedlang profile` writes); "
                         "--set wins over it")
+    p.add_argument("--import-root", metavar="DIR", help="let imports reach .sched files under DIR (default: the file's folder)")
+    p.add_argument("--limit", dest="limits", action="append", type=limits.limit_arg, metavar="NAME=N", help="raise a work limit (e.g. max_ops=5000000)")
     if scheduler:
         p.add_argument("--scheduler", metavar="NAME[:ARG=VALUE,...]",
                        help="replace the program's schedule clause with a named scheduler")
@@ -57,10 +59,10 @@ def load_program(args: argparse.Namespace, *, scheduled: bool = True,
         name, value = api.parse_assignment(text)
         params[name] = value
         spans[name] = Span(cli_source(text), 1, 1, 1, len(name) + 1)
-    program = api.lower_source(read_source(args.file), params, spans)
+    program = api.lower_source(read_source(args.file), params, spans, import_root=args.import_root)
     for warning in program.warnings:
         print(warning.render("warning"), file=sys.stderr)
-    if getattr(args, "scheduler", None):
+    if getattr(args, "scheduler", None) is not None:
         program = api.with_scheduler(program, args.scheduler)
     if not scheduled:
         return program
@@ -215,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[args.command][2](args)
+        with limits.using(dict(getattr(args, "limits", None) or [])):
+            return COMMANDS[args.command][2](args)
     except SchedlangError as exc:
         print(exc.render(), file=sys.stderr)
         return EXIT_USER

@@ -14,13 +14,15 @@ import argparse
 import json
 import sys
 
+from schedlang.api import check_output_path
 from schedlang.cli import COMMANDS, EMITTERS, add_program_args, load_program, write_output
+from schedlang.limits import positive_float
 
 
 def _args(p: argparse.ArgumentParser) -> None:
     add_program_args(p, scheduler=False)
     p.add_argument("--objective", default="span", help="span (the paper's cost) or makespan")
-    p.add_argument("--time-limit", type=float, default=60.0, help="CP-SAT deterministic time (about seconds)")
+    p.add_argument("--time-limit", type=positive_float, default=60.0, help="CP-SAT deterministic time (about seconds)")
     p.add_argument("--wall-limit", type=float, default=None,
                    help="wall-clock cap in seconds (default 4 * time limit + 10; 0: none)")
     p.add_argument("--mem-limit", type=float, default=None, help="per-rank memory limit (default: the program's)")
@@ -40,6 +42,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from schedlang.schedulers.ilp import optimize
 
+    check_output_path(args.output)
     program = load_program(args, scheduled=False)
     orders, rep = optimize(program, objective=args.objective, time_limit=args.time_limit,
                            mem_limit=args.mem_limit, seed=args.seed, workers=args.workers,

@@ -23,8 +23,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from schedlang.api import check_output_path
 from schedlang.cli import COMMANDS, add_program_args, load_program
 from schedlang.ir import Program
+from schedlang.limits import nonneg_int, positive_float
 from schedlang.source import SchedlangError
 
 __all__ = ["runner_from_program", "summarize_timelines"]
@@ -50,10 +52,10 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-backward", choices=["autograd", "kernels"], default="autograd",
                    help="how B and W are split: generic autograd, or schedlang.kernels layers")
     p.add_argument("--launcher", choices=["torchrun", "spawn"], default="torchrun")
-    p.add_argument("--prepost", type=int, default=4, metavar="K",
+    p.add_argument("--prepost", type=nonneg_int, default=4, metavar="K",
                    help="post each receive K instructions before its place in the stream (default 4; "
                         "0 = exactly where the stream says)")
-    p.add_argument("--timeout", type=float, default=60.0,
+    p.add_argument("--timeout", type=positive_float, default=60.0,
                    help="seconds an instruction may take before every rank stops (default 60)")
 
 
@@ -117,6 +119,7 @@ def _run_run(args: argparse.Namespace) -> int:
     from schedlang.codegen import codegen
     from schedlang.simulate import simulate
 
+    check_output_path(args.trace)
     prog = load_program(args)
     nproc = args.nproc if args.nproc is not None else prog.num_ranks
     if nproc != prog.num_ranks:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from schedlang.cli import COMMANDS, add_program_args, load_program, write_output
+from schedlang.limits import picture_width
 from schedlang.source import SchedlangError, Span, cli_source
 from schedlang.term import Column, Table, fmt_num, paint, use_colour
 
@@ -42,7 +43,7 @@ def _render_args(p: argparse.ArgumentParser) -> None:
     p.description = ("draw a schedule as SVG or PNG: one row per rank, time across; FILE may also be a "
                      "Chrome trace (.json, planned or measured), drawn as recorded")
     p.add_argument("--memory", action="store_true", help="plot each rank's memory under its row")
-    p.add_argument("--width", type=int, default=0, help="picture width in pixels (default: from the schedule)")
+    p.add_argument("--width", type=picture_width, default=0, help="picture width in pixels (default: from the schedule)")
     p.add_argument("--format", choices=("svg", "png"), help="output format (default: from OUT's extension)")
 
 

@@ -7,11 +7,14 @@ exception is converted here into a located :class:`~schedlang.source.SchedlangEr
 
 from __future__ import annotations
 
+import difflib
 import functools
+import math
+import sys
 from importlib import resources
 from typing import Any
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import (
     UnexpectedCharacters,
     UnexpectedEOF,
@@ -20,8 +23,15 @@ from lark.exceptions import (
     VisitError,
 )
 
+from schedlang import limits
 from schedlang import syntax as S
 from schedlang.source import SchedlangError, Source, Span
+
+# The words a declaration starts with (a file that starts with none of them is not a program).
+KEYWORDS = frozenset({"import", "param", "let", "ranks", "stages", "microbatches", "place", "op", "comm",
+                      "dep", "mem_limit", "overlap", "schedule"})
+# Longest integer literal converted at all (Python refuses to convert 4301 digits and more).
+_MAX_INT_DIGITS = 4000
 
 _TOKEN_NAMES = {
     "NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": "a string",
@@ -50,11 +60,19 @@ class _Builder(Transformer[Token, Any]):
     # -- expressions
     @v_args(meta=True)
     def int_lit(self, meta: Any, c: list[Token]) -> S.IntLit:
-        return S.IntLit(int(c[0]), self._span(meta))
+        text, span = str(c[0]), self._span(meta)
+        bits = limits.current().max_int_bits
+        if len(text) > _MAX_INT_DIGITS or int(text).bit_length() > bits:
+            what = f"a {len(text):,}-digit integer" if len(text) > 30 else f"the integer {text}"
+            raise limits.exceeded(f"{what} is too large", "max_int_bits", span)
+        return S.IntLit(int(text), span)
 
     @v_args(meta=True)
     def float_lit(self, meta: Any, c: list[Token]) -> S.FloatLit:
-        return S.FloatLit(float(c[0]), self._span(meta))
+        value = float(c[0])
+        if not math.isfinite(value):
+            raise SchedlangError("the number is too large for a float (about 1.8e308 at most)", self._span(meta))
+        return S.FloatLit(value, self._span(meta))
 
     @v_args(meta=True)
     def str_lit(self, meta: Any, c: list[Token]) -> S.StrLit:
@@ -281,8 +299,19 @@ class _Parser:
     def parse(self, source: Source, start: str) -> Any:
         # The builder reads the current source for its spans; parsing is single-threaded.
         self.builder.source = source
+        lim = limits.current()
+        if len(source.text) > lim.max_source_bytes:
+            raise limits.exceeded(f"the source is {len(source.text):,} characters long", "max_source_bytes",
+                                  Span(Source(source.name, ""), 1, 1))
+        # A byte-order mark reads as a blank, so columns stay those of the text.
+        text = " " + source.text[1:] if source.text.startswith("\ufeff") else source.text
         try:
-            tree = self.lark.parse(source.text, start=start)
+            tree = self.lark.parse(text, start=start)
+            _check_depth(tree, source, lim.max_depth)
+            # each level of the tree takes a few Python frames to build, check, compile and evaluate
+            needed = 12 * lim.max_depth + 2000
+            if sys.getrecursionlimit() < needed:
+                sys.setrecursionlimit(needed)
             return self.builder.transform(tree)
         except VisitError as exc:  # an error raised on purpose in a callback, or a bug
             if isinstance(exc.orig_exc, SchedlangError):
@@ -301,6 +330,18 @@ def parse_module(source: Source) -> S.Module:
     """Parse a whole source file into a :class:`~schedlang.syntax.Module`."""
     items = _parser().parse(source, "start")
     return S.Module(tuple(items), source.name)
+
+
+def _check_depth(tree: Tree[Token], source: Source, max_depth: int) -> None:
+    """Refuse a tree nested deeper than ``max_depth`` before anything walks it recursively."""
+    stack: list[tuple[Any, int]] = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            meta = node.meta
+            span = Span(source, getattr(meta, "line", 1), getattr(meta, "column", 1))
+            raise limits.exceeded(f"nested more than {max_depth} levels deep", "max_depth", span)
+        stack.extend((c, depth + 1) for c in node.children if isinstance(c, Tree))
 
 
 def _describe_expected(expected: set[str]) -> str:
@@ -327,17 +368,39 @@ def _syntax_error(source: Source, exc: UnexpectedInput) -> SchedlangError:
             line, col = len(lines), len(lines[-1]) + 1
             msg = "unexpected end of input" + _describe_expected(exc.expected)
         else:
-            msg = f"unexpected {str(tok)!r}" + _describe_expected(exc.expected)
+            msg = f"unexpected {str(tok)!r}" + _describe_expected(exc.expected) + _did_you_mean(str(tok), exc.expected)
             line, col = tok.line or line, tok.column or col
     elif isinstance(exc, UnexpectedCharacters):
         pos = exc.pos_in_stream or 0
         ch = source.text[pos] if pos < len(source.text) else ""
         msg = f"unexpected character {ch!r}"
+        word = _word_at(source.text, pos)
+        if word:
+            msg = f"unexpected {word!r}" + _describe_expected(exc.allowed) + _did_you_mean(word, exc.allowed)
     elif isinstance(exc, UnexpectedEOF):
         msg = "unexpected end of input"
     else:
         msg = "syntax error"
     return SchedlangError(msg, Span(source, line, col))
+
+
+def _word_at(text: str, pos: int) -> str:
+    end = pos
+    while end < len(text) and (text[end].isalnum() or text[end] == "_") and text[end].isascii():
+        end += 1
+    word = text[pos:end]
+    return word if word and not word[0].isdigit() else ""
+
+
+def _did_you_mean(word: str, expected: set[str]) -> str:
+    """' (did you mean 'schedule'?)' when ``word`` is a near miss of a keyword expected here."""
+    keywords = sorted(t.lower() for t in expected if t.isupper() and t.lower() in KEYWORDS | _OTHER_WORDS)
+    near = difflib.get_close_matches(word, keywords, n=1, cutoff=0.7)
+    return f" (did you mean '{near[0]}'?)" if near and near[0] != word else ""
+
+
+_OTHER_WORDS = frozenset({"rank", "for", "in", "if", "elif", "else", "role", "time", "mem", "where", "latency",
+                          "true", "false", "and", "or", "not"})
 
 
 def parse_expr(source: Source) -> S.Expr:

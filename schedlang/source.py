@@ -12,10 +12,14 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """A named piece of text: a file, a ``std:`` module, or a command-line argument."""
+    """A named piece of text: a file, a ``std:`` module, or a command-line argument.
+
+    ``origin`` is ``"file"`` for text read from a file (its imports resolve next to it) and
+    ``"text"`` otherwise."""
 
     name: str
     text: str
+    origin: str = field(default="text", compare=False)
 
     def line(self, lineno: int) -> str:
         lines = self.text.splitlines()
