@@ -30,7 +30,7 @@ from schedlang.check import check_items
 from schedlang.evaluate import check_int, compile_expr
 from schedlang.ir import Orders, Program, SchedulerCall, Value, format_slots
 from schedlang.limits import Limits
-from schedlang.load import Item, load_program_items, read_source
+from schedlang.load import Item, load_program_items, read_source, read_text_file
 from schedlang.lower import lower
 from schedlang.parse import parse_expr
 from schedlang.passes import DEFAULT_PIPELINE, run_passes
@@ -79,7 +79,7 @@ def read_params_file(path: str) -> list[tuple[str, Value, Span]]:
     This is what ``schedlang profile`` writes and ``--params FILE`` reads. Returns
     ``(name, value, span)`` in file order; a later line for the same name wins.
     """
-    text = read_source(path).text  # a regular UTF-8 file (a byte-order mark is dropped), size-capped
+    text = read_text_file(path).text  # a regular UTF-8 file (a byte-order mark is dropped), size-capped
     src = Source(path, text)
     out: list[tuple[str, Value, Span]] = []
     for lineno, raw in enumerate(text.splitlines(), 1):

@@ -23,13 +23,9 @@ def _import_args(p: argparse.ArgumentParser) -> None:
 
 def _import_run(args: argparse.Namespace) -> int:
     from schedlang.export import import_torch
+    from schedlang.load import read_text_file
 
-    try:
-        with open(args.file, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise SchedlangError(f"cannot read '{args.file}': {exc.strerror}") from None
-    source, _ = import_torch(text, args.file, args.format, out_name=args.output or "<imported>")
+    source, _ = import_torch(read_text_file(args.file).text, args.file, args.format, out_name=args.output or "<imported>")
     write_output(source, args.output)
     return 0
 

@@ -340,6 +340,8 @@ def _parse_one(text: str, span: Span, fmt: str) -> Action | None:
     if m is None:
         raise SchedlangError(f"not a PyTorch action: '{text}' (expected e.g. 0F1, 2I0, 1SEND_B3)", span)
     stage, kind, mb = m.groups()
+    if len(stage) > 9 or len(mb) > 9:  # also keeps int() clear of Python's 4300-digit limit
+        raise SchedlangError(f"stage or microbatch index too large in '{text[:40]}'", span)
     if kind in COMM_TYPES:
         if fmt == "compute_only":
             raise SchedlangError(f"communication action '{text}' in a compute_only schedule (use "
@@ -513,12 +515,9 @@ def import_torch(text: str, name: str = "<csv>", fmt: str = "auto", out_name: st
 
 def import_csv(path: str, fmt: str = "auto") -> Program:
     """Read and import a PyTorch CSV file (see :func:`import_torch`)."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise SchedlangError(f"cannot read '{path}': {exc.strerror}") from None
-    return import_torch(text, path, fmt)[1]
+    from schedlang.load import read_text_file
+
+    return import_torch(read_text_file(path).text, path, fmt)[1]
 
 
 def _register() -> None:

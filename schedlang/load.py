@@ -74,6 +74,14 @@ def read_source(path: str, base_dir: str | None = None, span: Span | None = None
     return Source(full if base_dir else path, _read_regular(full, path, span), origin="file")
 
 
+def read_text_file(path: str, span: Span | None = None) -> Source:
+    """A text file any command reads (a program, a params file, a CSV, a stream file): a regular
+    file within the ``max_source_bytes`` limit, UTF-8 (a leading byte-order mark is dropped)."""
+    if "\0" in path:
+        raise SchedlangError("a file name cannot contain a NUL character", span)
+    return Source(path, _read_regular(path, path, span), origin="file")
+
+
 def _read_std(path: str, span: Span | None) -> Source:
     name = path[len(STD_PREFIX):]
     text = _std_text(name) if re.fullmatch(r"[A-Za-z0-9_.-]+", name) and ".." not in name else None
@@ -117,10 +125,15 @@ def _read_regular(full: str, shown: str, span: Span | None) -> str:
 
 
 def decode_text(data: bytes, shown: str, span: Span | None = None) -> str:
-    """UTF-8 text (a leading byte-order mark is dropped); the error names the offset, not the bytes."""
+    """UTF-8 text (a leading byte-order mark is dropped). The error is located at the bad byte
+    (in ``shown``, or at ``span`` for an import) and names its offset, not the bytes."""
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        if span is None:  # line and column of the bad byte, without quoting the line
+            line = data.count(b"\n", 0, exc.start) + 1
+            col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+            span = Span(Source(shown, ""), line, col)
         raise SchedlangError(f"cannot read '{shown}': not UTF-8 text (bad byte at offset {exc.start})", span) from None
 
 
