@@ -146,7 +146,7 @@ def _resolve_import(path: str, importer: Source, root: str, span: Span | None) -
         raise SchedlangError(f"a standard module imports only std: modules, not '{path}'", span)
     if not path.endswith(".sched"):
         raise SchedlangError(f"cannot import '{path}': only .sched files can be imported", span)
-    base = os.path.dirname(importer.name) if importer.origin == "file" else root
+    base = os.path.dirname(importer.name)  # relative to the importer ('' for text: the current folder)
     shown = os.path.normpath(os.path.join(base, path))
     real = os.path.realpath(shown)
     if not _within(real, root):
@@ -224,8 +224,8 @@ def _identity(source: Source) -> str:
 
 
 def _collect(source: Source, ident: str, root: str, out: list[Item], seen: set[str],
-             stack: list[tuple[str, str]]) -> None:
-    module = parse_module(source) if not stack else _parse_imported(source)
+             stack: list[tuple[str, str]], imported_at: Span | None = None) -> None:
+    module = parse_module(source) if not stack else _parse_imported(source, imported_at)
     stack = stack + [(ident, source.name)]
     for d in module.items:
         if isinstance(d, S.ImportDecl):
@@ -243,18 +243,19 @@ def _collect(source: Source, ident: str, root: str, out: list[Item], seen: set[s
             seen.add(key)
             if target is None:
                 target = Source(shown, _read_regular(key, d.path, d.span), origin="file")
-            _collect(target, key, root, out, seen, stack)
+            _collect(target, key, root, out, seen, stack, d.span)
         else:
             out.append(Item(d, source.name))
 
 
-def _parse_imported(source: Source) -> S.Module:
+def _parse_imported(source: Source, imported_at: Span | None) -> S.Module:
     """Parse an imported file; one that does not start like a program is not quoted back."""
     ok, near = _looks_like_program(source)
     if not ok:
         hint = f" (did you mean '{near}'?)" if near else ""
         raise SchedlangError("not a schedlang program: an imported file must start with a declaration "
-                             f"such as 'import', 'param' or 'op'{hint}", Span(Source(source.name, ""), 1, 1))
+                             f"such as 'import', 'param' or 'op'{hint}", Span(Source(source.name, ""), 1, 1),
+                             (Note(imported_at, "imported here"),))
     return parse_module(source)
 
 

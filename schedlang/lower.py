@@ -157,8 +157,9 @@ def lower(items: list[Item], name: str, overrides: Mapping[str, Value] | None = 
     )
     verify_acyclic(program)
     sched = clause.get(S.ScheduleDecl)
-    if sched is None:
-        return program
+    if sched is None:  # the error, if no scheduler is given later, points at the program's end
+        own: list[Span | None] = [it.decl.span for it in items if it.module == name and it.decl.span is not None]
+        return _replace(program, schedule_span=(own or [it.decl.span for it in items])[-1])
     if isinstance(sched.body, S.SchedulerCall):
         call = sched.body
         args = tuple((a.name, _value(compile_expr(a.value, st.funcs)(env), a.value.span)) for a in call.args)
