@@ -59,7 +59,7 @@ def load_program(args: argparse.Namespace, *, scheduled: bool = True,
         name, value = api.parse_assignment(text)
         params[name] = value
         spans[name] = Span(cli_source(text), 1, 1, 1, len(name) + 1)
-    program = api.lower_source(read_source(args.file), params, spans, import_root=args.import_root)
+    program = api.lower_source(read_source(args.file), params, spans, import_root=getattr(args, "import_root", None))
     for warning in program.warnings:
         print(warning.render("warning"), file=sys.stderr)
     if getattr(args, "scheduler", None) is not None:
