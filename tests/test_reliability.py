@@ -399,3 +399,10 @@ def test_error_files_keep_their_mode(project: Path) -> None:
     """The FIFO fixture is really a FIFO (else the test above proves nothing)."""
     assert stat.S_ISFIFO(os.stat(project / "pipe.sched").st_mode)
     assert os.path.realpath(project / "link-zero.sched") == "/dev/zero"
+
+
+def test_png_size_is_bounded(harness: Harness, tmp_path: Path) -> None:
+    out = tmp_path / "x.png"
+    res = harness.run(["render", "std:1f1b", "--set", "p=3000", "--set", "m=3", "-o", str(out), "--width", "20000"])
+    assert res.rc == 1 and "is over 100,000,000 pixels; draw SVG instead" in res.err, res
+    assert not out.exists()
