@@ -308,10 +308,7 @@ class _Parser:
         try:
             tree = self.lark.parse(text, start=start)
             _check_depth(tree, source, lim.max_depth)
-            # each level of the tree takes a few Python frames to build, check, compile and evaluate
-            needed = 12 * lim.max_depth + 2000
-            if sys.getrecursionlimit() < needed:
-                sys.setrecursionlimit(needed)
+            ensure_recursion_limit(lim.max_depth)
             return self.builder.transform(tree)
         except VisitError as exc:  # an error raised on purpose in a callback, or a bug
             if isinstance(exc.orig_exc, SchedlangError):
@@ -330,6 +327,17 @@ def parse_module(source: Source) -> S.Module:
     """Parse a whole source file into a :class:`~schedlang.syntax.Module`."""
     items = _parser().parse(source, "start")
     return S.Module(tuple(items), source.name)
+
+
+def ensure_recursion_limit(max_depth: int) -> None:
+    """Let Python recurse as deep as a tree within ``max_depth`` needs: each level takes a few
+    frames to build, check, compile and evaluate."""
+    needed = 12 * max_depth + 2000
+    if sys.getrecursionlimit() < needed:
+        sys.setrecursionlimit(needed)
+
+
+ensure_recursion_limit(limits.Limits().max_depth)  # at import, so the default never changes it later
 
 
 def _check_depth(tree: Tree[Token], source: Source, max_depth: int) -> None:
