@@ -82,11 +82,9 @@ def _trace_timeline(args: argparse.Namespace) -> tuple[Any, Any]:
     for flag, given in (("--set", args.sets), ("--scheduler", args.scheduler), ("--memory", args.memory)):
         if given:
             raise SchedlangError(f"{flag} does not apply to a trace ('{args.file}' is drawn as recorded)")
-    try:
-        with open(args.file, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise SchedlangError(f"cannot read '{args.file}': {exc.strerror}") from None
+    from schedlang.load import read_text_file
+
+    text = read_text_file(args.file).text
     name = os.path.basename(args.file).removesuffix(".json")
     return timeline_from_trace(text, name)
 

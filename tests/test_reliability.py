@@ -406,3 +406,16 @@ def test_png_size_is_bounded(harness: Harness, tmp_path: Path) -> None:
     res = harness.run(["render", "std:1f1b", "--set", "p=3000", "--set", "m=3", "-o", str(out), "--width", "20000"])
     assert res.rc == 1 and "is over 100,000,000 pixels; draw SVG instead" in res.err, res
     assert not out.exists()
+
+
+def test_hostile_trace_files(harness: Harness, tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    res = harness.run(["render", str(deep), "-o", str(tmp_path / "x.svg")])
+    assert res.rc == 1 and "'deep' is not a Chrome trace: it is nested too deeply" in res.err, res
+    res = harness.run(["render", "/dev/zero.json", "-o", str(tmp_path / "x.svg")])
+    assert res.rc == 1 and "cannot read '/dev/zero.json'" in res.err, res
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    res = harness.run(["render", str(fifo), "-o", str(tmp_path / "x.svg")])
+    assert res.rc == 1 and "not a regular file" in res.err, res
