@@ -43,6 +43,8 @@ from schedlang.verify import verify
 def _to_value(v: Any, name: str) -> Value:
     if isinstance(v, int) and not isinstance(v, bool):
         return check_int(v, None)
+    if isinstance(v, float) and v != v:
+        raise SchedlangError(f"parameter '{name}': NaN is not a value")
     if isinstance(v, (bool, float, str)):
         return v
     if isinstance(v, (list, tuple)):

@@ -113,6 +113,8 @@ def _checked(r: Any, operands: Any, span: Span | None, what: str) -> Any:
     """A result, unless it is an integer over the limit or an overflow of finite floats."""
     if type(r) is int:
         return check_int(r, span)
+    if isinstance(r, float) and math.isnan(r):
+        raise SchedlangError(f"{what} has no numeric result (infinity minus infinity, or zero times infinity)", span)
     if isinstance(r, float) and not math.isfinite(r) and all(math.isfinite(x) for x in operands):
         raise SchedlangError(f"{what} overflows: the result is too large for a float", span)
     return r

@@ -366,6 +366,10 @@ def test_non_finite_results_are_refused(harness: Harness) -> None:
     res = harness.run(["simulate", "std:1f1b", "--set", "mem_f=1e308", "--set", "m=4"])
     _error(res, "std:fused", 4, 27, "total memory overflows")
     _error(harness.run(["check", "std:1f1b", "--set", "tf=1e308 * 10"]), "<command line>", 1, 4, "overflows")
+    _error(harness.run(["check", "std:1f1b", "--set", "mem_limit=inf - inf"]), "<command line>", 1, 11,
+           "'-' has no numeric result")
+    with pytest.raises(SchedlangError, match="NaN is not a value"):
+        api.load("std:1f1b", tf=float("nan"))
 
 
 def test_missing_ranks_points_at_the_program(harness: Harness, tmp_path: Path) -> None:
