@@ -82,8 +82,19 @@ def _render_one(severity: str, message: str, span: Span | None) -> str:
     width = 1
     if span.end_line == span.line and span.end_col > span.col:
         width = span.end_col - span.col
-    caret = " " * (span.col - 1) + "^" + "~" * (width - 1)
-    return f"{head}\n  {text.expandtabs(1)}\n  {caret}"
+    text, col = text.expandtabs(1), span.col
+    if len(text) > QUOTE_WIDTH:  # a window around the spot, not a megabyte of line
+        start = max(0, min(col - 1 - QUOTE_WIDTH // 2, len(text) - QUOTE_WIDTH))
+        window = text[start:start + QUOTE_WIDTH]
+        prefix = "..." if start > 0 else ""
+        suffix = "..." if start + QUOTE_WIDTH < len(text) else ""
+        text, col = prefix + window + suffix, col - start + len(prefix)
+        width = max(1, min(width, QUOTE_WIDTH - (col - 1 - len(prefix))))
+    caret = " " * (col - 1) + "^" + "~" * (width - 1)
+    return f"{head}\n  {text}\n  {caret}"
+
+
+QUOTE_WIDTH = 160  # longest part of a source line an error quotes
 
 
 def cli_source(text: str, what: str = "<command line>") -> Source:
