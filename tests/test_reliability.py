@@ -425,3 +425,25 @@ def test_hostile_trace_files(harness: Harness, tmp_path: Path) -> None:
     os.mkfifo(fifo)
     res = harness.run(["render", str(fifo), "-o", str(tmp_path / "x.svg")])
     assert res.rc == 1 and "not a regular file" in res.err, res
+
+
+def test_a_standard_module_imports_only_standard_modules() -> None:
+    from schedlang.load import _resolve_import
+    from schedlang.source import Source
+
+    with pytest.raises(SchedlangError, match="a standard module imports only std: modules"):
+        _resolve_import("x.sched", Source("std:fake", ""), "/", None)
+
+
+def test_text_programs_import_under_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "costs.sched").write_text("param tf = 3.0\n")
+    (tmp_path / "sub" / "costs.sched").write_text("param tf = 5.0\n")
+    monkeypatch.chdir(tmp_path / "sub")
+    prog = api.loads('import "std:1f1b"\nimport "costs.sched"\n')
+    assert dict(prog.params)["tf"] == 5.0
+    with pytest.raises(SchedlangError, match="outside the import root") as err:
+        api.loads('import "std:1f1b"\nimport "../costs.sched"\n')
+    assert err.value.location == (2, 1)
+    prog = api.loads('import "std:1f1b"\nimport "../costs.sched"\n', import_root=str(tmp_path))
+    assert dict(prog.params)["tf"] == 3.0
