@@ -282,6 +282,42 @@ def _grammar_text() -> str:
     return resources.files("schedlang.grammars").joinpath("schedlang.lark").read_text("utf-8")
 
 
+class _TooDeep(Exception):
+    def __init__(self, line: int, col: int) -> None:
+        super().__init__(line, col)
+        self.line, self.col = line, col
+
+
+class _DepthTree(Tree[Token]):
+    """A parse-tree node that knows its depth, so a tree nested too deeply is refused while it is
+    being built: a megabyte of ``1+1+...`` fails after a few hundred tokens, not after the parse."""
+
+    limit = 200  # set by _Parser.parse from the limits in force
+    depth: int
+
+    def __init__(self, data: str, children: list[Any], meta: Any = None) -> None:
+        # what Tree.__init__ does, inline: this runs once per node of every parse
+        self.data, self.children, self._meta = data, children, meta
+        depth = 0
+        for c in children:
+            if type(c) is _DepthTree and c.depth > depth:  # tokens and None count 0
+                depth = c.depth
+        self.depth = depth = depth + 1
+        if depth > _DepthTree.limit:
+            line, col = _first_position(children)
+            raise _TooDeep(line, col)
+
+
+def _first_position(children: list[Any]) -> tuple[int, int]:
+    for c in children:
+        if isinstance(c, Token) and c.line is not None:
+            return c.line, c.column or 1
+        meta = getattr(c, "_meta", None)
+        if meta is not None and getattr(meta, "line", None) is not None:
+            return meta.line, meta.column
+    return 1, 1
+
+
 class _Parser:
     """One compiled LALR parser (building it takes ~100 ms) and its AST builder."""
 
@@ -294,6 +330,7 @@ class _Parser:
             propagate_positions=True,
             maybe_placeholders=True,
             start=["start", "value"],
+            tree_class=_DepthTree,
         )
 
     def parse(self, source: Source, start: str) -> Any:
@@ -305,11 +342,14 @@ class _Parser:
                                   Span(Source(source.name, ""), 1, 1))
         # A byte-order mark reads as a blank, so columns stay those of the text.
         text = " " + source.text[1:] if source.text.startswith("\ufeff") else source.text
+        _DepthTree.limit = lim.max_depth
+        ensure_recursion_limit(lim.max_depth)
         try:
             tree = self.lark.parse(text, start=start)
-            _check_depth(tree, source, lim.max_depth)
-            ensure_recursion_limit(lim.max_depth)
             return self.builder.transform(tree)
+        except _TooDeep as exc:
+            raise limits.exceeded(f"nested more than {lim.max_depth} levels deep", "max_depth",
+                                  Span(source, exc.line, exc.col)) from None
         except VisitError as exc:  # an error raised on purpose in a callback, or a bug
             if isinstance(exc.orig_exc, SchedlangError):
                 raise exc.orig_exc from None
@@ -338,18 +378,6 @@ def ensure_recursion_limit(max_depth: int) -> None:
 
 
 ensure_recursion_limit(limits.Limits().max_depth)  # at import, so the default never changes it later
-
-
-def _check_depth(tree: Tree[Token], source: Source, max_depth: int) -> None:
-    """Refuse a tree nested deeper than ``max_depth`` before anything walks it recursively."""
-    stack: list[tuple[Any, int]] = [(tree, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > max_depth:
-            meta = node.meta
-            span = Span(source, getattr(meta, "line", 1), getattr(meta, "column", 1))
-            raise limits.exceeded(f"nested more than {max_depth} levels deep", "max_depth", span)
-        stack.extend((c, depth + 1) for c in node.children if isinstance(c, Tree))
 
 
 def _describe_expected(expected: set[str]) -> str:
