@@ -447,3 +447,12 @@ def test_text_programs_import_under_the_current_folder(tmp_path: Path, monkeypat
     assert err.value.location == (2, 1)
     prog = api.loads('import "std:1f1b"\nimport "../costs.sched"\n', import_root=str(tmp_path))
     assert dict(prog.params)["tf"] == 3.0
+
+
+def test_a_megabyte_expression_fails_early(harness: Harness, tmp_path: Path) -> None:
+    """Refused while it is parsed (the harness's timeout bounds the wait), not after."""
+    f = tmp_path / "mb.sched"
+    f.write_text("ranks 1\nmicrobatches 1\nop F[s, i] time 1\nparam x = " + "1+" * 500_000 + "1\n")
+    res = harness.run(["check", str(f)], timeout=30)
+    _error(res, "mb.sched", 4, 11, "nested more than 200 levels deep")
+    assert len(res.err) < 1000
