@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from schedlang.cli import COMMANDS, write_output
+from schedlang.limits import limit_arg
 from schedlang.source import SchedlangError
 
 
@@ -19,6 +20,7 @@ def _import_args(p: argparse.ArgumentParser) -> None:
                    help="compute_only rejects communication actions (as PyTorch does); compute_comms and "
                         "auto skip them (default auto)")
     p.add_argument("-o", "--output", metavar="OUT.sched", help="write the program here instead of stdout")
+    p.add_argument("--limit", dest="limits", action="append", type=limit_arg, metavar="NAME=N", help="raise a work limit (e.g. max_source_bytes=8000000)")
 
 
 def _import_run(args: argparse.Namespace) -> int:

@@ -100,13 +100,14 @@ def _read_regular(full: str, shown: str, span: Span | None) -> str:
         fd = os.open(full, flags)  # non-blocking: opening a FIFO must not wait for a writer
     except OSError as exc:
         raise SchedlangError(f"cannot read '{shown}': {exc.strerror}", span) from None
+    at = span or Span(Source(shown, ""), 1, 1)  # a file named on the command line: the file itself
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise SchedlangError(f"cannot read '{shown}': not a regular file", span)
+            raise SchedlangError(f"cannot read '{shown}': not a regular file", at)
         if st.st_size > cap:
             raise limits.exceeded(f"cannot read '{shown}': {st.st_size:,} bytes is too large",
-                                  "max_source_bytes", span)
+                                  "max_source_bytes", at)
         chunks, size = [], 0
         while size <= cap:
             chunk = os.read(fd, cap + 1 - size)
@@ -120,7 +121,8 @@ def _read_regular(full: str, shown: str, span: Span | None) -> str:
         os.close(fd)
     data = b"".join(chunks)
     if len(data) > cap:  # it grew after the check
-        raise limits.exceeded(f"cannot read '{shown}': it is too large", "max_source_bytes", span)
+        raise limits.exceeded(f"cannot read '{shown}': it is too large", "max_source_bytes",
+                              span or Span(Source(shown, ""), 1, 1))
     return decode_text(data, shown, span)
 
 

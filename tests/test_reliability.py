@@ -456,3 +456,12 @@ def test_a_megabyte_expression_fails_early(harness: Harness, tmp_path: Path) -> 
     res = harness.run(["check", str(f)], timeout=30)
     _error(res, "mb.sched", 4, 11, "nested more than 200 levels deep")
     assert len(res.err) < 1000
+
+
+def test_limits_on_import_and_files_named_on_the_command_line(harness: Harness, tmp_path: Path) -> None:
+    csv = tmp_path / "s.csv"
+    csv.write_text("0F0,0I0,0W0\n")
+    _error(harness.run(["import", str(csv), "--limit", "max_source_bytes=10"]), "s.csv", 1, 1,
+           "12 bytes is too large (limit max_source_bytes=10")
+    assert harness.run(["import", str(csv), "--limit", "max_source_bytes=12"]).rc == 0
+    _error(harness.run(["check", "/dev/zero"]), "zero", 1, 1, "not a regular file")
