@@ -123,8 +123,6 @@ def parse_scheduler_spec(spec: str) -> SchedulerCall:
     """``NAME[:ARG=VALUE,...]`` (``--scheduler``). A bare word value is a string (``objective=span``)."""
     name, _, rest = spec.partition(":")
     src = cli_source(spec, "<--scheduler>")
-    if not name:
-        raise SchedlangError("--scheduler needs a name", Span(src, 1, 1))
     if not name.strip():
         raise SchedlangError("--scheduler needs a name", Span(src, 1, 1))
     args: list[tuple[str, Value]] = []

@@ -92,10 +92,14 @@ def _read_std(path: str, span: Span | None) -> Source:
     return Source(path, text)
 
 
-def _read_regular(full: str, shown: str, span: Span | None) -> str:
-    """The text of a regular file, refusing FIFOs, devices, directories and oversized files."""
+def _read_regular(full: str, shown: str, span: Span | None, *, follow: bool = True) -> str:
+    """The text of a regular file, refusing FIFOs, devices, directories and oversized files.
+    ``follow=False`` refuses a symbolic link (an import opens the path it resolved and checked,
+    so a link put in its place since is not followed out of the import root)."""
     cap = limits.current().max_source_bytes
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(full, flags)  # non-blocking: opening a FIFO must not wait for a writer
     except OSError as exc:
@@ -244,7 +248,7 @@ def _collect(source: Source, ident: str, root: str, out: list[Item], seen: set[s
                 continue
             seen.add(key)
             if target is None:
-                target = Source(shown, _read_regular(key, d.path, d.span), origin="file")
+                target = Source(shown, _read_regular(key, d.path, d.span, follow=False), origin="file")
             _collect(target, key, root, out, seen, stack, d.span)
         else:
             out.append(Item(d, source.name))
