@@ -105,7 +105,10 @@ def _len(args: list[Value], span: Span | None) -> Value:
 def _sum(args: list[Value], span: Span | None) -> Value:
     if not isinstance(args[0], tuple):
         raise SchedlangError(f"sum() takes a list, got {type_name(args[0])}", span)
-    total = sum(_num(v, span, "element of sum()") for v in args[0])
+    try:
+        total = sum(_num(v, span, "element of sum()") for v in args[0])
+    except OverflowError as exc:  # an int too large for a float, under a raised max_int_bits
+        raise SchedlangError(f"sum() overflows: {exc}", span) from None
     return _checked(total, args[0], span, "sum()")
 
 
@@ -115,7 +118,8 @@ def _checked(r: Any, operands: Any, span: Span | None, what: str) -> Any:
         return check_int(r, span)
     if isinstance(r, float) and math.isnan(r):
         raise SchedlangError(f"{what} has no numeric result (infinity minus infinity, or zero times infinity)", span)
-    if isinstance(r, float) and not math.isfinite(r) and all(math.isfinite(x) for x in operands):
+    if isinstance(r, float) and not math.isfinite(r) and all(not isinstance(x, float) or math.isfinite(x)
+                                                             for x in operands):
         raise SchedlangError(f"{what} overflows: the result is too large for a float", span)
     return r
 
@@ -145,7 +149,14 @@ def _rounding(fn: Callable[[Any], Any], name: str) -> Callable[[list[Value], Spa
 
 
 def _to_float(args: list[Value], span: Span | None) -> Value:
-    return float(_num(args[0], span, "argument of float()"))
+    return _float(_num(args[0], span, "argument of float()"), span)
+
+
+def _float(v: float | int, span: Span | None) -> float:
+    try:
+        return float(v)
+    except OverflowError:  # an int too large for a float, under a raised max_int_bits
+        raise SchedlangError(f"an integer of {int(v).bit_length():,} bits is too large for a float", span) from None
 
 
 def _range_list(args: list[Value], span: Span | None) -> Value:
@@ -334,4 +345,4 @@ def expect_int(v: Any, span: Span | None, what: str) -> int:
 
 
 def expect_num(v: Any, span: Span | None, what: str) -> float:
-    return float(_num(v, span, what))
+    return _float(_num(v, span, what), span)

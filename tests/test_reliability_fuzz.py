@@ -8,7 +8,8 @@ parent (see ``harness.py``). Every case must end in success with finite figures,
 error located as ``FILE:LINE:COL: error:``; never an internal error, a timeout or a crash.
 
 ``SCHEDLANG_FUZZ_CASES`` (default 300) and ``SCHEDLANG_FUZZ_SEED`` (default 0) set the run; the
-same seed gives the same cases. ``max_ops`` is lowered for the run so that every case is small
+same seed gives the same cases. Some cases raise ``max_int_bits`` to 4000, past what a float
+holds. ``max_ops`` is lowered for the run so that every case is small
 (the heuristics' own running time on large programs is measured by benchmarks, not here).
 """
 
@@ -100,6 +101,8 @@ def test_fuzzed_command_line_gives_only_located_errors(tmp_path: Path) -> None:
             path = work / "fuzz.sched"
             path.write_text(text, encoding="utf-8")
             argv = ["simulate", "--json", str(path), "--limit", "max_ops=20000", *overrides(text, rng)]
+            if rng.random() < 0.15:  # big integers, past what a float holds
+                argv += ["--limit", "max_int_bits=4000"]
             res = harness.run(argv, timeout=TIMEOUT_S)
             problem = _problem(res.rc, res.out, res.err)
             if problem:
