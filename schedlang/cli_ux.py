@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from schedlang.cli import COMMANDS, add_program_args, load_program, write_output
-from schedlang.limits import picture_width
+from schedlang.limits import limit_arg, picture_width
 from schedlang.source import SchedlangError, Span, cli_source
 from schedlang.term import Column, Table, fmt_num, paint, use_colour
 
@@ -102,6 +102,7 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     out.add_argument("--json", action="store_true", help="print a JSON list, one object per row")
     out.add_argument("--csv", action="store_true", help="print CSV with a header line")
     p.add_argument("-o", "--output", metavar="PATH", help="write to PATH instead of stdout")
+    p.add_argument("--limit", dest="limits", action="append", type=limit_arg, metavar="NAME=N", help="raise a work limit (e.g. max_ops=5000000)")
 
 
 def _declared(path: str) -> set[str]:

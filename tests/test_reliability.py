@@ -465,3 +465,9 @@ def test_limits_on_import_and_files_named_on_the_command_line(harness: Harness, 
            "12 bytes is too large (limit max_source_bytes=10")
     assert harness.run(["import", str(csv), "--limit", "max_source_bytes=1000"]).rc == 0
     _error(harness.run(["check", "/dev/zero"]), "zero", 1, 1, "not a regular file")
+
+
+def test_compare_takes_limits(harness: Harness) -> None:
+    res = harness.run(["compare", "std:1f1b", "std:gpipe", "--limit", "max_ops=10", "--json"])
+    assert res.rc == 1 and res.err.count("(limit max_ops=10; raise it with --limit max_ops=N)") == 2, res
+    assert harness.run(["compare", "std:1f1b", "std:gpipe", "--limit", "max_ops=64", "--json"]).rc == 0
