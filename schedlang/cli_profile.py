@@ -24,6 +24,7 @@ import json
 import sys
 from typing import Any
 
+from schedlang.api import check_output_path
 from schedlang.cli import COMMANDS, add_program_args, load_program, write_output
 from schedlang.source import SchedlangError
 
@@ -84,6 +85,7 @@ def _profile_run(args: argparse.Namespace) -> int:
 
     if args.repeats < 1 or args.warmup < 0:
         raise SchedlangError("--repeats must be at least 1 and --warmup at least 0")
+    check_output_path(args.output)
     prog = load_program(args, scheduled=False)
     try:
         import torch  # noqa: F401

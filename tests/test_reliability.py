@@ -258,10 +258,11 @@ def test_option_ranges(harness: Harness, argv: list[str], fragment: str) -> None
 
 def test_outputs_are_checked_before_the_work(harness: Harness, tmp_path: Path) -> None:
     missing = str(tmp_path / "missing" / "dir" / "out.txt")
-    for argv in (["optimize", "std:1f1b", "--quiet", "-o", missing], ["run", "std:1f1b", "--trace", missing]):
+    for argv in (["optimize", "std:1f1b", "--quiet", "-o", missing], ["run", "std:1f1b", "--trace", missing],
+                 ["profile", "std:1f1b", "-o", missing]):
         res = harness.run(argv)
         assert res.rc == 1 and f"cannot write '{missing}': the folder" in res.err, res
-        assert res.out == "", res  # nothing ran: optimize prints its report, run its banner, first
+        assert res.out == "", res  # nothing ran: optimize prints its report, run its banner, profile its table
 
 
 # ------------------------------------------------------------------ odd input
