@@ -38,23 +38,31 @@ What it offers, by ``schedlang`` command:
 - ``serve``: :mod:`schedlang.serve` (it calls these functions; needs Flask). ``compile --emit
   sched`` is :func:`emit` with ``"sched"``.
 
+``import_root=DIR`` sets the folder imports must lie under (default: the program's folder), and
+``limits={"max_ops": 5_000_000}`` (or a :class:`~schedlang.limits.Limits`) raises or lowers the
+work limits (see :mod:`schedlang.limits`); both are keyword-only, so they are never parameters.
+:func:`check_output_path` refuses an output path before the work that would produce it.
+
 Importing this module loads the compiler (lark) but not torch, triton or ortools: the functions
 that need them import them when called.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from schedlang import limits as _limits
 from schedlang import syntax as S
 from schedlang.config import Config, check_config, read_config
 from schedlang.evaluate import compile_expr
 from schedlang.ir import Orders, Program, SchedulerCall, Value, format_slots
-from schedlang.load import Item, load_program_items, read_source
+from schedlang.limits import Limits
+from schedlang.load import Item, load_program_items, read_source, read_text_file
 from schedlang.lower import lower_source
 from schedlang.parse import parse_expr
 from schedlang.passes import DEFAULT_PIPELINE, run_passes
@@ -93,10 +101,7 @@ def read_params_file(path: str) -> list[tuple[str, Value, Span]]:
     This is what ``schedlang profile`` writes and ``--params FILE`` reads. Returns
     ``(name, value, span)`` in file order; a later line for the same name wins.
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SchedlangError(f"cannot read '{path}': {exc.strerror}") from None
+    text = read_text_file(path).text  # a regular UTF-8 file (a byte-order mark is dropped), size-capped
     src = Source(path, text)
     out: list[tuple[str, Value, Span]] = []
     for lineno, raw in enumerate(text.splitlines(), 1):
@@ -151,7 +156,7 @@ def parse_scheduler_spec(spec: str) -> SchedulerCall:
     """``NAME[:ARG=VALUE,...]`` (``--scheduler``). A bare word value is a string (``objective=span``)."""
     name, _, rest = spec.partition(":")
     src = cli_source(spec, "<--scheduler>")
-    if not name:
+    if not name.strip():
         raise SchedlangError("--scheduler needs a name", Span(src, 1, 1))
     args: list[tuple[str, Value]] = []
     spans: list[Span | None] = []
@@ -161,29 +166,39 @@ def parse_scheduler_spec(spec: str) -> SchedulerCall:
         span = Span(src, 1, col, 1, col + len(part))
         if not sep or not key.strip().isidentifier():
             raise SchedlangError(f"expected ARG=VALUE, got {part!r}", span)
+        if key.strip() in (k for k, _ in args):
+            raise SchedlangError(f"scheduler argument '{key.strip()}' given twice", span)
         v = val.strip()
-        value: Value = v if v.isidentifier() and v not in ("true", "false", "inf") else parse_value(v, "<--scheduler>")
+        try:
+            value: Value = v if v.isidentifier() and v not in ("true", "false", "inf") else parse_value(v, "<--scheduler>")
+        except SchedlangError as exc:
+            raise SchedlangError(f"{key.strip()}: {exc.message}", span) from None
         args.append((key.strip(), value))
         spans.append(span)
         col += len(part) + 1
     return SchedulerCall(name.strip(), tuple(args), Span(src, 1, 1, 1, len(name) + 1), tuple(spans))
 
 
-def load_items(path: str) -> tuple[Source, list[Item]]:
+def load_items(path: str, *, import_root: str | None = None) -> tuple[Source, list[Item]]:
     """The source of ``path`` (a file or ``std:NAME``) and its parsed items, imports included (not checked yet)."""
     source = read_source(path)
-    return source, load_program_items(source)
+    return source, load_program_items(source, import_root)
 
 
-def load(path: str, params: Mapping[str, Any] | None = None, **kw: Any) -> Program:
+def load(path: str, params: Mapping[str, Any] | None = None, *, import_root: str | None = None,
+         limits: Limits | Mapping[str, int] | None = None, **kw: Any) -> Program:
     """Parse, check and lower a file or ``std:NAME``; the result is not scheduled yet if it names
     a scheduler (run :func:`schedule` or use :func:`compile`)."""
-    return lower_source(read_source(path), {**(params or {}), **kw})
+    with _limits.using(limits):
+        return lower_source(read_source(path), {**(params or {}), **kw}, import_root=import_root)
 
 
-def loads(text: str, name: str = "<string>", params: Mapping[str, Any] | None = None, **kw: Any) -> Program:
-    """Like :func:`load`, from source text."""
-    return lower_source(Source(name, text), {**(params or {}), **kw})
+def loads(text: str, name: str = "<string>", params: Mapping[str, Any] | None = None, *,
+          import_root: str | None = None, limits: Limits | Mapping[str, int] | None = None,
+          **kw: Any) -> Program:
+    """Like :func:`load`, from source text (its imports resolve under the current folder unless
+    ``import_root`` says otherwise)."""
+    return lower_source(Source(name, text), {**(params or {}), **kw}, import_root=import_root, limits=limits)
 
 
 def with_scheduler(program: Program, scheduler: str | SchedulerCall) -> Program:
@@ -202,13 +217,29 @@ def schedule(program: Program, passes: Sequence[str] = DEFAULT_PIPELINE, *, veri
     return out
 
 
-def compile(path: str, params: Mapping[str, Any] | None = None, *, scheduler: str | None = None,
-            passes: Sequence[str] = DEFAULT_PIPELINE, **kw: Any) -> Program:  # noqa: A001 - the verb users expect
+def compile(path: str, params: Mapping[str, Any] | None = None, *, scheduler: str | None = None,  # noqa: A001
+            passes: Sequence[str] = DEFAULT_PIPELINE, import_root: str | None = None,
+            limits: Limits | Mapping[str, int] | None = None, **kw: Any) -> Program:
     """Load, schedule and verify: the result has explicit, valid orders."""
-    program = load(path, params, **kw)
-    if scheduler is not None:
-        program = with_scheduler(program, scheduler)
-    return schedule(program, passes)
+    with _limits.using(limits):
+        program = load(path, params, import_root=import_root, **kw)
+        if scheduler is not None:
+            program = with_scheduler(program, scheduler)
+        return schedule(program, passes)
+
+
+def check_output_path(path: str | None) -> None:
+    """Refuse an output path whose folder does not exist (or is not a folder), before the work
+    that would produce the output starts. ``None`` and ``-`` (stdout) pass."""
+    if path is None or path == "-":
+        return
+    if "\0" in path:
+        raise SchedlangError("an output path cannot contain a NUL character")
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise SchedlangError(f"cannot write '{path}': the folder '{folder}' does not exist")
+    if os.path.isdir(path):
+        raise SchedlangError(f"cannot write '{path}': it is a folder")
 
 
 def simulate(program: Program) -> Simulation:
@@ -231,7 +262,7 @@ def load_program(path: str, *, sets: Sequence[str] = (), params_file: str | None
                  dump: Callable[[str, Program], None] | None = None,
                  on_warning: Callable[[SchedlangError], None] | None = None,
                  param_items: Sequence[tuple[str, Value, Span]] = (),
-                 config_file: str | None = None) -> Program:
+                 config_file: str | None = None, import_root: str | None = None) -> Program:
     """Parse, check, lower (and by default schedule and verify) ``path`` under command-line overrides.
 
     ``sets`` are ``NAME=VALUE`` texts (``--set``), located on the command line in errors;
@@ -241,7 +272,8 @@ def load_program(path: str, *, sets: Sequence[str] = (), params_file: str | None
     the IR after the pass ``dump_after`` (``lower`` included). ``param_items`` are overrides
     already read (``(name, value, span)``, as :func:`read_params_file` returns them), applied
     first. ``config_file`` is a JSON or YAML config (``--config``, see :func:`read_config_for`);
-    ``params_file`` and ``sets`` win over it.
+    ``params_file`` and ``sets`` win over it. ``import_root`` widens where imports may reach
+    (default: the program's folder).
     """
     params: dict[str, Any] = {}
     spans: dict[str, Span] = {}
@@ -255,11 +287,11 @@ def load_program(path: str, *, sets: Sequence[str] = (), params_file: str | None
         name, value = parse_assignment(text)
         params[name] = value
         spans[name] = Span(cli_source(text), 1, 1, 1, len(name) + 1)
-    program = lower_source(read_source(path), params, spans)
+    program = lower_source(read_source(path), params, spans, import_root=import_root)
     if on_warning is not None:
         for warning in program.warnings:
             on_warning(warning)
-    if scheduler:
+    if scheduler is not None:
         program = with_scheduler(program, scheduler)
     if not scheduled:
         return program
@@ -338,9 +370,7 @@ def import_torch_csv(path: str, fmt: str = "auto", out_name: str = "<imported>")
     """A PyTorch schedule CSV as schedlang: the program's source text (named ``out_name``) and the
     program itself (explicit orders, verified). See :func:`schedlang.export.import_torch`."""
     from schedlang.export import import_torch
-    from schedlang.source import read_file
-
-    return import_torch(read_file(path).text, path, fmt, out_name=out_name)
+    return import_torch(read_text_file(path).text, path, fmt, out_name=out_name)
 
 
 def chrome_trace(program: Program) -> str:
@@ -357,11 +387,7 @@ def read_trace(path: str) -> tuple[Program, Simulation]:
 
     from schedlang.trace import timeline_from_trace
 
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise SchedlangError(f"cannot read '{path}': {exc.strerror}") from None
+    text = read_text_file(path).text  # a regular UTF-8 file within the size limit
     return timeline_from_trace(text, os.path.basename(path).removesuffix(".json"))
 
 

@@ -16,7 +16,7 @@ from schedlang import syntax as S
 from schedlang.evaluate import BUILTINS, CONSTANTS, PIPELINE_FUNCTIONS, SHAPE_NAMES
 from schedlang.ir import Role
 from schedlang.load import Item
-from schedlang.source import Note, SchedlangError, Span
+from schedlang.source import Note, SchedlangError, Source, Span
 
 OVERLAP_MODES = ("sum", "max")
 
@@ -78,8 +78,11 @@ def global_names(items: list[Item]) -> frozenset[str]:
     return frozenset(names | set(CONSTANTS) | set(SHAPE_NAMES))
 
 
-def check_items(items: list[Item]) -> None:
-    """Run every static check (see the module docstring); raise the first error found."""
+def check_items(items: list[Item], main: Source | None = None) -> None:
+    """Run every static check (see the module docstring); raise the first error found.
+
+    ``main`` is the program's own source: a clause missing from the whole program is reported
+    at its last declaration, or at its first line if all its declarations come from imports."""
     glob = global_names(items)
     kinds = {it.decl.name: it.decl for it in items if isinstance(it.decl, S.OpDecl)}
     for it in items:
@@ -87,7 +90,7 @@ def check_items(items: list[Item]) -> None:
         if isinstance(d, S.OpDecl) and d.name in glob:
             raise SchedlangError(f"op kind '{d.name}' has the name of a parameter or constant", d.span)
     seen_clauses = {type(it.decl) for it in items}
-    last_span = items[-1].decl.span if items else None
+    last_span = _end_of_program(items, main)
     for cls, word in ((S.RanksDecl, "ranks"), (S.MicrobatchesDecl, "microbatches")):
         if cls not in seen_clauses:
             raise SchedlangError(f"the program has no '{word}' clause", last_span)
@@ -95,6 +98,15 @@ def check_items(items: list[Item]) -> None:
         raise SchedlangError("the program declares no op kinds ('op F[s, i] time ...')", last_span)
     for it in items:
         _check_decl(it.decl, glob, kinds)
+
+
+def _end_of_program(items: list[Item], main: Source | None) -> Span | None:
+    own = [it.decl.span for it in items if main is not None and it.module == main.name and it.decl.span]
+    if own:
+        return own[-1]
+    if main is not None:
+        return Span(main, 1, 1)
+    return items[-1].decl.span if items else None
 
 
 def _check_decl(d: S.Decl, glob: frozenset[str], kinds: dict[str, S.OpDecl]) -> None:  # noqa: C901

@@ -129,13 +129,9 @@ def parse_config(text: str, name: str) -> Config:
 
 def read_config(path: str) -> Config:
     """Read a config file (see the module docstring)."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise SchedlangError(f"cannot read '{path}': {reason}") from None
-    return parse_config(text, path)
+    from schedlang.load import read_text_file
+
+    return parse_config(read_text_file(path).text, path)
 
 
 def check_config(config: Config, declared: list[str], program: str) -> None:

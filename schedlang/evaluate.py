@@ -5,6 +5,10 @@ dependency rule per op, an index per emitted op), so each syntax tree is compile
 closures over a flat environment dict. Names are assumed resolved (``check`` ran first); errors
 that depend on values (a list index out of range, a division by zero, a type mismatch) are raised
 as located :class:`~schedlang.source.SchedlangError`s by the node that failed.
+
+Work is bounded (see :mod:`schedlang.limits`): an integer result larger than ``max_int_bits`` is
+refused (a ``**`` before it is computed), ``range()`` builds at most ``max_list_len`` items, and a
+float operation on finite numbers that overflows to infinity is an error.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
+from schedlang import limits
 from schedlang import syntax as S
 from schedlang.ir import Value
 from schedlang.source import SchedlangError, Span
@@ -103,30 +108,73 @@ def _sum(args: list[Value], span: Span | None) -> Value:
     if not isinstance(args[0], tuple):
         raise SchedlangError(f"sum() takes a list, got {type_name(args[0])}", span)
     lists = [x for x in args[0] if isinstance(x, tuple)]
-    if not lists:
-        return sum(_num(v, span, "element of sum()") for v in args[0])
-    n = len(lists[0])
-    if any(len(x) != n for x in lists):
-        raise SchedlangError(f"sum() of lists of different lengths ({', '.join(str(len(x)) for x in lists)})", span)
-    return tuple(sum(_num(x[k] if isinstance(x, tuple) else x, span, "element of sum()") for x in args[0])
-                 for k in range(n))
+    try:
+        if not lists:
+            total = sum(_num(v, span, "element of sum()") for v in args[0])
+            return _checked(total, args[0], span, "sum()")
+        n = len(lists[0])
+        if any(len(x) != n for x in lists):
+            raise SchedlangError(f"sum() of lists of different lengths ({', '.join(str(len(x)) for x in lists)})", span)
+        return tuple(_checked(sum(_num(x[k] if isinstance(x, tuple) else x, span, "element of sum()") for x in args[0]),
+                              args[0], span, "sum()")
+                     for k in range(n))
+    except OverflowError as exc:  # an int too large for a float, under a raised max_int_bits
+        raise SchedlangError(f"sum() overflows: {exc}", span) from None
+
+
+def _checked(r: Any, operands: Any, span: Span | None, what: str) -> Any:
+    """A result, unless it is an integer over the limit or an overflow of finite floats."""
+    if type(r) is int:
+        return check_int(r, span)
+    if isinstance(r, float) and math.isnan(r):
+        raise SchedlangError(f"{what} has no numeric result (infinity minus infinity, or zero times infinity)", span)
+    if isinstance(r, float) and not math.isfinite(r) and all(not isinstance(x, float) or math.isfinite(x)
+                                                             for x in operands):
+        raise SchedlangError(f"{what} overflows: the result is too large for a float", span)
+    return r
 
 
 def _to_int(args: list[Value], span: Span | None) -> Value:
     v = _num(args[0], span, "argument of int()")
     if isinstance(v, float) and not math.isfinite(v):
         raise SchedlangError(f"int() of {v}", span)
-    return int(v)
+    return check_int(int(v), span)
+
+
+def check_int(v: int, span: Span | None) -> int:
+    """``v``, or a located error if it is larger than the ``max_int_bits`` limit."""
+    if v.bit_length() > limits.current().max_int_bits:
+        raise limits.exceeded(f"an integer result of {v.bit_length():,} bits is too large", "max_int_bits", span)
+    return v
+
+
+def _rounding(fn: Callable[[Any], Any], name: str) -> Callable[[list[Value], Span | None], Value]:
+    def impl(args: list[Value], span: Span | None) -> Value:
+        v = _num(args[0], span, f"argument of {name}()")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise SchedlangError(f"{name}() of {v}", span)
+        return check_int(fn(v), span)
+
+    return impl
 
 
 def _to_float(args: list[Value], span: Span | None) -> Value:
-    return float(_num(args[0], span, "argument of float()"))
+    return _float(_num(args[0], span, "argument of float()"), span)
+
+
+def _float(v: float | int, span: Span | None) -> float:
+    try:
+        return float(v)
+    except OverflowError:  # an int too large for a float, under a raised max_int_bits
+        raise SchedlangError(f"an integer of {int(v).bit_length():,} bits is too large for a float", span) from None
 
 
 def _range_list(args: list[Value], span: Span | None) -> Value:
     lo, hi = (_num(a, span, "bound of range()") for a in args)
     if not isinstance(lo, int) or not isinstance(hi, int):
         raise SchedlangError("range() bounds must be ints", span)
+    if hi - lo > limits.current().max_list_len:
+        raise limits.exceeded(f"range({lo}, {hi}) would hold {hi - lo:,} items", "max_list_len", span)
     return tuple(range(lo, hi))
 
 
@@ -147,8 +195,8 @@ BUILTINS: dict[str, tuple[int, int, Callable[[list[Value], Span | None], Value]]
     "min": (1, -1, _minmax(min, "min")),
     "max": (1, -1, _minmax(max, "max")),
     "abs": (1, 1, _unary_num(abs, "abs")),
-    "floor": (1, 1, _unary_num(math.floor, "floor")),
-    "ceil": (1, 1, _unary_num(math.ceil, "ceil")),
+    "floor": (1, 1, _rounding(math.floor, "floor")),
+    "ceil": (1, 1, _rounding(math.ceil, "ceil")),
     "int": (1, 1, _to_int),
     "float": (1, 1, _to_float),
     "len": (1, 1, _len),
@@ -178,10 +226,18 @@ def _arith(op: str, a: Any, b: Any, span: Span | None) -> Any:
     _num(b, span, f"right operand of '{op}'")
     if op in ("/", "//", "%") and b == 0:
         raise SchedlangError(f"division by zero in '{op}'", span)
+    if op == "**" and type(a) is int and type(b) is int and b > 0 and abs(a) > 1:
+        # estimate the size before computing: 2**2**40 must not run for hours
+        bits = b * math.log2(abs(a))
+        if bits > limits.current().max_int_bits + 1:
+            raise limits.exceeded(f"{a}**{b} would have about {bits:,.0f} bits", "max_int_bits", span)
     try:
-        return _ARITH[op](a, b)
+        r = _ARITH[op](a, b)
     except (OverflowError, ValueError, ZeroDivisionError) as exc:
         raise SchedlangError(f"arithmetic error in '{op}': {exc}", span) from None
+    if isinstance(r, complex):  # a negative number to a fractional power
+        raise SchedlangError(f"arithmetic error in '{op}': {format_value(a)} ** {format_value(b)} is not a real number", span)
+    return _checked(r, (a, b), span, f"'{op}'")
 
 
 def compile_expr(e: S.Expr, functions: dict[str, Callable[[list[Value], Span | None], Value]] | None = None) -> Fn:  # noqa: C901
@@ -215,11 +271,14 @@ def compile_expr(e: S.Expr, functions: dict[str, Callable[[list[Value], Span | N
         left, right, op, span = compile_expr(e.left, funcs), compile_expr(e.right, funcs), e.op, e.span
         fast = _ARITH[op]
         if op in ("+", "-", "*"):
+            top = (1 << limits.current().max_int_bits) - 1
 
             def binary_fast(env: Env) -> Any:
                 a, b = left(env), right(env)
                 if type(a) is int and type(b) is int:  # the common case: index arithmetic
-                    return fast(a, b)
+                    r = fast(a, b)
+                    if -top <= r <= top:
+                        return r
                 return _arith(op, a, b, span)
 
             return binary_fast
@@ -296,4 +355,4 @@ def expect_int(v: Any, span: Span | None, what: str) -> int:
 
 
 def expect_num(v: Any, span: Span | None, what: str) -> float:
-    return float(_num(v, span, what))
+    return _float(_num(v, span, what), span)

@@ -336,6 +336,8 @@ def _comm_rows(cells: list[list[tuple[str, Span]]], placement: list[int]) -> tup
             elif kind in ("UNSHARD", "RESHARD"):
                 ins = None
             else:
+                if len(a.group(1)) > 9 or len(a.group(3)) > 9:  # int() of a huge one is slow or refused
+                    raise SchedlangError(f"stage or microbatch index too large in '{text[:40]}'", span)
                 s = int(a.group(1))
                 if s >= S:
                     raise SchedlangError(f"'{text}' names stage {s}, but the stages run 0..{S - 1}", span)
@@ -473,8 +475,9 @@ def emit_torch_csv_comms(program: Program) -> str:
 
 # ================================================================== import
 
-# indices of at most 9 digits: larger ones are no schedule, and int() of a huge one is slow or refused
-_ACTION = re.compile(r"(\d{1,9})(F|I|B|W|UNSHARD|RESHARD|REDUCE_GRAD|SEND_F|RECV_F|SEND_B|RECV_B)(\d{0,9})")
+# indices of any length match, so that one of over 9 digits gets its own error (no schedule has
+# one, and int() of a huge one is slow or refused)
+_ACTION = re.compile(r"(\d+)(F|I|B|W|UNSHARD|RESHARD|REDUCE_GRAD|SEND_F|RECV_F|SEND_B|RECV_B)(\d*)")
 _OVERLAP = re.compile(r"\((.*)\)OVERLAP_F_B")
 
 
@@ -507,8 +510,11 @@ class TorchSchedule:
 def _parse_one(text: str, span: Span, fmt: str) -> Action | None:
     m = _ACTION.fullmatch(text)
     if m is None:
-        raise SchedlangError(f"not a PyTorch action: '{text}' (expected e.g. 0F1, 2I0, 1SEND_B3)", span)
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise SchedlangError(f"not a PyTorch action: '{shown}' (expected e.g. 0F1, 2I0, 1SEND_B3)", span)
     stage, kind, mb = m.groups()
+    if len(stage) > 9 or len(mb) > 9:  # also keeps int() clear of Python's 4300-digit limit
+        raise SchedlangError(f"stage or microbatch index too large in '{text[:40]}'", span)
     if kind in COMM_TYPES:
         if fmt == "compute_only":
             raise SchedlangError(f"communication action '{text}' in a compute_only schedule (use "
@@ -679,6 +685,6 @@ def import_torch(text: str, name: str = "<csv>", fmt: str = "auto", out_name: st
 
 def import_csv(path: str, fmt: str = "auto") -> Program:
     """Read and import a PyTorch CSV file (see :func:`import_torch`)."""
-    from schedlang.source import read_file
+    from schedlang.load import read_text_file
 
-    return import_torch(read_file(path).text, path, fmt)[1]
+    return import_torch(read_text_file(path).text, path, fmt)[1]

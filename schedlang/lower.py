@@ -15,12 +15,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from schedlang import limits
+from schedlang import limits as _limits
 from schedlang import syntax as S
 from schedlang.check import check_items, pattern_binders
 from schedlang.evaluate import (
     CONSTANTS,
     Env,
     Fn,
+    check_int,
     compile_expr,
     expect_int,
     expect_num,
@@ -39,13 +42,10 @@ from schedlang.ir import (
     SchedulerCall,
     Value,
 )
+from schedlang.limits import Limits
 from schedlang.load import Item, load_program_items
 from schedlang.source import Note, SchedlangError, Source, Span
 from schedlang.verify import verify_acyclic
-
-# Sanity caps: a typo such as `microbatches 88888888` must give an error, not exhaust the machine.
-MAX_OPS = 5_000_000
-MAX_LOOP_STEPS = 50_000_000
 
 
 class _Globals(dict[str, Any]):
@@ -117,11 +117,16 @@ def lower(items: list[Item], name: str, overrides: Mapping[str, Value] | None = 
     R = _positive(g["num_ranks"], clause[S.RanksDecl], "the number of ranks")
     Sn = _positive(g["num_stages"], stages_decl, "the number of stages")
     M = _positive(g["num_microbatches"], clause[S.MicrobatchesDecl], "the number of microbatches")
-    if len([d for d in decls if isinstance(d, S.OpDecl)]) * Sn * M > MAX_OPS:
-        raise SchedlangError(f"{Sn} stages x {M} microbatches x op kinds is over {MAX_OPS:,} ops; "
-                             "is a size parameter wrong?", clause[S.MicrobatchesDecl].span)
-    if R > MAX_OPS:
-        raise SchedlangError(f"{R} ranks is too many", clause[S.RanksDecl].span)
+    # Sanity caps, before any op is built: a typo such as `microbatches 88888888` must give an
+    # error, not exhaust the machine.
+    lim = limits.current()
+    n_kinds = len([d for d in decls if isinstance(d, S.OpDecl)])
+    if n_kinds * Sn * M > lim.max_ops:
+        raise limits.exceeded(f"{Sn:,} stages x {M:,} microbatches x {n_kinds} op kinds is over "
+                              f"{lim.max_ops:,} ops; is a size parameter wrong?", "max_ops",
+                              clause[S.MicrobatchesDecl].span)
+    if R > lim.max_ops:
+        raise limits.exceeded(f"{R:,} ranks is too many", "max_ops", clause[S.RanksDecl].span)
     for n in exprs:  # evaluate every global now, so an error in an unused one is still reported
         g[n]  # noqa: B018
     st.stages_span = stages_decl.span
@@ -136,6 +141,7 @@ def lower(items: list[Item], name: str, overrides: Mapping[str, Value] | None = 
         comm = _nonneg(compile_expr(c.value, st.funcs)(env), c.value.span, "the comm time")
     dep_decls = [d for d in decls if isinstance(d, S.DepDecl)]
     edges = _expand_rules(dep_decls, env, ops, index, comm, st)
+    _check_finite_totals(decls, ops, edges)
     mem_limit, ml_span = _mem_limit(clause.get(S.MemLimitDecl), env, R, st)
     overlap = clause[S.OverlapDecl].mode if S.OverlapDecl in clause else "sum"
 
@@ -157,8 +163,9 @@ def lower(items: list[Item], name: str, overrides: Mapping[str, Value] | None = 
     )
     verify_acyclic(program)
     sched = clause.get(S.ScheduleDecl)
-    if sched is None:
-        return program
+    if sched is None:  # the error, if no scheduler is given later, points at the program's end
+        own: list[Span | None] = [it.decl.span for it in items if it.module == name and it.decl.span is not None]
+        return _replace(program, schedule_span=(own or [it.decl.span for it in items])[-1])
     if isinstance(sched.body, S.SchedulerCall):
         call = sched.body
         args = tuple((a.name, _value(compile_expr(a.value, st.funcs)(env), a.value.span)) for a in call.args)
@@ -421,6 +428,7 @@ def _expand_rules(rules: list[S.DepDecl], env: Env, ops: list[Op], index: dict[t
         by_kind.setdefault(o.kind, []).append(o)
     edges: list[Edge] = []
     seen: set[tuple[int, int]] = set()
+    max_deps = limits.current().max_deps
     for ri, rule in enumerate(rules):
         bs, bm = pattern_binders(rule.src, glob)
         fixed_s = None if bs else expect_int(compile_expr(rule.src.stage, st.funcs)(env), rule.src.stage.span, "the stage")
@@ -460,7 +468,28 @@ def _expand_rules(rules: list[S.DepDecl], env: Env, ops: list[Op], index: dict[t
                 continue
             seen.add((o.id, k))
             edges.append(Edge(o.id, k, latency, ri))
+            if len(edges) > max_deps:
+                raise limits.exceeded(f"the dependency rules make over {max_deps:,} dependencies", "max_deps",
+                                      rule.span)
     return edges
+
+
+def _check_finite_totals(decls: list[S.Decl], ops: list[Op], edges: list[Edge]) -> None:
+    """Every op time is finite, but their sum (a bound on any step time) or the memory total
+    may still overflow to infinity: refuse that here rather than print ``inf`` or ``nan``."""
+    work = sum(o.time for o in ops) + sum(e.latency for e in edges)
+    memory = sum(abs(o.mem) for o in ops)
+    if math.isfinite(work) and math.isfinite(memory):
+        return
+    what = "time" if not math.isfinite(work) else "memory"
+    biggest = max(ops, key=lambda o: o.time if what == "time" else abs(o.mem))
+    span = None
+    for d in decls:
+        if isinstance(d, S.OpDecl) and d.name == biggest.kind:
+            attr = next((a for a in d.attrs if isinstance(a, S.TimeAttr if what == "time" else S.MemAttr)), d)
+            span = attr.span
+    raise SchedlangError(f"the ops' total {what} overflows a float (the largest is {biggest.label}); "
+                         f"is a {what} too large?", span)
 
 
 def _rule_warnings(items: list[Item], rules: list[S.DepDecl], edges: list[Edge], main: str
@@ -513,8 +542,8 @@ def _run_orders(body: S.Orders, env: Env, program: Program, index: dict[tuple[st
         if isinstance(blk, S.RankLoop):
             lo = expect_int(compile_expr(blk.lo, st.funcs)(local), blk.lo.span, "the first rank")
             hi = expect_int(compile_expr(blk.hi, st.funcs)(local), blk.hi.span, "the rank bound")
-            if hi - lo > MAX_OPS:
-                raise SchedlangError(f"rank loop {lo}..{hi} is too long", blk.span)
+            if hi - lo > limits.current().max_ops:
+                raise limits.exceeded(f"rank loop {lo}..{hi} is too long", "max_ops", blk.span)
             ranks = [(r, blk.span) for r in range(lo, hi)]
             var: str | None = blk.var
         else:
@@ -566,14 +595,15 @@ def _compile_stmt(x: S.Stmt, st: _State, run: _OrderRun) -> Callable[[Env], None
     if isinstance(x, S.ForStmt):
         var, lo, hi, body = x.var, compile_expr(x.lo, f), compile_expr(x.hi, f), _compile_block(x.body, st, run)
         lo_span, hi_span = x.lo.span, x.hi.span
+        max_steps = limits.current().max_loop_steps
 
         def loop(env: Env) -> None:
             a = expect_int(lo(env), lo_span, "a loop bound")
             b = expect_int(hi(env), hi_span, "a loop bound")
             run.steps += max(0, b - a)
-            if run.steps > MAX_LOOP_STEPS:
-                raise SchedlangError(f"the schedule block runs over {MAX_LOOP_STEPS:,} loop steps; "
-                                     f"is a loop bound wrong? (this loop: {a}..{b})", x.span)
+            if run.steps > max_steps:
+                raise limits.exceeded(f"the schedule block runs over {max_steps:,} loop steps; "
+                                      f"is a loop bound wrong? (this loop: {a}..{b})", "max_loop_steps", x.span)
             for v in range(a, b):
                 env[var] = v
                 body(env)
@@ -650,7 +680,11 @@ def compile_fn(e: S.Expr) -> Fn:
 
 
 def _to_value(v: Any, name: str) -> Value:
-    if isinstance(v, (bool, int, float, str)):
+    if isinstance(v, int) and not isinstance(v, bool):
+        return check_int(v, None)
+    if isinstance(v, float) and v != v:
+        raise SchedlangError(f"parameter '{name}': NaN is not a value")
+    if isinstance(v, (bool, float, str)):
         return v
     if isinstance(v, (list, tuple)):
         return tuple(_to_value(x, name) for x in v)
@@ -662,16 +696,20 @@ def _declared_params(items: list[Item]) -> dict[str, S.ParamDecl]:
 
 
 def lower_source(source: Source, params: Mapping[str, Any] | None = None,
-                 param_spans: Mapping[str, Span] | None = None) -> Program:
-    """Parse, check and lower one source (with its imports) under parameter overrides."""
-    items = load_program_items(source)
-    check_items(items)
-    declared = _declared_params(items)
-    overrides: dict[str, Value] = {}
-    for name, value in (params or {}).items():
-        if name not in declared:
-            known = ", ".join(declared) or "none"
-            span = (param_spans or {}).get(name)
-            raise SchedlangError(f"'{source.name}' has no parameter '{name}' (parameters: {known})", span)
-        overrides[name] = _to_value(value, name)
-    return lower(items, source.name, overrides, param_spans)
+                 param_spans: Mapping[str, Span] | None = None, *, import_root: str | None = None,
+                 limits: Limits | Mapping[str, int] | None = None) -> Program:
+    """Parse, check and lower one source (with its imports) under parameter overrides. Imports
+    resolve under ``import_root`` (default: the source's folder); ``limits`` raise or lower the
+    work limits (:mod:`schedlang.limits`)."""
+    with _limits.using(limits):
+        items = load_program_items(source, import_root)
+        check_items(items, source)
+        declared = _declared_params(items)
+        overrides: dict[str, Value] = {}
+        for name, value in (params or {}).items():
+            if name not in declared:
+                known = ", ".join(declared) or "none"
+                span = (param_spans or {}).get(name)
+                raise SchedlangError(f"'{source.name}' has no parameter '{name}' (parameters: {known})", span)
+            overrides[name] = _to_value(value, name)
+        return lower(items, source.name, overrides, param_spans)

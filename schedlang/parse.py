@@ -7,11 +7,14 @@ exception is converted here into a located :class:`~schedlang.source.SchedlangEr
 
 from __future__ import annotations
 
+import difflib
 import functools
+import math
+import sys
 from importlib import resources
 from typing import Any
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import (
     UnexpectedCharacters,
     UnexpectedEOF,
@@ -20,8 +23,15 @@ from lark.exceptions import (
     VisitError,
 )
 
+from schedlang import limits
 from schedlang import syntax as S
 from schedlang.source import SchedlangError, Source, Span
+
+# The words a declaration starts with (a file that starts with none of them is not a program).
+KEYWORDS = frozenset({"import", "param", "let", "ranks", "stages", "microbatches", "place", "op", "comm",
+                      "dep", "mem_limit", "overlap", "schedule"})
+# Longest integer literal converted at all (Python refuses to convert 4301 digits and more).
+_MAX_INT_DIGITS = 4000
 
 _TOKEN_NAMES = {
     "NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": "a string",
@@ -50,11 +60,19 @@ class _Builder(Transformer[Token, Any]):
     # -- expressions
     @v_args(meta=True)
     def int_lit(self, meta: Any, c: list[Token]) -> S.IntLit:
-        return S.IntLit(int(c[0]), self._span(meta))
+        text, span = str(c[0]), self._span(meta)
+        bits = limits.current().max_int_bits
+        if len(text) > _MAX_INT_DIGITS or int(text).bit_length() > bits:
+            what = f"a {len(text):,}-digit integer" if len(text) > 30 else f"the integer {text}"
+            raise limits.exceeded(f"{what} is too large", "max_int_bits", span)
+        return S.IntLit(int(text), span)
 
     @v_args(meta=True)
     def float_lit(self, meta: Any, c: list[Token]) -> S.FloatLit:
-        return S.FloatLit(float(c[0]), self._span(meta))
+        value = float(c[0])
+        if not math.isfinite(value):
+            raise SchedlangError("the number is too large for a float (about 1.8e308 at most)", self._span(meta))
+        return S.FloatLit(value, self._span(meta))
 
     @v_args(meta=True)
     def str_lit(self, meta: Any, c: list[Token]) -> S.StrLit:
@@ -264,6 +282,42 @@ def _grammar_text() -> str:
     return resources.files("schedlang.grammars").joinpath("schedlang.lark").read_text("utf-8")
 
 
+class _TooDeep(Exception):
+    def __init__(self, line: int, col: int) -> None:
+        super().__init__(line, col)
+        self.line, self.col = line, col
+
+
+class _DepthTree(Tree[Token]):
+    """A parse-tree node that knows its depth, so a tree nested too deeply is refused while it is
+    being built: a megabyte of ``1+1+...`` fails after a few hundred tokens, not after the parse."""
+
+    limit = 200  # set by _Parser.parse from the limits in force
+    depth: int
+
+    def __init__(self, data: str, children: list[Any], meta: Any = None) -> None:
+        # what Tree.__init__ does, inline: this runs once per node of every parse
+        self.data, self.children, self._meta = data, children, meta
+        depth = 0
+        for c in children:
+            if type(c) is _DepthTree and c.depth > depth:  # tokens and None count 0
+                depth = c.depth
+        self.depth = depth = depth + 1
+        if depth > _DepthTree.limit:
+            line, col = _first_position(children)
+            raise _TooDeep(line, col)
+
+
+def _first_position(children: list[Any]) -> tuple[int, int]:
+    for c in children:
+        if isinstance(c, Token) and c.line is not None:
+            return c.line, c.column or 1
+        meta = getattr(c, "_meta", None)
+        if meta is not None and getattr(meta, "line", None) is not None:
+            return meta.line, meta.column
+    return 1, 1
+
+
 class _Parser:
     """One compiled LALR parser (building it takes ~100 ms) and its AST builder."""
 
@@ -276,14 +330,26 @@ class _Parser:
             propagate_positions=True,
             maybe_placeholders=True,
             start=["start", "value"],
+            tree_class=_DepthTree,
         )
 
     def parse(self, source: Source, start: str) -> Any:
         # The builder reads the current source for its spans; parsing is single-threaded.
         self.builder.source = source
+        lim = limits.current()
+        if len(source.text) > lim.max_source_bytes:
+            raise limits.exceeded(f"the source is {len(source.text):,} characters long", "max_source_bytes",
+                                  Span(Source(source.name, ""), 1, 1))
+        # A byte-order mark reads as a blank, so columns stay those of the text.
+        text = " " + source.text[1:] if source.text.startswith("\ufeff") else source.text
+        _DepthTree.limit = lim.max_depth
+        ensure_recursion_limit(lim.max_depth)
         try:
-            tree = self.lark.parse(source.text, start=start)
+            tree = self.lark.parse(text, start=start)
             return self.builder.transform(tree)
+        except _TooDeep as exc:
+            raise limits.exceeded(f"nested more than {lim.max_depth} levels deep", "max_depth",
+                                  Span(source, exc.line, exc.col)) from None
         except VisitError as exc:  # an error raised on purpose in a callback, or a bug
             if isinstance(exc.orig_exc, SchedlangError):
                 raise exc.orig_exc from None
@@ -303,6 +369,17 @@ def parse_module(source: Source) -> S.Module:
     return S.Module(tuple(items), source.name)
 
 
+def ensure_recursion_limit(max_depth: int) -> None:
+    """Let Python recurse as deep as a tree within ``max_depth`` needs: each level takes a few
+    frames to build, check, compile and evaluate."""
+    needed = 12 * max_depth + 2000
+    if sys.getrecursionlimit() < needed:
+        sys.setrecursionlimit(needed)
+
+
+ensure_recursion_limit(limits.Limits().max_depth)  # at import, so the default never changes it later
+
+
 def _describe_expected(expected: set[str]) -> str:
     names = sorted({_TOKEN_NAMES.get(t, _keyword(t)) for t in expected if not t.startswith("__")})
     if not names:
@@ -317,17 +394,6 @@ def _keyword(term: str) -> str:
     return f"'{term.lower()}'" if term.isupper() else term
 
 
-def _did_you_mean(tok: Token, expected: set[str]) -> str:
-    """A hint for a misspelled keyword (``schedul {``): the closest keyword allowed here."""
-    import difflib
-
-    if tok.type != "NAME":
-        return ""
-    keywords = [t.lower() for t in expected if t.isupper() and t not in _TOKEN_NAMES]
-    best = difflib.get_close_matches(str(tok), keywords, n=1, cutoff=0.7)
-    return f" (did you mean '{best[0]}'?)" if best else ""
-
-
 def _syntax_error(source: Source, exc: UnexpectedInput) -> SchedlangError:
     line = getattr(exc, "line", None) or 1
     col = getattr(exc, "column", None) or 1
@@ -338,7 +404,7 @@ def _syntax_error(source: Source, exc: UnexpectedInput) -> SchedlangError:
             line, col = len(lines), len(lines[-1]) + 1
             msg = "unexpected end of input" + _describe_expected(exc.expected)
         else:
-            msg = f"unexpected {str(tok)!r}" + _did_you_mean(tok, exc.expected) + _describe_expected(exc.expected)
+            msg = f"unexpected {str(tok)!r}" + _did_you_mean(str(tok), exc.expected) + _describe_expected(exc.expected)
             line, col = tok.line or line, tok.column or col
             if "\n" not in str(tok):  # underline the whole token
                 return SchedlangError(msg, Span(source, line, col, line, col + len(str(tok))))
@@ -346,11 +412,33 @@ def _syntax_error(source: Source, exc: UnexpectedInput) -> SchedlangError:
         pos = exc.pos_in_stream or 0
         ch = source.text[pos] if pos < len(source.text) else ""
         msg = f"unexpected character {ch!r}"
+        word = _word_at(source.text, pos)
+        if word:
+            msg = f"unexpected {word!r}" + _did_you_mean(word, exc.allowed) + _describe_expected(exc.allowed)
     elif isinstance(exc, UnexpectedEOF):
         msg = "unexpected end of input"
     else:
         msg = "syntax error"
     return SchedlangError(msg, Span(source, line, col))
+
+
+def _word_at(text: str, pos: int) -> str:
+    end = pos
+    while end < len(text) and (text[end].isalnum() or text[end] == "_") and text[end].isascii():
+        end += 1
+    word = text[pos:end]
+    return word if word and not word[0].isdigit() else ""
+
+
+def _did_you_mean(word: str, expected: set[str]) -> str:
+    """' (did you mean 'schedule'?)' when ``word`` is a near miss of a keyword expected here."""
+    keywords = sorted(t.lower() for t in expected if t.isupper() and t.lower() in KEYWORDS | _OTHER_WORDS)
+    near = difflib.get_close_matches(word, keywords, n=1, cutoff=0.7)
+    return f" (did you mean '{near[0]}'?)" if near and near[0] != word else ""
+
+
+_OTHER_WORDS = frozenset({"rank", "for", "in", "if", "elif", "else", "role", "time", "mem", "where", "latency",
+                          "true", "false", "and", "or", "not"})
 
 
 def parse_expr(source: Source) -> S.Expr:

@@ -422,6 +422,9 @@ def _rgba(colour: str, opacity: float = 1.0) -> tuple[int, int, int, int]:
     return (int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16), round(255 * opacity))
 
 
+MAX_PNG_PIXELS = 100_000_000
+
+
 def scene_png(scene: Scene, path: str, *, dpi_scale: float = 1.0) -> None:
     """Draw a scene with Pillow and save it as PNG at ``path`` (size: scene size x ``dpi_scale``)."""
     try:
@@ -429,6 +432,9 @@ def scene_png(scene: Scene, path: str, *, dpi_scale: float = 1.0) -> None:
     except ImportError:
         raise SchedlangError("PNG output needs Pillow (pip install pillow); SVG needs nothing") from None
     k = dpi_scale
+    w, h = round(scene.width * k), round(scene.height * k)
+    if w * h > MAX_PNG_PIXELS:  # about 3 bytes a pixel in memory
+        raise SchedlangError(f"a {w}x{h} PNG is over {MAX_PNG_PIXELS:,} pixels; draw SVG instead, or fewer ranks")
     img = Image.new("RGB", (round(scene.width * k), round(scene.height * k)), BACKGROUND)
     draw = ImageDraw.Draw(img, "RGBA")
     fonts: dict[tuple[float, bool], ImageFont.FreeTypeFont | ImageFont.ImageFont] = {}

@@ -7,17 +7,19 @@ Internal bugs stay plain assertions and are never dressed up as user errors.
 
 from __future__ import annotations
 
-import os
-import stat
 from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """A named piece of text: a file, a ``std:`` module, or a command-line argument."""
+    """A named piece of text: a file, a ``std:`` module, or a command-line argument.
+
+    ``origin`` is ``"file"`` for text read from a file (its imports resolve next to it) and
+    ``"text"`` otherwise."""
 
     name: str
     text: str
+    origin: str = field(default="text", compare=False)
 
     def line(self, lineno: int) -> str:
         lines = self.text.splitlines()
@@ -80,40 +82,21 @@ def _render_one(severity: str, message: str, span: Span | None) -> str:
     width = 1
     if span.end_line == span.line and span.end_col > span.col:
         width = span.end_col - span.col
-    caret = " " * (span.col - 1) + "^" + "~" * (width - 1)
-    return f"{head}\n  {text.expandtabs(1)}\n  {caret}"
+    text, col = text.expandtabs(1), span.col
+    if len(text) > QUOTE_WIDTH:  # a window around the spot, not a megabyte of line
+        start = max(0, min(col - 1 - QUOTE_WIDTH // 2, len(text) - QUOTE_WIDTH))
+        window = text[start:start + QUOTE_WIDTH]
+        prefix = "..." if start > 0 else ""
+        suffix = "..." if start + QUOTE_WIDTH < len(text) else ""
+        text, col = prefix + window + suffix, col - start + len(prefix)
+        width = max(1, min(width, QUOTE_WIDTH - (col - 1 - len(prefix))))
+    caret = " " * (col - 1) + "^" + "~" * (width - 1)
+    return f"{head}\n  {text}\n  {caret}"
+
+
+QUOTE_WIDTH = 160  # longest part of a source line an error quotes
 
 
 def cli_source(text: str, what: str = "<command line>") -> Source:
     """A pseudo-source for values given on the command line (``--set p=8``)."""
     return Source(what, text)
-
-
-MAX_BYTES = 256 << 20  # a cap, so that a huge or endless file cannot exhaust memory
-
-
-def read_file(path: str, span: Span | None = None) -> Source:
-    """The text of a user's file as a :class:`Source` (UTF-8; a leading byte-order mark is
-    skipped). Unreadable files, files that are not regular or larger than :data:`MAX_BYTES`, and
-    bytes that are not UTF-8 give errors (located at the bad byte for the last; the others at
-    ``span``, where the path was given, if any)."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would hang, /dev/zero never ends
-            raise SchedlangError(f"cannot read '{path}': not a regular file", span)
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_BYTES + 1)
-    except OSError as exc:
-        raise SchedlangError(f"cannot read '{path}': {exc.strerror}", span) from None
-    if len(data) > MAX_BYTES:
-        raise SchedlangError(f"cannot read '{path}': larger than {MAX_BYTES >> 20} MiB", span)
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    try:
-        return Source(path, data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        good = data[:exc.start].decode("utf-8")
-        line = good.count("\n") + 1
-        col = len(good) - (good.rfind("\n") + 1) + 1
-        text = data.decode("utf-8", errors="replace")
-        raise SchedlangError(f"not UTF-8 text: byte 0x{data[exc.start]:02x} cannot be decoded",
-                             Span(Source(path, text), line, col)) from None

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from schedlang import isa
 from schedlang.isa_check import RECVS, SENDS, StreamError, check_streams
-from schedlang.source import SchedlangError, Source, Span, read_file
+from schedlang.load import read_text_file
+from schedlang.source import SchedlangError, Source, Span
 
 Locate = Callable[[StreamError], Span]
 
@@ -95,7 +96,7 @@ def _json_path(err: StreamError) -> str:
 def load_stream_file(path: str) -> tuple[isa.Streams, Source, Locate, str]:
     """Read and parse a stream file: (streams, its source, a locator for checker errors, its kind:
     ``text``, ``json``, ``csv`` or ``csv-compute-only``)."""
-    source = read_file(path)
+    source = read_text_file(path)
     if path.endswith(".csv"):
         from schedlang.export import torch_csv_streams
 

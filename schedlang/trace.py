@@ -120,6 +120,8 @@ def timeline_from_trace(text: str, name: str = "trace") -> tuple[Program, Simula
         raise SchedlangError(f"'{name}' is not a Chrome trace: no {exc} field") from None
     except (ValueError, TypeError, AttributeError) as exc:
         raise SchedlangError(f"'{name}' is not a Chrome trace: {exc}") from None
+    except RecursionError:  # json nests one Python frame per bracket
+        raise SchedlangError(f"'{name}' is not a Chrome trace: it is nested too deeply") from None
     if not events:
         raise SchedlangError(f"'{name}' has no compute events (complete events with args op, stage and mb)")
     t0 = min(float(e["ts"]) for e in events)

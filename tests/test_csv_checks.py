@@ -101,7 +101,7 @@ def test_compute_only_csv_is_checked_with_communication(tmp_path: Path, capsys: 
     ("0F0,(0F1;0B0;1F0)OVERLAP_F_B\n1F0,1B0\n", "1:5", "OVERLAP_F_B must hold one forward and one backward"),
     ("0F0,0B0,0REDUCE_GRAD\n1F0,1B0,5SEND_F0,1REDUCE_GRAD\n", "2:9", "'5SEND_F0' names stage 5"),
     ("0F0,0B0,0REDUCE_GRAD\n1F0,1B0,1SEND_F0,1REDUCE_GRAD\n", "2:9", "'1SEND_F0' has no peer stage"),
-    ("0F0,0B0\n1F0,1B" + "9" * 5000 + "\n", "2:5", "not a PyTorch action"),
+    ("0F0,0B0\n1F0,1B" + "9" * 5000 + "\n", "2:5", "stage or microbatch index too large"),
 ])
 def test_broken_csvs_give_located_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str,
                                          where: str, message: str) -> None:

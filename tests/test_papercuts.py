@@ -137,11 +137,14 @@ def test_compare_params_names_a_parameter_no_program_declares(tmp_path: Path,
 # ------------------------------------------------------------------ render --width, run --launcher
 
 
-@pytest.mark.parametrize("width", ["0", "-5", "199"])
-def test_render_width_below_200_is_refused(width: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("width", ["0", "-5", "199", "100000000"])
+def test_render_width_out_of_range_is_refused(width: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """0 is refused like -5 (it is not "the default"), before any work: a usage error."""
     out = tmp_path / "x.svg"
-    assert main(["render", "std:1f1b", "--width", width, "-o", str(out)]) == 1
-    assert f"--width {width} is too small (at least 200 pixels)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["render", "std:1f1b", "--width", width, "-o", str(out)])
+    assert exc.value.code == 2
+    assert f"expected a width from 200 to 20000 pixels, got '{width}'" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -59,10 +59,10 @@ def test_view_errors_are_located_in_the_editor() -> None:
     err = v["error"]
     assert (err["line"], err["col"], err["end_line"], err["end_col"]) == (3, 1, 3, 8)
     assert err["rendered"].startswith("explorer.sched:3:1: error: unexpected 'schedul' (did you mean 'schedule'?)")
-    # an error in an imported module is rendered with its own file, not placed in the editor
+    # an error a control's value causes is rendered at the control, not placed in the editor
     v = serve.view(ZB, "explorer.sched", {"tf": "1, 2"})
     assert v["ok"] is False and "line" not in v["error"]
-    assert v["error"]["rendered"].startswith("std:fbw:")
+    assert v["error"]["rendered"].startswith("<control tf>:1:1: error: tf: a list of 2 values")
 
 
 def test_view_errors_in_a_control_name_the_control() -> None:

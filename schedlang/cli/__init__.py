@@ -22,7 +22,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from schedlang import __version__
+from schedlang import __version__, limits
 from schedlang.cli import codegen, core, ilp, library, profile, runtime, serve, ux
 from schedlang.cli.common import Command, config_output
 from schedlang.source import SchedlangError
@@ -69,8 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        config_output(args)
-        return COMMANDS[args.command].run(args)
+        with limits.using(dict(getattr(args, "limits", None) or [])):
+            config_output(args)
+            return COMMANDS[args.command].run(args)
     except SchedlangError as exc:
         print(exc.render(), file=sys.stderr)
         return EXIT_USER

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from schedlang.cli.common import Command, add_emit_arg, write_output
+from schedlang.cli.common import Command, add_emit_arg, add_limit_arg, write_output
 
 
 def _import_args(p: argparse.ArgumentParser) -> None:
@@ -17,6 +17,7 @@ def _import_args(p: argparse.ArgumentParser) -> None:
                    help="compute_only rejects communication actions (as PyTorch does); compute_comms and "
                         "auto skip them (default auto)")
     p.add_argument("-o", "--output", metavar="OUT.sched", help="write the program here instead of stdout")
+    add_limit_arg(p, "max_source_bytes=8000000")
     add_emit_arg(p, "write the imported schedule in this format",
                  "the program as imported, importing std:fbw or std:fused; sched writes it self-contained")
 

@@ -31,9 +31,20 @@ def add_program_args(p: argparse.ArgumentParser, *, scheduler: bool = True) -> N
                    help="read parameters from a JSON or YAML file (the 1F1B visualizer's num_stages, num_batches, "
                         "forward_times, backward_times, p2p_time, output_file, or parameter names); "
                         "--params and --set win over it")
+    p.add_argument("--import-root", metavar="DIR",
+                   help="let imports reach .sched files under DIR (default: the file's folder)")
+    add_limit_arg(p)
     if scheduler:
         p.add_argument("--scheduler", metavar="NAME[:ARG=VALUE,...]",
                        help="replace the program's schedule clause with a named scheduler")
+
+
+def add_limit_arg(p: argparse.ArgumentParser, example: str = "max_ops=5000000") -> None:
+    """``--limit NAME=N`` (repeatable): raise or lower a work limit of :mod:`schedlang.limits`."""
+    from schedlang.limits import limit_arg
+
+    p.add_argument("--limit", dest="limits", action="append", type=limit_arg, metavar="NAME=N",
+                   help=f"raise a work limit (e.g. {example}; see schedlang.limits)")
 
 
 def emit_format(name: str) -> str:
@@ -86,7 +97,8 @@ def load_program(args: argparse.Namespace, *, scheduled: bool = True,
     return api.load_program(args.file, sets=args.sets, params_file=getattr(args, "params", None),
                             scheduler=getattr(args, "scheduler", None), scheduled=scheduled,
                             dump_after=dump_after, dump=dump, on_warning=print_warning,
-                            config_file=getattr(args, "config", None))
+                            config_file=getattr(args, "config", None),
+                            import_root=getattr(args, "import_root", None))
 
 
 def config_output(args: argparse.Namespace) -> None:

@@ -23,6 +23,7 @@ from schedlang.cli.common import (
     load_program,
     write_output,
 )
+from schedlang.limits import positive_float
 from schedlang.schedulers.ilp.options import IlpOptions
 
 _DEFAULTS = IlpOptions()
@@ -31,7 +32,7 @@ _DEFAULTS = IlpOptions()
 def _args(p: argparse.ArgumentParser) -> None:
     add_program_args(p, scheduler=False)
     p.add_argument("--objective", default=_DEFAULTS.objective, help="span (the paper's cost) or makespan")
-    p.add_argument("--time-limit", type=float, default=_DEFAULTS.time_limit,
+    p.add_argument("--time-limit", type=positive_float, default=_DEFAULTS.time_limit,
                    help="CP-SAT deterministic time (about seconds)")
     p.add_argument("--wall-limit", type=float, default=_DEFAULTS.wall_limit,
                    help="wall-clock cap in seconds (default 4 * time limit + 10; 0: none)")
@@ -53,6 +54,7 @@ def _args(p: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     from schedlang import api
 
+    api.check_output_path(args.output)
     program = load_program(args, scheduled=False)
     options = IlpOptions(objective=args.objective, time_limit=args.time_limit, mem_limit=args.mem_limit,
                          seed=args.seed, workers=args.workers, lns=not args.no_lns,

@@ -43,6 +43,7 @@ def _profile_run(args: argparse.Namespace) -> int:
     from schedlang.term import Column, Table, use_colour
 
     api.check_profile_options(args.repeats, args.warmup)
+    api.check_output_path(args.output)
     prog = load_program(args, scheduled=False)
     rows = api.profile(prog, args.model, split_backward=args.split_backward, repeats=args.repeats,
                        warmup=args.warmup)

@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from schedlang.cli.common import Command, add_program_args, load_program
+from schedlang.limits import nonneg_int, positive_float
 from schedlang.source import SchedlangError
 
 
@@ -32,16 +33,17 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="how the workers start: torchrun (python -m torch.distributed.run --standalone, "
                         "the default) or spawn (torch.multiprocessing from this process; each failed "
                         "rank's error is reported)")
-    p.add_argument("--prepost", type=int, default=4, metavar="K",
+    p.add_argument("--prepost", type=nonneg_int, default=4, metavar="K",
                    help="post each receive K instructions before its place in the stream (default 4; "
                         "0 = exactly where the stream says)")
-    p.add_argument("--timeout", type=float, default=60.0,
+    p.add_argument("--timeout", type=positive_float, default=60.0,
                    help="seconds an instruction may take before every rank stops (default 60)")
 
 
 def _run_run(args: argparse.Namespace) -> int:
     from schedlang import api
 
+    api.check_output_path(args.trace)
     prog = load_program(args)
     nproc = api.check_run(prog, nproc=args.nproc, steps=args.steps, model=args.model)
     print(f"{prog.name}: {prog.num_ranks} ranks, {prog.num_stages} stages, {prog.num_microbatches} "

@@ -30,11 +30,13 @@ from typing import Any
 
 from schedlang.cli.common import (
     Command,
+    add_limit_arg,
     add_program_args,
     load_program,
     print_warning,
     write_output,
 )
+from schedlang.limits import picture_width
 from schedlang.source import SchedlangError
 from schedlang.term import Column, Table, fmt_num, paint, use_colour
 
@@ -47,8 +49,8 @@ def _render_args(p: argparse.ArgumentParser) -> None:
     p.description = ("draw a schedule as SVG or PNG: one row per rank, time across; FILE may also be a "
                      "Chrome trace (.json, planned or measured), drawn as recorded")
     p.add_argument("--memory", action="store_true", help="plot each rank's memory under its row")
-    p.add_argument("--width", type=int, default=None,
-                   help="picture width in pixels, at least 200 (default: from the schedule)")
+    p.add_argument("--width", type=picture_width, default=None,
+                   help="picture width in pixels, 200 to 20000 (default: from the schedule)")
     p.add_argument("--format", choices=("svg", "png"), help="output format (default: from OUT's extension)")
 
 
@@ -64,8 +66,6 @@ def _render_run(args: argparse.Namespace) -> int:
         fmt = "png" if ext == ".png" else "svg"
     if fmt == "png" and (not args.output or args.output == "-"):
         raise SchedlangError("PNG output needs -o OUT.png (a file, not stdout)")
-    if args.width is not None and args.width < 200:  # 0 too: it is not "the default"
-        raise SchedlangError(f"--width {args.width} is too small (at least 200 pixels)")
     if args.file.endswith(".json"):
         prog, sim = _trace_timeline(args)
         scene = api.render(prog, sim, width=args.width or 0)
@@ -108,6 +108,7 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     out.add_argument("--json", action="store_true", help="print a JSON list, one object per row")
     out.add_argument("--csv", action="store_true", help="print CSV with a header line")
     p.add_argument("-o", "--output", metavar="PATH", help="write to PATH instead of stdout")
+    add_limit_arg(p)
 
 
 def _peak_cell(peaks: list[float]) -> str:

@@ -40,7 +40,7 @@ def schedule_pass(program: Program) -> Program:
     if sched is None:
         raise SchedlangError(
             f"'{program.name}' has no schedule: add a 'schedule {{ ... }}' block or "
-            "'schedule \"NAME\"(...)', or pass --scheduler NAME", None)
+            "'schedule \"NAME\"(...)', or pass --scheduler NAME", program.schedule_span)
     assert isinstance(sched, SchedulerCall)
     from schedlang.schedulers import resolve
 
