@@ -35,8 +35,11 @@ the checked streams. :meth:`PipelineRunner.step` trains on one batch:
   gloo cannot send CUDA tensors and NCCL refuses two ranks on one GPU, so this is how several
   processes sharing one GPU run a pipeline.
 - ``REDUCE_GRAD`` scales a stage's gradients by 1/num_microbatches (the loss is a mean over
-  microbatches) and all-reduces them (mean) over ``dp_group`` when given; ``OPT_STEP`` steps the
-  optimizer and zeroes the gradients. A stream without them gets them appended. With several
+  microbatches). With ``dp_group`` it also averages them over the data-parallel replicas: one
+  flat all-reduce per stage (a bucket holding all its gradients, not one call per parameter),
+  started asynchronously where the stream puts ``REDUCE_GRAD`` (codegen: right after the stage's
+  last backward), so it overlaps the rest of the backward; ``OPT_STEP`` waits for the buckets,
+  steps the optimizer and zeroes the gradients. A stream without them gets them appended. With several
   chains, stages that run the same model part hold weight replicas: before the optimizer step
   their gradients are summed (within the rank, then across ranks through the lowest holder), so
   the replicas stay identical. Each stage needs its own module object.
@@ -195,6 +198,8 @@ class PipelineRunner:
         self._received: dict[int, int] = {}
         self._release = send_release_points(streams, rank)
         self._losses: dict[int, torch.Tensor] = {}
+        # data-parallel reductions in flight: (stage, work, flat bucket, the grads it averages)
+        self._buckets: list[tuple[int, Any, torch.Tensor, list[torch.Tensor]]] = []
         self._inputs: Sequence[torch.Tensor] = ()
         self._targets: Sequence[Any] = ()
         if store is None and dist.is_available() and dist.is_initialized():
@@ -216,6 +221,7 @@ class PipelineRunner:
                 self.monitor.check()
                 self._run(index, ins)
             current = None
+            self._finish_buckets()  # normally done by OPT_STEP already
             self._finish_sends()
             leftover = sorted(self._table)
             assert not leftover, f"buffers left at the end of the step: {leftover}"
@@ -492,16 +498,35 @@ class PipelineRunner:
         self.user_ops[ins.kind](self, ins)
 
     def _op_reduce(self, ins: Instr) -> None:
+        """Scale the stage's gradients by 1/m; with ``dp_group``, start one flat all-reduce of
+        them (a bucket per stage), which runs while the stream goes on and is waited for at the
+        optimizer step."""
         grads = [p.grad for p in self.params[ins.stage] if p.grad is not None]
-        for g in grads:
-            g.mul_(1.0 / self.m)
-        if self.dp_group is not None:
-            size = dist.get_world_size(self.dp_group)
+        if self.dp_group is None:
             for g in grads:
-                dist.all_reduce(g, group=self.dp_group)
-                g.div_(size)
+                g.mul_(1.0 / self.m)
+            return
+        if not grads:
+            return
+        # the 1/m scale and the 1/replicas mean folded into the flat copy: one pass over the grads
+        size = dist.get_world_size(self.dp_group)
+        flat = torch.cat([g.reshape(-1) for g in grads]).mul_(1.0 / (self.m * size))
+        work = dist.all_reduce(flat, group=self.dp_group, async_op=True)
+        self._buckets.append((ins.stage, work, flat, grads))
+
+    def _finish_buckets(self) -> None:
+        """Wait for the data-parallel reductions and copy the averaged gradients back."""
+        for _, work, flat, grads in self._buckets:
+            work.wait()
+            at = 0
+            for g in grads:
+                n = g.numel()
+                g.copy_(flat[at:at + n].view_as(g))
+                at += n
+        self._buckets.clear()
 
     def _op_step(self, ins: Instr) -> None:
+        self._finish_buckets()
         self._sum_replicas()
         if self.optimizer is not None:
             self.optimizer.step()

@@ -7,6 +7,23 @@ rank and world size from the environment) or by :func:`schedlang.runtime.launch.
 :mod:`schedlang.runtime.models`), keeps the stages of its rank, trains ``--steps`` steps, prints
 the loss of every step on the rank that holds the last stage, and writes its timeline to
 ``OUT/rank{R}.json``. A failure prints one line naming the rank and instruction and exits 1.
+
+Several nodes: torchrun's own rendezvous joins them (``--nnodes N --node-rank K
+--rdzv-endpoint HOST:PORT --nproc-per-node P``); every node compiles its own copy of the
+program, so before anything else the ranks exchange a hash of their streams and run options
+(:func:`check_same_program`): when two differ, every rank stops with a message naming both.
+
+Pipeline x data parallel (``--dp D``): ``p x D`` processes on a ``torch.distributed``
+DeviceMesh of shape ``(D, p)`` with dimensions named ``"dp"`` and ``"pp"`` (global rank
+``d * p + r`` is pipeline rank ``r`` of replica ``d``). Replica ``d`` trains on the ``d``-th of
+``D`` equal shards of every batch; the runner averages each stage's gradients over ``"dp"`` with
+one flat all-reduce per stage, started at the stage's ``REDUCE_GRAD`` (right after its last
+backward) and waited for at the optimizer step. The printed loss is the mean over replicas,
+i.e. the loss of the whole batch.
+
+Placement (:func:`choose_backend`, :func:`placement`): with CUDA, local rank ``k`` uses device
+``k`` and NCCL is the default backend; gloo is the CPU default; ``--backend`` overrides (gloo
+on CUDA stages the tensors that cross ranks through host memory).
 """
 
 from __future__ import annotations
@@ -14,14 +31,91 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import hashlib
 import importlib
 import json
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["default_device", "load_factory", "main", "prepare_stages", "worker_main"]
+__all__ = ["ProgramMismatch", "check_same_program", "choose_backend", "default_device", "load_factory",
+           "main", "placement", "prepare_stages", "worker_main"]
+
+BACKENDS = ("gloo", "nccl")
+
+
+class ProgramMismatch(RuntimeError):
+    """Two ranks were started with different programs or run options."""
+
+
+def choose_backend(requested: str | None, cuda: bool) -> str:
+    """The process-group backend: ``requested`` when given, else NCCL with CUDA and gloo without."""
+    if requested is None:
+        return "nccl" if cuda else "gloo"
+    if requested not in BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, not {requested!r}")
+    if requested == "nccl" and not cuda:
+        raise ValueError("--backend nccl needs CUDA, and this machine has no CUDA device (use gloo)")
+    return requested
+
+
+def placement(local_rank: int, backend: str, cuda_devices: int) -> tuple[str, str]:
+    """``(compute device, comm device)`` of the process with ``local_rank`` on its node.
+
+    With CUDA, local rank ``k`` computes on ``cuda:k``. NCCL moves CUDA tensors itself but
+    refuses two ranks on one GPU, so it needs a GPU per local rank. Gloo cannot move CUDA
+    tensors: the tensors that cross ranks go through host memory, which also lets more
+    processes than GPUs share them (local rank ``k`` on ``cuda:(k mod count)``). Without CUDA
+    everything stays on the CPU.
+    """
+    if cuda_devices <= 0:
+        return "cpu", "cpu"
+    if backend == "nccl":
+        if local_rank >= cuda_devices:
+            raise ValueError(f"local rank {local_rank} has no GPU of its own: this node has {cuda_devices} "
+                             f"CUDA device(s) and NCCL needs one per process (start at most {cuda_devices} "
+                             "processes per node, or use --backend gloo)")
+        return f"cuda:{local_rank}", f"cuda:{local_rank}"
+    return f"cuda:{local_rank % cuda_devices}", "cpu"
+
+
+def stream_hash(streams_json: str) -> str:
+    """A short hash of a compiled schedule (its isa JSON text)."""
+    return hashlib.sha256(streams_json.encode("utf-8")).hexdigest()[:16]
+
+
+def _identity(rank: int, streams: Any, text: str, args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "rank": rank,
+        "node": os.environ.get("GROUP_RANK", "0"),
+        "host": socket.gethostname(),
+        "program": dict(streams.meta).get("program", "?") if streams is not None else "?",
+        "hash": stream_hash(text) if streams is not None else "unreadable",
+        "options": f"model {args.model}, dp {args.dp}, {args.steps} steps, split-backward {args.split_backward}",
+    }
+
+
+def _describe(ident: dict[str, Any]) -> str:
+    return (f"rank {ident['rank']} (node {ident['node']}, host {ident['host']}) runs program "
+            f"'{ident['program']}' (streams {ident['hash']}; {ident['options']})")
+
+
+def check_same_program(identity: dict[str, Any], group: Any = None) -> None:
+    """Exchange ``identity`` (program, stream hash, run options) with every rank; raise
+    :class:`ProgramMismatch` on every rank, naming the first rank that differs from rank 0
+    and rank 0, when any does."""
+    import torch.distributed as dist
+
+    everyone: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(everyone, identity, group=group)
+    key = ("program", "hash", "options")
+    first = everyone[0]
+    for other in everyone[1:]:
+        if any(other[k] != first[k] for k in key):
+            raise ProgramMismatch(f"ranks run different programs: {_describe(first)}, but {_describe(other)}; "
+                                  "start every node with the same program, parameters and options")
 
 
 def load_factory(spec: str) -> Any:
@@ -61,46 +155,114 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--prepost", type=int, default=4, help="post receives this many instructions early")
+    p.add_argument("--dp", type=int, default=1, help="data-parallel replicas of the pipeline")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="process-group backend (default: nccl with CUDA, else gloo)")
+    p.add_argument("--save", metavar="DIR",
+                   help="write each stage's final parameters to DIR/stage{S}.pt and the losses to DIR/losses.json")
     return p
 
 
 def worker_main(rank: int, world_size: int, argv: Sequence[str]) -> dict[str, Any]:
     """Train as ``rank`` (the process group is already initialised); return the step losses."""
     import torch
+    import torch.distributed as dist
     from schedlang.runtime.executor import PipelineRunner
-
-    from schedlang.isa import load
 
     args = _parser().parse_args(list(argv))
     torch.set_num_threads(args.threads)
-    streams = load(args.streams)
-    if streams.num_ranks != world_size:
-        raise ValueError(f"the schedule has {streams.num_ranks} ranks but {world_size} processes run")
+    streams = _read_and_agree(rank, world_size, args)
+    p = streams.num_ranks
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    backend = dist.get_backend() if dist.is_initialized() else "gloo"
+    device_name, comm_name = placement(local_rank, backend, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    device = torch.device(device_name)
+    group = dp_group = None
+    replica, pp_rank = divmod(rank, p)
+    if args.dp > 1:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh(device.type, (args.dp, p), mesh_dim_names=("dp", "pp"))
+        group, dp_group = mesh.get_group("pp"), mesh.get_group("dp")
+        replica, pp_rank = mesh.get_local_rank("dp"), mesh.get_local_rank("pp")
     # one model part per stage of a chain; several chains (Chimera) run replicas of the parts
     parts = streams.num_parts
     spec = load_factory(args.model)(parts, streams.num_microbatches)
     if len(spec.stages) != parts:
         raise ValueError(f"{args.model} built {len(spec.stages)} stages for a {parts}-stage model")
-    device = default_device()
     mods = prepare_stages({s: copy.deepcopy(spec.stages[streams.part(s)]).to(device)
-                           for s in streams.stream(rank).stages}, args.split_backward)
-    runner = PipelineRunner(streams, rank, mods, spec.loss_fn, spec.optimizer,
+                           for s in streams.stream(pp_rank).stages}, args.split_backward)
+    runner = PipelineRunner(streams, pp_rank, mods, spec.loss_fn, spec.optimizer,
                             split_backward=args.split_backward, timeout=args.timeout, device=device,
-                            prepost=args.prepost)
+                            prepost=args.prepost, comm_device=comm_name, group=group, dp_group=dp_group)
     losses = []
     # one rank prints: the lowest one holding a loss stage (several do with several chains)
     printer = min(streams.placement[s] for s in streams.loss_stages)
     for step in range(args.steps):
         x, y = spec.batch(step)
+        if args.dp > 1:
+            x, y = _shard(x, args.dp, replica, streams.num_microbatches, "inputs"), \
+                _shard(y, args.dp, replica, streams.num_microbatches, "targets")
         loss = runner.step(x, y)
         if loss is not None:
+            if dp_group is not None:  # every replica's loss stage holder: the mean is the whole batch's
+                loss = loss.detach().to(torch.float64)
+                dist.all_reduce(loss, group=dp_group)
+                loss = loss / args.dp
             losses.append(float(loss))
             if rank == printer:
                 print(f"step {step + 1:>3}: loss {float(loss):.4f}", flush=True)
     runner.close()
+    if args.save and replica == 0:
+        os.makedirs(args.save, exist_ok=True)
+        for s, mod in mods.items():
+            torch.save({k: v.detach().cpu() for k, v in mod.state_dict().items()},
+                       os.path.join(args.save, f"stage{s}.pt"))
+        if rank == printer:
+            with open(os.path.join(args.save, "losses.json"), "w", encoding="utf-8") as fh:
+                json.dump(losses, fh)
+    # the timeline of replica 0 (the others run the same streams): rank files are pipeline ranks
+    events = [e.as_dict() for e in runner.events] if replica == 0 else []
     with open(os.path.join(args.out, f"rank{rank}.json"), "w", encoding="utf-8") as fh:
-        json.dump({"rank": rank, "events": [e.as_dict() for e in runner.events], "losses": losses}, fh)
+        json.dump({"rank": rank, "events": events, "losses": losses}, fh)
     return {"losses": losses}
+
+
+def _read_and_agree(rank: int, world_size: int, args: argparse.Namespace) -> Any:
+    """Read the streams, agree with every other rank that all run the same program (before
+    anything can fail on one rank alone: the others would wait in the exchange until the
+    timeout), and check the process count."""
+    from schedlang.isa import load, to_json
+
+    streams, text, problem = None, "", None
+    try:
+        streams = load(args.streams)
+        text = to_json(streams)  # the canonical form: a text and a JSON file of one schedule agree
+    except Exception as exc:
+        problem = f"cannot read the streams {args.streams}: {type(exc).__name__}: {exc}"
+    identity = _identity(rank, streams, text, args)
+    if world_size > 1:
+        check_same_program(identity)
+    if problem is not None or streams is None:
+        raise ValueError(problem)
+    if args.dp < 1:
+        raise ValueError(f"--dp must be at least 1, not {args.dp}")
+    if streams.num_ranks * args.dp != world_size:
+        replicas = f" x {args.dp} data-parallel replicas" if args.dp > 1 else ""
+        raise ValueError(f"the schedule has {streams.num_ranks} ranks{replicas} but {world_size} processes run")
+    return streams
+
+
+def _shard(x: Any, dp: int, replica: int, m: int, what: str) -> Any:
+    """Replica ``replica``'s share of a batch: the ``replica``-th of ``dp`` equal parts of dim 0."""
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"--dp {dp}: the {what} must be a tensor to shard, not {type(x).__name__}")
+    if x.shape[0] % (dp * m):
+        raise ValueError(f"--dp {dp}: a batch of {x.shape[0]} {what} does not split into {dp} replicas "
+                         f"x {m} microbatches")
+    return x.chunk(dp)[replica]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,15 +272,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from schedlang.runtime.fault import PipelineError
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    try:
+        backend = choose_backend(args.backend, torch.cuda.is_available())
+        if torch.cuda.is_available():
+            device, _ = placement(int(os.environ.get("LOCAL_RANK", rank)), backend, torch.cuda.device_count())
+            torch.cuda.set_device(torch.device(device))
+    except ValueError as exc:
+        print(f"schedlang runtime: rank {rank}: {exc}", file=sys.stderr, flush=True)
+        return 1
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=args.timeout))
     try:
-        worker_main(rank, world, sys.argv[1:] if argv is None else argv)
-    except PipelineError as exc:
-        print(f"schedlang runtime: {exc}", file=sys.stderr, flush=True)
+        worker_main(rank, world, argv)
+    except (PipelineError, ProgramMismatch) as exc:
+        print(f"schedlang runtime: {exc}" if isinstance(exc, PipelineError) else
+              f"schedlang runtime: rank {rank} refuses to start: {exc}", file=sys.stderr, flush=True)
         return 1
     except Exception as exc:
         print(f"schedlang runtime: rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)

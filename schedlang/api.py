@@ -565,16 +565,51 @@ def check_model(spec: str) -> None:
 
 
 def check_run(program: Program, *, nproc: int | None = None, steps: int = 10,
-              model: str = "schedlang.runtime.models:tiny_gpt") -> int:
-    """Check the arguments of :func:`run` before any process starts; returns the process count."""
-    nproc = nproc if nproc is not None else program.num_ranks
-    if nproc != program.num_ranks:
-        raise SchedlangError(f"--nproc {nproc}, but the schedule has {program.num_ranks} ranks "
-                             f"(set the program's rank parameter, e.g. --set p={nproc})")
+              model: str = "schedlang.runtime.models:tiny_gpt", dp: int = 1, nnodes: int = 1,
+              node_rank: int = 0, rdzv_endpoint: str | None = None, nproc_per_node: int | None = None,
+              launcher: str = "torchrun", backend: str | None = None) -> int:
+    """Check the arguments of :func:`run` before any process starts; returns the process count
+    (of all nodes: the schedule's ranks times ``dp``)."""
+    if dp < 1:
+        raise SchedlangError(f"--dp must be at least 1, not {dp}")
+    total = program.num_ranks * dp
+    layout = f"{program.num_ranks} ranks" + (f" x --dp {dp} = {total} processes" if dp > 1 else "")
+    if nproc is not None and nproc != total:
+        raise SchedlangError(f"--nproc {nproc}, but the schedule has {layout} "
+                             f"(set the program's rank parameter, e.g. --set p={nproc // dp or 1})")
+    _check_nodes(total, layout, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
+                 nproc_per_node=nproc_per_node, launcher=launcher)
+    if backend is not None and backend not in ("gloo", "nccl"):
+        raise SchedlangError(f"--backend must be gloo or nccl, not {backend!r}")
+    if launcher == "spawn" and backend == "nccl":
+        raise SchedlangError("--launcher spawn runs gloo; launch through torchrun (the default) for NCCL")
     if steps < 1:
         raise SchedlangError("--steps must be at least 1")
     check_model(model)
-    return nproc
+    return total
+
+
+def _check_nodes(total: int, layout: str, *, nnodes: int, node_rank: int, rdzv_endpoint: str | None,
+                 nproc_per_node: int | None, launcher: str) -> None:
+    """The multi-node arguments (torchrun's names) agree with each other and with the layout."""
+    if nnodes < 1:
+        raise SchedlangError(f"--nnodes must be at least 1, not {nnodes}")
+    if not 0 <= node_rank < nnodes:
+        raise SchedlangError(f"--node-rank {node_rank} is not in 0..{nnodes - 1} (--nnodes {nnodes})")
+    if nproc_per_node is not None and nproc_per_node < 1:
+        raise SchedlangError(f"--nproc-per-node must be at least 1, not {nproc_per_node}")
+    per_node = nproc_per_node if nproc_per_node is not None else total // nnodes
+    if per_node * nnodes != total:
+        raise SchedlangError(f"--nnodes {nnodes} x --nproc-per-node {nproc_per_node if nproc_per_node else '?'} "
+                             f"processes, but the schedule has {layout}")
+    if nnodes > 1 or rdzv_endpoint is not None:
+        if launcher != "torchrun":
+            raise SchedlangError("several nodes launch through torchrun: drop --launcher spawn")
+        if rdzv_endpoint is None:
+            raise SchedlangError(f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT (node 0's address)")
+        host, sep, port = rdzv_endpoint.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SchedlangError(f"--rdzv-endpoint expects HOST:PORT, got {rdzv_endpoint!r}")
 
 
 @dataclass(frozen=True)
@@ -594,12 +629,17 @@ class RunResult:
     measured_times_bubble_rate: float | None = None
 
 
-def _launch_torchrun(nproc: int, worker_args: list[str]) -> int:
+def _launch_torchrun(nproc: int, worker_args: list[str], *, nnodes: int = 1, node_rank: int = 0,
+                     rdzv_endpoint: str | None = None) -> int:
     import os
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+    if rdzv_endpoint is None:
+        where = ["--standalone"]
+    else:  # torchrun's static rendezvous: node 0 hosts the store at the endpoint, ranks follow node ranks
+        where = [f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--rdzv-endpoint={rdzv_endpoint}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc-per-node={nproc}",
            "-m", "schedlang.runtime.worker", *worker_args]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     return subprocess.run(cmd, env=env).returncode
@@ -622,11 +662,21 @@ def _launch_spawn(nproc: int, worker_args: list[str], timeout: float) -> tuple[i
 
 def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt", steps: int = 10,
         nproc: int | None = None, split_backward: str = "autograd", launcher: str = "torchrun",
-        prepost: int = 4, timeout: float = 60.0) -> RunResult:
+        prepost: int = 4, timeout: float = 60.0, dp: int = 1, backend: str | None = None,
+        nnodes: int = 1, node_rank: int = 0, rdzv_endpoint: str | None = None,
+        nproc_per_node: int | None = None, save: str | None = None) -> RunResult:
     """Train ``model`` (``MODULE:FACTORY``) with a scheduled program's streams on one process per
     rank (``torchrun`` or ``spawn``) for ``steps`` steps; return what was measured.
 
-    The workers' own output (each step's loss) goes to this process's stdout and stderr.
+    ``dp`` runs that many data-parallel replicas of the pipeline (ranks x ``dp`` processes on a
+    DeviceMesh with dimensions "dp" and "pp"; each replica trains on its shard of every batch).
+    ``nnodes``, ``node_rank``, ``rdzv_endpoint`` and ``nproc_per_node`` (torchrun's names) start
+    this node's share of the processes and join the others through torchrun's rendezvous; every
+    node runs this function with the same program, and the ranks check that they do. ``backend``
+    overrides the process-group backend (NCCL with CUDA, gloo without). ``save`` is a directory
+    for each stage's final parameters (``stage{S}.pt``) and the losses (``losses.json``).
+    The workers' own output (each step's loss) goes to this process's stdout and stderr; the
+    measured bubble covers the ranks of this node.
     """
     import os
     import tempfile
@@ -634,7 +684,9 @@ def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt", s
     from schedlang import isa
     from schedlang.codegen import codegen
 
-    nproc = check_run(program, nproc=nproc, steps=steps, model=model)
+    nproc = check_run(program, nproc=nproc, steps=steps, model=model, dp=dp, nnodes=nnodes,
+                      node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, nproc_per_node=nproc_per_node,
+                      launcher=launcher, backend=backend)
     code_streams = codegen(program)
     sim = _simulate(program)
     with tempfile.TemporaryDirectory(prefix="schedlang-run-") as tmp:
@@ -642,10 +694,15 @@ def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt", s
         Path(path).write_text(isa.to_json(code_streams), encoding="utf-8")
         worker_args = ["--streams", path, "--model", model, "--steps", str(steps), "--out", tmp,
                        "--split-backward", split_backward, "--timeout", str(timeout),
-                       "--prepost", str(prepost)]
+                       "--prepost", str(prepost), "--dp", str(dp)]
+        if backend is not None:
+            worker_args += ["--backend", backend]
+        if save is not None:
+            worker_args += ["--save", os.path.abspath(save)]
         failures: list[str] = []
         if launcher == "torchrun":
-            code = _launch_torchrun(nproc, worker_args)
+            code = _launch_torchrun(nproc // nnodes, worker_args, nnodes=nnodes, node_rank=node_rank,
+                                    rdzv_endpoint=rdzv_endpoint)
         else:
             code, failures = _launch_spawn(nproc, worker_args, timeout)
         if code != 0:

@@ -114,7 +114,8 @@ def _check_decl(d: S.Decl, glob: frozenset[str], kinds: dict[str, S.OpDecl]) -> 
         check_expr(d.value, glob)
         if isinstance(d, S.ParamDecl) and d.name in set(SHAPE_NAMES) | set(CONSTANTS):
             raise SchedlangError(f"'{d.name}' is a built-in name", d.span)
-    elif isinstance(d, (S.RanksDecl, S.StagesDecl, S.MicrobatchesDecl, S.CommDecl, S.MemLimitDecl)):
+    elif isinstance(d, (S.RanksDecl, S.StagesDecl, S.MicrobatchesDecl, S.CommDecl, S.MemLimitDecl,
+                        S.AllreduceDecl)):
         check_expr(d.value, glob)
     elif isinstance(d, S.PlaceDecl):
         scope = set(glob)

@@ -122,6 +122,8 @@ class Program:
     rule_spans: tuple[Span | None, ...] = field(default=(), compare=False, repr=False)
     schedule_span: Span | None = field(default=None, compare=False, repr=False)
     mem_limit_span: Span | None = field(default=None, compare=False, repr=False)
+    # per stage: time of its data-parallel gradient all-reduce (``allreduce``); None = not modelled
+    allreduce: tuple[float, ...] | None = None
     # Located warnings from the front end (rendered with severity "warning" by the CLI).
     warnings: tuple[Any, ...] = field(default=(), compare=False, repr=False)
     # Derived lookups (op index, roles, the dependency graph: adjacency, topological order, earliest
@@ -328,6 +330,8 @@ def format_program(p: Program) -> str:
     out.append(f"  placement {' '.join(map(str, p.placement))}")
     if p.mem_limit is not None:
         out.append(f"  mem_limit {' '.join(_fmt_num(x) for x in p.mem_limit)}")
+    if p.allreduce is not None:
+        out.append(f"  allreduce {' '.join(_fmt_num(x) for x in p.allreduce)}")
     if p.overlap != "sum":
         out.append(f"  overlap {p.overlap}")
     out += [f"  kind {k.name} role {k.role.value}" for k in p.kinds]

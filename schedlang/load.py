@@ -36,7 +36,7 @@ STD_PREFIX = "std:"
 # Clauses that a program has at most once.
 SINGLETONS: dict[type, str] = {
     S.RanksDecl: "ranks", S.StagesDecl: "stages", S.MicrobatchesDecl: "microbatches",
-    S.PlaceDecl: "place", S.CommDecl: "comm", S.MemLimitDecl: "mem_limit",
+    S.PlaceDecl: "place", S.CommDecl: "comm", S.MemLimitDecl: "mem_limit", S.AllreduceDecl: "allreduce",
     S.OverlapDecl: "overlap", S.ScheduleDecl: "schedule",
 }
 

@@ -101,7 +101,7 @@ def lower(items: list[Item], name: str, overrides: Mapping[str, Value] | None = 
             if isinstance(d, S.ParamDecl):
                 param_names.append(d.name)
         elif isinstance(d, (S.RanksDecl, S.StagesDecl, S.MicrobatchesDecl, S.PlaceDecl, S.CommDecl,
-                            S.MemLimitDecl, S.OverlapDecl, S.ScheduleDecl)):
+                            S.MemLimitDecl, S.AllreduceDecl, S.OverlapDecl, S.ScheduleDecl)):
             clause[type(d)] = d
     exprs["num_ranks"] = (clause[S.RanksDecl].value, clause[S.RanksDecl].span)
     stages_decl = clause.get(S.StagesDecl) or clause[S.RanksDecl]
@@ -144,6 +144,7 @@ def lower(items: list[Item], name: str, overrides: Mapping[str, Value] | None = 
     _check_finite_totals(decls, ops, edges)
     mem_limit, ml_span = _mem_limit(clause.get(S.MemLimitDecl), env, R, st)
     overlap = clause[S.OverlapDecl].mode if S.OverlapDecl in clause else "sum"
+    allreduce = _allreduce(clause.get(S.AllreduceDecl), env, Sn, st)
 
     program = Program(
         name=os.path.splitext(os.path.basename(name.removeprefix("std:")))[0] or name,
@@ -160,6 +161,7 @@ def lower(items: list[Item], name: str, overrides: Mapping[str, Value] | None = 
         rule_spans=tuple(d.span for d in dep_decls),
         warnings=_rule_warnings(items, dep_decls, edges, name),
         mem_limit_span=ml_span,
+        allreduce=allreduce,
     )
     verify_acyclic(program)
     sched = clause.get(S.ScheduleDecl)
@@ -503,6 +505,18 @@ def _rule_warnings(items: list[Item], rules: list[S.DepDecl], edges: list[Edge],
         SchedlangError(f"this rule adds no dependency ({r.src.kind} -> {r.dst.kind} matched no pair of ops)", r.span)
         for i, r in enumerate(rules) if i not in used and id(r) in main_rules
     )
+
+
+def _allreduce(d: S.AllreduceDecl | None, env: Env, Sn: int, st: _State) -> tuple[float, ...] | None:
+    """Per-stage data-parallel reduction times; None when there are none (all zero)."""
+    if d is None:
+        return None
+    v = compile_expr(d.value, st.funcs)(env)
+    vals = v if isinstance(v, tuple) else (v,) * Sn
+    if len(vals) != Sn:
+        raise SchedlangError(f"allreduce lists {len(vals)} values for {Sn} stages", d.value.span)
+    out = tuple(_nonneg(x, d.value.span, "the all-reduce time") for x in vals)
+    return out if any(x > 0 for x in out) else None
 
 
 def _mem_limit(d: S.MemLimitDecl | None, env: Env, R: int, st: _State) -> tuple[tuple[float, ...] | None, Span | None]:

@@ -230,6 +230,10 @@ class _Builder(Transformer[Token, Any]):
         return S.MemLimitDecl(c[0], self._span(meta))
 
     @v_args(meta=True)
+    def allreduce_decl(self, meta: Any, c: list[Any]) -> S.AllreduceDecl:
+        return S.AllreduceDecl(c[0], self._span(meta))
+
+    @v_args(meta=True)
     def overlap_decl(self, meta: Any, c: list[Token]) -> S.OverlapDecl:
         return S.OverlapDecl(str(c[0]), self._span(meta))
 

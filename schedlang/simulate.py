@@ -6,6 +6,12 @@ duration is the sum of its ops' times (``overlap sum``) or their maximum (``over
 Because start times are a fixed point of that rule, any topological processing order gives the
 same result; the simulator walks ranks' heads Kahn-style in O(ops + edges).
 
+Data-parallel gradient reduction (``allreduce``, per stage): when a program gives it, each
+stage's all-reduce starts when the last op of that stage ends (its last backward) and runs on
+its rank's communication channel, beside the computation; one rank's reductions run one after
+another. A rank ends when both its last op and its last reduction have ended, so a reduction
+the schedule cannot hide behind later work lengthens the rank's span and counts as bubble.
+
 Reports (the Zero Bubble paper's definitions, Qi et al., ICLR 2024): makespan; per rank busy time,
 span (first start to last end), idle time within the span and peak memory; ``cost`` = the largest
 span; ``bubble`` = cost minus the busiest rank's work; ``bubble_rate`` = bubble / cost (the paper's
@@ -143,6 +149,8 @@ def simulate(program: Program) -> Simulation:  # noqa: C901 - one tight loop, ke
     if done < nslots:
         raise _deadlock(program, heads, limit, slot_ops, slot_of, first_slot, end_known=set(
             k for g in range(nslots) for k in slot_ops[g] if _executed(g, heads, slot_rank, first_slot)))
+    if program.allreduce is not None:
+        free = _with_reductions(program, free, end)
     stats = []
     for r in range(R):
         mem = memory_profile(program, r)
@@ -153,6 +161,20 @@ def simulate(program: Program) -> Simulation:  # noqa: C901 - one tight loop, ke
     makespan = max(free) if R else 0.0
     fig = span_bubble(busy, [s.span for s in stats])
     return Simulation(makespan, fig.cost, fig.bubble, fig.bubble_rate, tuple(stats), tuple(start), tuple(end))
+
+
+def _with_reductions(program: Program, free: list[float], end: list[float]) -> list[float]:
+    """Each rank's end once its stages' gradient all-reduces have run (see the module docstring)."""
+    assert program.allreduce is not None
+    ready: dict[tuple[int, int], float] = {}  # (rank, stage) -> end of the stage's last op there
+    for o in program.ops:
+        ready[(o.rank, o.stage)] = max(ready.get((o.rank, o.stage), 0.0), end[o.id])
+    out = list(free)
+    channel = [0.0] * program.num_ranks
+    for (r, s), t_ready in sorted(ready.items(), key=lambda kv: (kv[1], kv[0])):
+        if program.allreduce[s] > 0:
+            channel[r] = max(channel[r], t_ready) + program.allreduce[s]
+    return [max(f, c) for f, c in zip(out, channel, strict=True)]
 
 
 def _executed(g: int, heads: list[int], slot_rank: list[int], first_slot: list[int]) -> bool:

@@ -315,6 +315,15 @@ class MemLimitDecl:
 
 
 @dataclass(frozen=True, slots=True)
+class AllreduceDecl:
+    """``allreduce EXPR``: time of one stage's data-parallel gradient all-reduce (a number, or a
+    list with one value per stage)."""
+
+    value: Expr
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True)
 class OverlapDecl:
     mode: str
     span: Span | None = _span()
@@ -382,6 +391,7 @@ Decl = (
     | PlaceDecl
     | CommDecl
     | MemLimitDecl
+    | AllreduceDecl
     | OverlapDecl
     | OpDecl
     | DepDecl
@@ -522,7 +532,7 @@ def _fmt_schedule(d: ScheduleDecl) -> list[str]:
 def format_decl(d: Decl) -> list[str]:  # noqa: C901 - one case per declaration kind
     """Print one declaration as source lines."""
     simple = {RanksDecl: "ranks", StagesDecl: "stages", MicrobatchesDecl: "microbatches",
-              CommDecl: "comm", MemLimitDecl: "mem_limit"}
+              CommDecl: "comm", MemLimitDecl: "mem_limit", AllreduceDecl: "allreduce"}
     if type(d) in simple:
         return [f"{simple[type(d)]} {format_expr(d.value)}"]  # type: ignore[union-attr]
     if isinstance(d, ImportDecl):

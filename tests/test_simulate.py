@@ -117,3 +117,70 @@ def test_broken_orders_are_rejected_with_a_location_or_run(program: Program, dat
 def test_memory_profile_of_1f1b_rank0() -> None:
     prog = compile_program("std:1f1b", p=3, m=4, mem_f=1.0)
     assert memory_profile(prog, 0) == [1, 2, 3, 2, 3, 2, 1, 0]
+
+
+# ---------------------------------------------------------------------- data-parallel all-reduce
+
+
+def test_allreduce_time_extends_the_rank_that_cannot_hide_it() -> None:
+    """ZB-H1, p=2, m=2, unit times. Rank 0 runs F00 [0,1] F01 [1,2] B00 [3,4] W00 [4,5]
+    B01 [5,6] W01 [6,7]; rank 1 F10 [1,2] B10 [2,3] F11 [3,4] B11 [4,5] W10 [5,6] W11 [6,7].
+    Each stage's all-reduce (3) starts at its last W (7) and ends at 10: rank 0 spans 0..10,
+    rank 1 1..10; cost 10, bubble 10 - 6 = 4."""
+    base = simulate(compile_program("std:zb-h1", {"p": 2, "m": 2}))
+    assert (base.makespan, base.cost, base.bubble) == (7, 7, 1)
+    sim = simulate(compile_program("std:zb-h1", {"p": 2, "m": 2, "t_allreduce": 3}))
+    assert (sim.makespan, sim.cost, sim.bubble, sim.bubble_rate) == (10, 10, 4, 0.4)
+    assert [(r.first_start, r.last_end, r.busy) for r in sim.ranks] == [(0, 10, 6), (1, 10, 6)]
+    assert sim.start == base.start and sim.end == base.end  # the ops themselves do not move
+
+
+def test_allreduce_overlaps_later_work_and_queues_on_one_channel() -> None:
+    """Interleaved 1F1B, p=2, m=2 (stages 0, 2 on rank 0; 1, 3 on rank 1), F 1 and BW 2 per stage
+    (costs_per = "stage": each chunk its own cost, not half of a model slice).
+    Rank 0: BW2.1 ends 11, BW0.1 ends 15; rank 1: BW3.1 ends 9, BW1.1 ends 13 (starts at 1).
+    t_allreduce 1: stage 2 [11,12] hides behind BW0.0 [11,13], stage 0 [15,16]: rank 0 ends 16;
+    stage 3 [9,10], stage 1 [13,14]: rank 1 spans 13. t_allreduce 5: stage 2 [11,16] still runs
+    when stage 0 is ready at 15, so stage 0 waits: [16,21]; rank 1: stage 3 [9,14], stage 1
+    [14,19], span 18."""
+    params = {"p": 2, "m": 2, "costs_per": "stage"}
+    one = simulate(compile_program("std:interleaved-1f1b", {**params, "t_allreduce": 1}))
+    assert (one.makespan, one.cost, one.bubble) == (16, 16, 4)
+    assert [r.span for r in one.ranks] == [16, 13]
+    five = simulate(compile_program("std:interleaved-1f1b", {**params, "t_allreduce": 5}))
+    assert (five.makespan, five.cost, five.bubble) == (21, 21, 9)
+    assert [r.span for r in five.ranks] == [21, 18]
+    # a time per stage: only stage 1 reduces, ready at 13 on rank 1
+    only1 = simulate(compile_program("std:interleaved-1f1b", {**params, "t_allreduce": [0, 4, 0, 0]}))
+    assert [r.last_end for r in only1.ranks] == [15, 17]
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("-1", "the all-reduce time must be a finite number >= 0, got -1"),
+    ("[1, 2]", "allreduce lists 2 values for 4 stages"),
+])
+def test_bad_allreduce_times_are_located_errors(value: str, message: str) -> None:
+    from schedlang.api import loads
+
+    text = f"""import "std:fbw"
+ranks 4
+microbatches 4
+allreduce {value}
+"""
+    with pytest.raises(SchedlangError) as err:
+        loads(text, "x.sched")
+    assert err.value.message == message
+    assert (err.value.span.line, err.value.span.col) == (4, 11)
+
+
+def test_compare_accounts_for_the_allreduce_when_asked() -> None:
+    from schedlang.api import compare_rows
+
+    sets = ["p=2", "m=2"]
+    plain = {r["program"]: r for r in compare_rows(["std:zb-h1", "std:1f1b"], sets)}
+    dp = {r["program"]: r for r in compare_rows(["std:zb-h1", "std:1f1b"], [*sets, "t_allreduce=3"])}
+    assert plain["std:zb-h1"]["makespan"] == 7 and dp["std:zb-h1"]["makespan"] == 10  # see above
+    # 1F1B, fused BW (time 2). Rank 1: F10 [1,2] BW10 [2,4] F11 [4,5] BW11 [5,7]; rank 0:
+    # F00 [0,1] F01 [1,2] BW00 [4,6] BW01 [7,9]. Reductions: rank 0 [9,12], rank 1 [7,10]
+    assert plain["std:1f1b"]["makespan"] == 9 and dp["std:1f1b"]["makespan"] == 12
+    assert dp["std:1f1b"]["bubble"] == 12 - 6 and dp["std:1f1b"]["bubble_rate"] == 0.5

@@ -6,7 +6,9 @@ per rank through torchrun (``python -m torch.distributed.run --standalone --npro
 or ``--launcher spawn``; the workers print the loss of every step, then this command prints the
 measured bubble rate (the mean over the steps after the first) next to the schedule simulated on
 the op times measured in the same run (communication free) and on the program's own costs, and
-with ``--trace PATH`` writes one Chrome/Perfetto trace of all ranks and all steps.
+with ``--trace PATH`` writes one Chrome/Perfetto trace of all ranks and all steps. ``--dp D`` runs D data-parallel replicas of the
+pipeline; ``--nnodes N --node-rank K --rdzv-endpoint HOST:PORT --nproc-per-node P`` (torchrun's
+names) start this node's share of a run across N nodes.
 """
 
 from __future__ import annotations
@@ -38,6 +40,20 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                         "0 = exactly where the stream says)")
     p.add_argument("--timeout", type=positive_float, default=60.0,
                    help="seconds an instruction may take before every rank stops (default 60)")
+    p.add_argument("--dp", type=int, default=1, metavar="D",
+                   help="data-parallel replicas of the pipeline: ranks x D processes, each replica "
+                        "trains on its shard of every batch (default 1)")
+    p.add_argument("--backend", choices=["gloo", "nccl"],
+                   help="process-group backend (default: nccl with CUDA, gloo without)")
+    p.add_argument("--save", metavar="DIR", help="write each stage's final parameters (stage{S}.pt) and "
+                                                 "the losses (losses.json) to DIR")
+    nodes = p.add_argument_group("several nodes (torchrun's rendezvous; run the same command on every node)")
+    nodes.add_argument("--nnodes", type=int, default=1, help="number of nodes (default 1)")
+    nodes.add_argument("--node-rank", type=int, default=0, help="this node's rank, 0..nnodes-1 (default 0)")
+    nodes.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
+                       help="where node 0 hosts the rendezvous (needed with --nnodes > 1)")
+    nodes.add_argument("--nproc-per-node", type=int, metavar="P",
+                       help="processes on this node (default: all processes / nnodes)")
 
 
 def _run_run(args: argparse.Namespace) -> int:
@@ -45,11 +61,17 @@ def _run_run(args: argparse.Namespace) -> int:
 
     api.check_output_path(args.trace)
     prog = load_program(args)
-    nproc = api.check_run(prog, nproc=args.nproc, steps=args.steps, model=args.model)
+    layout = dict(dp=args.dp, nnodes=args.nnodes, node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint,
+                  nproc_per_node=args.nproc_per_node, backend=args.backend)
+    nproc = api.check_run(prog, nproc=args.nproc, steps=args.steps, model=args.model, launcher=args.launcher,
+                          **layout)
+    extra = f"; {args.dp} data-parallel replicas" if args.dp > 1 else ""
+    if args.nnodes > 1:
+        extra += f"; node {args.node_rank} of {args.nnodes} ({nproc // args.nnodes} processes here)"
     print(f"{prog.name}: {prog.num_ranks} ranks, {prog.num_stages} stages, {prog.num_microbatches} "
-          f"microbatches; model {args.model}; {args.steps} steps", flush=True)
+          f"microbatches; model {args.model}; {args.steps} steps{extra}", flush=True)
     res = api.run(prog, model=args.model, steps=args.steps, nproc=nproc, split_backward=args.split_backward,
-                  launcher=args.launcher, prepost=args.prepost, timeout=args.timeout)
+                  launcher=args.launcher, prepost=args.prepost, timeout=args.timeout, save=args.save, **layout)
     for line in res.failures:
         print(line, file=sys.stderr)
     if res.exit_code != 0:
