@@ -1,0 +1,136 @@
+"""Asynchronous weight-update policies (``weights`` clause): language, weight plan, simulator.
+
+The closed forms (PipeDream, SOSP 2019; PipeDream-2BW, ICML 2021), for the flush-free 1F1B order
+with one stage per rank: stage ``s`` of PipeDream holds up to ``p - s`` weight versions (``p`` on
+stage 0) and microbatch ``j`` uses version ``max(0, j - (p - 1 - s))`` there; 2BW holds 2 versions
+on every stage. The steady state runs one microbatch per ``max_s(T_F + T_B + T_W)`` when the
+communication time is 0.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schedlang import api
+from schedlang.ir import Program, Weights, format_program
+from schedlang.load import read_source
+from schedlang.parse import parse_module
+from schedlang.simulate import simulate
+from schedlang.source import SchedlangError, Source
+from schedlang.syntax import format_module
+from schedlang.weights import weight_plan
+
+PIPEDREAM = read_source("std:pipedream").text
+LINES = PIPEDREAM.splitlines()
+WEIGHTS_LINE = LINES.index("weights stash mem mem_weights") + 1
+SCHEDULE_LINE = LINES.index("schedule {") + 1
+
+times = st.integers(1, 12).map(lambda x: x / 4)
+
+
+def _with_policy(clause: str, **params: object) -> Program:
+    text = PIPEDREAM.replace("weights stash mem mem_weights", clause)
+    return api.schedule(api.loads(text, "pd.sched", params))
+
+
+def test_weights_clause_round_trips_and_lowers() -> None:
+    text = "weights stash+vsync mem 2.5\nweights 2bw every 4\nweights flush\n"
+    mod = parse_module(Source("w.sched", text))
+    assert parse_module(Source("w.sched", format_module(mod))) == mod
+    prog = api.compile("std:pipedream-2bw", p=3, every=5, mem_weights=0.5)
+    assert prog.weights == Weights("2bw", 5, 0.5)
+    assert "  weights 2bw every 5 mem 0.5\n" in format_program(prog)
+    assert api.compile("std:pipedream").weights == Weights("stash", 0, 1.0)
+    assert api.compile("std:1f1b").weights == Weights()
+    assert "weights" not in format_program(api.compile("std:1f1b"))
+
+
+@pytest.mark.parametrize(("clause", "where", "fragment"), [
+    ("weights stsh", (WEIGHTS_LINE, 1), "unknown weight-update policy 'stsh' (use flush, stash, stash+vsync, 2bw)"),
+    ("weights stash every 2", (WEIGHTS_LINE, 15), "'every' sets how many microbatches a 2bw update accumulates"),
+    ("weights 2bw every 0", (WEIGHTS_LINE, 19), "'every' must be a positive integer"),
+    ("weights 2bw mem -1", (WEIGHTS_LINE, 17), "the memory of a weight version must be a finite number >= 0"),
+    ("weights 2bw every 1 every 2", (WEIGHTS_LINE, 21), "'every' given twice"),
+    ("weights 2bw every 1", (SCHEDULE_LINE, 1), "F[0,2] needs weight version 1 of stage 0, but the order runs it after "
+                                     "only 0 update(s)"),
+])
+def test_bad_weights_clause_is_located(clause: str, where: tuple[int, int], fragment: str) -> None:
+    with pytest.raises(SchedlangError) as info:
+        _with_policy(clause)
+    err = info.value
+    assert fragment in err.message
+    assert err.span is not None and (err.span.line, err.span.col) == where
+
+
+@given(p=st.integers(1, 6), extra=st.integers(0, 8))
+@settings(max_examples=30, deadline=None)
+def test_pipedream_versions_match_closed_form(p: int, extra: int) -> None:
+    m = 2 * p - 1 + extra  # long enough for stage 0 to reach its steady state
+    prog = api.compile("std:pipedream", p=p, m=m, mem_weights=0.5, mem_f=1.0)
+    plan = weight_plan(prog)
+    assert plan is not None
+    assert plan.version == tuple(tuple(max(0, j - (p - 1 - s)) for j in range(m)) for s in range(p))
+    assert plan.groups == tuple(tuple((j,) for j in range(m)) for _ in range(p))
+    sim = simulate(prog)
+    assert sim.peak_versions == tuple(p - s for s in range(p))
+    # activations of p in-flight microbatches plus p - 1 stashed versions beyond the current one
+    assert sim.ranks[0].peak_memory == pytest.approx(p * 1.0 + (p - 1) * 0.5)
+
+
+@given(p=st.integers(1, 6), m=st.integers(1, 12))
+@settings(max_examples=30, deadline=None)
+def test_pipedream_short_windows_stay_within_the_bound(p: int, m: int) -> None:
+    sim = simulate(api.compile("std:pipedream", p=p, m=m))
+    assert all(1 <= v <= p - s for s, v in enumerate(sim.peak_versions))
+
+
+@given(p=st.integers(1, 6), groups=st.integers(1, 4), slack=st.integers(0, 3))
+@settings(max_examples=30, deadline=None)
+def test_2bw_keeps_two_versions(p: int, groups: int, slack: int) -> None:
+    every = p + slack
+    m = every * groups
+    prog = api.compile("std:pipedream-2bw", p=p, m=m, every=every, mem_weights=1.0, mem_f=0.0)
+    plan = weight_plan(prog)
+    assert plan is not None
+    assert plan.version == tuple(tuple(max(0, j // every - 1) for j in range(m)) for _ in range(p))
+    assert plan.groups == tuple(tuple(tuple(range(g * every, (g + 1) * every)) for g in range(groups))
+                                for _ in range(p))
+    sim = simulate(prog)
+    assert sim.peak_versions == tuple(min(2, groups) for _ in range(p))
+    assert all(r.peak_memory == pytest.approx(min(2, groups) - 1) for r in sim.ranks)
+
+
+def test_vsync_uses_stage_0_versions_and_keeps_more() -> None:
+    p, m = 4, 8
+    plan = weight_plan(_with_policy("weights stash+vsync mem 1", p=p, m=m))
+    assert plan is not None
+    assert plan.version == tuple(tuple(max(0, j - (p - 1)) for j in range(m)) for _ in range(p))
+    # stage s has made j - (p-1-s) updates at F[s, j] but must use version j - (p-1): it keeps the
+    # versions of its in-flight microbatches plus its current one
+    assert plan.peak_versions == (4, 4, 4, 4)
+
+
+@given(p=st.integers(2, 5), tf=times, tb=times, tw=times, slow=st.integers(0, 4), policy=st.sampled_from(
+    ["std:pipedream", "std:pipedream-2bw"]))
+@settings(max_examples=40, deadline=None)
+def test_steady_state_matches_closed_form_and_the_marginal_makespan(
+        p: int, tf: float, tb: float, tw: float, slow: int, policy: str) -> None:
+    m = 4 * p
+    tfs = [tf] * p
+    tfs[slow % p] = tf * 2
+    params = dict(p=p, m=m, tf=tfs, tb=tb, tw=tw, tc=0.0)
+    sim = simulate(api.compile(policy, params))
+    period = max(f + tb + tw for f in tfs)
+    assert sim.steady_time_per_mb == pytest.approx(period)
+    # a continuous stream: m more microbatches cost m periods
+    longer = simulate(api.compile(policy, {**params, "m": 2 * m}))
+    assert longer.makespan - sim.makespan == pytest.approx(m * period)
+
+
+def test_flush_programs_have_no_stream_figures() -> None:
+    sim = simulate(api.compile("std:1f1b"))
+    assert sim.weights == "flush" and sim.steady_time_per_mb is None
+    assert "steady_time_per_mb" not in sim.as_dict()
+    assert api.simulate(api.compile("std:pipedream")).as_dict()["peak_versions"] == [4, 3, 2, 1]
