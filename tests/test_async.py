@@ -9,12 +9,17 @@ communication time is 0.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schedlang import api
+from schedlang import api, isa
+from schedlang.codegen import codegen
 from schedlang.ir import Program, Weights, format_program
+from schedlang.isa_check import StreamError, check_streams
 from schedlang.load import read_source
 from schedlang.parse import parse_module
 from schedlang.simulate import simulate
@@ -134,3 +139,84 @@ def test_flush_programs_have_no_stream_figures() -> None:
     assert sim.weights == "flush" and sim.steady_time_per_mb is None
     assert "steady_time_per_mb" not in sim.as_dict()
     assert api.simulate(api.compile("std:pipedream")).as_dict()["peak_versions"] == [4, 3, 2, 1]
+
+
+# ------------------------------------------------------------------ streams (isa version 2)
+
+
+def _pd_streams(policy: str = "std:pipedream", **params: object) -> isa.Streams:
+    return codegen(api.compile(policy, {"p": 2, "m": 4, **params}))
+
+
+def _edit(streams: isa.Streams, rank: int, fn: Callable[[list[isa.Instr]], None]) -> isa.Streams:
+    ranks = list(streams.ranks)
+    instrs = list(ranks[rank].instrs)
+    fn(instrs)
+    ranks[rank] = isa.RankStream(ranks[rank].rank, ranks[rank].stages, tuple(instrs))
+    return dataclasses.replace(streams, ranks=tuple(ranks))
+
+
+def test_async_streams_carry_versions_and_updates() -> None:
+    streams = _pd_streams()
+    assert streams.version == 2 and streams.weights == "stash"
+    text = isa.to_text(streams)
+    assert text.startswith("schedlang-isa 2\npipeline ranks=2 stages=2 microbatches=4 placement=0,1 weights=stash\n")
+    assert isa.parse_text(text) == streams and isa.from_json(isa.to_json(streams)) == streams
+    plan = weight_plan(api.compile("std:pipedream", p=2, m=4))
+    assert plan is not None
+    for rs in streams.ranks:
+        for ins in isa.flatten(rs.instrs):
+            if ins.op in (isa.Op.F, isa.Op.BW):
+                assert ins.ver == plan.version[ins.stage][ins.mb]
+        assert sum(ins.op is isa.Op.UPDATE for ins in rs.instrs) == 4
+        assert not any(ins.op in (isa.Op.REDUCE_GRAD, isa.Op.OPT_STEP) for ins in rs.instrs)
+    check_streams(streams, sends="rendezvous", recvs="posted")
+    # flush streams stay version 1, byte for byte what they were
+    assert isa.to_text(codegen(api.compile("std:1f1b", p=2, m=4))).startswith("schedlang-isa 1\n")
+
+
+def _first(instrs: list[isa.Instr], op: isa.Op, mb: int | None = None) -> int:
+    return next(k for k, i in enumerate(instrs) if i.op is op and (mb is None or i.mb == mb))
+
+
+def _set_ver(op: isa.Op, mb: int, ver: int) -> Callable[[list[isa.Instr]], None]:
+    def fn(instrs: list[isa.Instr]) -> None:
+        k = _first(instrs, op, mb)
+        instrs[k] = dataclasses.replace(instrs[k], ver=ver)
+    return fn
+
+
+def _drop_last_update(instrs: list[isa.Instr]) -> None:
+    del instrs[max(k for k, i in enumerate(instrs) if i.op is isa.Op.UPDATE)]
+
+
+def _double_update(instrs: list[isa.Instr]) -> None:
+    k = _first(instrs, isa.Op.UPDATE)
+    instrs.insert(k, instrs[k])
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (_set_ver(isa.Op.F, 0, 1), "rank 1, instruction 1 (F stage=1 mb=0 ver=1): uses weight version 1 of stage 1, "
+                               "but only 0 UPDATE(s) of the stage have run"),
+    (_set_ver(isa.Op.BW, 1, 0), "the backward of stage 1 microbatch 1 uses weight version 0, its forward used 1"),
+    (_drop_last_update, "1 weight gradient(s) of stage 1 are never applied"),
+    (_double_update, "UPDATE of stage 1 with no weight gradient to apply since its previous UPDATE"),
+    (lambda ins: ins.append(isa.Instr(isa.Op.OPT_STEP)), "weights=stash streams have no OPT_STEP"),
+    (_set_ver(isa.Op.SEND_GRAD, 0, 0), "only F, B, W and BW carry a weight version (ver=), not SEND_GRAD"),
+])
+def test_stream_checker_refuses_broken_versions(edit: Callable[[list[isa.Instr]], None], message: str) -> None:
+    with pytest.raises(StreamError) as info:
+        check_streams(_edit(_pd_streams(), 1, edit))
+    assert message in str(info.value)
+
+
+def test_old_and_mixed_stream_files() -> None:
+    streams = _pd_streams()
+    text = isa.to_text(streams)
+    with pytest.raises(isa.IsaError, match="a version 1 stream file cannot hold a weight-update policy"):
+        isa.parse_text(text.replace("schedlang-isa 2", "schedlang-isa 1", 1))
+    with pytest.raises(isa.IsaError, match="unknown weight-update policy 'stale'"):
+        isa.parse_text(text.replace("weights=stash", "weights=stale", 1))
+    flush = dataclasses.replace(streams, weights="flush")
+    with pytest.raises(StreamError, match="a weight version \\(ver=\\) in streams without an asynchronous"):
+        check_streams(flush)
