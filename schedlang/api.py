@@ -473,6 +473,26 @@ def check_run(program: Program, *, nproc: int | None = None, steps: int = 10,
     return nproc
 
 
+_POLICY_WORDS = {
+    "stash": "PipeDream weight stashing: each stage updates its weights after every microbatch's "
+             "backward, which uses the weight version its forward used",
+    "stash+vsync": "PipeDream weight stashing with vertical sync: each stage updates after every "
+                   "microbatch's backward; all stages use the version stage 0 used for the microbatch",
+    "2bw": "PipeDream-2BW: each stage updates once per {every} microbatches (their mean gradient); "
+           "microbatches of group g use the version made after group g-2",
+}
+
+
+def weights_note(program: Program) -> str:
+    """One line saying how a program with an asynchronous policy trains ('' under ``flush``)."""
+    w = program.weights
+    if not w.asynchronous:
+        return ""
+    return (f"weights {w.policy}: {_POLICY_WORDS[w.policy].format(every=w.every)}; asynchronous, "
+            f"not synchronous training (weights are updated within each window of "
+            f"{program.num_microbatches} microbatches, which drains at the end of each step)")
+
+
 @dataclass(frozen=True)
 class RunResult:
     """What :func:`run` measured. ``exit_code`` is 0 when every worker succeeded; ``failures``
@@ -527,6 +547,9 @@ def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt", s
     from schedlang.codegen import codegen
 
     nproc = check_run(program, nproc=nproc, steps=steps, model=model)
+    if program.weights.asynchronous and split_backward != "autograd":
+        raise SchedlangError(f"weights {program.weights.policy}: the runtime keeps weight versions only with "
+                             "--split-backward autograd", program.weights.span)
     code_streams = codegen(program)
     sim = _simulate(program)
     with tempfile.TemporaryDirectory(prefix="schedlang-run-") as tmp:

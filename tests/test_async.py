@@ -220,3 +220,13 @@ def test_old_and_mixed_stream_files() -> None:
     flush = dataclasses.replace(streams, weights="flush")
     with pytest.raises(StreamError, match="a weight version \\(ver=\\) in streams without an asynchronous"):
         check_streams(flush)
+
+
+def test_run_says_how_it_trains_and_refuses_what_the_runtime_cannot_honour() -> None:
+    note = api.weights_note(api.compile("std:pipedream"))
+    assert note.startswith("weights stash: PipeDream weight stashing: each stage updates its weights after "
+                           "every microbatch's backward")
+    assert "updates once per 4 microbatches" in api.weights_note(api.compile("std:pipedream-2bw"))
+    assert api.weights_note(api.compile("std:1f1b")) == ""
+    with pytest.raises(SchedlangError, match="the runtime keeps weight versions only with --split-backward autograd"):
+        api.run(api.compile("std:pipedream", p=1, m=2), split_backward="kernels", steps=1)

@@ -42,6 +42,9 @@ def _run_run(args: argparse.Namespace) -> int:
     nproc = api.check_run(prog, nproc=args.nproc, steps=args.steps, model=args.model)
     print(f"{prog.name}: {prog.num_ranks} ranks, {prog.num_stages} stages, {prog.num_microbatches} "
           f"microbatches; model {args.model}; {args.steps} steps", flush=True)
+    note = api.weights_note(prog)
+    if note:
+        print(note, flush=True)
     res = api.run(prog, model=args.model, steps=args.steps, nproc=nproc, split_backward=args.split_backward,
                   launcher=args.launcher, prepost=args.prepost, timeout=args.timeout)
     for line in res.failures:
