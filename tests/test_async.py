@@ -230,3 +230,12 @@ def test_run_says_how_it_trains_and_refuses_what_the_runtime_cannot_honour() -> 
     assert api.weights_note(api.compile("std:1f1b")) == ""
     with pytest.raises(SchedlangError, match="the runtime keeps weight versions only with --split-backward autograd"):
         api.run(api.compile("std:pipedream", p=1, m=2), split_backward="kernels", steps=1)
+
+
+def test_export_to_pytorch_refuses_asynchronous_programs() -> None:
+    from schedlang.export import check_exportable
+
+    with pytest.raises(SchedlangError) as info:
+        check_exportable(api.compile("std:pipedream"))
+    assert "PyTorch's pipelining trains synchronously" in info.value.message
+    assert info.value.span is not None and info.value.span.line == WEIGHTS_LINE
