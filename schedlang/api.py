@@ -30,7 +30,8 @@ What it offers, by ``schedlang`` command:
   :func:`import_torch_csv`.
 - ``render``: :func:`render` (a scene to write as SVG or PNG), :func:`read_trace`.
 - ``run``: :func:`run`, :func:`check_run`, :func:`check_model`, :func:`runner_from_program`,
-  :func:`summarize_timelines` (need torch).
+  :func:`summarize_timelines` (need torch); :func:`weights_note` (how a program with an
+  asynchronous weight-update policy trains).
 - ``profile``: :func:`profile`, :func:`check_profile_options`, :func:`profile_program` (need torch).
 - ``list``: :func:`builtins`.
 
