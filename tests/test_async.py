@@ -239,3 +239,12 @@ def test_export_to_pytorch_refuses_asynchronous_programs() -> None:
         check_exportable(api.compile("std:pipedream"))
     assert "PyTorch's pipelining trains synchronously" in info.value.message
     assert info.value.span is not None and info.value.span.line == WEIGHTS_LINE
+
+
+def test_memory_limit_counts_stashed_versions() -> None:
+    # rank 0 holds 4 microbatches of activations (4) and 3 stashed versions (3 x 1): 7 > 6.5
+    with pytest.raises(SchedlangError) as info:
+        api.compile("std:pipedream", mem_limit=6.5)
+    assert info.value.message == ("memory limit exceeded on rank 0: F[0,6] raises memory to 7 (3 of it stashed "
+                                  "weight versions), over the limit 6.5")
+    assert simulate(api.compile("std:pipedream", mem_limit=7)).ranks[0].peak_memory == 7
