@@ -147,28 +147,38 @@ def _version(policy: str, every: int, seen_at: list[list[int]], s: int, j: int) 
 
 def _held(p: Program, fwd_of: dict[int, tuple[int, int]], fin_of: dict[int, tuple[int, int]],
           version: list[list[int]], after: list[list[int]]) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
-    """Peak versions per stage, and per rank the extra versions held after each op."""
+    """Peak versions per stage, and per rank the extra versions held after each op.
+
+    A stage holds its current version and every existing version (``<=`` current) that a
+    microbatch whose weight gradient has not finished uses. Kept incrementally: ``users[s][v]``
+    counts those microbatches per version, ``live[s]`` the versions ``<=`` current that have any."""
     update_stage = {k: s for s, ks in enumerate(after) for k in ks}
     peak = [1] * p.num_stages
     held: list[tuple[int, ...]] = []
     for r, slots in enumerate(p.orders.ranks):
         stages = p.stages_on(r)
         current = dict.fromkeys(stages, 0)
-        # microbatches whose weight gradient has not finished yet, per stage: their versions
-        unfinished = {s: {j: version[s][j] for j in range(p.num_microbatches)} for s in stages}
+        users = {s: Counter(version[s]) for s in stages}
+        live = {s: 1 if users[s][0] else 0 for s in stages}
         out = []
         for slot in slots:
             for k in slot:
                 if k in fin_of:
                     s, j = fin_of[k]
-                    del unfinished[s][j]
+                    v = version[s][j]
+                    users[s][v] -= 1
+                    if not users[s][v] and v <= current[s]:
+                        live[s] -= 1
                 if k in update_stage:
-                    current[update_stage[k]] += 1
+                    s = update_stage[k]
+                    current[s] += 1
+                    if users[s][current[s]]:
+                        live[s] += 1
                 extra = 0
                 for s in stages:
-                    live = {v for v in unfinished[s].values() if v <= current[s]} | {current[s]}
-                    peak[s] = max(peak[s], len(live))
-                    extra += len(live) - 1
+                    n = live[s] + (0 if users[s][current[s]] else 1)
+                    peak[s] = max(peak[s], n)
+                    extra += n - 1
                 out.append(extra)
         held.append(tuple(out))
     return tuple(peak), tuple(held)

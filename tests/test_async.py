@@ -248,3 +248,39 @@ def test_memory_limit_counts_stashed_versions() -> None:
     assert info.value.message == ("memory limit exceeded on rank 0: F[0,6] raises memory to 7 (3 of it stashed "
                                   "weight versions), over the limit 6.5")
     assert simulate(api.compile("std:pipedream", mem_limit=7)).ranks[0].peak_memory == 7
+
+
+def _naive_peak_versions(prog: Program) -> list[int]:
+    """Independent count: after every op, the versions <= current that an unfinished microbatch
+    uses, plus the current one."""
+    plan = weight_plan(prog)
+    assert plan is not None
+    updates = plan.update_ops()
+    peak = [1] * prog.num_stages
+    for r, slots in enumerate(prog.orders.ranks):
+        done: set[tuple[int, int]] = set()
+        cur = dict.fromkeys(prog.stages_on(r), 0)
+        for k in (k for slot in slots for k in slot):
+            op = prog.ops[k]
+            if prog.role(op).value in ("W", "BW") and (op.kind == "W" or not any(kd.name == "W" for kd in prog.kinds)):
+                done.add((op.stage, op.mb))
+            if k in updates:
+                cur[updates[k]] += 1
+            for s in cur:
+                live = {plan.version[s][j] for j in range(prog.num_microbatches)
+                        if (s, j) not in done and plan.version[s][j] <= cur[s]} | {cur[s]}
+                peak[s] = max(peak[s], len(live))
+    return peak
+
+
+@pytest.mark.parametrize("base", ["std:zb-h1", "std:interleaved-1f1b", "std:zb-v", "std:gpipe", "std:pipedream"])
+@pytest.mark.parametrize("policy", ["stash", "stash+vsync", "2bw"])
+def test_versions_kept_agree_with_a_naive_count(base: str, policy: str) -> None:
+    text = f'import "{base}"\nweights {policy}\n'
+    if base == "std:gpipe" and policy == "2bw":  # every forward runs before any update
+        with pytest.raises(SchedlangError, match=r"F\[0,8\] needs weight version 1 of stage 0, but the order runs "
+                                                 r"it after only 0 update\(s\)"):
+            api.schedule(api.loads(text, "case.sched", {"p": 4, "m": 12}))
+        return
+    prog = api.schedule(api.loads(text, "case.sched", {"p": 4, "m": 12}))
+    assert list(simulate(prog).peak_versions) == _naive_peak_versions(prog)
