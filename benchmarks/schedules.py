@@ -13,8 +13,8 @@ and DualPipeV schedules (scheduler ``torch``), timed by the same simulator on th
 
 Notes: dualpipe and dualpipe-v overlap F and B of two chunks in one slot (``overlap max``), so
 their busy time is smaller than the others'; chimera and dualpipe keep two weight replicas (not
-counted); pipedream counts
-one stashed weight version per in-flight microbatch at mem_stash = M_B (``std:pipedream``) and
+counted); pipedream counts the weight versions each stage keeps at mem_weights = M_B each
+(``std:pipedream``) and
 has no flush, so its figures are those of one window of a continuous stream.
 
 Prints a table and writes benchmarks/results/schedules.json.
@@ -70,7 +70,7 @@ def _params(costs: dict[str, float], v: int, extra: dict[str, Any]) -> dict[str,
     for k in ("tf", "tb", "tw", "mem_f", "mem_w"):
         out[k] = costs[k]  # a model slice's: std:costs divides them among a rank's v chunks
     if "mem_f" in out and extra.get("program") == "std:pipedream":
-        out["mem_stash"] = costs["mem_f"]
+        out["mem_weights"] = costs["mem_f"]
     return out | {k: x for k, x in extra.items() if k != "program"}
 
 

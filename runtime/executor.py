@@ -44,6 +44,18 @@ the checked streams. :meth:`PipelineRunner.step` trains on one batch:
   their gradients are summed (within the rank, then across ranks through the lowest holder), so
   the replicas stay identical. Each stage needs its own module object.
 
+Asynchronous weight-update policies (streams with ``weights=stash``, ``stash+vsync`` or ``2bw``,
+:mod:`schedlang.isa` version 2): each ``F``/``B``/``W``/``BW`` names the weight version of its
+stage it uses (``ver``, counted from the start of the step), and ``UPDATE stage=s`` steps the
+optimizer on that stage alone with the mean of the weight gradients accumulated since its
+previous ``UPDATE``. A forward runs the stage module through ``torch.func.functional_call`` on
+leaf tensors of its own that share the version's storage (so each microbatch's weight gradient
+stays separate, and its backward sees exactly its forward's weights). The current version is the
+module's parameters themselves (by reference); an ``UPDATE`` copies the parameters only when an
+unfinished microbatch or a later forward still needs the version it replaces (the copy takes the
+update, the old storage stays with the version), and a version is dropped once nothing needs it.
+These streams need ``split_backward="autograd"`` and no ``dp_group``; anything else is refused.
+
 The loss returned by :meth:`step` is the mean over microbatches of ``loss_fn(output, target)``,
 on the rank holding the last stage; other ranks get None unless ``broadcast_loss=True``. When the
 loss stages are on several ranks, every rank gets the loss (an all-reduce).
@@ -84,7 +96,7 @@ _RUN_IDS = itertools.count()
 class _Slot:
     """Buffers of one (stage, microbatch): input, output (the loss on the last stage), grads."""
 
-    __slots__ = ("x", "x_wait", "out", "dy", "dy_wait", "dx", "done", "work")
+    __slots__ = ("x", "x_wait", "out", "dy", "dy_wait", "dx", "done", "work", "leaves", "ver")
 
     def __init__(self) -> None:
         self.x: torch.Tensor | None = None
@@ -95,10 +107,15 @@ class _Slot:
         self.dx: torch.Tensor | None = None
         self.done = False  # the whole backward (input and weights) has run
         self.work: WeightWork | None = None  # what B captured for W (autograd split)
+        self.leaves: list[torch.Tensor] | None = None  # this microbatch's weights (asynchronous policies)
+        self.ver = -1  # the weight version they belong to
 
 
 def with_reductions(streams: Streams) -> Streams:
-    """Append ``REDUCE_GRAD`` for every stage a stream never reduces, and a final ``OPT_STEP``."""
+    """Append ``REDUCE_GRAD`` for every stage a stream never reduces, and a final ``OPT_STEP``
+    (not to streams under an asynchronous policy: their stages apply gradients with ``UPDATE``)."""
+    if streams.weights != "flush":
+        return streams
     ranks = []
     for rs in streams.ranks:
         instrs = list(rs.instrs)
@@ -172,6 +189,15 @@ class PipelineRunner:
         all_params = list({id(p): p for s in rs.stages for p in self.params[s]}.values())
         self.optimizer = optimizer_factory(all_params) if optimizer_factory is not None else None
         self.wgrad_store: Any = None
+        self.weights = streams.weights
+        if self.weights != "flush":
+            if split_backward != "autograd":
+                raise StreamError(f"weights={self.weights} streams need split_backward='autograd' (the kernels "
+                                  "split keeps no per-microbatch weight versions); refusing to run them "
+                                  "under other semantics")
+            if dp_group is not None:
+                raise StreamError(f"weights={self.weights} streams with a data-parallel group are not supported")
+        self._async = _AsyncWeights(self) if self.weights != "flush" else None
         if split_backward == "kernels":
             from schedlang.kernels.layers import WeightGradStore, attach_store
 
@@ -225,6 +251,8 @@ class PipelineRunner:
             self._finish_sends()
             leftover = sorted(self._table)
             assert not leftover, f"buffers left at the end of the step: {leftover}"
+            if self._async is not None:
+                self._async.end_step()
         except PipelineError:
             raise
         except Exception as exc:
@@ -258,6 +286,8 @@ class PipelineRunner:
     # ------------------------------------------------------------------ step set-up and end
 
     def _prepare(self, inputs: torch.Tensor | None, targets: Any) -> None:
+        if self._async is not None:
+            self._async.start_step()
         self._table.clear()
         self._next_recv = 0
         self.peak_live = self.peak_sends = 0
@@ -398,7 +428,7 @@ class PipelineRunner:
 
     # ------------------------------------------------------------------ compute
 
-    def _forward(self, s: int, i: int) -> None:
+    def _forward(self, s: int, i: int, ver: int = -1) -> None:
         slot = self._slot(s, i)
         q = self._producer[s]
         if q == -1:
@@ -411,7 +441,10 @@ class PipelineRunner:
             assert slot.x is not None, "receive missing"
             x = slot.x = slot.x.to(self.device).requires_grad_()
         with torch.enable_grad():
-            out = self.modules[s](x)
+            if self._async is not None:
+                out = self._async.forward(s, slot, x, ver)
+            else:
+                out = self.modules[s](x)
             if s in self._loss_stages:
                 out = self.loss_fn(out, self._targets[i])
                 self._losses[i] = out.detach()
@@ -439,7 +472,7 @@ class PipelineRunner:
             slot.out = slot.dy = slot.x = None
         elif self._producer[s] != -1:
             assert slot.x is not None
-            slot.dx, slot.work = input_backward(slot.out, slot.x, slot.dy, self.params[s])
+            slot.dx, slot.work = input_backward(slot.out, slot.x, slot.dy, self._weights_of(s, slot))
             slot.x = None
         # autograd path, a first stage: no input gradient; W runs the whole backward.
 
@@ -454,9 +487,11 @@ class PipelineRunner:
         else:  # a first stage, or a graph the capture does not handle: backward again from the output
             assert slot.out is not None
             if self.params[s]:
-                torch.autograd.backward(slot.out, slot.dy, inputs=self.params[s])
+                torch.autograd.backward(slot.out, slot.dy, inputs=self._weights_of(s, slot))
             slot.out = slot.dy = None
         slot.done = True
+        if self._async is not None:
+            self._async.gradient_done(s, slot)
         self._maybe_free(s, i)
 
     def _backward_full(self, s: int, i: int) -> None:
@@ -468,7 +503,14 @@ class PipelineRunner:
         slot.dx = slot.x.grad if slot.x is not None else None
         slot.out = slot.dy = slot.x = None
         slot.done = True
+        if self._async is not None:
+            self._async.gradient_done(s, slot)
         self._maybe_free(s, i)
+
+    def _weights_of(self, s: int, slot: _Slot) -> Sequence[torch.Tensor]:
+        """The weight tensors a backward differentiates: the microbatch's own under an
+        asynchronous policy, else the stage's parameters."""
+        return slot.leaves if slot.leaves is not None else self.params[s]
 
     def _maybe_free(self, s: int, i: int) -> None:
         slot = self._table.get((s, i))
@@ -476,7 +518,7 @@ class PipelineRunner:
             del self._table[(s, i)]
 
     def _op_f(self, ins: Instr) -> None:
-        self._forward(ins.stage, ins.mb)
+        self._forward(ins.stage, ins.mb, ins.ver)
 
     def _op_b(self, ins: Instr) -> None:
         self._backward_input(ins.stage, ins.mb)
@@ -576,9 +618,13 @@ class PipelineRunner:
             p.grad = flat[at:at + n].view_as(p).clone()
             at += n
 
+    def _op_update(self, ins: Instr) -> None:
+        assert self._async is not None, "UPDATE in flush streams (the checker refuses them)"
+        self._async.update(ins.stage)
+
     _HANDLERS: dict[Op, Callable[[PipelineRunner, Instr], None]] = {
         Op.F: _op_f, Op.B: _op_b, Op.W: _op_w, Op.BW: _op_bw, Op.FB: _op_fb, Op.USER: _op_user,
-        Op.REDUCE_GRAD: _op_reduce, Op.OPT_STEP: _op_step,
+        Op.REDUCE_GRAD: _op_reduce, Op.OPT_STEP: _op_step, Op.UPDATE: _op_update,
     }
 
     # ------------------------------------------------------------------ communication
@@ -640,6 +686,113 @@ class PipelineRunner:
         shape, dtype = self._shapes[producer]
         return dist.irecv, torch.empty(shape, dtype=dtype, device=self.comm_device), peer
 
+
+
+# ---------------------------------------------------------------------- weight versions
+
+
+def _alias(t: torch.Tensor) -> torch.Tensor:
+    """A tensor on ``t``'s storage with a version counter of its own: an in-place update of ``t``
+    would change it silently, so a version's storage is never updated in place while needed."""
+    with torch.no_grad():
+        return torch.empty(0, dtype=t.dtype, device=t.device).set_(
+            t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+
+
+class _AsyncWeights:
+    """The weight versions of this rank's stages under an asynchronous policy (module docstring)."""
+
+    def __init__(self, runner: PipelineRunner) -> None:
+        from collections import Counter
+
+        self.r = runner
+        self.names = {s: [n for n, p in mod.named_parameters() if p.requires_grad]
+                      for s, mod in runner.modules.items()}
+        self.versions: dict[int, dict[int, list[torch.Tensor]]] = {}
+        self.current: dict[int, int] = {}
+        self.acc: dict[int, list[torch.Tensor] | None] = {}
+        self.acc_n: dict[int, int] = {}
+        self.unfinished: dict[int, Counter[int]] = {}
+        self.future: dict[int, Counter[int]] = {}
+        self._plan: dict[int, Counter[int]] = {s: Counter() for s in runner.modules}
+        for ins in runner.stream.instrs:
+            if ins.op is Op.F:
+                self._plan[ins.stage][ins.ver] += 1
+        self.copies = 0  # parameter copies made by updates (a version still needed), all steps
+
+    def start_step(self) -> None:
+        from collections import Counter
+
+        for s in self.r.modules:
+            self.current[s] = 0
+            self.versions[s] = {0: [_alias(p) for p in self.r.params[s]]}
+            self.acc[s], self.acc_n[s] = None, 0
+            self.unfinished[s] = Counter()
+            self.future[s] = Counter(self._plan[s])
+
+    def end_step(self) -> None:
+        for s in self.r.modules:
+            assert self.acc_n[s] == 0, f"stage {s}: weight gradients left unapplied at the end of the step"
+            assert not +self.unfinished[s], f"stage {s}: microbatches left unfinished"
+
+    def _needed(self, s: int, v: int) -> bool:
+        return self.future[s][v] > 0 or self.unfinished[s][v] > 0
+
+    def _drop_unneeded(self, s: int) -> None:
+        for v in [v for v in self.versions[s] if v != self.current[s] and not self._needed(s, v)]:
+            del self.versions[s][v]
+
+    def forward(self, s: int, slot: _Slot, x: torch.Tensor, ver: int) -> torch.Tensor:
+        from torch.func import functional_call
+
+        tensors = self.versions[s].get(ver)
+        if tensors is None:
+            raise RuntimeError(f"stage {s} has no weight version {ver} (held: {sorted(self.versions[s])})")
+        leaves = [_alias(t).requires_grad_() for t in tensors]
+        slot.leaves, slot.ver = leaves, ver
+        self.future[s][ver] -= 1
+        self.unfinished[s][ver] += 1
+        return functional_call(self.r.modules[s], dict(zip(self.names[s], leaves, strict=True)), (x,))  # type: ignore[no-any-return]
+
+    def gradient_done(self, s: int, slot: _Slot) -> None:
+        """A microbatch's weight gradient is complete: add it to the stage's accumulator."""
+        assert slot.leaves is not None
+        grads = [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in slot.leaves]
+        acc = self.acc[s]
+        if acc is None:
+            self.acc[s] = [g.detach().clone() for g in grads]
+        else:
+            for a, g in zip(acc, grads, strict=True):
+                a.add_(g)
+        self.acc_n[s] += 1
+        self.unfinished[s][slot.ver] -= 1
+        slot.leaves = None
+        self._drop_unneeded(s)
+
+    def update(self, s: int) -> None:
+        """Step stage ``s`` with the mean accumulated gradient; the result is the next version."""
+        acc, n = self.acc[s], self.acc_n[s]
+        if acc is None or n == 0:
+            raise RuntimeError(f"UPDATE of stage {s} with no weight gradient accumulated")
+        params = self.r.params[s]
+        cur = self.current[s]
+        with torch.no_grad():
+            if self._needed(s, cur):  # the version stays in use: the update goes to a copy
+                for p in params:
+                    p.data = p.data.clone()
+                self.copies += 1
+            else:
+                del self.versions[s][cur]
+            for p, a in zip(params, acc, strict=True):
+                p.grad = a.div_(n)
+        if self.r.optimizer is not None:
+            self.r.optimizer.step()
+        for p in params:
+            p.grad = None
+        self.acc[s], self.acc_n[s] = None, 0
+        self.current[s] = cur + 1
+        self.versions[s][cur + 1] = [_alias(p) for p in params]
+        self._drop_unneeded(s)
 
 
 # ---------------------------------------------------------------------- helpers

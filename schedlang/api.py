@@ -32,7 +32,8 @@ What it offers, by ``schedlang`` command:
 - ``render``: :func:`render` (a scene to write as SVG or PNG), :func:`read_trace`.
 - ``run``: :func:`run`, :func:`check_run`, :func:`check_model`, :func:`runner_from_program`,
   :func:`summarize_timelines` (need torch), :func:`measured_program` (the program on a run's
-  measured op times).
+  measured op times); :func:`weights_note` (how a program with an asynchronous weight-update
+  policy trains).
 - ``profile``: :func:`profile`, :func:`check_profile_options`, :func:`profile_program` (need torch).
 - ``list``: :func:`builtins`.
 - ``serve``: :mod:`schedlang.serve` (it calls these functions; needs Flask). ``compile --emit
@@ -612,6 +613,26 @@ def _check_nodes(total: int, layout: str, *, nnodes: int, node_rank: int, rdzv_e
             raise SchedlangError(f"--rdzv-endpoint expects HOST:PORT, got {rdzv_endpoint!r}")
 
 
+_POLICY_WORDS = {
+    "stash": "PipeDream weight stashing: each stage updates its weights after every microbatch's "
+             "backward, which uses the weight version its forward used",
+    "stash+vsync": "PipeDream weight stashing with vertical sync: each stage updates after every "
+                   "microbatch's backward; all stages use the version stage 0 used for the microbatch",
+    "2bw": "PipeDream-2BW: each stage updates once per {every} microbatches (their mean gradient); "
+           "microbatches of group g use the version made after group g-2",
+}
+
+
+def weights_note(program: Program) -> str:
+    """One line saying how a program with an asynchronous policy trains ('' under ``flush``)."""
+    w = program.weights
+    if not w.asynchronous:
+        return ""
+    return (f"weights {w.policy}: {_POLICY_WORDS[w.policy].format(every=w.every)}; asynchronous, "
+            f"not synchronous training (weights are updated within each window of "
+            f"{program.num_microbatches} microbatches, which drains at the end of each step)")
+
+
 @dataclass(frozen=True)
 class RunResult:
     """What :func:`run` measured. ``exit_code`` is 0 when every worker succeeded; ``failures``
@@ -687,6 +708,9 @@ def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt", s
     nproc = check_run(program, nproc=nproc, steps=steps, model=model, dp=dp, nnodes=nnodes,
                       node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, nproc_per_node=nproc_per_node,
                       launcher=launcher, backend=backend)
+    if program.weights.asynchronous and split_backward != "autograd":
+        raise SchedlangError(f"weights {program.weights.policy}: the runtime keeps weight versions only with "
+                             "--split-backward autograd", program.weights.span)
     code_streams = codegen(program)
     sim = _simulate(program)
     with tempfile.TemporaryDirectory(prefix="schedlang-run-") as tmp:

@@ -14,7 +14,7 @@ from typing import Any
 
 from schedlang import syntax as S
 from schedlang.evaluate import BUILTINS, CONSTANTS, PIPELINE_FUNCTIONS, SHAPE_NAMES
-from schedlang.ir import Role
+from schedlang.ir import WEIGHT_POLICIES, Role
 from schedlang.load import Item
 from schedlang.source import Note, SchedlangError, Source, Span
 
@@ -73,6 +73,20 @@ def _once(attrs: tuple[Any, ...], owner: str) -> dict[type, Any]:
     return seen
 
 
+def _check_weights(d: S.WeightsDecl, glob: frozenset[str]) -> None:
+    if d.policy not in WEIGHT_POLICIES:
+        raise SchedlangError(f"unknown weight-update policy '{d.policy}' (use "
+                             + ", ".join(WEIGHT_POLICIES) + ")", d.span)
+    attrs = _once(d.attrs, "the weights clause")
+    every = attrs.get(S.EveryAttr)
+    if every is not None and d.policy != "2bw":
+        raise SchedlangError(f"'every' sets how many microbatches a 2bw update accumulates; policy "
+                             f"'{d.policy}' updates " + ("once per step" if d.policy == "flush"
+                                                         else "after every backward"), every.span)
+    for a in d.attrs:
+        check_expr(a.value, glob)
+
+
 def global_names(items: list[Item]) -> frozenset[str]:
     names = {d.name for it in items if isinstance((d := it.decl), (S.ParamDecl, S.LetDecl))}
     return frozenset(names | set(CONSTANTS) | set(SHAPE_NAMES))
@@ -126,6 +140,8 @@ def _check_decl(d: S.Decl, glob: frozenset[str], kinds: dict[str, S.OpDecl]) -> 
     elif isinstance(d, S.OverlapDecl):
         if d.mode not in OVERLAP_MODES:
             raise SchedlangError(f"unknown overlap mode '{d.mode}' (use sum or max)", d.span)
+    elif isinstance(d, S.WeightsDecl):
+        _check_weights(d, glob)
     elif isinstance(d, S.OpDecl):
         _check_op(d, glob)
     elif isinstance(d, S.DepDecl):

@@ -70,6 +70,13 @@ backward part of an FB) of stage ``s`` on its rank, placed before the next compu
 (after that op's sends and any receives that follow); ``OPT_STEP`` ends every stream. Programs
 with no backward ops get neither.
 
+*Weight-update policies.* Under an asynchronous ``weights`` policy (:mod:`schedlang.weights`)
+the streams are format version 2 with ``weights=POLICY`` in the header: every ``F``, ``B``,
+``W`` and ``BW`` carries the weight version it uses (``ver``, from the weight plan), an
+``UPDATE stage=s`` follows every op after which the plan updates stage ``s`` (after the slot's
+sends and the next slot's receives, so they still batch), a two-op slot is emitted as its ops one after another (no ``FB``: its two halves may use
+different versions), and there is no ``REDUCE_GRAD`` or ``OPT_STEP``.
+
 *Deadlock check.* Codegen runs the progress check of :mod:`schedlang.isa_check` (its module
 docstring states the blocking semantics, ``sends`` buffered or rendezvous and ``recvs`` blocking
 or posted, precisely) on the eager streams and falls back to lazy receives if it ever failed.
@@ -78,13 +85,14 @@ or posted, precisely) on the eager streams and falls back to lazy receives if it
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from schedlang import isa
 from schedlang.ir import Op as IrOp
 from schedlang.ir import Program, Role
 from schedlang.isa import Instr, RankStream, Streams
 from schedlang.isa_check import find_deadlock
+from schedlang.weights import WeightPlan, weight_plan
 
 _COMPUTE = {Role.F: isa.Op.F, Role.B: isa.Op.B, Role.W: isa.Op.W, Role.BW: isa.Op.BW}
 
@@ -140,10 +148,14 @@ def _recv(program: Program, m: Message) -> Instr:
 # ------------------------------------------------------------------ compute
 
 
-def compute_instrs(program: Program, slot: tuple[int, ...]) -> list[Instr]:
+def compute_instrs(program: Program, slot: tuple[int, ...], plan: WeightPlan | None = None) -> list[Instr]:
     """The compute instruction(s) of one slot (see the module docstring)."""
     ops = [program.ops[k] for k in slot]
     roles = [program.role(o) for o in ops]
+    if plan is not None:
+        return [Instr(isa.Op.USER, stage=o.stage, mb=o.mb, kind=o.kind) if r is Role.USER else
+                Instr(_COMPUTE[r], stage=o.stage, mb=o.mb, ver=plan.version[o.stage][o.mb])
+                for o, r in zip(ops, roles, strict=True)]
     if len(ops) == 2 and sorted(r is Role.F for r in roles) == [False, True]:
         f, b = (ops[0], ops[1]) if roles[0] is Role.F else (ops[1], ops[0])
         rb = program.role(b)
@@ -216,14 +228,18 @@ def _fifo(pos: list[int]) -> None:
 
 
 def _rank_items(program: Program, rank: int, outgoing: dict[int, list[Message]],
-                recv_at: dict[tuple[int, int], list[Message]]) -> list[Instr]:
+                recv_at: dict[tuple[int, int], list[Message]], plan: WeightPlan | None = None) -> list[Instr]:
     items: list[Instr] = []
+    updates = plan.update_ops() if plan is not None else {}
+    pending: list[Instr] = []  # updates wait for the next compute, so the sends and receives batch
     for j, slot in enumerate(program.orders.ranks[rank]):
         items.extend(_recv(program, m) for m in recv_at.get((rank, j), ()))
-        items.extend(compute_instrs(program, slot))
+        items.extend(pending)
+        pending = [Instr(isa.Op.UPDATE, stage=updates[k]) for k in slot if k in updates]
+        items.extend(compute_instrs(program, slot, plan))
         for k in slot:
             items.extend(_send(program, m) for m in outgoing.get(k, ()))
-    return items
+    return items + pending
 
 
 def _insert_reductions(items: list[Instr]) -> list[Instr]:
@@ -326,15 +342,22 @@ def codegen(program: Program, recvs: str = "eager", batching: str = "run") -> St
     slot_of = {k: (r, j) for r, slots in enumerate(program.orders.ranks) for j, slot in enumerate(slots)
                for k in slot}
     has_backward = any(program.role(o) is not Role.F and program.role(o) is not Role.USER for o in program.ops)
+    plan = weight_plan(program)
 
     def build(recv_at: dict[tuple[int, int], list[Message]]) -> Streams:
         ranks = []
         for r in range(program.num_ranks):
-            items = batch(_insert_reductions(_rank_items(program, r, outgoing, recv_at)), batching == "peer")
-            if has_backward:
+            items = _rank_items(program, r, outgoing, recv_at, plan)
+            if plan is None:
+                items = _insert_reductions(items)
+            items = batch(items, batching == "peer")
+            if has_backward and plan is None:
                 items.append(Instr(isa.Op.OPT_STEP))
             ranks.append(RankStream(r, program.stages_on(r), tuple(items)))
-        return _streams(program, tuple(ranks))
+        streams = _streams(program, tuple(ranks))
+        if plan is None:
+            return streams
+        return replace(streams, version=2, weights=plan.policy)
 
     if recvs == "eager":
         streams = build(_eager_recvs(program, channels, slot_of))

@@ -157,6 +157,10 @@ def _check_edges(program: Program) -> None:
 
 def check_exportable(program: Program) -> None:
     """Raise a located :class:`SchedlangError` if PyTorch would reject or misrun the schedule."""
+    if program.weights.asynchronous:
+        raise SchedlangError(f"PyTorch's pipelining trains synchronously (one optimizer step per flushed "
+                             f"batch): a schedule with 'weights {program.weights.policy}' would run there under "
+                             "other semantics, so it is not exported", program.weights.span)
     for r in range(program.num_ranks):
         if not program.stages_on(r):
             raise SchedlangError(f"PyTorch needs at least one stage per rank; rank {r} holds none",

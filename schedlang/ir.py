@@ -102,6 +102,31 @@ class SchedulerCall:
 
 Schedule = Orders | SchedulerCall | None
 
+WEIGHT_POLICIES = ("flush", "stash", "stash+vsync", "2bw")
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """The weight-update policy (see docs/async.md).
+
+    ``flush``: one optimizer step per window, every microbatch sees the same weights.
+    ``stash`` (PipeDream): each stage updates after every microbatch's backward; a microbatch's
+    forward and backward on a stage use the version that was current at its forward there.
+    ``stash+vsync``: like ``stash``, but every stage uses the version stage 0 had at the
+    microbatch's forward. ``2bw`` (PipeDream-2BW): each stage updates once per ``every``
+    microbatches (their mean gradient); microbatches of group ``g`` use version ``g - 1``.
+    ``mem``: memory of one weight version of a stage, counted for every version beyond the
+    current one that a stage must keep."""
+
+    policy: str = "flush"
+    every: int = 0  # 2bw only: microbatches per update
+    mem: float = 0.0
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def asynchronous(self) -> bool:
+        return self.policy != "flush"
+
 
 @dataclass(frozen=True, slots=True)
 class Program:
@@ -119,6 +144,7 @@ class Program:
     mem_limit: tuple[float, ...] | None = None  # per rank; None = unlimited
     overlap: str = "sum"  # how a multi-op slot's time adds up: "sum" or "max"
     schedule: Schedule = None
+    weights: Weights = Weights()
     rule_spans: tuple[Span | None, ...] = field(default=(), compare=False, repr=False)
     schedule_span: Span | None = field(default=None, compare=False, repr=False)
     mem_limit_span: Span | None = field(default=None, compare=False, repr=False)
@@ -334,6 +360,10 @@ def format_program(p: Program) -> str:
         out.append(f"  allreduce {' '.join(_fmt_num(x) for x in p.allreduce)}")
     if p.overlap != "sum":
         out.append(f"  overlap {p.overlap}")
+    if p.weights.asynchronous:
+        w = p.weights
+        out.append(f"  weights {w.policy}" + (f" every {w.every}" if w.policy == "2bw" else "")
+                   + f" mem {_fmt_num(w.mem)}")
     out += [f"  kind {k.name} role {k.role.value}" for k in p.kinds]
     out.append(f"ops {len(p.ops)}")
     for o in p.ops:

@@ -4,8 +4,8 @@ A compiled schedule is a :class:`Streams`: one :class:`RankStream` per rank, eac
 tuple of :class:`Instr`. The runtime (``schedlang.runtime``) imports this module and nothing else
 of the compiler, so it must stay free of lark, ortools and torch.
 
-Semantics (version 1)
----------------------
+Semantics (versions 1 and 2)
+----------------------------
 Compute instructions name a stage and a microbatch:
 
 - ``F``   forward of ``stage`` on microbatch ``mb`` (a loss stage also computes the loss).
@@ -55,6 +55,24 @@ checks them, and its module docstring states the blocking semantics precisely):
   treat it as a no-op or a hook).
 - ``meta program=NAME`` names the source program (informational).
 
+Weight-update policies (version 2). A header field ``weights=POLICY`` (``stash``,
+``stash+vsync`` or ``2bw``; absent: ``flush``, the synchronous semantics above) declares an
+asynchronous policy (see :mod:`schedlang.weights` and docs/async.md). Such streams have no
+``REDUCE_GRAD`` and no ``OPT_STEP``; instead:
+
+- every ``F``, ``B``, ``W`` and ``BW`` carries ``ver=V``: the weight version of its stage it uses,
+  counted from the start of the step (version ``v`` = the stage's weights after ``v`` of its
+  ``UPDATE``\\ s this step; version 0 = the weights the step starts with). A microbatch's backward
+  uses the version of its forward. (Codegen never emits ``FB`` for such streams.)
+- ``UPDATE stage=s`` applies the mean of the weight gradients of stage ``s``'s microbatches whose
+  weight backward (``W``/``BW``) ran since the stage's previous ``UPDATE`` (an optimizer step of
+  that stage alone, all-reduced over data-parallel replicas when there are any) and makes the
+  next version. Every weight gradient is applied by a later ``UPDATE`` of its stage in the step.
+
+A stream file is written as version 1 when it uses none of this (a reader of version 1 reads
+it), else as version 2. Readers accept both; a version 1 file that uses a version 2 field is
+refused.
+
 Stage graph. By default stage ``s`` reads stage ``s-1``'s output (stage 0 reads the batch) and
 the last stage computes the loss: one pipeline. A header field ``prev=q0,q1,...`` (present only
 when the schedule differs from that) names each stage's producer (``-1``: reads the batch). The
@@ -91,7 +109,9 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
 
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+WEIGHT_POLICIES = ("flush", "stash", "stash+vsync", "2bw")
 
 
 class Op(Enum):
@@ -110,6 +130,7 @@ class Op(Enum):
     BATCH = "BATCH"
     REDUCE_GRAD = "REDUCE_GRAD"
     OPT_STEP = "OPT_STEP"
+    UPDATE = "UPDATE"
 
     @property
     def is_compute(self) -> bool:
@@ -130,7 +151,7 @@ class Op(Enum):
 
 COMPUTE_OPS = frozenset({Op.F, Op.B, Op.W, Op.BW, Op.FB, Op.USER})
 P2P_OPS = frozenset({Op.SEND_ACT, Op.RECV_ACT, Op.SEND_GRAD, Op.RECV_GRAD})
-SYNC_OPS = frozenset({Op.REDUCE_GRAD, Op.OPT_STEP})
+SYNC_OPS = frozenset({Op.REDUCE_GRAD, Op.OPT_STEP, Op.UPDATE})
 
 
 class IsaError(ValueError):
@@ -154,6 +175,7 @@ class Instr:
     mb2: int = -1
     kind: str = ""
     parts: tuple[Instr, ...] = ()
+    ver: int = -1  # the weight version an F/B/W/BW uses (version 2, asynchronous policies)
 
     def __str__(self) -> str:
         return _format_instr(self)
@@ -177,9 +199,10 @@ class Streams:
     num_microbatches: int
     placement: tuple[int, ...]
     ranks: tuple[RankStream, ...]
-    version: int = VERSION
+    version: int = 1  # the format version written: 2 only where needed (see the module docstring)
     meta: tuple[tuple[str, str], ...] = field(default=())
     prev: tuple[int, ...] = ()
+    weights: str = "flush"  # the weight-update policy (version 2; see the module docstring)
 
     def stream(self, rank: int) -> RankStream:
         return self.ranks[rank]
@@ -243,7 +266,23 @@ def flatten(instrs: tuple[Instr, ...]) -> Iterator[Instr]:
 
 # --------------------------------------------------------------------------- text form
 
-_INT_FIELDS = ("stage", "mb", "peer", "peer_stage", "stage2", "mb2")
+_INT_FIELDS = ("stage", "mb", "peer", "peer_stage", "stage2", "mb2", "ver")
+
+
+def needs_version_2(streams: Streams) -> bool:
+    """Whether the streams use anything of format version 2 (a policy, ``ver``, ``UPDATE``)."""
+    return streams.weights != "flush" or any(
+        ins.ver != -1 or ins.op is Op.UPDATE for rs in streams.ranks for ins in flatten(rs.instrs))
+
+
+def _check_version(streams: Streams, where: str) -> Streams:
+    if streams.version == 1 and needs_version_2(streams):
+        raise IsaError(f"{where}: a version 1 stream file cannot hold a weight-update policy, 'ver' fields "
+                       "or UPDATE instructions (they are version 2)")
+    if streams.weights not in WEIGHT_POLICIES:
+        raise IsaError(f"{where}: unknown weight-update policy {streams.weights!r} (known: "
+                       + ", ".join(WEIGHT_POLICIES) + ")")
+    return streams
 
 
 def _format_instr(ins: Instr) -> str:
@@ -265,6 +304,7 @@ def to_text(streams: Streams) -> str:
         f"pipeline ranks={streams.num_ranks} stages={streams.num_stages} "
         f"microbatches={streams.num_microbatches} placement={placement}"
         + (f" prev={','.join(str(q) for q in streams.prev)}" if streams.prev else "")
+        + (f" weights={streams.weights}" if streams.weights != "flush" else "")
     )
     for key, value in streams.meta:
         lines.append(f"meta {key}={value}")
@@ -347,8 +387,9 @@ def parse_text(text: str) -> Streams:  # noqa: C901 - a flat line dispatcher
             if head != "schedlang-isa" or len(tokens) != 2:
                 raise IsaError("expected 'schedlang-isa VERSION' first", lineno)
             version = _int(tokens[1], lineno, "version")
-            if version != VERSION:
-                raise IsaError(f"unsupported version {version} (this reader knows {VERSION})", lineno)
+            if version not in READABLE_VERSIONS:
+                raise IsaError(f"unsupported version {version} (this reader knows versions "
+                               f"{', '.join(map(str, READABLE_VERSIONS))})", lineno)
         elif head == "pipeline":
             if header is not None:
                 raise IsaError("second 'pipeline' header (a stream file has one)", lineno)
@@ -385,7 +426,7 @@ def parse_text(text: str) -> Streams:  # noqa: C901 - a flat line dispatcher
     if version is None or header is None:
         raise IsaError("missing 'schedlang-isa' or 'pipeline' header")
     try:
-        return Streams(
+        streams = Streams(
             num_ranks=int(header["ranks"]),
             num_stages=int(header["stages"]),
             num_microbatches=int(header["microbatches"]),
@@ -394,9 +435,11 @@ def parse_text(text: str) -> Streams:  # noqa: C901 - a flat line dispatcher
             version=version,
             meta=tuple(meta),
             prev=_int_list(header.get("prev", ""), 0, "prev"),
+            weights=header.get("weights", "flush"),
         )
     except (KeyError, ValueError) as exc:
         raise IsaError(f"bad pipeline header: {exc}") from None
+    return _check_version(streams, "the pipeline header")
 
 
 # --------------------------------------------------------------------------- JSON form
@@ -485,6 +528,7 @@ def to_json(streams: Streams) -> str:
     doc = {
         "format": "schedlang-isa",
         "version": streams.version,
+        **({"weights": streams.weights} if streams.weights != "flush" else {}),
         "num_ranks": streams.num_ranks,
         "num_stages": streams.num_stages,
         "num_microbatches": streams.num_microbatches,
@@ -517,16 +561,20 @@ def from_json(text: str) -> Streams:
     top = ("format", "version", "num_ranks", "num_stages", "num_microbatches", "placement", "ranks")
     if not isinstance(doc, dict) or doc.get("format") != "schedlang-isa":
         raise IsaError('not a schedlang-isa JSON document (expected an object with "format": "schedlang-isa")')
-    doc = _json_obj(doc, "the document", top, ("meta", "prev"))
+    doc = _json_obj(doc, "the document", top, ("meta", "prev", "weights"))
     version = _json_int(doc["version"], "version")
-    if version != VERSION:
-        raise IsaError(f"version: unsupported version {version} (this reader knows {VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise IsaError(f"version: unsupported version {version} (this reader knows versions "
+                       f"{', '.join(map(str, READABLE_VERSIONS))})")
+    weights = doc.get("weights", "flush")
+    if not isinstance(weights, str):
+        raise _json_bad("weights", "a string", weights)
     meta = doc.get("meta", {})
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise _json_bad("meta", "an object of strings", meta)
     if not isinstance(doc["ranks"], list):
         raise _json_bad("ranks", "a list of rank objects", doc["ranks"])
-    return Streams(
+    return _check_version(Streams(
         num_ranks=_json_int(doc["num_ranks"], "num_ranks"),
         num_stages=_json_int(doc["num_stages"], "num_stages"),
         num_microbatches=_json_int(doc["num_microbatches"], "num_microbatches"),
@@ -535,7 +583,8 @@ def from_json(text: str) -> Streams:
         version=version,
         meta=tuple(meta.items()),
         prev=_json_ints(doc.get("prev", []), "prev"),
-    )
+        weights=weights,
+    ), "weights")
 
 
 def load(path: str) -> Streams:
@@ -553,8 +602,10 @@ def load(path: str) -> Streams:
 __all__ = [
     "COMPUTE_OPS",
     "P2P_OPS",
+    "READABLE_VERSIONS",
     "SYNC_OPS",
     "VERSION",
+    "WEIGHT_POLICIES",
     "Instr",
     "IsaError",
     "Op",
@@ -564,6 +615,7 @@ __all__ = [
     "flatten",
     "from_json",
     "load",
+    "needs_version_2",
     "parse_text",
     "to_json",
     "to_text",

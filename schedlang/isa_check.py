@@ -20,6 +20,12 @@ checks, in order:
   of an ``FB``, ``W`` after its ``B``), each stage has one ``REDUCE_GRAD`` after its last
   backward, and each rank ends with its one ``OPT_STEP``, after all its ``REDUCE_GRAD``\\ s
   (``opt_step=False``: no ``OPT_STEP`` is needed, as in PyTorch's schedules);
+- weight versions (format version 2, ``weights=`` an asynchronous policy): every ``F``, ``B``,
+  ``W`` and ``BW`` carries ``ver``, there is no ``FB``, ``REDUCE_GRAD`` or ``OPT_STEP``; a
+  forward uses a version its stage's ``UPDATE``\\ s have made by then, a backward the version of
+  its forward, every ``UPDATE`` has weight gradients to apply and every weight gradient is
+  applied by an ``UPDATE`` before the stream ends. Under ``flush`` no instruction carries ``ver``
+  and there is no ``UPDATE``;
 - matching: on every ordered pair of ranks the k-th send is the k-th receive (same payload kind,
   stages and microbatch): messages match in issue order, as in ``torch.distributed``;
 - progress: executing all streams symbolically finishes, so no rank waits forever. The blocking
@@ -50,12 +56,13 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from schedlang.isa import Instr, Op, RankStream, Streams, flatten
+from schedlang.isa import WEIGHT_POLICIES, Instr, Op, RankStream, Streams, flatten
 
 SENDS = ("buffered", "rendezvous")
 RECVS = ("blocking", "posted")
 
-_BACKWARD_OPS = frozenset({Op.B, Op.W, Op.BW, Op.FB, Op.REDUCE_GRAD, Op.OPT_STEP})
+_BACKWARD_OPS = frozenset({Op.B, Op.W, Op.BW, Op.FB, Op.REDUCE_GRAD, Op.OPT_STEP, Op.UPDATE})
+_VERSIONED = frozenset({Op.F, Op.B, Op.W, Op.BW})
 
 
 class StreamError(ValueError):
@@ -149,6 +156,11 @@ def _check_header(streams: Streams) -> None:
         raise StreamError("a step needs at least one microbatch")
     if streams.prev:
         _check_stage_graph(streams)
+    if streams.weights not in WEIGHT_POLICIES:
+        raise StreamError(f"unknown weight-update policy {streams.weights!r} (known: {', '.join(WEIGHT_POLICIES)})")
+    if streams.weights != "flush" and len(streams.chains()) > 1:
+        raise StreamError(f"weights={streams.weights} with several chains (weight replicas, as in Chimera) is "
+                          "not supported: replicas would need to agree on every version")
 
 
 def _check_stage_graph(streams: Streams) -> None:
@@ -231,7 +243,8 @@ def _check_p2p(streams: Streams, at: _At) -> None:
 
 
 def _indices(ins: Instr) -> tuple[tuple[int, int], ...]:
-    """The (stage, microbatch) pairs an instruction names; REDUCE_GRAD has a stage only (mb -1)."""
+    """The (stage, microbatch) pairs an instruction names; REDUCE_GRAD and UPDATE have a stage
+    only (mb -1)."""
     if ins.op is Op.OPT_STEP or ins.op is Op.BATCH:
         return ()
     if ins.op is Op.FB:
@@ -252,10 +265,30 @@ def _check_instr_shape(streams: Streams, rs: RankStream, at: _At) -> None:
             raise at.error(f"stage {s} is out of range (stages run 0..{streams.num_stages - 1})")
         if s not in rs.stages:
             raise at.error(f"stage {s} is not on rank {rs.rank} (it is on rank {streams.placement[s]})")
-        if ins.op is not Op.REDUCE_GRAD and not 0 <= i < streams.num_microbatches:
+        if ins.op not in (Op.REDUCE_GRAD, Op.UPDATE) and not 0 <= i < streams.num_microbatches:
             raise at.error(f"microbatch {i} is out of range (microbatches run 0..{streams.num_microbatches - 1})")
     if ins.op.is_p2p:
         _check_p2p(streams, at)
+    _check_versioning(streams, at)
+
+
+def _check_versioning(streams: Streams, at: _At) -> None:
+    ins = at.ins
+    if streams.weights == "flush":
+        if ins.op is Op.UPDATE:
+            raise at.error("UPDATE in streams without an asynchronous weight-update policy (header weights=)")
+        if ins.ver != -1:
+            raise at.error("a weight version (ver=) in streams without an asynchronous weight-update policy")
+        return
+    if ins.op in (Op.FB, Op.REDUCE_GRAD, Op.OPT_STEP):
+        why = {Op.FB: "an overlapped FB (its two halves may use different weight versions)",
+               Op.REDUCE_GRAD: "REDUCE_GRAD (stages apply their gradients with UPDATE)",
+               Op.OPT_STEP: "OPT_STEP (stages apply their gradients with UPDATE)"}[ins.op]
+        raise at.error(f"weights={streams.weights} streams have no {why}")
+    if ins.op in _VERSIONED and ins.ver < 0:
+        raise at.error(f"weights={streams.weights}: {ins.op.value} needs the weight version it uses (ver=)")
+    if ins.op not in _VERSIONED and ins.ver != -1:
+        raise at.error(f"only F, B, W and BW carry a weight version (ver=), not {ins.op.value}")
 
 
 def _check_shape(streams: Streams, rs: RankStream) -> None:
@@ -282,6 +315,9 @@ class _Flow:
         self.have: set[tuple[str, int, int]] = set()
         self.reduced: set[int] = set()
         self.stepped = False
+        self.updates: Counter[int] = Counter()  # UPDATEs of each stage so far
+        self.unapplied: Counter[int] = Counter()  # weight gradients since the stage's last UPDATE
+        self.fwd_ver: dict[tuple[int, int], int] = {}
 
     def local(self, stage: int) -> bool:
         return self.streams.placement[stage] == self.rank
@@ -318,11 +354,36 @@ class _Flow:
             self.once(("bwd_w", s, i), at, "weight backward (W/BW)")
 
 
+    def versions(self, at: _At) -> None:
+        """Weight versions (asynchronous policies): exist when used, a backward uses its forward's."""
+        ins = at.ins
+        s, i = ins.stage, ins.mb
+        if ins.op is Op.UPDATE:
+            if not self.unapplied[s]:
+                raise at.error(f"UPDATE of stage {s} with no weight gradient to apply since its previous UPDATE")
+            self.unapplied[s] = 0
+            self.updates[s] += 1
+        elif ins.op is Op.F:
+            if ins.ver > self.updates[s]:
+                raise at.error(f"uses weight version {ins.ver} of stage {s}, but only {self.updates[s]} UPDATE(s) "
+                               "of the stage have run")
+            self.fwd_ver[(s, i)] = ins.ver
+        elif ins.op in (Op.B, Op.W, Op.BW):
+            want = self.fwd_ver.get((s, i))
+            if want is not None and ins.ver != want:
+                raise at.error(f"the backward of stage {s} microbatch {i} uses weight version {ins.ver}, its "
+                               f"forward used {want}")
+            if ins.op is not Op.B:
+                self.unapplied[s] += 1
+
+
 def _flow_instr(flow: _Flow, at: _At, mbs: dict[int, frozenset[int]], training: bool) -> None:  # noqa: C901
     ins = at.ins
     op = ins.op
     if flow.stepped:
         raise at.error("instruction after OPT_STEP (OPT_STEP ends the step)")
+    if flow.streams.weights != "flush" and (op in _VERSIONED or op is Op.UPDATE):
+        flow.versions(at)
     if op is Op.F:
         flow.forward(ins.stage, ins.mb, at)
     elif op in (Op.B, Op.W, Op.BW):
@@ -372,9 +433,14 @@ def _check_flow(streams: Streams, rs: RankStream, mbs: dict[int, frozenset[int]]
             for what, name in (("bwd_in", "input backward (B/BW)"), ("bwd_w", "weight backward (W/BW)")):
                 if (what, s, i) not in flow.have:
                     raise _at_end(rs, f"no {name} of stage {s} microbatch {i}")
+        if streams.weights != "flush":
+            if flow.unapplied[s]:
+                raise _at_end(rs, f"{flow.unapplied[s]} weight gradient(s) of stage {s} are never applied "
+                                  "(no UPDATE of the stage after them)")
+            continue
         if s not in flow.reduced:
             raise _at_end(rs, f"no REDUCE_GRAD of stage {s}")
-    if opt_step and not flow.stepped:
+    if opt_step and not flow.stepped and streams.weights == "flush":
         raise _at_end(rs, "no OPT_STEP (training streams end every rank with one)")
 
 

@@ -37,7 +37,7 @@ STD_PREFIX = "std:"
 SINGLETONS: dict[type, str] = {
     S.RanksDecl: "ranks", S.StagesDecl: "stages", S.MicrobatchesDecl: "microbatches",
     S.PlaceDecl: "place", S.CommDecl: "comm", S.MemLimitDecl: "mem_limit", S.AllreduceDecl: "allreduce",
-    S.OverlapDecl: "overlap", S.ScheduleDecl: "schedule",
+    S.OverlapDecl: "overlap", S.WeightsDecl: "weights", S.ScheduleDecl: "schedule",
 }
 
 

@@ -41,6 +41,7 @@ from schedlang.ir import (
     Role,
     SchedulerCall,
     Value,
+    Weights,
 )
 from schedlang.limits import Limits
 from schedlang.load import Item, load_program_items
@@ -101,7 +102,8 @@ def lower(items: list[Item], name: str, overrides: Mapping[str, Value] | None = 
             if isinstance(d, S.ParamDecl):
                 param_names.append(d.name)
         elif isinstance(d, (S.RanksDecl, S.StagesDecl, S.MicrobatchesDecl, S.PlaceDecl, S.CommDecl,
-                            S.MemLimitDecl, S.AllreduceDecl, S.OverlapDecl, S.ScheduleDecl)):
+                            S.MemLimitDecl, S.AllreduceDecl, S.OverlapDecl, S.WeightsDecl,
+                            S.ScheduleDecl)):
             clause[type(d)] = d
     exprs["num_ranks"] = (clause[S.RanksDecl].value, clause[S.RanksDecl].span)
     stages_decl = clause.get(S.StagesDecl) or clause[S.RanksDecl]
@@ -158,6 +160,7 @@ def lower(items: list[Item], name: str, overrides: Mapping[str, Value] | None = 
         edges=tuple(edges),
         mem_limit=mem_limit,
         overlap=overlap,
+        weights=_weights(clause.get(S.WeightsDecl), env, Sn, st),
         rule_spans=tuple(d.span for d in dep_decls),
         warnings=_rule_warnings(items, dep_decls, edges, name),
         mem_limit_span=ml_span,
@@ -175,6 +178,24 @@ def lower(items: list[Item], name: str, overrides: Mapping[str, Value] | None = 
         return _replace(program, schedule=sc, schedule_span=sched.span)
     orders = _run_orders(sched.body, env, program, index, st)
     return _replace(program, schedule=orders, schedule_span=sched.span)
+
+
+def _weights(d: S.WeightsDecl | None, env: Env, num_stages: int, st: _State) -> Weights:
+    """The weights clause evaluated: policy, microbatches per 2bw update (default: the number of
+    stages, the least that keeps two versions in a 1F1B order), memory of one version."""
+    if d is None:
+        return Weights()
+    every, mem = (num_stages if d.policy == "2bw" else 0), 0.0
+    for a in d.attrs:
+        v = compile_expr(a.value, st.funcs)(env)
+        if isinstance(a, S.EveryAttr):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise SchedlangError(f"'every' must be a positive integer (microbatches per update), "
+                                     f"got {v!r}", a.value.span)
+            every = v
+        else:
+            mem = _nonneg(v, a.value.span, "the memory of a weight version")
+    return Weights(d.policy, every, mem, d.span)
 
 
 def _replace(p: Program, **kw: Any) -> Program:

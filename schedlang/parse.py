@@ -238,6 +238,14 @@ class _Builder(Transformer[Token, Any]):
         return S.OverlapDecl(str(c[0]), self._span(meta))
 
     @v_args(meta=True)
+    def weights_decl(self, meta: Any, c: list[Any]) -> S.WeightsDecl:
+        return S.WeightsDecl(str(c[0]), tuple(c[1:]), self._span(meta))
+
+    @v_args(meta=True)
+    def every_attr(self, meta: Any, c: list[Any]) -> S.EveryAttr:
+        return S.EveryAttr(c[0], self._span(meta))
+
+    @v_args(meta=True)
     def binders(self, meta: Any, c: list[Token]) -> tuple[str, ...]:
         return tuple(str(t) for t in c)
 

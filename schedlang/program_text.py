@@ -2,8 +2,8 @@
 
 :func:`program_text` writes a self-contained program (no imports, no parameters) whose lowering
 gives back the same pipeline: the same op kinds and roles, the same ops with their ranks, times
-and memory deltas, the same dependencies with their latencies, the same placement, memory limit
-and overlap mode, and the program's per-rank orders as an explicit ``schedule { rank R { ... } }``
+and memory deltas, the same dependencies with their latencies, the same placement, memory limit,
+overlap mode, all-reduce times and weight-update policy, and the program's per-rank orders as an explicit ``schedule { rank R { ... } }``
 clause. :func:`same_program` checks exactly that, and is what the round-trip tests use.
 
 The text stays readable where the IR allows: a time or memory that is one number for every op
@@ -190,6 +190,11 @@ def program_text(program: Program) -> str:
                     else f"mem_limit [{', '.join(_num(x) for x in p.mem_limit)}]")
     if p.overlap != "sum":
         body.append(f"overlap {p.overlap}")
+    if p.allreduce is not None:
+        body.append(f"allreduce [{', '.join(_num(x) for x in p.allreduce)}]")
+    if p.weights.asynchronous:
+        every = f" every {p.weights.every}" if p.weights.policy == "2bw" else ""
+        body.append(f"weights {p.weights.policy}{every} mem {_num(p.weights.mem)}")
     parts = [head, w.lets, body, ops, deps, _schedule(p, orders)]
     return "\n\n".join("\n".join(x) for x in parts if x) + "\n"
 
@@ -197,10 +202,11 @@ def program_text(program: Program) -> str:
 def program_differences(a: Program, b: Program) -> list[str]:
     """What differs between two scheduled programs in shape, ops (kind, stage, microbatch, rank,
     time, memory), kinds and roles, dependencies (with latency), placement, memory limit,
-    overlap and orders; empty when they are the same pipeline with the same schedule. Names,
+    overlap, all-reduce times, weight-update policy and orders; empty when they are the same pipeline with the same schedule. Names,
     parameters, source spans and which rule made a dependency are not compared."""
     diffs = []
-    for f in ("num_ranks", "num_stages", "num_microbatches", "placement", "mem_limit", "overlap", "kinds"):
+    for f in ("num_ranks", "num_stages", "num_microbatches", "placement", "mem_limit", "overlap", "kinds",
+              "allreduce", "weights"):
         if getattr(a, f) != getattr(b, f):
             diffs.append(f"{f}: {getattr(a, f)!r} != {getattr(b, f)!r}")
     if a.ops != b.ops:

@@ -18,15 +18,25 @@ span; ``bubble`` = cost minus the busiest rank's work; ``bubble_rate`` = bubble 
 definition; a rank's start offset is not counted; computed by
 :func:`schedlang.traceformat.span_bubble`, which the runtime's measured bubble uses too). An order
 that can never finish raises :class:`DeadlockError` naming the ranks and the ops they wait on.
+
+Under an asynchronous weight-update policy (``weights stash``, ``stash+vsync``, ``2bw``: see
+:mod:`schedlang.weights`) the program's microbatches are a window of a continuous stream with no
+flush. Peak memory then counts the weight versions each stage keeps beyond its current one
+(``mem`` per version), ``peak_versions`` gives the most versions per stage, and
+``steady_time_per_mb`` the time per microbatch once the stream runs: the mean spacing of the
+first stage's forwards issued after its rank's first backward (the fill is over), i.e. the
+inverse of the steady-state throughput. It is ``None`` when the window has fewer than two such
+forwards (raise the number of microbatches).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schedlang.ir import Orders, Program
+from schedlang.ir import Orders, Program, Role
 from schedlang.source import Note, SchedlangError
 from schedlang.traceformat import span_bubble
+from schedlang.weights import weight_plan
 
 
 class DeadlockError(SchedlangError):
@@ -57,21 +67,53 @@ class Simulation:
     ranks: tuple[RankStats, ...]
     start: tuple[float, ...]  # per op id
     end: tuple[float, ...]  # per op id
+    weights: str = "flush"  # the weight-update policy
+    peak_versions: tuple[int, ...] = ()  # per stage, under an asynchronous policy
+    steady_time_per_mb: float | None = None  # under an asynchronous policy (module docstring)
 
     def as_dict(self) -> dict[str, object]:
-        return {"makespan": self.makespan, "cost": self.cost, "bubble": self.bubble,
-                "bubble_rate": self.bubble_rate, "ranks": [r.as_dict() for r in self.ranks]}
+        out: dict[str, object] = {"makespan": self.makespan, "cost": self.cost, "bubble": self.bubble,
+                                  "bubble_rate": self.bubble_rate, "ranks": [r.as_dict() for r in self.ranks]}
+        if self.weights != "flush":
+            out.update(weights=self.weights, peak_versions=list(self.peak_versions),
+                       steady_time_per_mb=self.steady_time_per_mb)
+        return out
 
 
 def memory_profile(program: Program, rank: int) -> list[float]:
-    """Memory level on ``rank`` after each op of its order (ops of a slot in slot order)."""
+    """Memory level on ``rank`` after each op of its order (ops of a slot in slot order), with the
+    extra weight versions its stages hold under an asynchronous policy."""
+    plan = weight_plan(program)
+    extra = plan.held[rank] if plan is not None else None
     level = 0.0
     out = []
     for slot in program.orders.ranks[rank]:
         for k in slot:
             level += program.ops[k].mem
             out.append(level)
+    if extra is not None and plan is not None:
+        out = [x + plan.mem * e for x, e in zip(out, extra, strict=True)]
     return out
+
+
+def steady_time_per_mb(program: Program, start: tuple[float, ...]) -> float | None:
+    """Time per microbatch of a flush-free stream in steady state (see the module docstring)."""
+    if not program.num_stages:
+        return None
+    rank = program.placement[0]
+    fwd: list[float] = []
+    started = False
+    for slot in program.orders.ranks[rank]:
+        for k in slot:
+            op = program.ops[k]
+            role = program.role(op)
+            if role is Role.F and op.stage == 0 and started:
+                fwd.append(start[k])
+            elif role in (Role.B, Role.W, Role.BW):
+                started = True
+    if len(fwd) < 2:
+        return None
+    return (fwd[-1] - fwd[0]) / (len(fwd) - 1)
 
 
 def simulate(program: Program) -> Simulation:  # noqa: C901 - one tight loop, kept together for speed
@@ -160,7 +202,11 @@ def simulate(program: Program) -> Simulation:  # noqa: C901 - one tight loop, ke
         stats.append(RankStats(r, busy[r], span, span - busy[r], peak, f, free[r]))
     makespan = max(free) if R else 0.0
     fig = span_bubble(busy, [s.span for s in stats])
-    return Simulation(makespan, fig.cost, fig.bubble, fig.bubble_rate, tuple(stats), tuple(start), tuple(end))
+    plan = weight_plan(program)
+    if plan is None:
+        return Simulation(makespan, fig.cost, fig.bubble, fig.bubble_rate, tuple(stats), tuple(start), tuple(end))
+    return Simulation(makespan, fig.cost, fig.bubble, fig.bubble_rate, tuple(stats), tuple(start), tuple(end),
+                      plan.policy, plan.peak_versions, steady_time_per_mb(program, tuple(start)))
 
 
 def _with_reductions(program: Program, free: list[float], end: list[float]) -> list[float]:

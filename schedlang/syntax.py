@@ -330,6 +330,22 @@ class OverlapDecl:
 
 
 @dataclass(frozen=True, slots=True)
+class EveryAttr:
+    value: Expr
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class WeightsDecl:
+    """``weights POLICY [every N] [mem M]``: the weight-update policy (flush, stash, stash+vsync,
+    2bw), how many microbatches a 2bw update accumulates, and the memory of one weight version."""
+
+    policy: str
+    attrs: tuple[EveryAttr | MemAttr, ...]
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True)
 class RoleAttr:
     role: str
     span: Span | None = _span()
@@ -393,6 +409,7 @@ Decl = (
     | MemLimitDecl
     | AllreduceDecl
     | OverlapDecl
+    | WeightsDecl
     | OpDecl
     | DepDecl
     | ScheduleDecl
@@ -506,10 +523,11 @@ def _fmt_block(b: Block, indent: int) -> list[str]:
     return out
 
 
-def _fmt_attr(a: RoleAttr | TimeAttr | MemAttr | WhereAttr | LatencyAttr) -> str:
+def _fmt_attr(a: RoleAttr | TimeAttr | MemAttr | WhereAttr | LatencyAttr | EveryAttr) -> str:
     if isinstance(a, RoleAttr):
         return f"role {a.role}"
-    word = {TimeAttr: "time", MemAttr: "mem", WhereAttr: "where", LatencyAttr: "latency"}[type(a)]
+    word = {TimeAttr: "time", MemAttr: "mem", WhereAttr: "where", LatencyAttr: "latency",
+            EveryAttr: "every"}[type(a)]
     return f"{word} {format_expr(a.value)}"
 
 
@@ -546,6 +564,8 @@ def format_decl(d: Decl) -> list[str]:  # noqa: C901 - one case per declaration 
         return [f"place {lhs}{format_expr(d.value)}"]
     if isinstance(d, OverlapDecl):
         return [f"overlap {d.mode}"]
+    if isinstance(d, WeightsDecl):
+        return [" ".join([f"weights {d.policy}"] + [_fmt_attr(a) for a in d.attrs])]
     if isinstance(d, OpDecl):
         binders = f"[{', '.join(d.binders)}]" if d.binders else ""
         return [" ".join([f"op {d.name}{binders}"] + [_fmt_attr(a) for a in d.attrs])]

@@ -6,7 +6,8 @@
 - the dependency graph is acyclic (a cycle is reported with the ops on it and its rules);
 - when scheduled: every op appears exactly once, in the order of its own rank; no slot holds
   two ops that depend on each other; same-rank dependencies run in order; the orders cannot
-  deadlock across ranks; memory never exceeds the limit on any rank at any point.
+  deadlock across ranks; memory never exceeds the limit on any rank at any point (with the
+  weight versions an asynchronous ``weights`` policy keeps, as the simulator counts them).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from graphlib import CycleError
 from schedlang.ir import Orders, Program
 from schedlang.simulate import simulate
 from schedlang.source import Note, SchedlangError
+from schedlang.weights import weight_plan
 
 EPS = 1e-9
 
@@ -98,15 +100,21 @@ def verify_memory(p: Program) -> None:
     if p.mem_limit is None:
         return
     orders = p.orders
+    plan = weight_plan(p)  # asynchronous policies: stashed weight versions count too
     for r, slots in enumerate(orders.ranks):
         limit = p.mem_limit[r]
         level = 0.0
+        n = 0
         for k, slot in enumerate(slots):
             for op_id in slot:
                 level += p.ops[op_id].mem
-                if level > limit + EPS * max(1.0, abs(limit)):
+                total = level + (plan.mem * plan.held[r][n] if plan is not None else 0.0)
+                n += 1
+                if total > limit + EPS * max(1.0, abs(limit)):
                     op = p.ops[op_id]
                     notes = (Note(p.mem_limit_span, "the limit is set here"),) if p.mem_limit_span else ()
                     raise SchedlangError(
-                        f"memory limit exceeded on rank {r}: {op.label} raises memory to {level:g}, "
+                        f"memory limit exceeded on rank {r}: {op.label} raises memory to {total:g}"
+                        + (f" ({total - level:g} of it stashed weight versions)" if total != level else "")
+                        + ", "
                         f"over the limit {limit:g}", orders.slot_span(r, k), notes)

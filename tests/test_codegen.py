@@ -23,6 +23,7 @@ from schedlang.isa import Instr, Op
 from schedlang.isa_check import StreamError, check_streams, find_deadlock
 from schedlang.source import SchedlangError
 from schedlang.verify import verify
+from schedlang.weights import weight_plan
 
 GOLDEN_BUILTINS = [
     ("gpipe", {"p": 3, "m": 3}),
@@ -89,7 +90,7 @@ def test_text_and_json_round_trip(name: str, params: dict[str, int]) -> None:
 
 
 @pytest.mark.parametrize(("text", "line", "what"), [
-    ("schedlang-isa 2\n", 1, "unsupported version"),
+    ("schedlang-isa 3\n", 1, "unsupported version"),
     ("schedlang-isa 1\npipeline ranks=1 stages=1 microbatches=1\n  F stage=0\n", 3, "outside a rank"),
     ("schedlang-isa 1\npipeline ranks=1 stages=1 microbatches=1\nrank 0\n  FOO stage=0\n", 4, "unknown instruction"),
     ("schedlang-isa 1\npipeline ranks=1 stages=1 microbatches=1\nrank 0\n  F stage=x\n", 4, "integer"),
@@ -319,7 +320,13 @@ def _assert_streams_sound(prog: Program, streams: isa.Streams) -> None:
                     key = (s, mb) if what == "act" else (-1 - s, mb)
                     assert key in got, f"rank {r} uses {what} of {s},{mb} before receiving it"
         reductions = [i.stage for i in rs.instrs if i.op is Op.REDUCE_GRAD]
-        assert sorted(reductions) == sorted(prog.stages_on(r))
+        plan = weight_plan(prog)
+        if plan is None:
+            assert sorted(reductions) == sorted(prog.stages_on(r))
+        else:  # an asynchronous policy: one UPDATE per update group of the plan, no reductions
+            updates = [i.stage for i in rs.instrs if i.op is Op.UPDATE]
+            assert not reductions
+            assert sorted(updates) == sorted(s for s in prog.stages_on(r) for _ in plan.groups[s])
     n_msgs = len(messages(prog))
     sends = sum(1 for rs in streams.ranks for i in isa.flatten(rs.instrs) if i.op.is_send)
     assert sends == n_msgs

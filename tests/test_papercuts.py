@@ -243,10 +243,12 @@ def _doc_command_lines() -> list[tuple[str, str]]:
         for lang, block in re.findall(r"^```(\w*)\n(.*?)^```", text, re.S | re.M):
             if lang not in ("sh", "console", "bash", ""):
                 continue
-            for line in block.splitlines():
+            for line in block.replace("\\\n", " ").splitlines():  # a trailing backslash continues
                 for part in line.removeprefix("$ ").split("&&"):
                     if part.strip().startswith("schedlang "):  # not output lines
                         words = shlex.split(part, comments=True)
+                        if words and words[-1] == "&":  # a background job
+                            words.pop()
                         out.append((path.name, shlex.join(words[1:])))
     return out
 

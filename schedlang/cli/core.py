@@ -54,6 +54,11 @@ def _simulate_run(args: argparse.Namespace) -> int:
     print(f"{prog.name}: {prog.num_ranks} ranks, {prog.num_stages} stages, {prog.num_microbatches} microbatches")
     print(f"makespan {num(d['makespan'])}  cost {num(d['cost'])}  bubble {num(d['bubble'])}  "
           f"bubble rate {d['bubble_rate'] * 100:.2f}%")
+    if "weights" in d:  # an asynchronous policy: a window of a flush-free stream
+        steady = d["steady_time_per_mb"]
+        print(f"weights {d['weights']}: weight versions per stage {' '.join(map(str, d['peak_versions']))}; "
+              "steady state " + (f"{num(steady)} per microbatch" if steady is not None
+                                 else "not reached in this window (raise the microbatches)"))
     table = Table([Column("rank", fmt=str)] + [Column(h, fmt=num) for h in ("busy", "span", "idle", "peak mem")])
     for r in d["ranks"]:
         table.add(r["rank"], r["busy"], r["span"], r["idle"], r["peak_memory"])

@@ -70,6 +70,9 @@ def _run_run(args: argparse.Namespace) -> int:
         extra += f"; node {args.node_rank} of {args.nnodes} ({nproc // args.nnodes} processes here)"
     print(f"{prog.name}: {prog.num_ranks} ranks, {prog.num_stages} stages, {prog.num_microbatches} "
           f"microbatches; model {args.model}; {args.steps} steps{extra}", flush=True)
+    note = api.weights_note(prog)
+    if note:
+        print(note, flush=True)
     res = api.run(prog, model=args.model, steps=args.steps, nproc=nproc, split_backward=args.split_backward,
                   launcher=args.launcher, prepost=args.prepost, timeout=args.timeout, save=args.save, **layout)
     for line in res.failures:
