@@ -2,11 +2,12 @@
 
 Started by torchrun (``python -m torch.distributed.run ... -m schedlang.runtime.worker ARGS``,
 rank and world size from the environment) or by :func:`schedlang.runtime.launch.spawn`
-(:func:`worker_main`). It reads the streams (isa JSON), builds the model from
-``MODULE:FACTORY`` (``FACTORY(num_stages, num_microbatches) -> ModelSpec``, see
-:mod:`schedlang.runtime.models`), keeps the stages of its rank, trains ``--steps`` steps, prints
+(:func:`worker_main`). It reads the streams (isa JSON), builds the model from the ``--model``
+factory (``FACTORY(num_stages, num_microbatches)``, cut and completed by
+:mod:`schedlang.runtime.intake`), keeps the stages of its rank, trains ``--steps`` steps, prints
 the loss of every step on the rank that holds the last stage, and writes its timeline to
-``OUT/rank{R}.json``. A failure prints one line naming the rank and instruction and exits 1.
+``OUT/rank{R}.json``. A failure prints one line naming the rank and instruction, writes it to
+``OUT/fault-rank{R}.json`` (``origin`` true on the rank where it happened) and exits 1.
 """
 
 from __future__ import annotations
@@ -14,22 +15,20 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import importlib
 import json
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["default_device", "load_factory", "main", "prepare_stages", "worker_main"]
+__all__ = ["default_device", "load_factory", "main", "prepare_stages", "read_faults", "worker_main"]
 
 
 def load_factory(spec: str) -> Any:
-    """Import ``MODULE:FACTORY``."""
-    module, sep, name = spec.partition(":")
-    if not sep or not module or not name:
-        raise ValueError(f"--model expects MODULE:FACTORY, got {spec!r}")
-    return getattr(importlib.import_module(module), name)
+    """Import ``MODULE:FACTORY`` or ``path/to/file.py:FACTORY`` (:func:`schedlang.runtime.intake.load_factory`)."""
+    from schedlang.runtime.intake import load_factory as load
+
+    return load(spec)
 
 
 def default_device() -> Any:
@@ -55,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="schedlang.runtime.worker")
     p.add_argument("--streams", required=True, help="isa streams (JSON or text)")
     p.add_argument("--model", default="schedlang.runtime.models:tiny_gpt")
+    p.add_argument("--split", default=None, help="comma-separated module names that begin stages 1, 2, ...")
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--quiet", action="store_true", help="do not print the losses (they are in OUT/rank{R}.json)")
     p.add_argument("--out", required=True, help="directory for rank{R}.json timelines")
     p.add_argument("--split-backward", default="autograd", choices=["autograd", "kernels"])
     p.add_argument("--timeout", type=float, default=60.0)
@@ -65,42 +66,93 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def worker_main(rank: int, world_size: int, argv: Sequence[str]) -> dict[str, Any]:
-    """Train as ``rank`` (the process group is already initialised); return the step losses."""
+    """Train as ``rank`` (the process group is already initialised); return the step losses.
+
+    Any failure is also written to ``OUT/fault-rank{R}.json`` before it propagates.
+    """
+    args = _parser().parse_args(list(argv))
+    try:
+        return _train(rank, world_size, args)
+    except BaseException as exc:
+        _write_fault(args.out, rank, exc)
+        raise
+
+
+def _train(rank: int, world_size: int, args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from schedlang.runtime.executor import PipelineRunner
+    from schedlang.runtime.intake import prepare_model
 
     from schedlang.isa import load
 
-    args = _parser().parse_args(list(argv))
     torch.set_num_threads(args.threads)
     streams = load(args.streams)
     if streams.num_ranks != world_size:
         raise ValueError(f"the schedule has {streams.num_ranks} ranks but {world_size} processes run")
     # one model part per stage of a chain; several chains (Chimera) run replicas of the parts
     parts = streams.num_parts
-    spec = load_factory(args.model)(parts, streams.num_microbatches)
-    if len(spec.stages) != parts:
-        raise ValueError(f"{args.model} built {len(spec.stages)} stages for a {parts}-stage model")
+    split = [s for s in args.split.split(",") if s] if args.split else None
+    model = prepare_model(args.model, parts, streams.num_microbatches, split)
     device = default_device()
-    mods = prepare_stages({s: copy.deepcopy(spec.stages[streams.part(s)]).to(device)
+    mods = prepare_stages({s: copy.deepcopy(model.stages[streams.part(s)]).to(device)
                            for s in streams.stream(rank).stages}, args.split_backward)
-    runner = PipelineRunner(streams, rank, mods, spec.loss_fn, spec.optimizer,
+    runner = PipelineRunner(streams, rank, mods, model.loss_fn, model.optimizer,
                             split_backward=args.split_backward, timeout=args.timeout, device=device,
-                            prepost=args.prepost)
+                            prepost=args.prepost, tied=model.tied)
     losses = []
     # one rank prints: the lowest one holding a loss stage (several do with several chains)
     printer = min(streams.placement[s] for s in streams.loss_stages)
     for step in range(args.steps):
-        x, y = spec.batch(step)
+        x, y = model.batch(step)
         loss = runner.step(x, y)
         if loss is not None:
             losses.append(float(loss))
-            if rank == printer:
+            if rank == printer and not args.quiet:
                 print(f"step {step + 1:>3}: loss {float(loss):.4f}", flush=True)
     runner.close()
     with open(os.path.join(args.out, f"rank{rank}.json"), "w", encoding="utf-8") as fh:
         json.dump({"rank": rank, "events": [e.as_dict() for e in runner.events], "losses": losses}, fh)
     return {"losses": losses}
+
+
+def _write_fault(out: str, rank: int, exc: BaseException) -> None:
+    from schedlang.runtime.fault import PipelineError
+
+    if isinstance(exc, PipelineError):
+        doc = {"origin": exc.origin is not None, "message": str(exc), **(exc.origin or {"rank": rank})}
+    else:
+        doc = {"origin": True, "message": str(exc), "rank": rank, "instruction": None, "instr": None,
+               "step": None, "error": f"{type(exc).__name__}: {exc}"}
+    try:
+        with open(os.path.join(out, f"fault-rank{rank}.json"), "w", encoding="utf-8") as fh:
+            json.dump(doc, fh)
+    except OSError:
+        pass  # the report is a courtesy; the exit status still says the rank failed
+
+
+def read_faults(out: str) -> str | None:
+    """One line for the parent: the fault where it happened (the lowest such rank), else any.
+
+    ``rank R, instruction I: ExceptionType: message (the instruction, step S)``, or
+    ``rank R: ExceptionType: message`` for a failure outside the instruction stream.
+    """
+    docs = []
+    for name in sorted(os.listdir(out)) if os.path.isdir(out) else []:
+        if name.startswith("fault-rank") and name.endswith(".json"):
+            try:
+                with open(os.path.join(out, name), encoding="utf-8") as fh:
+                    docs.append(json.load(fh))
+            except (OSError, ValueError):
+                continue
+    if not docs:
+        return None
+    origins = sorted((d for d in docs if d.get("origin")), key=lambda d: int(d.get("rank", 0)))
+    if not origins:
+        return str(min(docs, key=lambda d: int(d.get("rank", 0)))["message"])
+    d = origins[0]
+    if d.get("instruction") is None:
+        return f"rank {d['rank']}: {d['error']}"
+    return f"rank {d['rank']}, instruction {d['instruction']}: {d['error']} ({d['instr']}, step {d['step']})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -202,3 +202,20 @@ def simulate(program: Program) -> Simulation:
 def orders(program: Program) -> dict[int, list[str]]:
     """Per-rank op orders as labels (``'F[0,3]'``; overlapped ops joined by ``&``)."""
     return {r: format_slots(program, slots).split() for r, slots in enumerate(program.orders.ranks)}
+
+
+def run(program: Program, model: str = "schedlang.runtime.models:tiny_gpt",
+        split: str | Sequence[str] | None = None, **options: Any) -> Any:
+    """Train ``model`` (``MODULE:FACTORY`` or ``path/to/file.py:FACTORY``, split at ``split``)
+    with the program's schedule on one process per rank, as ``schedlang run`` does.
+
+    Options: ``steps``, ``nproc``, ``launcher`` (``"torchrun"`` or ``"spawn"``),
+    ``split_backward``, ``prepost``, ``timeout``, ``trace``, ``echo``. The model is checked in
+    this process before any worker starts. Returns a :class:`schedlang.train.RunResult` (the
+    loss of every step, the measured bubble); see :mod:`schedlang.train` and docs/models.md.
+    """
+    from schedlang.train import run_program
+
+    if not isinstance(program.schedule, Orders):
+        program = schedule(program)
+    return run_program(program, model, split, **options)

@@ -1,8 +1,8 @@
 """``schedlang profile``: measure a model's per-stage costs and write them as pipeline parameters.
 
 The command reads the program only for its shape (number of stages and microbatches; it is not
-scheduled), builds the model with the same ``--model MODULE:FACTORY`` factory ``schedlang run``
-uses, cuts one microbatch off the factory's first batch, and times each stage's F, B and W with
+scheduled), builds the model with the same ``--model``/``--split`` options ``schedlang run``
+uses (checked the same way), cuts one microbatch off the factory's first batch, and times each stage's F, B and W with
 :func:`schedlang.kernels.profile.profile_ops` on this machine's device (CUDA when available,
 else the CPU). The result is one ``NAME=[v0, v1, ...]`` line per parameter (``tf``, ``tb``,
 ``tw`` in ms, ``mem_f``, ``mem_w`` in bytes; one value per stage), the format ``--params FILE``
@@ -25,37 +25,26 @@ import sys
 from typing import Any
 
 from schedlang.cli import COMMANDS, add_program_args, load_program, write_output
+from schedlang.cli_runtime import add_model_args
 from schedlang.source import SchedlangError
 
 __all__ = ["profile_program"]
 
 
 def profile_program(num_stages: int, num_microbatches: int, model: str, *, split_backward: str = "autograd",
-                    repeats: int = 5, warmup: int = 1) -> list[dict[str, Any]]:
-    """Build ``model`` (``MODULE:FACTORY``) for the pipeline's shape and profile its stages."""
+                    repeats: int = 5, warmup: int = 1, split: str | list[str] | None = None) -> list[dict[str, Any]]:
+    """Build ``model`` (as ``schedlang run`` does, checked) for the pipeline's shape and profile its stages."""
     import torch
 
     from schedlang.kernels.profile import profile_ops
-    from schedlang.runtime.worker import default_device, load_factory, prepare_stages
+    from schedlang.runtime.worker import default_device, prepare_stages
+    from schedlang.train import check_model_for
 
-    try:
-        factory = load_factory(model)
-    except (ValueError, ImportError, AttributeError) as exc:
-        raise SchedlangError(f"--model {model}: {exc}") from None
-    try:
-        spec = factory(num_stages, num_microbatches)
-        stages = list(spec.stages)
-    except Exception as exc:  # the user's factory: its failure is a user error, not ours
-        raise SchedlangError(f"--model {model}: the factory failed: {type(exc).__name__}: {exc}") from None
-    if len(stages) != num_stages:
-        raise SchedlangError(f"--model {model} built {len(stages)} stages for a {num_stages}-stage pipeline")
+    spec = check_model_for(num_stages, num_microbatches, model, split)[0]
     device = default_device()
-    prepared = prepare_stages({s: m.to(device) for s, m in enumerate(stages)}, split_backward)
+    prepared = prepare_stages({s: m.to(device) for s, m in enumerate(spec.stages)}, split_backward)
     stages = [prepared[s] for s in range(num_stages)]
     x, y = spec.batch(0)
-    if x.shape[0] % num_microbatches:
-        raise SchedlangError(f"--model {model}: a batch of {x.shape[0]} does not split into "
-                             f"{num_microbatches} microbatches")
     size = x.shape[0] // num_microbatches
     x_mb = x[:size].to(device)
     y_mb = y[:size].to(device) if isinstance(y, torch.Tensor) else y
@@ -68,8 +57,7 @@ def profile_program(num_stages: int, num_microbatches: int, model: str, *, split
 
 def _profile_args(p: argparse.ArgumentParser) -> None:
     add_program_args(p, scheduler=False)
-    p.add_argument("--model", default="schedlang.runtime.models:tiny_gpt", metavar="MODULE:FACTORY",
-                   help="model factory, as for `schedlang run` (default: the bundled tiny GPT)")
+    add_model_args(p)
     p.add_argument("--split-backward", choices=["autograd", "kernels"], default="autograd",
                    help="time W of plain layers as backward minus B (autograd), or of schedlang.kernels layers")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per stage; the median is kept (default 5)")
@@ -95,7 +83,8 @@ def _profile_run(args: argparse.Namespace) -> int:
     # one model part per stage of a chain (Chimera's two chains run replicas of the same parts)
     parts = len(isa.chains_of(prog.num_stages, stage_graph(prog))[0])
     rows = profile_program(parts, prog.num_microbatches, args.model,
-                           split_backward=args.split_backward, repeats=args.repeats, warmup=args.warmup)
+                           split_backward=args.split_backward, repeats=args.repeats, warmup=args.warmup,
+                           split=args.split)
     if args.json:
         write_output(json.dumps(rows, indent=1) + "\n", args.output)
         return 0
