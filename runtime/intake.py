@@ -137,8 +137,11 @@ def _import_file(spec: str, target: str) -> Any:
 
 
 def _brief(exc: BaseException) -> str:
-    """``Type: message (file:line)`` of the innermost frame: where the user's code failed."""
-    frames = traceback.extract_tb(exc.__traceback__)
+    """``Type: message (file:line)``: the innermost frame outside torch and intake, where the
+    user's code failed (none when the error is torch's own, e.g. shapes that do not meet)."""
+    torch_dir = os.path.dirname(torch.__file__) + os.sep
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if f.filename != __file__ and not f.filename.startswith(torch_dir)]
     where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {exc}{where}"
 
@@ -218,8 +221,11 @@ def prepare_model(spec: str, num_stages: int, num_microbatches: int, split: Sequ
     try:
         got = factory(num_stages, num_microbatches)
     except Exception as exc:
+        called = isinstance(exc, TypeError) and all(
+            f.filename == __file__ for f in traceback.extract_tb(exc.__traceback__))
+        hint = "; a factory takes (num_stages, num_microbatches)" if called else ""
         raise ModelError(f"model {spec}: the factory {spec}({num_stages}, {num_microbatches}) raised "
-                         f"{_brief(exc)}") from None
+                         f"{_brief(exc)}{hint}") from None
     if isinstance(got, ModelSpec):
         ms = got
     elif isinstance(got, nn.Module) or (isinstance(got, (list, tuple)) and got
@@ -319,11 +325,24 @@ def _infer_example(model: Any, m: int) -> torch.Tensor | None:
     return None
 
 
+def _run_stages(spec: str, stages: Sequence[nn.Module], x: torch.Tensor) -> Any:
+    """Run one microbatch through the stages in order; a failure names the stage."""
+    out: Any = x
+    for s, stage in enumerate(stages):
+        try:
+            out = stage(out)
+        except Exception as exc:
+            raise ModelError(f"model {spec}: stage {s} failed on a microbatch of {x.shape[0]} rows: "
+                             f"{_brief(exc)}") from None
+        if s + 1 < len(stages) and not isinstance(out, torch.Tensor):
+            raise ModelError(f"model {spec}: stage {s} returns {_describe(out)}; a stage that feeds "
+                             "another must return one tensor")
+    return out
+
+
 def _output_shape(spec: str, stages: list[nn.Module], x: torch.Tensor) -> list[int]:
     with torch.random.fork_rng(), torch.no_grad():
-        out: Any = x
-        for s in stages:
-            out = s(out)
+        out = _run_stages(spec, stages, x)
     if not isinstance(out, torch.Tensor):
         raise ModelError(f"model {spec}: the last stage returns {_describe(out)}, not a tensor; "
                          "the default loss and batches need one: give loss_fn and batch")
@@ -596,15 +615,7 @@ def check_model(model: PreparedModel, num_microbatches: int) -> str:
                              f"{tuple(y.shape)}")
         y = y[:rows]
     with torch.random.fork_rng():
-        for s, stage in enumerate(model.stages):
-            try:
-                out = stage(out)
-            except Exception as exc:
-                raise ModelError(f"model {spec}: stage {s} failed on a microbatch of {rows} rows: "
-                                 f"{_brief(exc)}") from None
-            if s + 1 < len(model.stages) and not isinstance(out, torch.Tensor):
-                raise ModelError(f"model {spec}: stage {s} returns {_describe(out)}; a stage that feeds "
-                                 "another must return one tensor")
+        out = _run_stages(spec, model.stages, out)
         try:
             loss = model.loss_fn(out, y)
         except Exception as exc:

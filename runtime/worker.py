@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["default_device", "load_factory", "main", "prepare_stages", "read_faults", "worker_main"]
+__all__ = ["default_device", "load_factory", "main", "make_runner", "prepare_stages", "read_faults", "worker_main"]
 
 
 def load_factory(spec: str) -> Any:
@@ -78,10 +78,33 @@ def worker_main(rank: int, world_size: int, argv: Sequence[str]) -> dict[str, An
         raise
 
 
-def _train(rank: int, world_size: int, args: argparse.Namespace) -> dict[str, Any]:
-    import torch
+def make_runner(streams: Any, rank: int, model: Any, split: Sequence[str] | None = None, *,
+                split_backward: str = "autograd", **options: Any) -> tuple[Any, Any]:
+    """This rank's :class:`PipelineRunner` for ``model`` (a factory spec, or a
+    :class:`~schedlang.runtime.intake.PreparedModel` already built for the streams) and the
+    prepared model.
+
+    The factory is called for the schedule's model parts (one per stage of a chain; several
+    chains, as in Chimera, run replicas of the parts); each local stage gets its own copy of its
+    part, and tied parameters are passed on. ``options`` go to the runner.
+    """
     from schedlang.runtime.executor import PipelineRunner
     from schedlang.runtime.intake import prepare_model
+
+    prepared = (prepare_model(model, streams.num_parts, streams.num_microbatches, split)
+                if isinstance(model, str) else model)
+    if len(prepared.stages) != streams.num_parts:
+        raise ValueError(f"{prepared.name} has {len(prepared.stages)} stages for {streams.num_parts} model parts")
+    device = options.pop("device", None) or default_device()
+    mods = prepare_stages({s: copy.deepcopy(prepared.stages[streams.part(s)]).to(device)
+                           for s in streams.stream(rank).stages}, split_backward)
+    runner = PipelineRunner(streams, rank, mods, prepared.loss_fn, prepared.optimizer,
+                            split_backward=split_backward, device=device, tied=prepared.tied, **options)
+    return runner, prepared
+
+
+def _train(rank: int, world_size: int, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
 
     from schedlang.isa import load
 
@@ -89,16 +112,9 @@ def _train(rank: int, world_size: int, args: argparse.Namespace) -> dict[str, An
     streams = load(args.streams)
     if streams.num_ranks != world_size:
         raise ValueError(f"the schedule has {streams.num_ranks} ranks but {world_size} processes run")
-    # one model part per stage of a chain; several chains (Chimera) run replicas of the parts
-    parts = streams.num_parts
     split = [s for s in args.split.split(",") if s] if args.split else None
-    model = prepare_model(args.model, parts, streams.num_microbatches, split)
-    device = default_device()
-    mods = prepare_stages({s: copy.deepcopy(model.stages[streams.part(s)]).to(device)
-                           for s in streams.stream(rank).stages}, args.split_backward)
-    runner = PipelineRunner(streams, rank, mods, model.loss_fn, model.optimizer,
-                            split_backward=args.split_backward, timeout=args.timeout, device=device,
-                            prepost=args.prepost, tied=model.tied)
+    runner, model = make_runner(streams, rank, args.model, split, split_backward=args.split_backward,
+                                timeout=args.timeout, prepost=args.prepost)
     losses = []
     # one rank prints: the lowest one holding a loss stage (several do with several chains)
     printer = min(streams.placement[s] for s in streams.loss_stages)
