@@ -524,12 +524,19 @@ class TracedStage(nn.Module):
 
     def __init__(self, graph_module: nn.Module, plan: _Plan) -> None:
         super().__init__()
+        # what the stage's graph reaches: the tracer also leaves copies of a tied parameter's
+        # other names on stages that never use them, which are left out here
+        used = {str(n.target).split(".")[0] for n in graph_module.graph.nodes
+                if n.op in ("call_module", "get_attr")}
         for name, child in graph_module.named_children():
-            self.add_module(name, child)
+            if name in used:
+                self.add_module(name, child)
         for name, p in graph_module.named_parameters(recurse=False):
-            self.register_parameter(name, p)
+            if name in used:
+                self.register_parameter(name, p)
         for name, b in graph_module.named_buffers(recurse=False):
-            self.register_buffer(name, b)
+            if name in used:
+                self.register_buffer(name, b)
         self._graph = [graph_module]  # not a registered child: its parameters are registered above
         self.plan = plan
         self._out_carrier = _carrier([d for _, d in plan.out_specs])

@@ -149,7 +149,7 @@ def _write_fault(out: str, rank: int, exc: BaseException) -> None:
 def read_faults(out: str) -> str | None:
     """One line for the parent: the fault where it happened (the lowest such rank), else any.
 
-    ``rank R, instruction I: ExceptionType: message (the instruction, step S)``, or
+    ``rank R, instruction I: ExceptionType: message (the instruction, step S)`` (S from 1), or
     ``rank R: ExceptionType: message`` for a failure outside the instruction stream.
     """
     docs = []
@@ -168,7 +168,8 @@ def read_faults(out: str) -> str | None:
     d = origins[0]
     if d.get("instruction") is None:
         return f"rank {d['rank']}: {d['error']}"
-    return f"rank {d['rank']}, instruction {d['instruction']}: {d['error']} ({d['instr']}, step {d['step']})"
+    # steps count from 1, as the loss lines do
+    return f"rank {d['rank']}, instruction {d['instruction']}: {d['error']} ({d['instr']}, step {d['step'] + 1})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

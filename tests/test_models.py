@@ -20,7 +20,10 @@ from typing import Any
 import pytest
 
 torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers", reason="the models tests need the 'test' extra (transformers)")
+try:
+    import transformers  # noqa: F401
+except ModuleNotFoundError:  # a missing test dependency fails loudly; it never skips
+    pytest.fail("tests/test_models.py needs transformers: pip install 'schedlang[test]'", pytrace=False)
 
 from schedlang.runtime.intake import prepare_model  # noqa: E402
 from schedlang.runtime.launch import spawn  # noqa: E402
