@@ -64,7 +64,7 @@ from torch import nn
 from torch.nn import functional as fn
 
 __all__ = ["ModelError", "PreparedModel", "SyntheticBatches", "TracedStage", "check_model",
-           "cross_entropy", "load_factory", "prepare_model"]
+           "cross_entropy", "fingerprint", "load_factory", "prepare_model"]
 
 # the integers a floating-point type holds exactly (mantissa bits + 1)
 _EXACT_INT_BITS = {torch.float16: 11, torch.bfloat16: 8, torch.float32: 24, torch.float64: 53}
@@ -522,7 +522,7 @@ class TracedStage(nn.Module):
     model's (``transformer.h.2.mlp.c_fc.weight``).
     """
 
-    def __init__(self, graph_module: nn.Module, plan: _Plan) -> None:
+    def __init__(self, graph_module: Any, plan: _Plan) -> None:
         super().__init__()
         # what the stage's graph reaches: the tracer also leaves copies of a tied parameter's
         # other names on stages that never use them, which are left out here
@@ -593,6 +593,20 @@ def _unpack(x: torch.Tensor, specs: Sequence[tuple[tuple[int, ...], torch.dtype]
                          "the microbatch shape differs from the traced one")
     return [p.reshape(shape) if p.dtype == dtype else p.detach().reshape(shape).to(dtype)
             for p, (shape, dtype) in zip(x.split(sizes), specs, strict=True)]
+
+
+def fingerprint(stages: Sequence[nn.Module]) -> str:
+    """A short digest of the stages' parameter values: two processes that built the same initial
+    weights give the same text (every rank calls the factory itself; this checks it built the
+    model the launching process checked)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for stage in stages:
+        for name, p in stage.named_parameters():
+            v = p.detach().to("cpu", torch.float64).reshape(-1)
+            h.update(f"{name}:{tuple(p.shape)}:{float(v.sum())!r}:{float((v * v).sum())!r};".encode())
+    return h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------- the check before launch

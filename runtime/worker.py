@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--streams", required=True, help="isa streams (JSON or text)")
     p.add_argument("--model", default="schedlang.runtime.models:tiny_gpt")
     p.add_argument("--split", default=None, help="comma-separated module names that begin stages 1, 2, ...")
+    p.add_argument("--fingerprint", default=None,
+                   help="the initial weights' digest the launching process checked (a mismatch is an error)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--quiet", action="store_true", help="do not print the losses (they are in OUT/rank{R}.json)")
     p.add_argument("--out", required=True, help="directory for rank{R}.json timelines")
@@ -86,15 +88,22 @@ def make_runner(streams: Any, rank: int, model: Any, split: Sequence[str] | None
 
     The factory is called for the schedule's model parts (one per stage of a chain; several
     chains, as in Chimera, run replicas of the parts); each local stage gets its own copy of its
-    part, and tied parameters are passed on. ``options`` go to the runner.
+    part, and tied parameters are passed on. ``fingerprint`` (an option) is the digest of the
+    initial weights the launching process checked: a different model here is an error. The
+    other ``options`` go to the runner.
     """
     from schedlang.runtime.executor import PipelineRunner
-    from schedlang.runtime.intake import prepare_model
+    from schedlang.runtime.intake import ModelError, fingerprint, prepare_model
 
+    expect = options.pop("fingerprint", None)
     prepared = (prepare_model(model, streams.num_parts, streams.num_microbatches, split)
                 if isinstance(model, str) else model)
     if len(prepared.stages) != streams.num_parts:
         raise ValueError(f"{prepared.name} has {len(prepared.stages)} stages for {streams.num_parts} model parts")
+    if expect is not None and fingerprint(prepared.stages) != expect:
+        raise ModelError(f"model {prepared.name}: rank {rank} built other initial weights than the launching "
+                         "process checked; the factory must build the same model every time it is called "
+                         "(intake seeds torch's generator; seed any other randomness yourself)")
     device = options.pop("device", None) or default_device()
     mods = prepare_stages({s: copy.deepcopy(prepared.stages[streams.part(s)]).to(device)
                            for s in streams.stream(rank).stages}, split_backward)
@@ -114,7 +123,7 @@ def _train(rank: int, world_size: int, args: argparse.Namespace) -> dict[str, An
         raise ValueError(f"the schedule has {streams.num_ranks} ranks but {world_size} processes run")
     split = [s for s in args.split.split(",") if s] if args.split else None
     runner, model = make_runner(streams, rank, args.model, split, split_backward=args.split_backward,
-                                timeout=args.timeout, prepost=args.prepost)
+                                timeout=args.timeout, prepost=args.prepost, fingerprint=args.fingerprint)
     losses = []
     # one rank prints: the lowest one holding a loss stage (several do with several chains)
     printer = min(streams.placement[s] for s in streams.loss_stages)

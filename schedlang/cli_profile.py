@@ -40,7 +40,7 @@ def profile_program(num_stages: int, num_microbatches: int, model: str, *, split
     from schedlang.runtime.worker import default_device, prepare_stages
     from schedlang.train import check_model_for
 
-    spec = check_model_for(num_stages, num_microbatches, model, split)[0]
+    spec = check_model_for(num_stages, num_microbatches, model, split, split_backward=split_backward).prepared
     device = default_device()
     prepared = prepare_stages({s: m.to(device) for s, m in enumerate(spec.stages)}, split_backward)
     stages = [prepared[s] for s in range(num_stages)]

@@ -29,7 +29,7 @@ from typing import Any
 from schedlang.ir import Program
 from schedlang.source import SchedlangError
 
-__all__ = ["DEFAULT_MODEL", "RunResult", "check_model_for", "check_run", "run_program", "summarize_timelines"]
+__all__ = ["DEFAULT_MODEL", "CheckedModel", "RunResult", "check_model_for", "check_run", "run_program", "summarize_timelines"]
 
 DEFAULT_MODEL = "schedlang.runtime.models:tiny_gpt"
 
@@ -62,35 +62,65 @@ def _split_list(split: str | Sequence[str] | None) -> list[str] | None:
     return names
 
 
+@dataclass
+class CheckedModel:
+    """A model that passed the checks: the prepared stages, a one-line summary, and the digest
+    of its initial weights (the workers check that they built the same)."""
+
+    prepared: Any
+    summary: str
+    fingerprint: str
+
+
 def check_model_for(num_stages: int, num_microbatches: int, model: str,
-                    split: str | Sequence[str] | None = None) -> tuple[Any, str]:
+                    split: str | Sequence[str] | None = None, *, split_backward: str = "autograd") -> CheckedModel:
     """Build the model for the pipeline's shape and run one microbatch through it.
 
-    Returns the prepared model (:class:`schedlang.runtime.intake.PreparedModel`) and a one-line
-    summary; a mistake is a :class:`SchedlangError` naming the factory.
+    With ``split_backward="kernels"`` every stage with parameters must have layers the
+    :mod:`schedlang.kernels` split layers replace. A mistake is a :class:`SchedlangError`
+    naming the factory.
     """
     try:
         import torch  # noqa: F401
     except ModuleNotFoundError:
         raise SchedlangError("running a model needs torch: pip install 'schedlang[runtime]'") from None
-    from schedlang.runtime.intake import ModelError, check_model, prepare_model
+    from schedlang.runtime.intake import ModelError, check_model, fingerprint, prepare_model
 
     try:
         prepared = prepare_model(model, num_stages, num_microbatches, _split_list(split))
-        return prepared, check_model(prepared, num_microbatches)
+        digest = fingerprint(prepared.stages)
+        summary = check_model(prepared, num_microbatches)
     except ModelError as exc:
         raise SchedlangError(str(exc)) from None
+    if split_backward == "kernels":
+        _check_kernel_layers(model, prepared.stages)
+    return CheckedModel(prepared, summary, digest)
+
+
+def _check_kernel_layers(model: str, stages: Sequence[Any]) -> None:
+    from torch import nn
+
+    from schedlang.kernels.layers import split_modules
+
+    plain = [s for s, st in enumerate(stages)
+             if any(p.requires_grad for p in st.parameters()) and not any(split_modules(st))
+             and not any(isinstance(m, (nn.Linear, nn.LayerNorm)) for m in st.modules())]
+    if plain:
+        raise SchedlangError(f"model {model}: --split-backward kernels splits nn.Linear and nn.LayerNorm "
+                             f"layers, and stage{'s' if len(plain) > 1 else ''} {', '.join(map(str, plain))} "
+                             "ha" + ("ve" if len(plain) > 1 else "s") + " none (a traced model's layers are "
+                             "traced operations); use --split-backward autograd")
 
 
 def check_run(program: Program, model: str = DEFAULT_MODEL, split: str | Sequence[str] | None = None, *,
-              nproc: int | None = None, steps: int = 10) -> str:
-    """Everything :func:`run_program` checks before it starts a process; returns the model summary."""
+              nproc: int | None = None, steps: int = 10, split_backward: str = "autograd") -> CheckedModel:
+    """Everything :func:`run_program` checks before it starts a process."""
     if nproc is not None and nproc != program.num_ranks:
         raise SchedlangError(f"--nproc {nproc}, but the schedule has {program.num_ranks} ranks "
                              f"(set the program's rank parameter, e.g. --set p={nproc})")
     if steps < 1:
         raise SchedlangError("--steps must be at least 1")
-    return check_model_for(_parts(program), program.num_microbatches, model, split)[1]
+    return check_model_for(_parts(program), program.num_microbatches, model, split, split_backward=split_backward)
 
 
 def run_program(program: Program, model: str = DEFAULT_MODEL, split: str | Sequence[str] | None = None, *,
@@ -110,7 +140,7 @@ def run_program(program: Program, model: str = DEFAULT_MODEL, split: str | Seque
 
     if launcher not in ("torchrun", "spawn"):
         raise SchedlangError(f"unknown launcher '{launcher}' (torchrun, spawn)")
-    summary = check_run(program, model, split, nproc=nproc, steps=steps)
+    checked = check_run(program, model, split, nproc=nproc, steps=steps, split_backward=split_backward)
     names = _split_list(split)
     streams = codegen(program)
     sim = simulate(program)
@@ -118,14 +148,15 @@ def run_program(program: Program, model: str = DEFAULT_MODEL, split: str | Seque
         path = os.path.join(tmp, "streams.json")
         Path(path).write_text(isa.to_json(streams), encoding="utf-8")
         worker_args = ["--streams", path, "--model", model, "--steps", str(steps), "--out", tmp,
-                       "--split-backward", split_backward, "--timeout", str(timeout), "--prepost", str(prepost)]
+                       "--split-backward", split_backward, "--timeout", str(timeout), "--prepost", str(prepost),
+                       "--fingerprint", checked.fingerprint]
         if names:
             worker_args += ["--split", ",".join(names)]
         if not echo:
             worker_args.append("--quiet")
         if echo:
             print(f"{program.name}: {program.num_ranks} ranks, {program.num_stages} stages, "
-                  f"{program.num_microbatches} microbatches; {summary}; {steps} steps", flush=True)
+                  f"{program.num_microbatches} microbatches; {checked.summary}; {steps} steps", flush=True)
         fd, log = tempfile.mkstemp(prefix="schedlang-run-", suffix=".log")
         with os.fdopen(fd, "w", encoding="utf-8") as log_fh:
             if launcher == "torchrun":

@@ -59,7 +59,7 @@ def test_a_module_is_found_in_the_current_folder_without_pythonpath(in_tmp: Path
         def make(num_stages, num_microbatches):
             return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.Linear(8, 3))
     """)
-    summary = check_run(api.compile("std:1f1b", p=2, m=2), f"{name}:make")
+    summary = check_run(api.compile("std:1f1b", p=2, m=2), f"{name}:make").summary
     assert summary.startswith(f"model {name}:make: 2 stages (sequential), parameters per stage [40, 99]")
 
 
@@ -193,3 +193,27 @@ def test_a_split_for_a_factory_that_cut_its_stages_itself(in_tmp: Path) -> None:
     mod = _module(in_tmp, "def make(n, m):\n    return ModelSpec(stages=[nn.Linear(2, 2), nn.Linear(2, 2)])\n")
     with pytest.raises(ModelError, match="the factory cut the stages itself; --split does not apply"):
         prepare_model(f"{mod}:make", 2, 2, ["x"])
+
+
+def test_kernels_need_layers_they_can_split(in_tmp: Path) -> None:
+    """A traced model's layers are traced operations: the kernels would split nothing, so say so."""
+    mod = _module(in_tmp, """
+        class Two(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 2)
+            def forward(self, x):
+                x = self.a(x)
+                pipe_split()
+                return self.b(x)
+        def make(n, m):
+            return ModelSpec(model=Two(), example=torch.zeros(4, 3))
+    """)
+    prog = api.compile("std:zb-h1", p=2, m=2)
+    with pytest.raises(Exception) as info:
+        check_run(prog, f"{mod}:make", split_backward="kernels")
+    assert str(info.value) == (
+        f"schedlang: error: model {mod}:make: --split-backward kernels splits nn.Linear and nn.LayerNorm "
+        "layers, and stages 0, 1 have none (a traced model's layers are traced operations); use "
+        "--split-backward autograd")
+    assert check_run(prog, f"{mod}:make").summary.startswith(f"model {mod}:make: 2 stages (traced)")

@@ -170,3 +170,26 @@ def test_the_api_runs_a_model_split_by_name(tmp_path: Path, monkeypatch: pytest.
                      launcher="spawn", timeout=30)
     assert len(result.losses) == 2 and all(loss > 0 for loss in result.losses)
     assert result.measured["steps"] == 1 and 0 <= result.measured["bubble_rate"] < 1
+
+
+def test_a_factory_that_builds_other_weights_in_each_process_is_refused(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "nondeterministic.py").write_text(textwrap.dedent("""\
+        import os
+        import torch
+        from torch import nn
+
+        def make(num_stages, num_microbatches):
+            torch.manual_seed(os.getpid())  # a different model in every process
+            return nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 3))
+        """), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(SchedlangError) as info:
+        api.run(api.compile("std:1f1b", p=2, m=2), model="nondeterministic:make", steps=1, launcher="spawn")
+    match = re.fullmatch(r"schedlang: error: run failed: rank 0: ModelError: model nondeterministic:make: rank 0 "
+                         r"built other initial weights than the launching process checked; the factory must "
+                         r"build the same model every time it is called \(intake seeds torch's generator; seed "
+                         r"any other randomness yourself\); the workers' output is in (\S+\.log)", str(info.value))
+    assert match, str(info.value)
+    Path(match.group(1)).unlink()
