@@ -544,7 +544,9 @@ class TracedStage(nn.Module):
     def __deepcopy__(self, memo: dict[int, Any]) -> TracedStage:
         import copy
 
-        graph = copy.deepcopy(self._graph[0], memo)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch's pytree deprecations, not ours
+            graph = copy.deepcopy(self._graph[0], memo)
         new = TracedStage(graph, self.plan)
         new.train(self.training)
         return new
@@ -552,6 +554,32 @@ class TracedStage(nn.Module):
     def _apply(self, fn: Any, recurse: bool = True) -> TracedStage:
         super()._apply(fn, recurse)
         self._graph[0]._apply(fn, recurse)  # the same tensors: a no-op unless new ones were made
+        return self
+
+    def retarget(self, device: torch.device | str) -> TracedStage:
+        """Make the operations that create tensors create them on ``device``.
+
+        The tracer writes the tracing device into operations such as ``arange(..., device=cpu)``;
+        after moving a stage's parameters (``.to(device)``), this moves those operations too,
+        as PyTorch's own ``Pipe.build_stage`` does. (Dtypes are written in as well: convert the
+        model in the factory, before it is traced, not afterwards.)
+        """
+        import torch.fx
+
+        device = torch.device(device)
+        graphs: dict[int, Any] = {}
+        for mod in self._graph[0].modules():
+            for owner in (mod, getattr(mod, "graph_module", None)):
+                if owner is not None and isinstance(getattr(owner, "graph", None), torch.fx.Graph):
+                    graphs[id(owner)] = owner
+        for owner in graphs.values():
+            changed = False
+            for node in owner.graph.nodes:
+                if node.op == "call_function" and "device" in node.kwargs and node.kwargs["device"] != device:
+                    node.update_kwarg("device", device)
+                    changed = True
+            if changed and isinstance(owner, torch.fx.GraphModule):
+                owner.recompile()
         return self
 
     def forward(self, x: torch.Tensor) -> Any:

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["default_device", "load_factory", "main", "make_runner", "prepare_stages", "read_faults", "worker_main"]
+__all__ = ["default_device", "load_factory", "main", "make_runner", "on_device", "prepare_stages", "read_faults", "worker_main"]
 
 
 def load_factory(spec: str) -> Any:
@@ -105,11 +105,19 @@ def make_runner(streams: Any, rank: int, model: Any, split: Sequence[str] | None
                          "process checked; the factory must build the same model every time it is called "
                          "(intake seeds torch's generator; seed any other randomness yourself)")
     device = options.pop("device", None) or default_device()
-    mods = prepare_stages({s: copy.deepcopy(prepared.stages[streams.part(s)]).to(device)
+    mods = prepare_stages({s: on_device(copy.deepcopy(prepared.stages[streams.part(s)]), device)
                            for s in streams.stream(rank).stages}, split_backward)
     runner = PipelineRunner(streams, rank, mods, prepared.loss_fn, prepared.optimizer,
                             split_backward=split_backward, device=device, tied=prepared.tied, **options)
     return runner, prepared
+
+
+def on_device(module: Any, device: Any) -> Any:
+    """``module.to(device)``; a traced stage also makes its tensor-creating operations use it."""
+    from schedlang.runtime.intake import TracedStage
+
+    module = module.to(device)
+    return module.retarget(device) if isinstance(module, TracedStage) else module
 
 
 def _train(rank: int, world_size: int, args: argparse.Namespace) -> dict[str, Any]:

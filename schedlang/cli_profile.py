@@ -37,12 +37,12 @@ def profile_program(num_stages: int, num_microbatches: int, model: str, *, split
     import torch
 
     from schedlang.kernels.profile import profile_ops
-    from schedlang.runtime.worker import default_device, prepare_stages
+    from schedlang.runtime.worker import default_device, on_device, prepare_stages
     from schedlang.train import check_model_for
 
     spec = check_model_for(num_stages, num_microbatches, model, split, split_backward=split_backward).prepared
     device = default_device()
-    prepared = prepare_stages({s: m.to(device) for s, m in enumerate(spec.stages)}, split_backward)
+    prepared = prepare_stages({s: on_device(m, device) for s, m in enumerate(spec.stages)}, split_backward)
     stages = [prepared[s] for s in range(num_stages)]
     x, y = spec.batch(0)
     size = x.shape[0] // num_microbatches

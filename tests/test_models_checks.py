@@ -7,6 +7,7 @@ in this process: no worker starts, so none of these tests needs torch.distribute
 
 from __future__ import annotations
 
+import copy
 import itertools
 import sys
 import textwrap
@@ -217,3 +218,21 @@ def test_kernels_need_layers_they_can_split(in_tmp: Path) -> None:
         "layers, and stages 0, 1 have none (a traced model's layers are traced operations); use "
         "--split-backward autograd")
     assert check_run(prog, f"{mod}:make").summary.startswith(f"model {mod}:make: 2 stages (traced)")
+
+
+def test_a_traced_stage_moves_its_tensor_creating_operations_with_it() -> None:
+    """The tracer writes the device into operations like arange(device=cpu); retarget moves them."""
+    zoo = Path(__file__).with_name("model_zoo.py")
+    model = prepare_model(f"{zoo}:gpt2", 2, 2, ["transformer.h.1"])
+
+    def devices(stage: torch.nn.Module) -> set[str]:
+        return {str(n.kwargs["device"]) for m in stage._graph[0].modules()  # type: ignore[attr-defined]
+                for g in [getattr(m, "graph", None)] if isinstance(g, torch.fx.Graph)
+                for n in g.nodes if n.op == "call_function" and "device" in n.kwargs}
+
+    assert devices(model.stages[0]) == {"cpu"}  # positions and the causal mask are made in the graph
+    moved = copy.deepcopy(model.stages[0]).retarget("meta")
+    assert devices(moved) == {"meta"} and devices(model.stages[0]) == {"cpu"}
+    x = model.batch(0)[0][:2]
+    back = moved.retarget("cpu")
+    torch.testing.assert_close(back(x), model.stages[0](x), rtol=0, atol=0)
