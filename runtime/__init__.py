@@ -5,6 +5,8 @@
 - :func:`check_streams` (``schedlang.runtime.validate``) rejects streams that cannot run.
 - :func:`split_sequential`, :class:`TinyGPT` and :func:`tiny_gpt` (``schedlang.runtime.models``)
   cut a model into stages and supply the bundled example.
+- :class:`ModelSpec` (``schedlang.runtime.models``) and ``schedlang.runtime.intake``: a user's
+  model factory, cut into stages and checked (PyTorch's pipeline tracer for any ``nn.Module``).
 - :func:`spawn` (``schedlang.runtime.launch``) starts worker processes on one machine.
 - Timelines and Chrome traces: ``schedlang.runtime.timeline``.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "ModelSpec",
     "PipelineError",
     "PipelineRunner",
     "StreamError",
@@ -28,6 +31,7 @@ __all__ = [
 ]
 
 _WHERE = {
+    "ModelSpec": "models",
     "PipelineRunner": "executor",
     "PipelineError": "fault",
     "StreamError": "validate",

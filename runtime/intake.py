@@ -29,8 +29,8 @@ Defaults, each overridden by the ``ModelSpec`` field of the same name:
 - ``batch``: synthetic batches, new data every step: inputs like ``example`` (normal noise for
   floating point, integers in ``[example.min(), example.max()]`` otherwise) and class-index
   targets shaped like the output without its last dimension. ``example`` is one whole batch of
-  inputs; without it, a model whose first layer is an ``nn.Linear`` gets ``4 * num_microbatches``
-  rows of ``in_features``;
+  inputs; without it, the inputs of ``batch(0)`` serve, and without ``batch`` either, a model
+  whose first layer is an ``nn.Linear`` gets ``4 * num_microbatches`` rows of ``in_features``;
 - ``optimizer``: ``torch.optim.AdamW(params, lr=1e-3)``.
 
 The factory is called after ``torch.manual_seed(0)``, so every process that calls it builds the
@@ -279,7 +279,7 @@ def _cut(spec: str, ms: ModelSpec, num_stages: int, m: int, split: list[str] | N
     model = ms.model
     if model is None:
         raise ModelError(f"model {spec}: the ModelSpec gives neither stages nor model")
-    example = ms.example if ms.example is not None else _infer_example(model, m)
+    example = ms.example if ms.example is not None else _example_of(spec, ms, model, m)
     if isinstance(model, (list, tuple)) or (isinstance(model, nn.Sequential)
                                             and (split is None or all(s.isdigit() for s in split))):
         blocks = list(model)
@@ -312,6 +312,19 @@ def _check_count(spec: str, got: int, want: int, what: str) -> None:
     if got != want:
         raise ModelError(f"model {spec}: {what} {got} stage{'s' if got != 1 else ''}, but the "
                          f"schedule has {want}")
+
+
+def _example_of(spec: str, ms: ModelSpec, model: Any, m: int) -> torch.Tensor | None:
+    """The inputs of the factory's first batch when it gives ``batch``, else an inferred example."""
+    if ms.batch is None:
+        return _infer_example(model, m)
+    try:
+        x = ms.batch(0)[0]
+    except Exception as exc:
+        raise ModelError(f"model {spec}: batch(0) raised {_brief(exc)}") from None
+    if not isinstance(x, torch.Tensor):
+        raise ModelError(f"model {spec}: batch(0) must return (inputs tensor, targets); the inputs are {_describe(x)}")
+    return x
 
 
 def _infer_example(model: Any, m: int) -> torch.Tensor | None:

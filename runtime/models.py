@@ -171,7 +171,8 @@ class ModelSpec:
     - ``batch(step) -> (inputs, targets)``: one whole batch, split into microbatches along
       dimension 0 (default: synthetic batches like ``example`` with class-index targets);
     - ``optimizer(params) -> torch.optim.Optimizer`` (default: AdamW, lr 1e-3);
-    - ``example``: one whole batch of inputs, for tracing and for the synthetic batches;
+    - ``example``: one whole batch of inputs, for tracing and for the synthetic batches
+      (default: the inputs of ``batch(0)``);
     - ``split``: names of the submodules that begin stages 1, 2, ... (``--split`` gives the same).
     """
 

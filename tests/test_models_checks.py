@@ -236,3 +236,25 @@ def test_a_traced_stage_moves_its_tensor_creating_operations_with_it() -> None:
     x = model.batch(0)[0][:2]
     back = moved.retarget("cpu")
     torch.testing.assert_close(back(x), model.stages[0](x), rtol=0, atol=0)
+
+
+def test_a_traced_model_with_its_own_batches_needs_no_example(in_tmp: Path) -> None:
+    mod = _module(in_tmp, """
+        class Two(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 1)
+            def forward(self, x):
+                x = torch.relu(self.a(x))
+                pipe_split()
+                return self.b(x)
+        def batch(step):
+            g = torch.Generator().manual_seed(step)
+            x = torch.randn(6, 3, generator=g)
+            return x, x.sum(1, keepdim=True)
+        def make(n, m):
+            return ModelSpec(model=Two(), batch=batch, loss_fn=nn.functional.mse_loss)
+    """)
+    model = prepare_model(f"{mod}:make", 2, 3)
+    assert model.kind == "traced" and tuple(model.example.shape) == (6, 3)
+    assert "one microbatch of 2 runs through" in check_model(model, 3)
