@@ -551,6 +551,11 @@ class TracedStage(nn.Module):
             if name in used:
                 self.register_buffer(name, b)
         self._graph = [graph_module]  # not a registered child: its parameters are registered above
+        for mod in graph_module.modules():
+            if hasattr(mod, "_run_with_interpreter"):
+                # the unflattened submodules run their generated code, not torch.fx.Interpreter
+                # node by node in Python (the same operations, several times faster)
+                mod._run_with_interpreter = False
         self.plan = plan
         self._out_carrier = _carrier([d for _, d in plan.out_specs])
 
@@ -580,18 +585,16 @@ class TracedStage(nn.Module):
         import torch.fx
 
         device = torch.device(device)
-        graphs: dict[int, Any] = {}
-        for mod in self._graph[0].modules():
-            for owner in (mod, getattr(mod, "graph_module", None)):
-                if owner is not None and isinstance(getattr(owner, "graph", None), torch.fx.Graph):
-                    graphs[id(owner)] = owner
-        for owner in graphs.values():
-            changed = False
-            for node in owner.graph.nodes:
+        owners = [owner for mod in self._graph[0].modules() for owner in (mod, getattr(mod, "graph_module", None))
+                  if owner is not None and isinstance(getattr(owner, "graph", None), torch.fx.Graph)]
+        changed: set[int] = set()
+        for graph in {id(o.graph): o.graph for o in owners}.values():  # a graph may have two owners
+            for node in graph.nodes:
                 if node.op == "call_function" and "device" in node.kwargs and node.kwargs["device"] != device:
                     node.update_kwarg("device", device)
-                    changed = True
-            if changed and isinstance(owner, torch.fx.GraphModule):
+                    changed.add(id(graph))
+        for owner in owners:
+            if id(owner.graph) in changed and isinstance(owner, torch.fx.GraphModule):
                 owner.recompile()
         return self
 

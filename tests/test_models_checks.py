@@ -234,6 +234,11 @@ def test_a_traced_stage_moves_its_tensor_creating_operations_with_it() -> None:
     moved = copy.deepcopy(model.stages[0]).retarget("meta")
     assert devices(moved) == {"meta"} and devices(model.stages[0]) == {"cpu"}
     x = model.batch(0)[0][:2]
+    # parameters and operations on another device ("meta" stands in for a GPU here): the stage
+    # runs there, so no operation still makes its tensors on the CPU
+    on_meta = copy.deepcopy(model.stages[0]).to("meta").retarget("meta")
+    out = on_meta(x.to("meta"))
+    assert out.device.type == "meta" and out.shape == model.stages[0](x).shape
     back = moved.retarget("cpu")
     torch.testing.assert_close(back(x), model.stages[0](x), rtol=0, atol=0)
 
