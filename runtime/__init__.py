@@ -6,6 +6,8 @@
   one stream checker, shared with the compiler) reject streams that cannot run.
 - :func:`split_sequential`, :class:`TinyGPT` and :func:`tiny_gpt` (``schedlang.runtime.models``)
   cut a model into stages and supply the bundled example.
+- :class:`ModelSpec` (``schedlang.runtime.models``) and ``schedlang.runtime.intake``: a user's
+  model factory, cut into stages and checked (PyTorch's pipeline tracer for any ``nn.Module``).
 - :func:`spawn` (``schedlang.runtime.launch``) starts worker processes on one machine.
 - Timelines and Chrome traces: ``schedlang.runtime.timeline``.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "ModelSpec",
     "PipelineError",
     "PipelineRunner",
     "StreamError",
@@ -37,6 +40,7 @@ _WHERE = {
     "split_sequential": "schedlang.runtime.models",
     "TinyGPT": "schedlang.runtime.models",
     "tiny_gpt": "schedlang.runtime.models",
+    "ModelSpec": "schedlang.runtime.models",
 }
 
 

@@ -42,7 +42,10 @@ the checked streams. :meth:`PipelineRunner.step` trains on one batch:
   steps the optimizer and zeroes the gradients. A stream without them gets them appended. With several
   chains, stages that run the same model part hold weight replicas: before the optimizer step
   their gradients are summed (within the rank, then across ranks through the lowest holder), so
-  the replicas stay identical. Each stage needs its own module object.
+  the replicas stay identical. Each stage needs its own module object. Likewise, parameters
+  that are one parameter of the model but are held by several stages (``tied``: an embedding
+  shared with the output head) get their gradients summed before the step, so the copies stay
+  identical.
 
 Asynchronous weight-update policies (streams with ``weights=stash``, ``stash+vsync`` or ``2bw``,
 :mod:`schedlang.isa` version 2): each ``F``/``B``/``W``/``BW`` names the weight version of its
@@ -154,6 +157,8 @@ class PipelineRunner:
         store: the key-value store for fault reports (default: the default group's store).
         user_ops: handlers for ``USER`` instructions, by kind name.
         record: record a timeline event per instruction (:attr:`events`).
+        tied: groups of ``(model part, parameter name)`` that are one parameter of the model
+            (with one chain a part is a stage); their gradients are summed before each step.
     """
 
     def __init__(self, streams: Streams, rank: int, stage_modules: Mapping[int, nn.Module],
@@ -162,7 +167,8 @@ class PipelineRunner:
                  device: torch.device | str | None = None, timeout: float = 60.0,
                  fault_action: str = "exit", store: Any = None,
                  user_ops: Mapping[str, UserOp] | None = None, record: bool = True,
-                 prepost: int = 0, comm_device: torch.device | str | None = None) -> None:
+                 prepost: int = 0, comm_device: torch.device | str | None = None,
+                 tied: Sequence[Sequence[tuple[int, str]]] = ()) -> None:
         streams = with_reductions(streams)
         check_streams(streams, training=True)
         rs = streams.stream(rank)
@@ -183,6 +189,7 @@ class PipelineRunner:
         self._loss_stages = frozenset(streams.loss_stages)
         self._chains = streams.chains()
         self._replicas = _replica_sets(streams)
+        self._tied = _tied_sets(streams, rank, self.modules, tied)
         self.device = torch.device(device) if device is not None else _module_device(self.modules.values())
         self.comm_device = torch.device(comm_device) if comm_device is not None else self.device
         self.params = {s: [p for p in mod.parameters() if p.requires_grad] for s, mod in self.modules.items()}
@@ -259,7 +266,10 @@ class PipelineRunner:
             where = f"instruction {current[0]} ({current[1]})" if current else "the end of the step"
             message = (f"rank {self.rank} failed at {where} in step {self.step_index}: "
                        f"{type(exc).__name__}: {exc}")
-            raise PipelineError(self.monitor.publish(message)) from exc
+            origin = {"rank": self.rank, "instruction": current[0] if current else None,
+                      "instr": str(current[1]) if current else None, "step": self.step_index,
+                      "error": f"{type(exc).__name__}: {exc}"}
+            raise PipelineError(self.monitor.publish(message), origin) from exc
         finally:
             self.monitor.end()
         self.step_index += 1
@@ -570,6 +580,7 @@ class PipelineRunner:
     def _op_step(self, ins: Instr) -> None:
         self._finish_buckets()
         self._sum_replicas()
+        self._sum_tied()
         if self.optimizer is not None:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -589,23 +600,39 @@ class PipelineRunner:
             flats = [self._flat_grad(s) for s in mine]
             if any(f.numel() != flats[0].numel() for f in flats):
                 raise ValueError(f"replicas of model part {part} (stages {mine}) differ in size")
-            total = torch.stack(flats).sum(0) if len(flats) > 1 else flats[0]
-            if len(holders) > 1:
-                leader = holders[0]
-                if self.rank == leader:
-                    for r in holders[1:]:
-                        other = torch.empty_like(total, device=self.comm_device)
-                        dist.recv(other, self._global[r], group=self.group)
-                        total = total + other.to(self.device)
-                    for r in holders[1:]:
-                        dist.send(total.to(self.comm_device), self._global[r], group=self.group)
-                else:
-                    dist.send(total.to(self.comm_device), self._global[leader], group=self.group)
-                    other = torch.empty_like(total, device=self.comm_device)
-                    dist.recv(other, self._global[leader], group=self.group)
-                    total = other.to(self.device)
+            total = self._sum_over(holders, torch.stack(flats).sum(0) if len(flats) > 1 else flats[0])
             for s in mine:
                 self._set_flat_grad(s, total)
+
+    def _sum_over(self, holders: Sequence[int], total: torch.Tensor) -> torch.Tensor:
+        """The sum of ``total`` over the ranks ``holders`` (ascending, this rank among them).
+
+        The others send theirs to the lowest holder, which adds them in rank order and sends the
+        sum back: every holder gets the same bits.
+        """
+        if len(holders) < 2:
+            return total
+        leader = holders[0]  # tensors cross ranks on comm_device (host memory for gloo with CUDA)
+        if self.rank == leader:
+            for r in holders[1:]:
+                other = torch.empty_like(total, device=self.comm_device)
+                dist.recv(other, self._global[r], group=self.group)
+                total = total + other.to(self.device)
+            for r in holders[1:]:
+                dist.send(total.to(self.comm_device), self._global[r], group=self.group)
+            return total
+        dist.send(total.to(self.comm_device), self._global[leader], group=self.group)
+        other = torch.empty_like(total, device=self.comm_device)
+        dist.recv(other, self._global[leader], group=self.group)
+        return other.to(self.device)
+
+    def _sum_tied(self) -> None:
+        """Sum the gradients of every tied parameter over the places that hold it (in order)."""
+        for holders, params in self._tied:
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            total = self._sum_over(holders, torch.stack(grads).sum(0) if len(grads) > 1 else grads[0])
+            for p in params:
+                p.grad = total.clone()
 
     def _flat_grad(self, s: int) -> torch.Tensor:
         return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
@@ -836,6 +863,27 @@ def _replica_sets(streams: Streams) -> list[tuple[int, tuple[int, ...]]]:
     for s in range(streams.num_stages):
         by_part.setdefault(streams.part(s), []).append(s)
     return [(k, tuple(v)) for k, v in sorted(by_part.items()) if len(v) > 1]
+
+
+def _tied_sets(streams: Streams, rank: int, modules: Mapping[int, nn.Module],
+               tied: Sequence[Sequence[tuple[int, str]]]) -> list[tuple[list[int], list[nn.Parameter]]]:
+    """Per tied group this rank holds a piece of: (ranks holding it, ascending; local parameters)."""
+    if tied and len(streams.chains()) > 1:
+        raise ValueError("tied parameters with several chains (weight replicas) are not supported")
+    out = []
+    for group in tied:
+        parts = {k for k, _ in group}
+        bad = [k for k in parts if not 0 <= k < streams.num_parts]
+        if bad:
+            raise ValueError(f"tied parameter group {list(group)} names model parts {bad}; there are "
+                             f"{streams.num_parts}")
+        holders = sorted({streams.placement[s] for s in range(streams.num_stages) if streams.part(s) in parts})
+        if rank not in holders:
+            continue
+        params = [modules[s].get_parameter(name) for s in sorted(modules)
+                  for k, name in group if streams.part(s) == k]
+        out.append((holders, params))
+    return out
 
 
 def _check_modules(rs: RankStream, modules: Mapping[int, nn.Module]) -> None:

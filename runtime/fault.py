@@ -26,7 +26,16 @@ __all__ = ["FaultMonitor", "PipelineError"]
 
 
 class PipelineError(RuntimeError):
-    """A pipeline step failed on some rank; the message names the rank and the instruction."""
+    """A pipeline step failed on some rank; the message names the rank and the instruction.
+
+    Raised on the rank where the failure happened, ``origin`` holds what failed:
+    ``{"rank", "instruction" (index in the stream, or None), "instr" (its text), "step",
+    "error" ("ExceptionType: message")}``; on a rank stopping for another's fault it is None.
+    """
+
+    def __init__(self, message: str, origin: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.origin = origin
 
 
 class FaultMonitor:

@@ -2,9 +2,9 @@
 
 - :func:`split_sequential` cuts an ``nn.Sequential`` or a list of blocks into N stages
   (contiguous, balanced by parameter count unless explicit cut points are given).
-- :class:`ModelSpec` is what a ``--model MODULE:FACTORY`` factory returns for ``schedlang run``:
-  ``FACTORY(num_stages, **options) -> ModelSpec`` with the stage modules (all of them; each rank
-  keeps its own), the loss function, a batch source and an optimizer factory.
+- :class:`ModelSpec` is the full form of what a ``--model`` factory returns for ``schedlang run``
+  (``FACTORY(num_stages, num_microbatches)``; :mod:`schedlang.runtime.intake` documents the
+  other forms and the defaults).
 - :func:`tiny_gpt` is the default factory: a character-level GPT (token and position embedding,
   pre-norm transformer blocks, final norm and head) trained on :data:`TEXT`.
 - :func:`to_split_layers` swaps ``nn.Linear``/``nn.LayerNorm`` for the
@@ -161,12 +161,28 @@ def to_split_layers(module: nn.Module, use_triton: bool | None = None) -> nn.Mod
 
 @dataclass
 class ModelSpec:
-    """What a model factory gives ``schedlang run`` (see the module docstring)."""
+    """What a model factory may return for ``schedlang run`` (:mod:`schedlang.runtime.intake`).
 
-    stages: list[nn.Module]
-    loss_fn: Callable[[torch.Tensor, Any], torch.Tensor]
-    batch: Callable[[int], tuple[torch.Tensor, Any]]
-    optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+    Give either ``stages`` (the model already cut, one module per stage, in order) or ``model``
+    (an ``nn.Module`` or a list of blocks that intake cuts). Every other field has a default:
+
+    - ``loss_fn(last_stage_output, targets) -> scalar``: a mean over the microbatch (default:
+      cross entropy, classes in the output's last dimension);
+    - ``batch(step) -> (inputs, targets)``: one whole batch, split into microbatches along
+      dimension 0 (default: synthetic batches like ``example`` with class-index targets);
+    - ``optimizer(params) -> torch.optim.Optimizer`` (default: AdamW, lr 1e-3);
+    - ``example``: one whole batch of inputs, for tracing and for the synthetic batches
+      (default: the inputs of ``batch(0)``);
+    - ``split``: names of the submodules that begin stages 1, 2, ... (``--split`` gives the same).
+    """
+
+    stages: list[nn.Module] | None = None
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
+    batch: Callable[[int], tuple[torch.Tensor, Any]] | None = None
+    optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None
+    model: nn.Module | Sequence[nn.Module] | None = None
+    example: torch.Tensor | None = None
+    split: Sequence[str] | None = None
 
 
 class TextBatches:

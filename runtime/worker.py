@@ -2,11 +2,12 @@
 
 Started by torchrun (``python -m torch.distributed.run ... -m schedlang.runtime.worker ARGS``,
 rank and world size from the environment) or by :func:`schedlang.runtime.launch.spawn`
-(:func:`worker_main`). It reads the streams (isa JSON), builds the model from
-``MODULE:FACTORY`` (``FACTORY(num_stages, num_microbatches) -> ModelSpec``, see
-:mod:`schedlang.runtime.models`), keeps the stages of its rank, trains ``--steps`` steps, prints
+(:func:`worker_main`). It reads the streams (isa JSON), builds the model from the ``--model``
+factory (``FACTORY(num_stages, num_microbatches)``, cut and completed by
+:mod:`schedlang.runtime.intake`), keeps the stages of its rank, trains ``--steps`` steps, prints
 the loss of every step on the rank that holds the last stage, and writes its timeline to
-``OUT/rank{R}.json``. A failure prints one line naming the rank and instruction and exits 1.
+``OUT/rank{R}.json``. A failure prints one line naming the rank and instruction, writes it to
+``OUT/fault-rank{R}.json`` (``origin`` true on the rank where it happened) and exits 1.
 
 Several nodes: torchrun's own rendezvous joins them (``--nnodes N --node-rank K
 --rdzv-endpoint HOST:PORT --nproc-per-node P``); every node compiles its own copy of the
@@ -32,7 +33,6 @@ import argparse
 import copy
 import datetime
 import hashlib
-import importlib
 import json
 import os
 import socket
@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["ProgramMismatch", "check_same_program", "choose_backend", "default_device", "load_factory",
-           "main", "placement", "prepare_stages", "worker_main"]
+           "main", "make_runner", "on_device", "placement", "prepare_stages", "read_faults", "worker_main"]
 
 BACKENDS = ("gloo", "nccl")
 
@@ -119,11 +119,10 @@ def check_same_program(identity: dict[str, Any], group: Any = None) -> None:
 
 
 def load_factory(spec: str) -> Any:
-    """Import ``MODULE:FACTORY``."""
-    module, sep, name = spec.partition(":")
-    if not sep or not module or not name:
-        raise ValueError(f"--model expects MODULE:FACTORY, got {spec!r}")
-    return getattr(importlib.import_module(module), name)
+    """Import ``MODULE:FACTORY`` or ``path/to/file.py:FACTORY`` (:func:`schedlang.runtime.intake.load_factory`)."""
+    from schedlang.runtime.intake import load_factory as load
+
+    return load(spec)
 
 
 def default_device() -> Any:
@@ -149,7 +148,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="schedlang.runtime.worker")
     p.add_argument("--streams", required=True, help="isa streams (JSON or text)")
     p.add_argument("--model", default="schedlang.runtime.models:tiny_gpt")
+    p.add_argument("--split", default=None, help="comma-separated module names that begin stages 1, 2, ...")
+    p.add_argument("--fingerprint", default=None,
+                   help="the initial weights' digest the launching process checked (a mismatch is an error)")
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--quiet", action="store_true", help="do not print the losses (they are in OUT/rank{R}.json)")
     p.add_argument("--out", required=True, help="directory for rank{R}.json timelines")
     p.add_argument("--split-backward", default="autograd", choices=["autograd", "kernels"])
     p.add_argument("--timeout", type=float, default=60.0)
@@ -164,12 +167,62 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def worker_main(rank: int, world_size: int, argv: Sequence[str]) -> dict[str, Any]:
-    """Train as ``rank`` (the process group is already initialised); return the step losses."""
+    """Train as ``rank`` (the process group is already initialised); return the step losses.
+
+    Any failure is also written to ``OUT/fault-rank{R}.json`` before it propagates.
+    """
+    args = _parser().parse_args(list(argv))
+    try:
+        return _train(rank, world_size, args)
+    except BaseException as exc:
+        _write_fault(args.out, rank, exc)
+        raise
+
+
+def make_runner(streams: Any, rank: int, model: Any, split: Sequence[str] | None = None, *,
+                split_backward: str = "autograd", **options: Any) -> tuple[Any, Any]:
+    """This rank's :class:`PipelineRunner` for ``model`` (a factory spec, or a
+    :class:`~schedlang.runtime.intake.PreparedModel` already built for the streams) and the
+    prepared model.
+
+    The factory is called for the schedule's model parts (one per stage of a chain; several
+    chains, as in Chimera, run replicas of the parts); each local stage gets its own copy of its
+    part, and tied parameters are passed on. ``fingerprint`` (an option) is the digest of the
+    initial weights the launching process checked: a different model here is an error. The
+    other ``options`` go to the runner.
+    """
+    from schedlang.runtime.executor import PipelineRunner
+    from schedlang.runtime.intake import ModelError, fingerprint, prepare_model
+
+    expect = options.pop("fingerprint", None)
+    prepared = (prepare_model(model, streams.num_parts, streams.num_microbatches, split)
+                if isinstance(model, str) else model)
+    if len(prepared.stages) != streams.num_parts:
+        raise ValueError(f"{prepared.name} has {len(prepared.stages)} stages for {streams.num_parts} model parts")
+    if expect is not None and fingerprint(prepared.stages) != expect:
+        raise ModelError(f"model {prepared.name}: rank {rank} built other initial weights than the launching "
+                         "process checked; the factory must build the same model every time it is called "
+                         "(intake seeds torch's generator; seed any other randomness yourself)")
+    device = options.pop("device", None) or default_device()
+    mods = prepare_stages({s: on_device(copy.deepcopy(prepared.stages[streams.part(s)]), device)
+                           for s in streams.stream(rank).stages}, split_backward)
+    runner = PipelineRunner(streams, rank, mods, prepared.loss_fn, prepared.optimizer,
+                            split_backward=split_backward, device=device, tied=prepared.tied, **options)
+    return runner, prepared
+
+
+def on_device(module: Any, device: Any) -> Any:
+    """``module.to(device)``; a traced stage also makes its tensor-creating operations use it."""
+    from schedlang.runtime.intake import TracedStage
+
+    module = module.to(device)
+    return module.retarget(device) if isinstance(module, TracedStage) else module
+
+
+def _train(rank: int, world_size: int, args: argparse.Namespace) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
-    from schedlang.runtime.executor import PipelineRunner
 
-    args = _parser().parse_args(list(argv))
     torch.set_num_threads(args.threads)
     streams = _read_and_agree(rank, world_size, args)
     p = streams.num_ranks
@@ -185,16 +238,12 @@ def worker_main(rank: int, world_size: int, argv: Sequence[str]) -> dict[str, An
         mesh = init_device_mesh(device.type, (args.dp, p), mesh_dim_names=("dp", "pp"))
         group, dp_group = mesh.get_group("pp"), mesh.get_group("dp")
         replica, pp_rank = mesh.get_local_rank("dp"), mesh.get_local_rank("pp")
-    # one model part per stage of a chain; several chains (Chimera) run replicas of the parts
-    parts = streams.num_parts
-    spec = load_factory(args.model)(parts, streams.num_microbatches)
-    if len(spec.stages) != parts:
-        raise ValueError(f"{args.model} built {len(spec.stages)} stages for a {parts}-stage model")
-    mods = prepare_stages({s: copy.deepcopy(spec.stages[streams.part(s)]).to(device)
-                           for s in streams.stream(pp_rank).stages}, args.split_backward)
-    runner = PipelineRunner(streams, pp_rank, mods, spec.loss_fn, spec.optimizer,
-                            split_backward=args.split_backward, timeout=args.timeout, device=device,
-                            prepost=args.prepost, comm_device=comm_name, group=group, dp_group=dp_group)
+    split = [s for s in args.split.split(",") if s] if args.split else None
+    runner, spec = make_runner(streams, pp_rank, args.model, split, split_backward=args.split_backward,
+                               timeout=args.timeout, device=device, prepost=args.prepost,
+                               fingerprint=args.fingerprint, comm_device=comm_name, group=group,
+                               dp_group=dp_group)
+    mods = runner.modules
     losses = []
     # one rank prints: the lowest one holding a loss stage (several do with several chains)
     printer = min(streams.placement[s] for s in streams.loss_stages)
@@ -210,7 +259,7 @@ def worker_main(rank: int, world_size: int, argv: Sequence[str]) -> dict[str, An
                 dist.all_reduce(loss, group=dp_group)
                 loss = loss / args.dp
             losses.append(float(loss))
-            if rank == printer:
+            if rank == printer and not args.quiet:
                 print(f"step {step + 1:>3}: loss {float(loss):.4f}", flush=True)
     runner.close()
     if args.save and replica == 0:
@@ -263,6 +312,47 @@ def _shard(x: Any, dp: int, replica: int, m: int, what: str) -> Any:
         raise ValueError(f"--dp {dp}: a batch of {x.shape[0]} {what} does not split into {dp} replicas "
                          f"x {m} microbatches")
     return x.chunk(dp)[replica]
+
+
+def _write_fault(out: str, rank: int, exc: BaseException) -> None:
+    from schedlang.runtime.fault import PipelineError
+
+    if isinstance(exc, PipelineError):
+        doc = {"origin": exc.origin is not None, "message": str(exc), **(exc.origin or {"rank": rank})}
+    else:
+        doc = {"origin": True, "message": str(exc), "rank": rank, "instruction": None, "instr": None,
+               "step": None, "error": f"{type(exc).__name__}: {exc}"}
+    try:
+        with open(os.path.join(out, f"fault-rank{rank}.json"), "w", encoding="utf-8") as fh:
+            json.dump(doc, fh)
+    except OSError:
+        pass  # the report is a courtesy; the exit status still says the rank failed
+
+
+def read_faults(out: str) -> str | None:
+    """One line for the parent: the fault where it happened (the lowest such rank), else any.
+
+    ``rank R, instruction I: ExceptionType: message (the instruction, step S)`` (S from 1), or
+    ``rank R: ExceptionType: message`` for a failure outside the instruction stream.
+    """
+    docs = []
+    for name in sorted(os.listdir(out)) if os.path.isdir(out) else []:
+        if name.startswith("fault-rank") and name.endswith(".json"):
+            try:
+                with open(os.path.join(out, name), encoding="utf-8") as fh:
+                    docs.append(json.load(fh))
+            except (OSError, ValueError):
+                continue
+    if not docs:
+        return None
+    origins = sorted((d for d in docs if d.get("origin")), key=lambda d: int(d.get("rank", 0)))
+    if not origins:
+        return str(min(docs, key=lambda d: int(d.get("rank", 0)))["message"])
+    d = origins[0]
+    if d.get("instruction") is None:
+        return f"rank {d['rank']}: {d['error']}"
+    # steps count from 1, as the loss lines do
+    return f"rank {d['rank']}, instruction {d['instruction']}: {d['error']} ({d['instr']}, step {d['step'] + 1})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -552,17 +552,25 @@ def measured_program(program: Program, events: Sequence[Any]) -> tuple[Program, 
     return replace(program, ops=ops, edges=edges), len(program.ops) - len(times)
 
 
-def check_model(spec: str) -> None:
-    """Import the model factory ``MODULE:FACTORY`` here first: a typo is a plain error, not a crash
-    on every rank."""
-    from schedlang.runtime.worker import load_factory
+def check_model(spec: str, program: Program | None = None, split: str | Sequence[str] | None = None, *,
+                split_backward: str = "autograd") -> Any:
+    """Check the model factory ``spec`` (``MODULE:FACTORY`` or ``path/to/file.py:FACTORY``) here,
+    before any worker starts. Without ``program`` it is only imported (a typo is a plain error,
+    not a crash on every rank); with it, it is built for the program's shape, cut at ``split``,
+    and one microbatch runs through it (:func:`schedlang.model_check.check_model_for`, which returns
+    the checked model). Each mistake is one :class:`SchedlangError` naming the factory."""
+    from schedlang import model_check
 
-    try:
-        factory = load_factory(spec)
-    except (ValueError, ImportError, AttributeError) as exc:
-        raise SchedlangError(f"--model {spec}: {exc}") from None
-    if not callable(factory):
-        raise SchedlangError(f"--model {spec}: not a callable factory")
+    if program is None:
+        from schedlang.runtime.intake import ModelError, load_factory
+
+        try:
+            load_factory(spec)
+        except ModelError as exc:
+            raise SchedlangError(str(exc)) from None
+        return None
+    return model_check.check_model_for(model_check.model_parts(program), program.num_microbatches, spec, split,
+                                 split_backward=split_backward)
 
 
 def check_run(program: Program, *, nproc: int | None = None, steps: int = 10,
@@ -635,24 +643,22 @@ def weights_note(program: Program) -> str:
 
 @dataclass(frozen=True)
 class RunResult:
-    """What :func:`run` measured. ``exit_code`` is 0 when every worker succeeded; ``failures``
-    has one line per failed rank (spawn launcher); ``measured`` is the measured bubble (see
-    :func:`summarize_timelines`; empty when the workers failed). ``simulated_bubble_rate`` is
-    the schedule simulated on the program's own costs; ``measured_times_bubble_rate`` the same
-    schedule simulated on this run's measured op times with communication free (see
-    :func:`measured_program`; None when the workers failed)."""
+    """What :func:`run` measured: the loss of every step (``losses``), the measured bubble
+    (``measured``, see :func:`summarize_timelines`), the timeline ``events``, the schedule
+    simulated on the program's own costs (``simulated_bubble_rate``) and on this run's measured
+    op times with communication free (``measured_times_bubble_rate``, see
+    :func:`measured_program`). A run whose workers fail raises :class:`SchedlangError` instead."""
 
-    exit_code: int
-    failures: tuple[str, ...]
-    events: tuple[Any, ...]
+    losses: tuple[float, ...]
     measured: dict[str, Any]
     simulated_bubble_rate: float
+    events: tuple[Any, ...] = ()
     measured_times_bubble_rate: float | None = None
+    model: str = "schedlang.runtime.models:tiny_gpt"
 
 
-def _launch_torchrun(nproc: int, worker_args: list[str], *, nnodes: int = 1, node_rank: int = 0,
-                     rdzv_endpoint: str | None = None) -> int:
-    import os
+def _launch_torchrun(nproc: int, worker_args: list[str], log: Any, echo: bool, *, nnodes: int = 1,
+                     node_rank: int = 0, rdzv_endpoint: str | None = None) -> int:
     import subprocess
     import sys
 
@@ -662,33 +668,46 @@ def _launch_torchrun(nproc: int, worker_args: list[str], *, nnodes: int = 1, nod
         where = [f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--rdzv-endpoint={rdzv_endpoint}"]
     cmd = [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc-per-node={nproc}",
            "-m", "schedlang.runtime.worker", *worker_args]
+    # each worker runs as `python -m`, so this folder comes first on its path, as it does here
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    return subprocess.run(cmd, env=env).returncode
+    return subprocess.run(cmd, env=env, stdout=None if echo else log, stderr=log).returncode
 
 
-def _launch_spawn(nproc: int, worker_args: list[str], timeout: float) -> tuple[int, list[str]]:
+def _launch_spawn(nproc: int, worker_args: list[str], timeout: float, log: Any) -> int:
     from schedlang.runtime.launch import spawn
     from schedlang.runtime.worker import worker_main
 
     results = spawn(worker_main, nproc, (worker_args,), timeout=timeout, join_timeout=10 * timeout,
                     check=False)
-    code, failures = 0, []
+    code = 0
     for r in results:
+        log.write(f"----- rank {r.rank}: exit {r.exitcode} {r.error or ''}\n{r.stderr}\n")
         if r.exitcode != 0:
             code = 1
-            lines = [ln for ln in r.stderr.splitlines() if "schedlang runtime:" in ln or "Error" in ln]
-            failures.append(f"rank {r.rank}: exit {r.exitcode}: {r.error or (lines[-1] if lines else '')}")
-    return code, failures
+    return code
 
 
-def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt", steps: int = 10,
-        nproc: int | None = None, split_backward: str = "autograd", launcher: str = "torchrun",
-        prepost: int = 4, timeout: float = 60.0, dp: int = 1, backend: str | None = None,
-        nnodes: int = 1, node_rank: int = 0, rdzv_endpoint: str | None = None,
-        nproc_per_node: int | None = None, save: str | None = None) -> RunResult:
-    """Train ``model`` (``MODULE:FACTORY``) with a scheduled program's streams on one process per
-    rank (``torchrun`` or ``spawn``) for ``steps`` steps; return what was measured.
+def _losses(out_dir: str) -> tuple[float, ...]:
+    import json
 
+    for path in sorted(Path(out_dir).glob("rank*.json"), key=lambda p: int(p.stem[4:])):
+        losses = json.loads(path.read_text(encoding="utf-8")).get("losses") or []
+        if losses:
+            return tuple(float(x) for x in losses)
+    return ()
+
+
+def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt",
+        split: str | Sequence[str] | None = None, steps: int = 10, nproc: int | None = None,
+        split_backward: str = "autograd", launcher: str = "torchrun", prepost: int = 4,
+        timeout: float = 60.0, dp: int = 1, backend: str | None = None, nnodes: int = 1,
+        node_rank: int = 0, rdzv_endpoint: str | None = None, nproc_per_node: int | None = None,
+        save: str | None = None, echo: bool = False) -> RunResult:
+    """Train ``model`` (``MODULE:FACTORY`` or ``path/to/file.py:FACTORY``, cut at ``split``, see
+    docs/models.md) with a program's schedule on one process per rank (``torchrun`` or
+    ``spawn``) for ``steps`` steps; return what was measured.
+
+    The model is checked once, in this process, before any worker starts (:func:`check_model`).
     ``dp`` runs that many data-parallel replicas of the pipeline (ranks x ``dp`` processes on a
     DeviceMesh with dimensions "dp" and "pp"; each replica trains on its shard of every batch).
     ``nnodes``, ``node_rank``, ``rdzv_endpoint`` and ``nproc_per_node`` (torchrun's names) start
@@ -696,21 +715,25 @@ def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt", s
     node runs this function with the same program, and the ranks check that they do. ``backend``
     overrides the process-group backend (NCCL with CUDA, gloo without). ``save`` is a directory
     for each stage's final parameters (``stage{S}.pt``) and the losses (``losses.json``).
-    The workers' own output (each step's loss) goes to this process's stdout and stderr; the
-    measured bubble covers the ranks of this node.
+    ``echo`` lets the workers print each step's loss on this process's stdout. The workers'
+    standard error (torchrun's own messages included) goes to a log file; a failed run raises
+    :class:`SchedlangError` naming the failed rank and instruction and that file, which is
+    removed after a successful run. The measured bubble covers the ranks of this node.
     """
-    import os
     import tempfile
 
     from schedlang import isa
     from schedlang.codegen import codegen
 
+    if not isinstance(program.schedule, Orders):
+        program = schedule(program)
     nproc = check_run(program, nproc=nproc, steps=steps, model=model, dp=dp, nnodes=nnodes,
                       node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, nproc_per_node=nproc_per_node,
                       launcher=launcher, backend=backend)
     if program.weights.asynchronous and split_backward != "autograd":
         raise SchedlangError(f"weights {program.weights.policy}: the runtime keeps weight versions only with "
                              "--split-backward autograd", program.weights.span)
+    checked = check_model(model, program, split, split_backward=split_backward)
     code_streams = codegen(program)
     sim = _simulate(program)
     with tempfile.TemporaryDirectory(prefix="schedlang-run-") as tmp:
@@ -718,50 +741,49 @@ def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt", s
         Path(path).write_text(isa.to_json(code_streams), encoding="utf-8")
         worker_args = ["--streams", path, "--model", model, "--steps", str(steps), "--out", tmp,
                        "--split-backward", split_backward, "--timeout", str(timeout),
-                       "--prepost", str(prepost), "--dp", str(dp)]
+                       "--prepost", str(prepost), "--dp", str(dp), "--fingerprint", checked.fingerprint]
+        if checked.split:
+            worker_args += ["--split", ",".join(checked.split)]
         if backend is not None:
             worker_args += ["--backend", backend]
         if save is not None:
             worker_args += ["--save", os.path.abspath(save)]
-        failures: list[str] = []
-        if launcher == "torchrun":
-            code = _launch_torchrun(nproc // nnodes, worker_args, nnodes=nnodes, node_rank=node_rank,
-                                    rdzv_endpoint=rdzv_endpoint)
-        else:
-            code, failures = _launch_spawn(nproc, worker_args, timeout)
+        if not echo:
+            worker_args.append("--quiet")
+        fd, log = tempfile.mkstemp(prefix="schedlang-run-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8") as log_fh:
+            if launcher == "torchrun":
+                code = _launch_torchrun(nproc // nnodes, worker_args, log_fh, echo, nnodes=nnodes,
+                                        node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
+            else:
+                code = _launch_spawn(nproc, worker_args, timeout, log_fh)
         if code != 0:
-            return RunResult(code, tuple(failures), (), {}, sim.bubble_rate)
+            from schedlang.runtime.worker import read_faults
+
+            what = read_faults(tmp) or f"the workers failed (exit status {code})"
+            raise SchedlangError(f"run failed: {what}; the workers' output is in {log}")
+        os.unlink(log)
         events, measured = summarize_timelines(tmp)
+        losses = _losses(tmp)
     on_measured = _simulate(measured_program(program, events)[0]).bubble_rate if events else None
-    return RunResult(0, (), tuple(events), measured, sim.bubble_rate, on_measured)
+    return RunResult(losses, measured, sim.bubble_rate, tuple(events), on_measured, model)
 
 
 def profile_program(num_stages: int, num_microbatches: int, model: str, *, split_backward: str = "autograd",
-                    repeats: int = 5, warmup: int = 1) -> list[dict[str, Any]]:
-    """Build ``model`` (``MODULE:FACTORY``) for the pipeline's shape and profile its stages."""
+                    repeats: int = 5, warmup: int = 1, split: str | Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Build ``model`` for the pipeline's shape (checked as :func:`run` checks it, cut at
+    ``split``) and profile its stages."""
     import torch
 
     from schedlang.kernels.profile import profile_ops
-    from schedlang.runtime.worker import default_device, load_factory, prepare_stages
+    from schedlang.model_check import check_model_for
+    from schedlang.runtime.worker import default_device, on_device, prepare_stages
 
-    try:
-        factory = load_factory(model)
-    except (ValueError, ImportError, AttributeError) as exc:
-        raise SchedlangError(f"--model {model}: {exc}") from None
-    try:
-        spec = factory(num_stages, num_microbatches)
-        stages = list(spec.stages)
-    except Exception as exc:  # the user's factory: its failure is a user error, not ours
-        raise SchedlangError(f"--model {model}: the factory failed: {type(exc).__name__}: {exc}") from None
-    if len(stages) != num_stages:
-        raise SchedlangError(f"--model {model} built {len(stages)} stages for a {num_stages}-stage pipeline")
+    spec = check_model_for(num_stages, num_microbatches, model, split, split_backward=split_backward).prepared
     device = default_device()
-    prepared = prepare_stages({s: m.to(device) for s, m in enumerate(stages)}, split_backward)
+    prepared = prepare_stages({s: on_device(m, device) for s, m in enumerate(spec.stages)}, split_backward)
     stages = [prepared[s] for s in range(num_stages)]
     x, y = spec.batch(0)
-    if x.shape[0] % num_microbatches:
-        raise SchedlangError(f"--model {model}: a batch of {x.shape[0]} does not split into "
-                             f"{num_microbatches} microbatches")
     size = x.shape[0] // num_microbatches
     x_mb = x[:size].to(device)
     y_mb = y[:size].to(device) if isinstance(y, torch.Tensor) else y
@@ -770,8 +792,6 @@ def profile_program(num_stages: int, num_microbatches: int, model: str, *, split
         return spec.loss_fn(out, y_mb)  # type: ignore[no-any-return]
 
     return profile_ops(stages, x_mb, loss, repeats, warmup=warmup)
-
-
 def check_profile_options(repeats: int, warmup: int) -> None:
     """``repeats`` at least 1 and ``warmup`` at least 0, or a user error."""
     if repeats < 1 or warmup < 0:
@@ -779,7 +799,8 @@ def check_profile_options(repeats: int, warmup: int) -> None:
 
 
 def profile(program: Program, model: str = "schedlang.runtime.models:tiny_gpt", *,
-            split_backward: str = "autograd", repeats: int = 5, warmup: int = 1) -> list[dict[str, Any]]:
+            split: str | Sequence[str] | None = None, split_backward: str = "autograd", repeats: int = 5,
+            warmup: int = 1) -> list[dict[str, Any]]:
     """Measure T_F, T_B, T_W and memory of each model part a (lowered) program's pipeline needs:
     one row per stage of a chain (Chimera's two chains run replicas of the same parts)."""
     check_profile_options(repeats, warmup)
@@ -792,4 +813,4 @@ def profile(program: Program, model: str = "schedlang.runtime.models:tiny_gpt", 
 
     parts = len(isa.chains_of(program.num_stages, stage_graph(program))[0])
     return profile_program(parts, program.num_microbatches, model,
-                           split_backward=split_backward, repeats=repeats, warmup=warmup)
+                           split_backward=split_backward, repeats=repeats, warmup=warmup, split=split)

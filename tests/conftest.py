@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,12 @@ if not os.environ.get("SCHEDLANG_FORCE_GPU") and shutil.which("nvidia-smi") is N
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
+
+# `python -m pytest` puts the repository root first on sys.path, where the source folder
+# kernels/ shadows the third-party package `kernels` that transformers imports. schedlang itself
+# is imported through its installed package, so the root is not needed on the path.
+_ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

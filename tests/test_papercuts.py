@@ -213,8 +213,8 @@ def test_run_prints_both_simulations_and_explains_the_trace(monkeypatch, tmp_pat
     on_measured = sl.simulate(sl.measured_program(prog, events)[0]).bubble_rate
 
     def fake_run(program, **kw):  # type: ignore[no-untyped-def]
-        return sl.RunResult(0, (), tuple(events), {"steps": 2, "bubble_rate": 0.25, "cost_s": 0.01,
-                                                   "makespan_s": 0.012}, 1 / 9, on_measured)
+        return sl.RunResult((3.0, 2.0, 1.0), {"steps": 2, "bubble_rate": 0.25, "cost_s": 0.01, "makespan_s": 0.012},
+                            1 / 9, tuple(events), on_measured)
 
     monkeypatch.setattr(sl, "run", fake_run)
     trace = tmp_path / "t.json"

@@ -43,7 +43,8 @@ def test_run_rejects_a_model_it_cannot_import() -> None:
     out = subprocess.run([sys.executable, "-m", "schedlang", "run", "std:1f1b", "--set", "p=2",
                           "--model", "schedlang.runtime.models:nope"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
-    assert "--model schedlang.runtime.models:nope: module 'schedlang.runtime.models' has no attribute 'nope'" in out.stderr
+    assert out.stderr.startswith("schedlang: error: model schedlang.runtime.models:nope: schedlang.runtime.models (")
+    assert out.stderr.endswith("models.py) has no attribute 'nope'\n")
     assert "Traceback" not in out.stderr
 
 

@@ -39,6 +39,17 @@ def add_program_args(p: argparse.ArgumentParser, *, scheduler: bool = True) -> N
                        help="replace the program's schedule clause with a named scheduler")
 
 
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """``--model`` and ``--split``, the same for ``schedlang run`` and ``schedlang profile``."""
+    p.add_argument("--model", default="schedlang.runtime.models:tiny_gpt", metavar="MODULE:FACTORY",
+                   help="FACTORY(num_stages, num_microbatches) in MODULE (found from the current folder) or "
+                        "in path/to/file.py; it returns an nn.Sequential, a list of blocks, an nn.Module with "
+                        "split points or a ModelSpec (docs/models.md; default: a tiny GPT on bundled text)")
+    p.add_argument("--split", metavar="NAME,...",
+                   help="submodules that begin stages 1, 2, ... (e.g. transformer.h.2,transformer.h.4), "
+                        "cut by torch.distributed.pipelining's tracer")
+
+
 def add_limit_arg(p: argparse.ArgumentParser, example: str = "max_ops=5000000") -> None:
     """``--limit NAME=N`` (repeatable): raise or lower a work limit of :mod:`schedlang.limits`."""
     from schedlang.limits import limit_arg

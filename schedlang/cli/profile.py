@@ -1,9 +1,10 @@
 """``schedlang profile``: measure a model's per-stage costs and write them as pipeline parameters.
 
 The command reads the program only for its shape (number of stages and microbatches; it is not
-scheduled), builds the model with the same ``--model MODULE:FACTORY`` factory ``schedlang run``
-uses, cuts one microbatch off the factory's first batch, and times each stage's F, B and W with
-:func:`schedlang.api.profile` (:func:`schedlang.kernels.profile.profile_ops`) on this machine's device (CUDA when available,
+scheduled), builds the model with the same ``--model``/``--split`` options ``schedlang run``
+uses (checked the same way), cuts one microbatch off the factory's first batch, and times each
+stage's F, B and W with :func:`schedlang.api.profile` (:func:`schedlang.kernels.profile.profile_ops`)
+on this machine's device (CUDA when available,
 else the CPU). The result is one ``NAME=[v0, v1, ...]`` line per parameter (``tf``, ``tb``,
 ``tw`` in ms, ``mem_f``, ``mem_w`` in bytes; one value per stage), the format ``--params FILE``
 reads back::
@@ -23,13 +24,18 @@ import argparse
 import json
 import sys
 
-from schedlang.cli.common import Command, add_program_args, load_program, write_output
+from schedlang.cli.common import (
+    Command,
+    add_model_args,
+    add_program_args,
+    load_program,
+    write_output,
+)
 
 
 def _profile_args(p: argparse.ArgumentParser) -> None:
     add_program_args(p, scheduler=False)
-    p.add_argument("--model", default="schedlang.runtime.models:tiny_gpt", metavar="MODULE:FACTORY",
-                   help="model factory, as for `schedlang run` (default: the bundled tiny GPT)")
+    add_model_args(p)
     p.add_argument("--split-backward", choices=["autograd", "kernels"], default="autograd",
                    help="time W of plain layers as backward minus B (autograd), or of schedlang.kernels layers")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per stage; the median is kept (default 5)")
@@ -45,8 +51,8 @@ def _profile_run(args: argparse.Namespace) -> int:
     api.check_profile_options(args.repeats, args.warmup)
     api.check_output_path(args.output)
     prog = load_program(args, scheduled=False)
-    rows = api.profile(prog, args.model, split_backward=args.split_backward, repeats=args.repeats,
-                       warmup=args.warmup)
+    rows = api.profile(prog, args.model, split=args.split, split_backward=args.split_backward,
+                       repeats=args.repeats, warmup=args.warmup)
     if args.json:
         write_output(json.dumps(rows, indent=1) + "\n", args.output)
         return 0

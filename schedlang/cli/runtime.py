@@ -14,9 +14,8 @@ names) start this node's share of a run across N nodes.
 from __future__ import annotations
 
 import argparse
-import sys
 
-from schedlang.cli.common import Command, add_program_args, load_program
+from schedlang.cli.common import Command, add_model_args, add_program_args, load_program
 from schedlang.limits import nonneg_int, positive_float
 from schedlang.source import SchedlangError
 
@@ -24,9 +23,7 @@ from schedlang.source import SchedlangError
 def _run_args(p: argparse.ArgumentParser) -> None:
     add_program_args(p)
     p.add_argument("--nproc", type=int, help="worker processes (default: the schedule's ranks; must match)")
-    p.add_argument("--model", default="schedlang.runtime.models:tiny_gpt", metavar="MODULE:FACTORY",
-                   help="FACTORY(num_stages, num_microbatches) -> schedlang.runtime.models.ModelSpec "
-                        "(default: a tiny GPT on bundled text)")
+    add_model_args(p)
     p.add_argument("--steps", type=int, default=10, help="training steps (default 10)")
     p.add_argument("--trace", metavar="PATH", help="write a Chrome/Perfetto trace of all ranks to PATH")
     p.add_argument("--split-backward", choices=["autograd", "kernels"], default="autograd",
@@ -73,13 +70,9 @@ def _run_run(args: argparse.Namespace) -> int:
     note = api.weights_note(prog)
     if note:
         print(note, flush=True)
-    res = api.run(prog, model=args.model, steps=args.steps, nproc=nproc, split_backward=args.split_backward,
-                  launcher=args.launcher, prepost=args.prepost, timeout=args.timeout, save=args.save, **layout)
-    for line in res.failures:
-        print(line, file=sys.stderr)
-    if res.exit_code != 0:
-        print(f"schedlang run: the workers failed (exit status {res.exit_code})", file=sys.stderr)
-        return 1
+    res = api.run(prog, model=args.model, split=args.split, steps=args.steps, nproc=nproc,
+                  split_backward=args.split_backward, launcher=args.launcher, prepost=args.prepost,
+                  timeout=args.timeout, save=args.save, echo=True, **layout)
     measured = res.measured
     if measured:
         on_measured = ("-" if res.measured_times_bubble_rate is None
