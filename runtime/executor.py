@@ -84,7 +84,7 @@ from schedlang.runtime.fault import FaultMonitor, PipelineError
 from schedlang.runtime.timeline import Event, event_name
 from torch import nn
 
-from schedlang.isa import Instr, Op, RankStream, Streams
+from schedlang.isa import Instr, Opcode, RankStream, Streams
 from schedlang.isa_check import StreamError, check_streams
 
 __all__ = ["PipelineRunner", "with_reductions"]
@@ -122,15 +122,15 @@ def with_reductions(streams: Streams) -> Streams:
     ranks = []
     for rs in streams.ranks:
         instrs = list(rs.instrs)
-        reduced = {i.stage for i in instrs if i.op is Op.REDUCE_GRAD}
-        has_step = any(i.op is Op.OPT_STEP for i in instrs)
-        tail = [Instr(Op.REDUCE_GRAD, stage=s) for s in rs.stages if s not in reduced]
-        if has_step and tail and instrs[-1].op is Op.OPT_STEP:
+        reduced = {i.stage for i in instrs if i.op is Opcode.REDUCE_GRAD}
+        has_step = any(i.op is Opcode.OPT_STEP for i in instrs)
+        tail = [Instr(Opcode.REDUCE_GRAD, stage=s) for s in rs.stages if s not in reduced]
+        if has_step and tail and instrs[-1].op is Opcode.OPT_STEP:
             instrs = instrs[:-1] + tail + instrs[-1:]
         else:
             instrs += tail
         if not has_step:
-            instrs.append(Instr(Op.OPT_STEP))
+            instrs.append(Instr(Opcode.OPT_STEP))
         ranks.append(RankStream(rs.rank, rs.stages, tuple(instrs)))
     return dataclasses.replace(streams, ranks=tuple(ranks))
 
@@ -217,7 +217,7 @@ class PipelineRunner:
             raise ValueError("prepost must be >= 0")
         self.prepost = prepost
         self._recv_plan = [(index, part) for index, ins in enumerate(rs.instrs)
-                           for part in (ins.parts if ins.op is Op.BATCH else (ins,)) if part.op.is_recv]
+                           for part in (ins.parts if ins.op is Opcode.BATCH else (ins,)) if part.op.is_recv]
         self._next_recv = 0
         self.events: list[Event] = []
         self.step_index = 0
@@ -376,7 +376,7 @@ class PipelineRunner:
     def _run(self, index: int, ins: Instr) -> None:
         if self.prepost:
             self._post_receives_until(index + self.prepost)
-        if ins.op is Op.BATCH:
+        if ins.op is Opcode.BATCH:
             self._timed(index, ins, self._batch)
         elif ins.op.is_p2p:
             self._timed(index, ins, lambda i: self._p2p([i]))
@@ -412,11 +412,11 @@ class PipelineRunner:
 
     def _pending_for(self, ins: Instr) -> Iterable[tuple[Any, str, tuple[int, int]]]:
         keys: list[tuple[str, int, int]] = []
-        if ins.op in (Op.F, Op.FB):
+        if ins.op in (Opcode.F, Opcode.FB):
             keys.append(("x", ins.stage, ins.mb))
-        if ins.op in (Op.B, Op.BW):
+        if ins.op in (Opcode.B, Opcode.BW):
             keys.append(("dy", ins.stage, ins.mb))
-        if ins.op is Op.FB:
+        if ins.op is Opcode.FB:
             keys.append(("dy", ins.stage2, ins.mb2))
         for field, s, i in keys:
             slot = self._table.get((s, i))
@@ -649,9 +649,9 @@ class PipelineRunner:
         assert self._async is not None, "UPDATE in flush streams (the checker refuses them)"
         self._async.update(ins.stage)
 
-    _HANDLERS: dict[Op, Callable[[PipelineRunner, Instr], None]] = {
-        Op.F: _op_f, Op.B: _op_b, Op.W: _op_w, Op.BW: _op_bw, Op.FB: _op_fb, Op.USER: _op_user,
-        Op.REDUCE_GRAD: _op_reduce, Op.OPT_STEP: _op_step, Op.UPDATE: _op_update,
+    _HANDLERS: dict[Opcode, Callable[[PipelineRunner, Instr], None]] = {
+        Opcode.F: _op_f, Opcode.B: _op_b, Opcode.W: _op_w, Opcode.BW: _op_bw, Opcode.FB: _op_fb, Opcode.USER: _op_user,
+        Opcode.REDUCE_GRAD: _op_reduce, Opcode.OPT_STEP: _op_step, Opcode.UPDATE: _op_update,
     }
 
     # ------------------------------------------------------------------ communication
@@ -691,7 +691,7 @@ class PipelineRunner:
                 continue
             slot = self._slot(part.stage, part.mb)
             pending = (work, f"{part} from rank {part.peer}", (part.peer, n))
-            if part.op is Op.RECV_ACT:
+            if part.op is Opcode.RECV_ACT:
                 slot.x, slot.x_wait = tensor, pending
             else:
                 slot.dy, slot.dy_wait = tensor, pending
@@ -699,17 +699,17 @@ class PipelineRunner:
     def _p2p_op(self, ins: Instr) -> tuple[Callable[..., Any], torch.Tensor, int]:
         peer = self._global[ins.peer]
         assert self._shapes is not None
-        if ins.op is Op.SEND_ACT:
+        if ins.op is Opcode.SEND_ACT:
             out = self._table[(ins.stage, ins.mb)].out
             assert out is not None
             return dist.isend, out.detach().to(self.comm_device).contiguous(), peer
-        if ins.op is Op.SEND_GRAD:
+        if ins.op is Opcode.SEND_GRAD:
             slot = self._table[(ins.stage, ins.mb)]
             dx, slot.dx = slot.dx, None
             assert dx is not None
             self._maybe_free(ins.stage, ins.mb)
             return dist.isend, dx.to(self.comm_device).contiguous(), peer
-        producer = self._producer[ins.stage] if ins.op is Op.RECV_ACT else ins.stage
+        producer = self._producer[ins.stage] if ins.op is Opcode.RECV_ACT else ins.stage
         shape, dtype = self._shapes[producer]
         return dist.irecv, torch.empty(shape, dtype=dtype, device=self.comm_device), peer
 
@@ -743,7 +743,7 @@ class _AsyncWeights:
         self.future: dict[int, Counter[int]] = {}
         self._plan: dict[int, Counter[int]] = {s: Counter() for s in runner.modules}
         for ins in runner.stream.instrs:
-            if ins.op is Op.F:
+            if ins.op is Opcode.F:
                 self._plan[ins.stage][ins.ver] += 1
         self.copies = 0  # parameter copies made by updates (a version still needed), all steps
 
@@ -843,7 +843,7 @@ def send_release_points(streams: Streams, rank: int) -> dict[tuple[int, int], li
         recv_at: list[int] = []  # instruction index of the peer's k-th receive from us
         send_at: list[int] = []  # instruction index of the peer's n-th send to us
         for index, ins in enumerate(peer_stream.instrs):
-            for part in ins.parts if ins.op is Op.BATCH else (ins,):
+            for part in ins.parts if ins.op is Opcode.BATCH else (ins,):
                 if part.op.is_recv and part.peer == rank:
                     recv_at.append(index)
                 elif part.op.is_send and part.peer == rank:
@@ -905,7 +905,7 @@ def _check_modules(rs: RankStream, modules: Mapping[int, nn.Module]) -> None:
 
 def _check_user_ops(rs: RankStream, handlers: Mapping[str, UserOp]) -> None:
     for index, ins in enumerate(rs.instrs):
-        if ins.op is Op.USER and ins.kind not in handlers:
+        if ins.op is Opcode.USER and ins.kind not in handlers:
             raise StreamError(f"rank {rs.rank}, instruction {index} ({ins}): no handler for user op "
                               f"kind {ins.kind!r} (pass user_ops={{{ins.kind!r}: fn}})")
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from schedlang.isa import COMPUTE_OPS, Op
+from schedlang.isa import COMPUTE_OPS, Opcode
 from schedlang.traceformat import (
     complete_event,
     rank_tracks,
@@ -56,9 +56,9 @@ class Event:
         return Event(**d)
 
 
-def event_name(op: Op, kind: str = "") -> str:
+def event_name(op: Opcode, kind: str = "") -> str:
     """Name an event after its opcode (USER ops after their kind)."""
-    return kind if op is Op.USER and kind else op.value
+    return kind if op is Opcode.USER and kind else op.value
 
 
 @dataclass(frozen=True, slots=True)

@@ -147,7 +147,7 @@ def _check_decl(d: S.Decl, glob: frozenset[str], kinds: dict[str, S.OpDecl]) -> 
     elif isinstance(d, S.DepDecl):
         _check_dep(d, glob, kinds)
     elif isinstance(d, S.ScheduleDecl):
-        if isinstance(d.body, S.SchedulerCall):
+        if isinstance(d.body, S.SchedulerClause):
             names: dict[str, S.Arg] = {}
             for a in d.body.args:
                 if a.name in names:

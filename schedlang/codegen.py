@@ -94,7 +94,7 @@ from schedlang.isa import Instr, RankStream, Streams
 from schedlang.isa_check import find_deadlock
 from schedlang.weights import WeightPlan, weight_plan
 
-_COMPUTE = {Role.F: isa.Op.F, Role.B: isa.Op.B, Role.W: isa.Op.W, Role.BW: isa.Op.BW}
+_COMPUTE = {Role.F: isa.Opcode.F, Role.B: isa.Opcode.B, Role.W: isa.Opcode.W, Role.BW: isa.Opcode.BW}
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,13 +135,13 @@ def messages(program: Program) -> list[Message]:
 
 def _send(program: Program, m: Message) -> Instr:
     s, d = program.ops[m.src], program.ops[m.dst]
-    op = isa.Op.SEND_GRAD if m.grad else isa.Op.SEND_ACT
+    op = isa.Opcode.SEND_GRAD if m.grad else isa.Opcode.SEND_ACT
     return Instr(op, stage=s.stage, mb=s.mb, peer=d.rank, peer_stage=d.stage)
 
 
 def _recv(program: Program, m: Message) -> Instr:
     s, d = program.ops[m.src], program.ops[m.dst]
-    op = isa.Op.RECV_GRAD if m.grad else isa.Op.RECV_ACT
+    op = isa.Opcode.RECV_GRAD if m.grad else isa.Opcode.RECV_ACT
     return Instr(op, stage=d.stage, mb=d.mb, peer=s.rank, peer_stage=s.stage)
 
 
@@ -153,27 +153,27 @@ def compute_instrs(program: Program, slot: tuple[int, ...], plan: WeightPlan | N
     ops = [program.ops[k] for k in slot]
     roles = [program.role(o) for o in ops]
     if plan is not None:
-        return [Instr(isa.Op.USER, stage=o.stage, mb=o.mb, kind=o.kind) if r is Role.USER else
+        return [Instr(isa.Opcode.USER, stage=o.stage, mb=o.mb, kind=o.kind) if r is Role.USER else
                 Instr(_COMPUTE[r], stage=o.stage, mb=o.mb, ver=plan.version[o.stage][o.mb])
                 for o, r in zip(ops, roles, strict=True)]
     if len(ops) == 2 and sorted(r is Role.F for r in roles) == [False, True]:
         f, b = (ops[0], ops[1]) if roles[0] is Role.F else (ops[1], ops[0])
         rb = program.role(b)
         if rb.is_backward:
-            return [Instr(isa.Op.FB, stage=f.stage, mb=f.mb, stage2=b.stage, mb2=b.mb, kind=rb.value)]
+            return [Instr(isa.Opcode.FB, stage=f.stage, mb=f.mb, stage2=b.stage, mb2=b.mb, kind=rb.value)]
     out = []
     for o, r in zip(ops, roles, strict=True):
         if r is Role.USER:
-            out.append(Instr(isa.Op.USER, stage=o.stage, mb=o.mb, kind=o.kind))
+            out.append(Instr(isa.Opcode.USER, stage=o.stage, mb=o.mb, kind=o.kind))
         else:
             out.append(Instr(_COMPUTE[r], stage=o.stage, mb=o.mb))
     return out
 
 
 def _backward_stages(ins: Instr) -> tuple[int, ...]:
-    if ins.op in (isa.Op.B, isa.Op.W, isa.Op.BW):
+    if ins.op in (isa.Opcode.B, isa.Opcode.W, isa.Opcode.BW):
         return (ins.stage,)
-    if ins.op is isa.Op.FB:
+    if ins.op is isa.Opcode.FB:
         return (ins.stage2,)
     return ()
 
@@ -235,7 +235,7 @@ def _rank_items(program: Program, rank: int, outgoing: dict[int, list[Message]],
     for j, slot in enumerate(program.orders.ranks[rank]):
         items.extend(_recv(program, m) for m in recv_at.get((rank, j), ()))
         items.extend(pending)
-        pending = [Instr(isa.Op.UPDATE, stage=updates[k]) for k in slot if k in updates]
+        pending = [Instr(isa.Opcode.UPDATE, stage=updates[k]) for k in slot if k in updates]
         items.extend(compute_instrs(program, slot, plan))
         for k in slot:
             items.extend(_send(program, m) for m in outgoing.get(k, ()))
@@ -256,7 +256,7 @@ def _insert_reductions(items: list[Instr]) -> list[Instr]:
         at[j].append(s)
     out: list[Instr] = []
     for i in range(len(items) + 1):
-        out.extend(Instr(isa.Op.REDUCE_GRAD, stage=s) for s in at.get(i, ()))
+        out.extend(Instr(isa.Opcode.REDUCE_GRAD, stage=s) for s in at.get(i, ()))
         if i < len(items):
             out.append(items[i])
     return out
@@ -280,7 +280,7 @@ def _layout_run(run: list[Instr], per_peer: bool) -> list[Instr]:
     if not (any(i.op.is_send for i in run) and any(i.op.is_recv for i in run)):
         return list(run)
     if not per_peer or len({i.peer for i in run}) == 1:
-        return [Instr(isa.Op.BATCH, parts=tuple(run))]
+        return [Instr(isa.Opcode.BATCH, parts=tuple(run))]
     recv_peers = list(dict.fromkeys(i.peer for i in run if i.op.is_recv))
     groups = [[k] for k, i in enumerate(run) if i.op.is_send and i.peer not in recv_peers]
     groups += [[k for k, i in enumerate(run) if i.peer == peer] for peer in recv_peers]
@@ -288,12 +288,12 @@ def _layout_run(run: list[Instr], per_peer: bool) -> list[Instr]:
     after = _waited_before_sends(groups, run)
     if not all(after[k] <= before[k] for k in before):
         # splitting per peer would make some send wait for a receive it did not wait for: one batch
-        return [Instr(isa.Op.BATCH, parts=tuple(run))]
+        return [Instr(isa.Opcode.BATCH, parts=tuple(run))]
     out: list[Instr] = []
     for g in groups:
         parts = [run[k] for k in g]
         if any(p.op.is_send for p in parts) and any(p.op.is_recv for p in parts):
-            out.append(Instr(isa.Op.BATCH, parts=tuple(parts)))
+            out.append(Instr(isa.Opcode.BATCH, parts=tuple(parts)))
         else:
             out.extend(parts)
     return out
@@ -352,7 +352,7 @@ def codegen(program: Program, recvs: str = "eager", batching: str = "run") -> St
                 items = _insert_reductions(items)
             items = batch(items, batching == "peer")
             if has_backward and plan is None:
-                items.append(Instr(isa.Op.OPT_STEP))
+                items.append(Instr(isa.Opcode.OPT_STEP))
             ranks.append(RankStream(r, program.stages_on(r), tuple(items)))
         streams = _streams(program, tuple(ranks))
         if plan is None:

@@ -196,9 +196,9 @@ def torch_compute_rows(program: Program) -> list[list[str]]:
     return rows
 
 
-_COMM_NAME = {isa.Op.SEND_ACT: "SEND_F", isa.Op.RECV_ACT: "RECV_F", isa.Op.SEND_GRAD: "SEND_B",
-              isa.Op.RECV_GRAD: "RECV_B"}
-_ISA_TYPE = {isa.Op.F: "F", isa.Op.B: "I", isa.Op.W: "W", isa.Op.BW: "B"}
+_COMM_NAME = {isa.Opcode.SEND_ACT: "SEND_F", isa.Opcode.RECV_ACT: "RECV_F", isa.Opcode.SEND_GRAD: "SEND_B",
+              isa.Opcode.RECV_GRAD: "RECV_B"}
+_ISA_TYPE = {isa.Opcode.F: "F", isa.Opcode.B: "I", isa.Opcode.W: "W", isa.Opcode.BW: "B"}
 
 
 def _stream_action(ins: isa.Instr) -> str | None:
@@ -206,12 +206,12 @@ def _stream_action(ins: isa.Instr) -> str | None:
         return f"{ins.stage}{_COMM_NAME[ins.op]}{ins.mb}"
     if ins.op in _ISA_TYPE:
         return f"{ins.stage}{_ISA_TYPE[ins.op]}{ins.mb}"
-    if ins.op is isa.Op.FB:
+    if ins.op is isa.Opcode.FB:
         back = "B" if ins.kind == "BW" else "I"
         return f"({ins.stage}F{ins.mb};{ins.stage2}{back}{ins.mb2})OVERLAP_F_B"
-    if ins.op is isa.Op.REDUCE_GRAD:
+    if ins.op is isa.Opcode.REDUCE_GRAD:
         return f"{ins.stage}REDUCE_GRAD"
-    assert ins.op is isa.Op.OPT_STEP, f"cannot export {ins} to PyTorch"
+    assert ins.op is isa.Opcode.OPT_STEP, f"cannot export {ins} to PyTorch"
     return None
 
 
@@ -239,7 +239,7 @@ def torch_rows_to_streams(rows: list[list[str]], placement: list[int] | tuple[in
             if m is not None:
                 f, b = (_ACTION.fullmatch(x.strip()) for x in m.group(1).split(";"))
                 assert f is not None and b is not None, cell
-                instrs.append(isa.Instr(isa.Op.FB, int(f.group(1)), int(f.group(3)), stage2=int(b.group(1)),
+                instrs.append(isa.Instr(isa.Opcode.FB, int(f.group(1)), int(f.group(3)), stage2=int(b.group(1)),
                                         mb2=int(b.group(3)), kind="BW" if b.group(2) == "B" else "B"))
                 continue
             a = _ACTION.fullmatch(cell)
@@ -254,13 +254,13 @@ def torch_rows_to_streams(rows: list[list[str]], placement: list[int] | tuple[in
 
 
 def _torch_to_instr(s: int, kind: str, mb: int, placement: list[int] | tuple[int, ...], S: int) -> isa.Instr | None:
-    compute = {"F": isa.Op.F, "I": isa.Op.B, "W": isa.Op.W, "B": isa.Op.BW}
+    compute = {"F": isa.Opcode.F, "I": isa.Opcode.B, "W": isa.Opcode.W, "B": isa.Opcode.BW}
     if kind in compute:
         return isa.Instr(compute[kind], s, mb)
     if kind == "REDUCE_GRAD":
-        return isa.Instr(isa.Op.REDUCE_GRAD, s)
-    comm = {"SEND_F": (isa.Op.SEND_ACT, s + 1), "RECV_F": (isa.Op.RECV_ACT, s - 1),
-            "SEND_B": (isa.Op.SEND_GRAD, s - 1), "RECV_B": (isa.Op.RECV_GRAD, s + 1)}
+        return isa.Instr(isa.Opcode.REDUCE_GRAD, s)
+    comm = {"SEND_F": (isa.Opcode.SEND_ACT, s + 1), "RECV_F": (isa.Opcode.RECV_ACT, s - 1),
+            "SEND_B": (isa.Opcode.SEND_GRAD, s - 1), "RECV_B": (isa.Opcode.RECV_GRAD, s + 1)}
     if kind in comm:
         op, peer_stage = comm[kind]
         assert 0 <= peer_stage < S, f"{s}{kind}{mb}"
@@ -269,9 +269,9 @@ def _torch_to_instr(s: int, kind: str, mb: int, placement: list[int] | tuple[int
 
 
 _COMM_PEER = {"SEND_F": 1, "RECV_F": -1, "SEND_B": -1, "RECV_B": 1}  # peer stage offset
-_STREAM_COMM = {"SEND_F": isa.Op.SEND_ACT, "RECV_F": isa.Op.RECV_ACT, "SEND_B": isa.Op.SEND_GRAD,
-                "RECV_B": isa.Op.RECV_GRAD}
-_STREAM_COMPUTE = {"F": isa.Op.F, "I": isa.Op.B, "W": isa.Op.W, "B": isa.Op.BW}
+_STREAM_COMM = {"SEND_F": isa.Opcode.SEND_ACT, "RECV_F": isa.Opcode.RECV_ACT, "SEND_B": isa.Opcode.SEND_GRAD,
+                "RECV_B": isa.Opcode.RECV_GRAD}
+_STREAM_COMPUTE = {"F": isa.Opcode.F, "I": isa.Opcode.B, "W": isa.Opcode.W, "B": isa.Opcode.BW}
 
 CsvSpans = dict[tuple[int | None, int | None], Span]
 
@@ -346,7 +346,7 @@ def _comm_rows(cells: list[list[tuple[str, Span]]], placement: list[int]) -> tup
                 if s >= S:
                     raise SchedlangError(f"'{text}' names stage {s}, but the stages run 0..{S - 1}", span)
                 if kind == "REDUCE_GRAD":
-                    ins = isa.Instr(isa.Op.REDUCE_GRAD, s)
+                    ins = isa.Instr(isa.Opcode.REDUCE_GRAD, s)
                 else:
                     q = s + _COMM_PEER[kind]
                     if not 0 <= q < S:
@@ -397,7 +397,7 @@ def _add_comms(ts: TorchSchedule, placement: list[int]) -> tuple[list[list[isa.I
                 continue
             slot, span = items[heads[r]]
             if not slot:
-                emit(r, isa.Instr(isa.Op.REDUCE_GRAD, reduce_of[(r, heads[r])]), span)
+                emit(r, isa.Instr(isa.Opcode.REDUCE_GRAD, reduce_of[(r, heads[r])]), span)
             else:
                 emit(r, _slot_instr(slot), span)
             for a in slot:
@@ -405,9 +405,9 @@ def _add_comms(ts: TorchSchedule, placement: list[int]) -> tuple[list[list[isa.I
                 q = a.stage + 1 if a.kind == "F" else a.stage - 1 if a.kind in ("I", "B") else -1
                 if 0 <= q < S and placement[q] != r:
                     grad, p = a.kind != "F", placement[q]
-                    emit(r, isa.Instr(isa.Op.SEND_GRAD if grad else isa.Op.SEND_ACT, a.stage, a.mb, peer=p,
+                    emit(r, isa.Instr(isa.Opcode.SEND_GRAD if grad else isa.Opcode.SEND_ACT, a.stage, a.mb, peer=p,
                                       peer_stage=q), span)
-                    emit(p, isa.Instr(isa.Op.RECV_GRAD if grad else isa.Op.RECV_ACT, q, a.mb, peer=r,
+                    emit(p, isa.Instr(isa.Opcode.RECV_GRAD if grad else isa.Opcode.RECV_ACT, q, a.mb, peer=r,
                                       peer_stage=a.stage), here(p))
                     have[p].add(("recv_grad" if grad else "recv_act", q, a.mb))
             heads[r] += 1
@@ -450,7 +450,7 @@ def _slot_instr(slot: tuple[Action, ...]) -> isa.Instr:
         return isa.Instr(_STREAM_COMPUTE[a.kind], a.stage, a.mb)
     f = next(a for a in slot if a.kind == "F")
     b = next(a for a in slot if a.kind != "F")
-    return isa.Instr(isa.Op.FB, f.stage, f.mb, stage2=b.stage, mb2=b.mb, kind="BW" if b.kind == "B" else "B")
+    return isa.Instr(isa.Opcode.FB, f.stage, f.mb, stage2=b.stage, mb2=b.mb, kind="BW" if b.kind == "B" else "B")
 
 
 def torch_comms_rows(program: Program) -> list[list[str]]:

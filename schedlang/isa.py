@@ -114,7 +114,7 @@ READABLE_VERSIONS = (1, 2)
 WEIGHT_POLICIES = ("flush", "stash", "stash+vsync", "2bw")
 
 
-class Op(Enum):
+class Opcode(Enum):
     """Instruction opcodes; see the module docstring for their meaning."""
 
     F = "F"
@@ -142,16 +142,16 @@ class Op(Enum):
 
     @property
     def is_send(self) -> bool:
-        return self in (Op.SEND_ACT, Op.SEND_GRAD)
+        return self in (Opcode.SEND_ACT, Opcode.SEND_GRAD)
 
     @property
     def is_recv(self) -> bool:
-        return self in (Op.RECV_ACT, Op.RECV_GRAD)
+        return self in (Opcode.RECV_ACT, Opcode.RECV_GRAD)
 
 
-COMPUTE_OPS = frozenset({Op.F, Op.B, Op.W, Op.BW, Op.FB, Op.USER})
-P2P_OPS = frozenset({Op.SEND_ACT, Op.RECV_ACT, Op.SEND_GRAD, Op.RECV_GRAD})
-SYNC_OPS = frozenset({Op.REDUCE_GRAD, Op.OPT_STEP, Op.UPDATE})
+COMPUTE_OPS = frozenset({Opcode.F, Opcode.B, Opcode.W, Opcode.BW, Opcode.FB, Opcode.USER})
+P2P_OPS = frozenset({Opcode.SEND_ACT, Opcode.RECV_ACT, Opcode.SEND_GRAD, Opcode.RECV_GRAD})
+SYNC_OPS = frozenset({Opcode.REDUCE_GRAD, Opcode.OPT_STEP, Opcode.UPDATE})
 
 
 class IsaError(ValueError):
@@ -166,7 +166,7 @@ class IsaError(ValueError):
 class Instr:
     """One instruction. Fields that do not apply to an opcode keep their defaults (-1 / "")."""
 
-    op: Op
+    op: Opcode
     stage: int = -1
     mb: int = -1
     peer: int = -1
@@ -258,7 +258,7 @@ def chains_of(num_stages: int, prev: tuple[int, ...] = ()) -> tuple[tuple[int, .
 def flatten(instrs: tuple[Instr, ...]) -> Iterator[Instr]:
     """Yield the instructions with every ``BATCH`` replaced by its parts, in order."""
     for ins in instrs:
-        if ins.op is Op.BATCH:
+        if ins.op is Opcode.BATCH:
             yield from ins.parts
         else:
             yield ins
@@ -272,7 +272,7 @@ _INT_FIELDS = ("stage", "mb", "peer", "peer_stage", "stage2", "mb2", "ver")
 def needs_version_2(streams: Streams) -> bool:
     """Whether the streams use anything of format version 2 (a policy, ``ver``, ``UPDATE``)."""
     return streams.weights != "flush" or any(
-        ins.ver != -1 or ins.op is Op.UPDATE for rs in streams.ranks for ins in flatten(rs.instrs))
+        ins.ver != -1 or ins.op is Opcode.UPDATE for rs in streams.ranks for ins in flatten(rs.instrs))
 
 
 def _check_version(streams: Streams, where: str) -> Streams:
@@ -311,7 +311,7 @@ def to_text(streams: Streams) -> str:
     for rs in streams.ranks:
         lines.append(f"rank {rs.rank} stages={','.join(str(s) for s in rs.stages)}")
         for ins in rs.instrs:
-            if ins.op is Op.BATCH:
+            if ins.op is Opcode.BATCH:
                 lines.append("  BATCH")
                 lines.extend(f"    {_format_instr(p)}" for p in ins.parts)
                 lines.append("  END")
@@ -348,7 +348,7 @@ def _kv(tokens: list[str], lineno: int) -> dict[str, str]:
 
 def _parse_instr(tokens: list[str], lineno: int) -> Instr:
     try:
-        op = Op(tokens[0])
+        op = Opcode(tokens[0])
     except ValueError:
         raise IsaError(f"unknown instruction {tokens[0]!r}", lineno) from None
     kv = _kv(tokens[1:], lineno)
@@ -415,7 +415,7 @@ def parse_text(text: str) -> Streams:  # noqa: C901 - a flat line dispatcher
         elif head == "END":
             if batch is None:
                 raise IsaError("END without BATCH", lineno)
-            cur_instrs.append(Instr(Op.BATCH, parts=tuple(batch)))
+            cur_instrs.append(Instr(Opcode.BATCH, parts=tuple(batch)))
             batch = None
         else:
             ins = _parse_instr(tokens, lineno)
@@ -498,16 +498,16 @@ _INSTR_FIELDS = tuple(f.name for f in fields(Instr) if f.name != "op")
 def _instr_from_obj(value: object, path: str, nested: bool = False) -> Instr:
     obj = _json_obj(value, path, ("op",), _INSTR_FIELDS)
     try:
-        op = Op(obj["op"])
+        op = Opcode(obj["op"])
     except (TypeError, ValueError):
-        raise _json_bad(f"{path}.op", "an opcode (" + ", ".join(o.value for o in Op) + ")", obj["op"]) from None
+        raise _json_bad(f"{path}.op", "an opcode (" + ", ".join(o.value for o in Opcode) + ")", obj["op"]) from None
     args: dict[str, Any] = {name: _json_int(obj[name], f"{path}.{name}") for name in _INT_FIELDS if name in obj}
     if "kind" in obj:
         if not isinstance(obj["kind"], str):
             raise _json_bad(f"{path}.kind", "a string", obj["kind"])
         args["kind"] = obj["kind"]
     if "parts" in obj:
-        if op is not Op.BATCH or nested:
+        if op is not Opcode.BATCH or nested:
             raise IsaError(f"{path}.parts: only a BATCH holds parts, and a BATCH is not nested")
         if not isinstance(obj["parts"], list):
             raise _json_bad(f"{path}.parts", "a list of instructions", obj["parts"])
@@ -608,7 +608,7 @@ __all__ = [
     "WEIGHT_POLICIES",
     "Instr",
     "IsaError",
-    "Op",
+    "Opcode",
     "RankStream",
     "Streams",
     "chains_of",

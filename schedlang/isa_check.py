@@ -56,13 +56,13 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from schedlang.isa import WEIGHT_POLICIES, Instr, Op, RankStream, Streams, flatten
+from schedlang.isa import WEIGHT_POLICIES, Instr, Opcode, RankStream, Streams, flatten
 
 SENDS = ("buffered", "rendezvous")
 RECVS = ("blocking", "posted")
 
-_BACKWARD_OPS = frozenset({Op.B, Op.W, Op.BW, Op.FB, Op.REDUCE_GRAD, Op.OPT_STEP, Op.UPDATE})
-_VERSIONED = frozenset({Op.F, Op.B, Op.W, Op.BW})
+_BACKWARD_OPS = frozenset({Opcode.B, Opcode.W, Opcode.BW, Opcode.FB, Opcode.REDUCE_GRAD, Opcode.OPT_STEP, Opcode.UPDATE})
+_VERSIONED = frozenset({Opcode.F, Opcode.B, Opcode.W, Opcode.BW})
 
 
 class StreamError(ValueError):
@@ -96,13 +96,13 @@ def message_of(ins: Instr) -> Message:
     An activation is named by its producer stage, a gradient by the stage whose input it is the
     gradient of, so a send and its matching receive name the same message.
     """
-    if ins.op is Op.SEND_ACT:
+    if ins.op is Opcode.SEND_ACT:
         return Message("act", ins.stage, ins.mb)
-    if ins.op is Op.RECV_ACT:
+    if ins.op is Opcode.RECV_ACT:
         return Message("act", ins.peer_stage, ins.mb)
-    if ins.op is Op.SEND_GRAD:
+    if ins.op is Opcode.SEND_GRAD:
         return Message("grad", ins.stage, ins.mb)
-    assert ins.op is Op.RECV_GRAD, ins
+    assert ins.op is Opcode.RECV_GRAD, ins
     return Message("grad", ins.peer_stage, ins.mb)
 
 
@@ -126,7 +126,7 @@ class _At:
 def _walk(rs: RankStream) -> Iterator[_At]:
     """Every instruction of a rank in order, a BATCH replaced by its parts."""
     for index, ins in enumerate(rs.instrs):
-        if ins.op is Op.BATCH:
+        if ins.op is Opcode.BATCH:
             for j, p in enumerate(ins.parts):
                 yield _At(rs.rank, index, j, p)
         else:
@@ -197,7 +197,7 @@ def microbatches_of(streams: Streams) -> dict[int, frozenset[int]]:
     forwards: dict[int, dict[int, _At]] = {s: {} for s in range(streams.num_stages)}
     for rs in streams.ranks:
         for at in _walk(rs):
-            if at.ins.op in (Op.F, Op.FB) and 0 <= at.ins.stage < streams.num_stages:
+            if at.ins.op in (Opcode.F, Opcode.FB) and 0 <= at.ins.stage < streams.num_stages:
                 forwards[at.ins.stage].setdefault(at.ins.mb, at)
     out: dict[int, frozenset[int]] = {}
     owner: dict[int, int] = {}
@@ -231,7 +231,7 @@ def _check_p2p(streams: Streams, at: _At) -> None:
     ins = at.ins
     if not 0 <= ins.peer < streams.num_ranks or ins.peer == at.rank:
         raise at.error(f"peer {ins.peer} is not another rank of the pipeline")
-    upstream = ins.op in (Op.RECV_ACT, Op.SEND_GRAD)
+    upstream = ins.op in (Opcode.RECV_ACT, Opcode.SEND_GRAD)
     want = streams.producer(ins.stage) if upstream else streams.consumer(ins.stage)
     if want == -1:
         what = "reads the batch: it has no producer" if upstream else "computes the loss: it has no consumer"
@@ -245,27 +245,27 @@ def _check_p2p(streams: Streams, at: _At) -> None:
 def _indices(ins: Instr) -> tuple[tuple[int, int], ...]:
     """The (stage, microbatch) pairs an instruction names; REDUCE_GRAD and UPDATE have a stage
     only (mb -1)."""
-    if ins.op is Op.OPT_STEP or ins.op is Op.BATCH:
+    if ins.op is Opcode.OPT_STEP or ins.op is Opcode.BATCH:
         return ()
-    if ins.op is Op.FB:
+    if ins.op is Opcode.FB:
         return ((ins.stage, ins.mb), (ins.stage2, ins.mb2))
     return ((ins.stage, ins.mb),)
 
 
 def _check_instr_shape(streams: Streams, rs: RankStream, at: _At) -> None:
     ins = at.ins
-    if ins.op is Op.BATCH:
+    if ins.op is Opcode.BATCH:
         raise at.error("nested BATCH")
     if at.part is not None and not ins.op.is_p2p:
         raise at.error("a BATCH holds only point-to-point instructions")
-    if ins.op is Op.FB and ins.kind not in ("B", "BW"):
+    if ins.op is Opcode.FB and ins.kind not in ("B", "BW"):
         raise at.error("FB needs kind=B or kind=BW")
     for s, i in _indices(ins):
         if not 0 <= s < streams.num_stages:
             raise at.error(f"stage {s} is out of range (stages run 0..{streams.num_stages - 1})")
         if s not in rs.stages:
             raise at.error(f"stage {s} is not on rank {rs.rank} (it is on rank {streams.placement[s]})")
-        if ins.op not in (Op.REDUCE_GRAD, Op.UPDATE) and not 0 <= i < streams.num_microbatches:
+        if ins.op not in (Opcode.REDUCE_GRAD, Opcode.UPDATE) and not 0 <= i < streams.num_microbatches:
             raise at.error(f"microbatch {i} is out of range (microbatches run 0..{streams.num_microbatches - 1})")
     if ins.op.is_p2p:
         _check_p2p(streams, at)
@@ -275,15 +275,15 @@ def _check_instr_shape(streams: Streams, rs: RankStream, at: _At) -> None:
 def _check_versioning(streams: Streams, at: _At) -> None:
     ins = at.ins
     if streams.weights == "flush":
-        if ins.op is Op.UPDATE:
+        if ins.op is Opcode.UPDATE:
             raise at.error("UPDATE in streams without an asynchronous weight-update policy (header weights=)")
         if ins.ver != -1:
             raise at.error("a weight version (ver=) in streams without an asynchronous weight-update policy")
         return
-    if ins.op in (Op.FB, Op.REDUCE_GRAD, Op.OPT_STEP):
-        why = {Op.FB: "an overlapped FB (its two halves may use different weight versions)",
-               Op.REDUCE_GRAD: "REDUCE_GRAD (stages apply their gradients with UPDATE)",
-               Op.OPT_STEP: "OPT_STEP (stages apply their gradients with UPDATE)"}[ins.op]
+    if ins.op in (Opcode.FB, Opcode.REDUCE_GRAD, Opcode.OPT_STEP):
+        why = {Opcode.FB: "an overlapped FB (its two halves may use different weight versions)",
+               Opcode.REDUCE_GRAD: "REDUCE_GRAD (stages apply their gradients with UPDATE)",
+               Opcode.OPT_STEP: "OPT_STEP (stages apply their gradients with UPDATE)"}[ins.op]
         raise at.error(f"weights={streams.weights} streams have no {why}")
     if ins.op in _VERSIONED and ins.ver < 0:
         raise at.error(f"weights={streams.weights}: {ins.op.value} needs the weight version it uses (ver=)")
@@ -297,7 +297,7 @@ def _check_shape(streams: Streams, rs: RankStream) -> None:
         raise StreamError(f"rank {rs.rank}: stream lists stages {list(rs.stages)} but the placement "
                           f"puts stages {list(placed)} on it", rs.rank)
     for index, ins in enumerate(rs.instrs):
-        if ins.op is Op.BATCH and not ins.parts:
+        if ins.op is Opcode.BATCH and not ins.parts:
             raise _At(rs.rank, index, None, ins).error("empty BATCH")
     for at in _walk(rs):
         _check_instr_shape(streams, rs, at)
@@ -358,22 +358,22 @@ class _Flow:
         """Weight versions (asynchronous policies): exist when used, a backward uses its forward's."""
         ins = at.ins
         s, i = ins.stage, ins.mb
-        if ins.op is Op.UPDATE:
+        if ins.op is Opcode.UPDATE:
             if not self.unapplied[s]:
                 raise at.error(f"UPDATE of stage {s} with no weight gradient to apply since its previous UPDATE")
             self.unapplied[s] = 0
             self.updates[s] += 1
-        elif ins.op is Op.F:
+        elif ins.op is Opcode.F:
             if ins.ver > self.updates[s]:
                 raise at.error(f"uses weight version {ins.ver} of stage {s}, but only {self.updates[s]} UPDATE(s) "
                                "of the stage have run")
             self.fwd_ver[(s, i)] = ins.ver
-        elif ins.op in (Op.B, Op.W, Op.BW):
+        elif ins.op in (Opcode.B, Opcode.W, Opcode.BW):
             want = self.fwd_ver.get((s, i))
             if want is not None and ins.ver != want:
                 raise at.error(f"the backward of stage {s} microbatch {i} uses weight version {ins.ver}, its "
                                f"forward used {want}")
-            if ins.op is not Op.B:
+            if ins.op is not Opcode.B:
                 self.unapplied[s] += 1
 
 
@@ -382,31 +382,31 @@ def _flow_instr(flow: _Flow, at: _At, mbs: dict[int, frozenset[int]], training: 
     op = ins.op
     if flow.stepped:
         raise at.error("instruction after OPT_STEP (OPT_STEP ends the step)")
-    if flow.streams.weights != "flush" and (op in _VERSIONED or op is Op.UPDATE):
+    if flow.streams.weights != "flush" and (op in _VERSIONED or op is Opcode.UPDATE):
         flow.versions(at)
-    if op is Op.F:
+    if op is Opcode.F:
         flow.forward(ins.stage, ins.mb, at)
-    elif op in (Op.B, Op.W, Op.BW):
+    elif op in (Opcode.B, Opcode.W, Opcode.BW):
         flow.backward(ins.stage, ins.mb, op.value, at)
-    elif op is Op.FB:
+    elif op is Opcode.FB:
         flow.forward(ins.stage, ins.mb, at)
         flow.backward(ins.stage2, ins.mb2, ins.kind, at)
-    elif op is Op.SEND_ACT:
+    elif op is Opcode.SEND_ACT:
         flow.need(("fwd", ins.stage, ins.mb), at, "sends an activation not computed yet")
-    elif op is Op.SEND_GRAD:
+    elif op is Opcode.SEND_GRAD:
         flow.need(("bwd_in", ins.stage, ins.mb), at, "sends a gradient not computed yet")
-    elif op is Op.RECV_ACT:
+    elif op is Opcode.RECV_ACT:
         flow.once(("recv_act", ins.stage, ins.mb), at, "activation receive")
-    elif op is Op.RECV_GRAD:
+    elif op is Opcode.RECV_GRAD:
         flow.once(("recv_grad", ins.stage, ins.mb), at, "gradient receive")
-    elif op is Op.REDUCE_GRAD:
+    elif op is Opcode.REDUCE_GRAD:
         if ins.stage in flow.reduced:
             raise at.error(f"second REDUCE_GRAD of stage {ins.stage}")
         for i in sorted(mbs.get(ins.stage, ())):
             flow.need(("bwd_w", ins.stage, i), at, f"the weight backward (W/BW) of stage {ins.stage} "
                       f"microbatch {i} has not run before this REDUCE_GRAD (it is missing or comes later)")
         flow.reduced.add(ins.stage)
-    elif op is Op.OPT_STEP:
+    elif op is Opcode.OPT_STEP:
         if not training:
             raise at.error("OPT_STEP in streams without backward work")
         stages = flow.streams.stream(flow.rank).stages
@@ -509,7 +509,7 @@ class Wait:
 
 
 def _fmt(ins: Instr) -> str:
-    if ins.op is Op.BATCH:
+    if ins.op is Opcode.BATCH:
         return "BATCH[" + "; ".join(str(p) for p in ins.parts) + "]"
     return str(ins)
 
@@ -517,11 +517,11 @@ def _fmt(ins: Instr) -> str:
 def _inputs(ins: Instr) -> list[tuple[int, int, bool]]:
     """The (stage, mb, is_gradient) tensors a compute instruction consumes from receives."""
     out = []
-    if ins.op in (Op.F, Op.FB):
+    if ins.op in (Opcode.F, Opcode.FB):
         out.append((ins.stage, ins.mb, False))
-    if ins.op in (Op.B, Op.BW):
+    if ins.op in (Opcode.B, Opcode.BW):
         out.append((ins.stage, ins.mb, True))
-    if ins.op is Op.FB:
+    if ins.op is Opcode.FB:
         out.append((ins.stage2, ins.mb2, True))
     return out
 
@@ -547,12 +547,12 @@ class _Exec:
         if cur is None:
             ins = self.streams.ranks[r].instrs[self.pc[r]]
             cur = []
-            for p in (ins.parts if ins.op is Op.BATCH else (ins,)):
+            for p in (ins.parts if ins.op is Opcode.BATCH else (ins,)):
                 if p.op.is_p2p:
                     ch = _channel_of(r, p)
                     counter = self.sent if p.op.is_send else self.recvd
                     if p.op.is_recv and self.posted_recvs:
-                        self.pending[r][(p.stage, p.mb, p.op is Op.RECV_GRAD)] = (p, counter[ch])
+                        self.pending[r][(p.stage, p.mb, p.op is Opcode.RECV_GRAD)] = (p, counter[ch])
                     else:
                         cur.append((p, counter[ch]))
                     counter[ch] += 1

@@ -171,7 +171,7 @@ def lower(items: list[Item], name: str, overrides: Mapping[str, Value] | None = 
     if sched is None:  # the error, if no scheduler is given later, points at the program's end
         own: list[Span | None] = [it.decl.span for it in items if it.module == name and it.decl.span is not None]
         return _replace(program, schedule_span=(own or [it.decl.span for it in items])[-1])
-    if isinstance(sched.body, S.SchedulerCall):
+    if isinstance(sched.body, S.SchedulerClause):
         call = sched.body
         args = tuple((a.name, _value(compile_expr(a.value, st.funcs)(env), a.value.span)) for a in call.args)
         sc = SchedulerCall(call.name, args, call.span, tuple(a.span for a in call.args))
@@ -567,7 +567,7 @@ class _OrderRun:
     steps: int = 0
 
 
-def _run_orders(body: S.Orders, env: Env, program: Program, index: dict[tuple[str, int, int], int],
+def _run_orders(body: S.OrdersClause, env: Env, program: Program, index: dict[tuple[str, int, int], int],
                 st: _State) -> Orders:
     R = program.num_ranks
     run = _OrderRun(program, index, [[] for _ in range(R)], [[] for _ in range(R)], {})

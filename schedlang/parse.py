@@ -179,17 +179,17 @@ class _Builder(Transformer[Token, Any]):
         return S.RankOne(c[0], c[1], self._span(meta))
 
     @v_args(meta=True)
-    def orders(self, meta: Any, c: list[Any]) -> S.Orders:
-        return S.Orders(tuple(c), self._span(meta))
+    def orders_clause(self, meta: Any, c: list[Any]) -> S.OrdersClause:
+        return S.OrdersClause(tuple(c), self._span(meta))
 
     @v_args(meta=True)
     def arg(self, meta: Any, c: list[Any]) -> S.Arg:
         return S.Arg(str(c[0]), c[1], self._span(meta))
 
     @v_args(meta=True)
-    def scheduler_call(self, meta: Any, c: list[Any]) -> S.SchedulerCall:
+    def scheduler_clause(self, meta: Any, c: list[Any]) -> S.SchedulerClause:
         args = tuple(a for a in c[1:] if a is not None)
-        return S.SchedulerCall(str(c[0])[1:-1], args, self._span(meta))
+        return S.SchedulerClause(str(c[0])[1:-1], args, self._span(meta))
 
     # -- declarations
     @v_args(meta=True)

@@ -233,7 +233,10 @@ class RankOne:
 
 
 @dataclass(frozen=True, slots=True)
-class Orders:
+class OrdersClause:
+    """``schedule { rank ... }``: explicit per-rank orders as written (lowered to
+    :class:`schedlang.ir.Orders`)."""
+
     blocks: tuple[RankLoop | RankOne, ...]
     span: Span | None = _span()
 
@@ -246,7 +249,10 @@ class Arg:
 
 
 @dataclass(frozen=True, slots=True)
-class SchedulerCall:
+class SchedulerClause:
+    """``schedule "NAME"(ARG = EXPR, ...)``: a named scheduler as written (lowered to
+    :class:`schedlang.ir.SchedulerCall`, whose arguments are evaluated)."""
+
     name: str
     args: tuple[Arg, ...]
     span: Span | None = _span()
@@ -393,7 +399,7 @@ class DepDecl:
 
 @dataclass(frozen=True, slots=True)
 class ScheduleDecl:
-    body: Orders | SchedulerCall
+    body: OrdersClause | SchedulerClause
     span: Span | None = _span()
 
 
@@ -533,7 +539,7 @@ def _fmt_attr(a: RoleAttr | TimeAttr | MemAttr | WhereAttr | LatencyAttr | Every
 
 def _fmt_schedule(d: ScheduleDecl) -> list[str]:
     body = d.body
-    if isinstance(body, SchedulerCall):
+    if isinstance(body, SchedulerClause):
         args = ", ".join(f"{a.name} = {format_expr(a.value)}" for a in body.args)
         return [f'schedule "{body.name}"({args})']
     out = ["schedule {"]

@@ -82,9 +82,9 @@ def read_trace(text: str) -> dict[int, list[dict[str, Any]]]:
 
 def _compute_events(doc: Any) -> list[dict[str, Any]]:
     """Complete events that are computation: not waits, not point-to-point or sync instructions."""
-    from schedlang.isa import COMPUTE_OPS, Op
+    from schedlang.isa import COMPUTE_OPS, Opcode
 
-    other = {op.value for op in Op} - {op.value for op in COMPUTE_OPS}
+    other = {op.value for op in Opcode} - {op.value for op in COMPUTE_OPS}
     events = doc["traceEvents"] if isinstance(doc, dict) else doc
     out = []
     for e in events:

@@ -166,20 +166,20 @@ def test_async_streams_carry_versions_and_updates() -> None:
     assert plan is not None
     for rs in streams.ranks:
         for ins in isa.flatten(rs.instrs):
-            if ins.op in (isa.Op.F, isa.Op.BW):
+            if ins.op in (isa.Opcode.F, isa.Opcode.BW):
                 assert ins.ver == plan.version[ins.stage][ins.mb]
-        assert sum(ins.op is isa.Op.UPDATE for ins in rs.instrs) == 4
-        assert not any(ins.op in (isa.Op.REDUCE_GRAD, isa.Op.OPT_STEP) for ins in rs.instrs)
+        assert sum(ins.op is isa.Opcode.UPDATE for ins in rs.instrs) == 4
+        assert not any(ins.op in (isa.Opcode.REDUCE_GRAD, isa.Opcode.OPT_STEP) for ins in rs.instrs)
     check_streams(streams, sends="rendezvous", recvs="posted")
     # flush streams stay version 1, byte for byte what they were
     assert isa.to_text(codegen(api.compile("std:1f1b", p=2, m=4))).startswith("schedlang-isa 1\n")
 
 
-def _first(instrs: list[isa.Instr], op: isa.Op, mb: int | None = None) -> int:
+def _first(instrs: list[isa.Instr], op: isa.Opcode, mb: int | None = None) -> int:
     return next(k for k, i in enumerate(instrs) if i.op is op and (mb is None or i.mb == mb))
 
 
-def _set_ver(op: isa.Op, mb: int, ver: int) -> Callable[[list[isa.Instr]], None]:
+def _set_ver(op: isa.Opcode, mb: int, ver: int) -> Callable[[list[isa.Instr]], None]:
     def fn(instrs: list[isa.Instr]) -> None:
         k = _first(instrs, op, mb)
         instrs[k] = dataclasses.replace(instrs[k], ver=ver)
@@ -187,22 +187,22 @@ def _set_ver(op: isa.Op, mb: int, ver: int) -> Callable[[list[isa.Instr]], None]
 
 
 def _drop_last_update(instrs: list[isa.Instr]) -> None:
-    del instrs[max(k for k, i in enumerate(instrs) if i.op is isa.Op.UPDATE)]
+    del instrs[max(k for k, i in enumerate(instrs) if i.op is isa.Opcode.UPDATE)]
 
 
 def _double_update(instrs: list[isa.Instr]) -> None:
-    k = _first(instrs, isa.Op.UPDATE)
+    k = _first(instrs, isa.Opcode.UPDATE)
     instrs.insert(k, instrs[k])
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (_set_ver(isa.Op.F, 0, 1), "rank 1, instruction 1 (F stage=1 mb=0 ver=1): uses weight version 1 of stage 1, "
+    (_set_ver(isa.Opcode.F, 0, 1), "rank 1, instruction 1 (F stage=1 mb=0 ver=1): uses weight version 1 of stage 1, "
                                "but only 0 UPDATE(s) of the stage have run"),
-    (_set_ver(isa.Op.BW, 1, 0), "the backward of stage 1 microbatch 1 uses weight version 0, its forward used 1"),
+    (_set_ver(isa.Opcode.BW, 1, 0), "the backward of stage 1 microbatch 1 uses weight version 0, its forward used 1"),
     (_drop_last_update, "1 weight gradient(s) of stage 1 are never applied"),
     (_double_update, "UPDATE of stage 1 with no weight gradient to apply since its previous UPDATE"),
-    (lambda ins: ins.append(isa.Instr(isa.Op.OPT_STEP)), "weights=stash streams have no OPT_STEP"),
-    (_set_ver(isa.Op.SEND_GRAD, 0, 0), "only F, B, W and BW carry a weight version (ver=), not SEND_GRAD"),
+    (lambda ins: ins.append(isa.Instr(isa.Opcode.OPT_STEP)), "weights=stash streams have no OPT_STEP"),
+    (_set_ver(isa.Opcode.SEND_GRAD, 0, 0), "only F, B, W and BW carry a weight version (ver=), not SEND_GRAD"),
 ])
 def test_stream_checker_refuses_broken_versions(edit: Callable[[list[isa.Instr]], None], message: str) -> None:
     with pytest.raises(StreamError) as info:

@@ -19,7 +19,7 @@ from schedlang import api, isa
 from schedlang.cli import main
 from schedlang.codegen import BATCHINGS, RECV_PLACEMENTS, codegen, messages
 from schedlang.ir import Orders, Program, Role
-from schedlang.isa import Instr, Op
+from schedlang.isa import Instr, Opcode
 from schedlang.isa_check import StreamError, check_streams, find_deadlock
 from schedlang.source import SchedlangError
 from schedlang.verify import verify
@@ -60,8 +60,8 @@ def test_1f1b_steady_state_is_batched() -> None:
     """In 1F1B's steady state rank 0 sends an activation and receives a gradient from rank 1 with no
     compute in between: one BATCH, which is what keeps rendezvous sends from deadlocking."""
     streams = codegen(api.compile("std:1f1b", p=4, m=8))
-    batches = [i for i in streams.ranks[0].instrs if i.op is Op.BATCH]
-    assert batches and all({p.op for p in b.parts} == {Op.SEND_ACT, Op.RECV_GRAD} for b in batches)
+    batches = [i for i in streams.ranks[0].instrs if i.op is Opcode.BATCH]
+    assert batches and all({p.op for p in b.parts} == {Opcode.SEND_ACT, Opcode.RECV_GRAD} for b in batches)
     check_streams(streams, sends="rendezvous")
     unbatched = isa.Streams(**{**_fields(streams), "ranks": tuple(
         isa.RankStream(rs.rank, rs.stages, tuple(isa.flatten(rs.instrs))) for rs in streams.ranks)})
@@ -113,14 +113,14 @@ def _streams(*ranks: list[Instr], stages: int = 2) -> isa.Streams:
                        tuple(isa.RankStream(r, (r,), tuple(ins)) for r, ins in enumerate(ranks)))
 
 
-ACT01 = (Instr(Op.SEND_ACT, 0, 0, peer=1, peer_stage=1), Instr(Op.RECV_ACT, 1, 0, peer=0, peer_stage=0))
-GRAD10 = (Instr(Op.SEND_GRAD, 1, 0, peer=0, peer_stage=0), Instr(Op.RECV_GRAD, 0, 0, peer=1, peer_stage=1))
+ACT01 = (Instr(Opcode.SEND_ACT, 0, 0, peer=1, peer_stage=1), Instr(Opcode.RECV_ACT, 1, 0, peer=0, peer_stage=0))
+GRAD10 = (Instr(Opcode.SEND_GRAD, 1, 0, peer=0, peer_stage=0), Instr(Opcode.RECV_GRAD, 0, 0, peer=1, peer_stage=1))
 
 
 def test_handmade_deadlock_reports_cycle(golden) -> None:
     # each rank receives before it sends what the other one waits for
-    s = _streams([GRAD10[1], Instr(Op.F, 0, 0), ACT01[0]],
-                 [ACT01[1], Instr(Op.F, 1, 0), GRAD10[0]])
+    s = _streams([GRAD10[1], Instr(Opcode.F, 0, 0), ACT01[0]],
+                 [ACT01[1], Instr(Opcode.F, 1, 0), GRAD10[0]])
     waits = find_deadlock(s)
     assert waits is not None
     assert {(w.rank, w.index, w.on) for w in waits} == {(0, 0, 1), (1, 0, 0)}
@@ -132,45 +132,45 @@ def test_handmade_deadlock_reports_cycle(golden) -> None:
 
 def test_three_rank_cycle() -> None:
     def send(a: int, b: int) -> Instr:
-        return Instr(Op.SEND_ACT, a, 0, peer=b, peer_stage=b)
+        return Instr(Opcode.SEND_ACT, a, 0, peer=b, peer_stage=b)
 
     def recv(a: int, b: int) -> Instr:  # rank b receives from rank a
-        return Instr(Op.RECV_ACT, b, 0, peer=a, peer_stage=a)
+        return Instr(Opcode.RECV_ACT, b, 0, peer=a, peer_stage=a)
 
     s = _streams([recv(2, 0), send(0, 1)], [recv(0, 1), send(1, 2)], [recv(1, 2), send(2, 0)], stages=3)
     waits = find_deadlock(s)
     assert waits is not None and sorted(w.rank for w in waits) == [0, 1, 2]
-    assert all(w.instr.op is Op.RECV_ACT for w in waits)
+    assert all(w.instr.op is Opcode.RECV_ACT for w in waits)
 
 
 def test_rendezvous_only_deadlock() -> None:
     # both ranks send first: fine with buffered sends, a deadlock when a send waits for its receive
-    s = _streams([ACT01[0], Instr(Op.F, 0, 0), GRAD10[1]], [GRAD10[0], Instr(Op.F, 1, 0), ACT01[1]])
+    s = _streams([ACT01[0], Instr(Opcode.F, 0, 0), GRAD10[1]], [GRAD10[0], Instr(Opcode.F, 1, 0), ACT01[1]])
     check_streams(s, flow=False)
     with pytest.raises(StreamError, match=r"ranks (0 -> 1 -> 0|1 -> 0 -> 1)"):
         check_streams(s, sends="rendezvous", flow=False)
-    batched = _streams([Instr(Op.BATCH, parts=(ACT01[0], GRAD10[1]))], [Instr(Op.BATCH, parts=(GRAD10[0], ACT01[1]))])
+    batched = _streams([Instr(Opcode.BATCH, parts=(ACT01[0], GRAD10[1]))], [Instr(Opcode.BATCH, parts=(GRAD10[0], ACT01[1]))])
     check_streams(batched, sends="rendezvous", flow=False)
 
 
 def test_posted_receives_wait_at_the_consumer() -> None:
     # rank 0 receives before the forward whose activation rank 1 needs: a blocking receive hangs,
     # a posted one (irecv) does not, since rank 0 only waits for it at its backward
-    s = _streams([GRAD10[1], Instr(Op.F, 0, 0), ACT01[0], Instr(Op.B, 0, 0)],
-                 [ACT01[1], Instr(Op.F, 1, 0), Instr(Op.B, 1, 0), GRAD10[0]])
+    s = _streams([GRAD10[1], Instr(Opcode.F, 0, 0), ACT01[0], Instr(Opcode.B, 0, 0)],
+                 [ACT01[1], Instr(Opcode.F, 1, 0), Instr(Opcode.B, 1, 0), GRAD10[0]])
     with pytest.raises(StreamError, match="ranks (0 -> 1 -> 0|1 -> 0 -> 1)"):
         check_streams(s, flow=False)
     check_streams(s, recvs="posted", flow=False)
     check_streams(s, sends="rendezvous", recvs="posted", flow=False)
     # with the backward first, even a posted receive cannot help
-    s = _streams([GRAD10[1], Instr(Op.B, 0, 0), Instr(Op.F, 0, 0), ACT01[0]],
-                 [ACT01[1], Instr(Op.F, 1, 0), Instr(Op.B, 1, 0), GRAD10[0]])
+    s = _streams([GRAD10[1], Instr(Opcode.B, 0, 0), Instr(Opcode.F, 0, 0), ACT01[0]],
+                 [ACT01[1], Instr(Opcode.F, 1, 0), Instr(Opcode.B, 1, 0), GRAD10[0]])
     waits = find_deadlock(s, recvs="posted")
-    assert waits is not None and {(w.rank, w.instr.op) for w in waits} == {(0, Op.B), (1, Op.F)}
+    assert waits is not None and {(w.rank, w.instr.op) for w in waits} == {(0, Opcode.B), (1, Opcode.F)}
 
 
 def test_waiting_on_a_finished_rank() -> None:
-    s = _streams([Instr(Op.F, 0, 0)], [ACT01[1], Instr(Op.F, 1, 0)])
+    s = _streams([Instr(Opcode.F, 0, 0)], [ACT01[1], Instr(Opcode.F, 1, 0)])
     with pytest.raises(StreamError, match="rank 0 sends nothing but rank 1 receives act of stage 0 microbatch 0 "
                        r"at instruction 0 \(.*; rank 0 sends 0 messages to rank 1, which receives 1\)"):
         check_streams(s, flow=False)
@@ -179,8 +179,8 @@ def test_waiting_on_a_finished_rank() -> None:
 
 
 def test_out_of_order_messages_are_reported() -> None:
-    send0, send1 = Instr(Op.SEND_ACT, 0, 0, peer=1, peer_stage=1), Instr(Op.SEND_ACT, 0, 1, peer=1, peer_stage=1)
-    recv0, recv1 = Instr(Op.RECV_ACT, 1, 0, peer=0, peer_stage=0), Instr(Op.RECV_ACT, 1, 1, peer=0, peer_stage=0)
+    send0, send1 = Instr(Opcode.SEND_ACT, 0, 0, peer=1, peer_stage=1), Instr(Opcode.SEND_ACT, 0, 1, peer=1, peer_stage=1)
+    recv0, recv1 = Instr(Opcode.RECV_ACT, 1, 0, peer=0, peer_stage=0), Instr(Opcode.RECV_ACT, 1, 1, peer=0, peer_stage=0)
     s = isa.Streams(2, 2, 2, (0, 1), (isa.RankStream(0, (0,), (send0, send1)), isa.RankStream(1, (1,), (recv1, recv0))))
     with pytest.raises(StreamError, match="rank 0 -> rank 1: message 0 does not match"):
         check_streams(s, flow=False)
@@ -201,9 +201,9 @@ def test_codegen_reorders_receives_to_match_sends() -> None:
     streams = codegen(prog)
     check_streams(streams)
     r1 = list(isa.flatten(streams.ranks[1].instrs))
-    recvs = [i.mb for i in r1 if i.op is Op.RECV_ACT]
+    recvs = [i.mb for i in r1 if i.op is Opcode.RECV_ACT]
     assert recvs == [0, 1]
-    assert r1.index(Instr(Op.RECV_ACT, 1, 0, peer=0, peer_stage=0)) < r1.index(Instr(Op.F, 1, 1))
+    assert r1.index(Instr(Opcode.RECV_ACT, 1, 0, peer=0, peer_stage=0)) < r1.index(Instr(Opcode.F, 1, 1))
 
 
 # ------------------------------------------------------------------ op mapping
@@ -225,13 +225,13 @@ def test_user_kinds_overlap_and_reductions() -> None:
     streams = codegen(prog)
     check_streams(streams)
     r1 = streams.ranks[1].instrs
-    assert Instr(Op.FB, 1, 1, stage2=1, mb2=0, kind="B") in r1
-    assert Instr(Op.USER, 1, 0, kind="R") in r1
+    assert Instr(Opcode.FB, 1, 1, stage2=1, mb2=0, kind="B") in r1
+    assert Instr(Opcode.USER, 1, 0, kind="R") in r1
     # R[0,i] -> F[1,i] is an ordering constraint only: no message for it
     assert all(m.grad or prog.ops[m.src].kind == "F" for m in messages(prog))
     ops = [i.op for i in r1]
-    assert ops.count(Op.REDUCE_GRAD) == 1 and ops[-1] is Op.OPT_STEP
-    assert ops.index(Op.REDUCE_GRAD) > max(k for k, o in enumerate(ops) if o is Op.W)
+    assert ops.count(Opcode.REDUCE_GRAD) == 1 and ops[-1] is Opcode.OPT_STEP
+    assert ops.index(Opcode.REDUCE_GRAD) > max(k for k, o in enumerate(ops) if o is Opcode.W)
 
 
 # ------------------------------------------------------------------ properties over generated pipelines
@@ -307,24 +307,24 @@ def _assert_streams_sound(prog: Program, streams: isa.Streams) -> None:
         got: set[tuple[int, int]] = set()
         for i in isa.flatten(rs.instrs):
             if i.op.is_recv:
-                got.add((i.stage, i.mb) if i.op is Op.RECV_ACT else (-1 - i.stage, i.mb))
+                got.add((i.stage, i.mb) if i.op is Opcode.RECV_ACT else (-1 - i.stage, i.mb))
             needs = []
-            if i.op in (Op.F, Op.FB):
+            if i.op in (Opcode.F, Opcode.FB):
                 needs.append((i.stage, i.mb, "act"))
-            if i.op in (Op.B, Op.BW):
+            if i.op in (Opcode.B, Opcode.BW):
                 needs.append((i.stage, i.mb, "grad"))
-            if i.op is Op.FB:
+            if i.op is Opcode.FB:
                 needs.append((i.stage2, i.mb2, "grad"))
             for s, mb, what in needs:  # a cross-rank input must have been received before use
                 if (s, mb, what == "grad") in incoming:
                     key = (s, mb) if what == "act" else (-1 - s, mb)
                     assert key in got, f"rank {r} uses {what} of {s},{mb} before receiving it"
-        reductions = [i.stage for i in rs.instrs if i.op is Op.REDUCE_GRAD]
+        reductions = [i.stage for i in rs.instrs if i.op is Opcode.REDUCE_GRAD]
         plan = weight_plan(prog)
         if plan is None:
             assert sorted(reductions) == sorted(prog.stages_on(r))
         else:  # an asynchronous policy: one UPDATE per update group of the plan, no reductions
-            updates = [i.stage for i in rs.instrs if i.op is Op.UPDATE]
+            updates = [i.stage for i in rs.instrs if i.op is Opcode.UPDATE]
             assert not reductions
             assert sorted(updates) == sorted(s for s in prog.stages_on(r) for _ in plan.groups[s])
     n_msgs = len(messages(prog))

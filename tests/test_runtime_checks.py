@@ -17,7 +17,7 @@ from schedlang.runtime.timeline import Event, chrome_trace, measured_bubble
 
 from schedlang import api, isa
 from schedlang.codegen import codegen
-from schedlang.isa import Instr, Op, RankStream, Streams
+from schedlang.isa import Instr, Opcode, RankStream, Streams
 from schedlang.isa_check import StreamError, check_streams
 
 
@@ -48,7 +48,7 @@ def test_mismatched_peers_are_rejected() -> None:
     """Rank 0 sends microbatch 1's activation before microbatch 0's; rank 1 expects 0 first."""
     st = _streams("std:gpipe", p=2, m=3)
     r0 = list(st.ranks[0].instrs)
-    sends = [i for i, ins in enumerate(r0) if ins.op is Op.SEND_ACT]
+    sends = [i for i, ins in enumerate(r0) if ins.op is Opcode.SEND_ACT]
     r0.insert(sends[1], r0.pop(sends[0]))
     bad = dataclasses.replace(st, ranks=(RankStream(0, (0,), tuple(r0)), st.ranks[1]))
     with pytest.raises(StreamError, match=r"rank 0 -> rank 1: message 0 does not match: rank 0 sends act "
@@ -58,7 +58,7 @@ def test_mismatched_peers_are_rejected() -> None:
 
 def test_wrong_peer_stage_is_rejected() -> None:
     st = _streams("std:1f1b", p=2, m=2)
-    bad = _replace_instr(st, 0, 1, Instr(Op.SEND_ACT, stage=0, mb=0, peer=1, peer_stage=0))
+    bad = _replace_instr(st, 0, 1, Instr(Opcode.SEND_ACT, stage=0, mb=0, peer=1, peer_stage=0))
     with pytest.raises(StreamError, match=r"rank 0, instruction 1 \(SEND_ACT .*\): peer_stage should be 1"):
         check_streams(bad)
 
@@ -66,10 +66,10 @@ def test_wrong_peer_stage_is_rejected() -> None:
 def test_deadlocked_streams_are_rejected() -> None:
     """Both ranks receive before they send: each waits for the other forever."""
     ins = Instr
-    r0 = (ins(Op.F, stage=0, mb=0), ins(Op.RECV_GRAD, stage=0, mb=0, peer=1, peer_stage=1),
-          ins(Op.SEND_ACT, stage=0, mb=0, peer=1, peer_stage=1), ins(Op.BW, stage=0, mb=0))
-    r1 = (ins(Op.RECV_ACT, stage=1, mb=0, peer=0, peer_stage=0), ins(Op.F, stage=1, mb=0),
-          ins(Op.BW, stage=1, mb=0), ins(Op.SEND_GRAD, stage=1, mb=0, peer=0, peer_stage=0))
+    r0 = (ins(Opcode.F, stage=0, mb=0), ins(Opcode.RECV_GRAD, stage=0, mb=0, peer=1, peer_stage=1),
+          ins(Opcode.SEND_ACT, stage=0, mb=0, peer=1, peer_stage=1), ins(Opcode.BW, stage=0, mb=0))
+    r1 = (ins(Opcode.RECV_ACT, stage=1, mb=0, peer=0, peer_stage=0), ins(Opcode.F, stage=1, mb=0),
+          ins(Opcode.BW, stage=1, mb=0), ins(Opcode.SEND_GRAD, stage=1, mb=0, peer=0, peer_stage=0))
     st = Streams(2, 2, 1, (0, 1), (RankStream(0, (0,), r0), RankStream(1, (1,), r1)))
     with pytest.raises(StreamError, match=r"deadlock \(buffered sends\): ranks 0 -> 1 -> 0 wait on each other\n"
                                           r"  rank 0 at instruction 1 \(RECV_GRAD .*\) waits on rank 1\n"
@@ -138,7 +138,7 @@ def test_bad_stage_graphs_are_rejected() -> None:
         check_streams(dataclasses.replace(st, prev=(-1, 0, 3, 2)))
     # a microbatch that leaves its chain: stage 3 forwards microbatch 0 as well
     r0 = st.ranks[0]
-    extra = (Instr(Op.F, stage=3, mb=0),) + r0.instrs
+    extra = (Instr(Opcode.F, stage=3, mb=0),) + r0.instrs
     with pytest.raises(StreamError, match=r"rank 0, instruction 0 \(F stage=3 mb=0\): stage 3 forwards microbatch 0, which stage 2 \(the head "):
         check_streams(dataclasses.replace(st, ranks=(dataclasses.replace(r0, instrs=extra), st.ranks[1])))
 
@@ -171,7 +171,7 @@ def test_replicas_on_one_rank_train_like_one_model() -> None:
 
 def test_user_ops_need_a_handler() -> None:
     st = Streams(1, 1, 1, (0,), (RankStream(0, (0,), (
-        Instr(Op.F, stage=0, mb=0), Instr(Op.USER, stage=0, mb=0, kind="R"), Instr(Op.BW, stage=0, mb=0))),))
+        Instr(Opcode.F, stage=0, mb=0), Instr(Opcode.USER, stage=0, mb=0, kind="R"), Instr(Opcode.BW, stage=0, mb=0))),))
     with pytest.raises(StreamError, match="no handler for user op kind 'R'"):
         PipelineRunner(st, 0, {0: torch.nn.Linear(2, 2)}, torch.nn.functional.mse_loss)
     seen: list[tuple[int, int]] = []
@@ -184,10 +184,10 @@ def test_user_ops_need_a_handler() -> None:
 
 def test_with_reductions_appends_missing_sync_instructions() -> None:
     st = Streams(1, 1, 2, (0,), (RankStream(0, (0,), (
-        Instr(Op.F, stage=0, mb=0), Instr(Op.BW, stage=0, mb=0), Instr(Op.F, stage=0, mb=1),
-        Instr(Op.B, stage=0, mb=1), Instr(Op.W, stage=0, mb=1))),))
+        Instr(Opcode.F, stage=0, mb=0), Instr(Opcode.BW, stage=0, mb=0), Instr(Opcode.F, stage=0, mb=1),
+        Instr(Opcode.B, stage=0, mb=1), Instr(Opcode.W, stage=0, mb=1))),))
     tail = with_reductions(st).ranks[0].instrs[-2:]
-    assert tail == (Instr(Op.REDUCE_GRAD, stage=0), Instr(Op.OPT_STEP))
+    assert tail == (Instr(Opcode.REDUCE_GRAD, stage=0), Instr(Opcode.OPT_STEP))
     check_streams(with_reductions(st))
 
 

@@ -28,7 +28,7 @@ from schedlang.runtime.worker import choose_backend, placement  # noqa: E402
 
 from schedlang import api  # noqa: E402
 from schedlang.codegen import codegen  # noqa: E402
-from schedlang.isa import Op, Streams  # noqa: E402
+from schedlang.isa import Opcode, Streams  # noqa: E402
 from schedlang.source import SchedlangError  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -185,7 +185,7 @@ def test_the_data_parallel_reduction_is_one_flat_all_reduce_per_stage_per_step()
         got = res.value
         rs = streams.stream(got["pp_rank"])
         assert len(rs.stages) == 2
-        reduce_at = {ins.stage: i for i, ins in enumerate(rs.instrs) if ins.op is Op.REDUCE_GRAD}
+        reduce_at = {ins.stage: i for i, ins in enumerate(rs.instrs) if ins.op is Opcode.REDUCE_GRAD}
         sizes = sorted(got["sizes"][s] for s in rs.stages)
         for step in range(STEPS):
             calls = [(i, n) for st, i, n in got["calls"] if st == step]
@@ -195,7 +195,7 @@ def test_the_data_parallel_reduction_is_one_flat_all_reduce_per_stage_per_step()
         # issued where the stream reduces the stage: after its last backward, before other work ends
         for s, at in reduce_at.items():
             last_bwd = max(i for i, ins in enumerate(rs.instrs)
-                           if ins.op in (Op.W, Op.BW, Op.B) and ins.stage == s)
+                           if ins.op in (Opcode.W, Opcode.BW, Opcode.B) and ins.stage == s)
             assert at > last_bwd
     # the replicas of each pipeline rank end with identical parameters (averaged gradients)
     by_pp: dict[int, list[dict[Any, Any]]] = {}

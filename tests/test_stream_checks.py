@@ -22,7 +22,7 @@ import pytest
 from schedlang import api, isa
 from schedlang.cli import main
 from schedlang.codegen import codegen
-from schedlang.isa import Instr, Op, RankStream, Streams
+from schedlang.isa import Instr, Opcode, RankStream, Streams
 from schedlang.isa_check import StreamError, check_streams
 from schedlang.source import SchedlangError
 
@@ -81,12 +81,12 @@ def _duplicate_compute(instrs: list[Instr], _: Streams) -> list[Instr]:
 
 
 def _drop_opt_step(instrs: list[Instr], _: Streams) -> list[Instr]:
-    assert instrs[-1].op is Op.OPT_STEP
+    assert instrs[-1].op is Opcode.OPT_STEP
     return instrs[:-1]
 
 
 def _drop_reduce_grad(instrs: list[Instr], _: Streams) -> list[Instr]:
-    k = next(k for k, ins in enumerate(instrs) if ins.op is Op.REDUCE_GRAD)
+    k = next(k for k, ins in enumerate(instrs) if ins.op is Opcode.REDUCE_GRAD)
     return instrs[:k] + instrs[k + 1:]
 
 
@@ -95,10 +95,10 @@ def _opt_step_first(instrs: list[Instr], _: Streams) -> list[Instr]:
 
 
 def _recv_after_consumer(instrs: list[Instr], _: Streams) -> list[Instr]:
-    k = next(k for k, ins in enumerate(instrs) if ins.op is Op.RECV_ACT)
+    k = next(k for k, ins in enumerate(instrs) if ins.op is Opcode.RECV_ACT)
     recv = instrs[k]
     use = next(j for j, ins in enumerate(instrs)
-               if ins.op in (Op.F, Op.FB) and (ins.stage, ins.mb) == (recv.stage, recv.mb))
+               if ins.op in (Opcode.F, Opcode.FB) and (ins.stage, ins.mb) == (recv.stage, recv.mb))
     return instrs[:k] + instrs[k + 1:use + 1] + [recv] + instrs[use + 1:]
 
 
@@ -179,10 +179,10 @@ def test_zb_h1_missing_weight_backward_is_refused(tmp_path: Path, capsys: pytest
 def test_errors_in_a_batch_name_the_part(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     streams = _compile("1f1b", {"p": 2, "m": 4})
     r0 = list(streams.ranks[0].instrs)
-    k = next(k for k, ins in enumerate(r0) if ins.op is Op.BATCH)
+    k = next(k for k, ins in enumerate(r0) if ins.op is Opcode.BATCH)
     parts = list(r0[k].parts)
     parts[1] = dataclasses.replace(parts[1], mb=9)
-    r0[k] = Instr(Op.BATCH, parts=tuple(parts))
+    r0[k] = Instr(Opcode.BATCH, parts=tuple(parts))
     bad = _with_rank(streams, 0, r0)
     with pytest.raises(StreamError) as info:
         check_streams(bad)
@@ -207,7 +207,7 @@ def test_forward_only_streams_need_every_forward() -> None:
     check_streams(streams)
     with pytest.raises(StreamError, match="runtime|backward"):
         check_streams(streams, training=True)
-    r1 = [i for i in streams.ranks[1].instrs if i != Instr(Op.F, 1, 1)]
+    r1 = [i for i in streams.ranks[1].instrs if i != Instr(Opcode.F, 1, 1)]
     with pytest.raises(StreamError, match=r"rank 1, at the end of its stream .*: no forward of stage 1 microbatch 1"):
         check_streams(_with_rank(streams, 1, r1))
 
