@@ -179,6 +179,21 @@ def interleaved_group(p: int, M: int) -> int:
     return M // rounds if M >= p and M % rounds == 0 else p
 
 
+def _interleaved_indices(p: int, v: int, g: int, r: int) -> tuple[Callable[[int], tuple[int, int]],
+                                                                  Callable[[int], tuple[int, int]]]:
+    """Rank r's k-th forward and k-th backward of an interleaved order in groups of g
+    microbatches, as (stage, microbatch): forwards run the chunks 0..v-1 in turn for each group,
+    backwards the chunks v-1..0."""
+
+    def fwd(k: int) -> tuple[int, int]:
+        return (k % (g * v) // g) * p + r, k // (g * v) * g + k % g
+
+    def bwd(k: int) -> tuple[int, int]:
+        return (v - 1 - k % (g * v) // g) * p + r, k // (g * v) * g + k % g
+
+    return fwd, bwd
+
+
 def interleaved_items(f: str, backward: Sequence[str], p: int, v: int, M: int, r: int) -> list[Item]:
     """Megatron's interleaved order on rank r (stage of chunk c = c*p + r), in groups of g
     microbatches, M rounded up to a multiple of g (missing microbatches are dropped later);
@@ -188,11 +203,7 @@ def interleaved_items(f: str, backward: Sequence[str], p: int, v: int, M: int, r
     total = mp * v
     warm = min(p - 1 - r, M) if v == 1 else min(total, 2 * (p - 1 - r) + (v - 1) * g)
 
-    def fwd(k: int) -> tuple[int, int]:
-        return (k % (g * v) // g) * p + r, k // (g * v) * g + k % g
-
-    def bwd(k: int) -> tuple[int, int]:
-        return (v - 1 - k % (g * v) // g) * p + r, k // (g * v) * g + k % g
+    fwd, bwd = _interleaved_indices(p, v, g, r)
 
     items: list[Item] = []
     for k in range(total + warm):
@@ -223,11 +234,7 @@ def interleaved_zb_items(f: str, b: str, w: str, p: int, v: int, M: int, r: int)
     total = (M + g - 1) // g * g * v
     warm = min(total, (v - 1) * g + p - 1 - r)
 
-    def fwd(k: int) -> tuple[int, int]:
-        return (k % (g * v) // g) * p + r, k // (g * v) * g + k % g
-
-    def bwd(k: int) -> tuple[int, int]:
-        return (v - 1 - k % (g * v) // g) * p + r, k // (g * v) * g + k % g
+    fwd, bwd = _interleaved_indices(p, v, g, r)
 
     items: list[Item] = []
     for k in range(total + warm):
