@@ -1,0 +1,164 @@
+"""The optimizer's time limit: a wall-clock budget for the whole run, or (a switch) CP-SAT's
+deterministic time; progress as it goes.
+
+What is tested is what the code controls: the limit each CP-SAT call is given against what is left
+of the budget when it is made, the budget's arithmetic on a scripted clock, the report's mode and
+the progress events. No assertion depends on how fast this machine is.
+
+Budget: about half a minute on 2 cores (time limits of a few seconds).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schedlang.schedulers.ilp import optimize
+from schedlang.schedulers.ilp.cases import pipeline
+from schedlang.schedulers.ilp.cpsat import Budget, ProgressEvent
+from schedlang.verify import verify
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_wall_budget_gives_each_solve_what_is_left() -> None:
+    clock = FakeClock()
+    b = Budget(10.0, deterministic=False, clock=clock)
+    assert b.solve_limit(2.0).time == 2.0 and b.solve_limit().time == 10.0
+    assert not b.solve_limit().deterministic and b.solve_limit().wall is None
+    clock.now += 9.0
+    assert b.left() == pytest.approx(1.0) and b.solve_limit(2.0).time == pytest.approx(1.0)
+    b.charge(5.0)  # deterministic time says nothing about the wall clock
+    assert b.left() == pytest.approx(1.0)
+    b.hold_back(0.5)  # kept for the final checks
+    assert b.left() == pytest.approx(0.5) and b.solve_limit().time == pytest.approx(0.5)
+    clock.now += 1.0
+    assert b.left() == 0.0 and b.solve_limit(2.0).time == 0.0 and not b.capped
+
+
+def test_a_share_charges_its_parent_and_ends_with_it() -> None:
+    clock = FakeClock()
+    b = Budget(8.0, deterministic=False, clock=clock)
+    clock.now += 4.0
+    part = b.share(0.25)  # a quarter of the 4 s left
+    assert part.left() == pytest.approx(1.0) and part.deadline == pytest.approx(105.0)
+    clock.now += 1.0
+    assert part.left() == 0.0 and b.left() == pytest.approx(3.0)
+    d = Budget(8.0, deterministic=True, wall_cap=20.0, clock=clock)
+    dpart = d.share(0.25)
+    dpart.charge(1.5)
+    assert d.charged == 1.5 and d.left() == pytest.approx(6.5) and dpart.left() == pytest.approx(0.5)
+    assert dpart.deadline == d.deadline  # the parent's wall cap holds for the part
+
+
+def test_deterministic_budget_counts_solver_time_under_a_wall_cap() -> None:
+    clock = FakeClock()
+    b = Budget(6.0, deterministic=True, wall_cap=30.0, clock=clock)
+    b.charge(2.5)
+    clock.now += 12.0  # wall time passing does not count ...
+    lim = b.solve_limit(5.0)
+    assert lim.deterministic and lim.time == pytest.approx(3.5) and lim.wall == pytest.approx(18.0)
+    b.hold_back(1.0)  # ... and nothing is held back from deterministic time
+    assert b.left() == pytest.approx(3.5)
+    clock.now += 18.0  # ... until the cap passes
+    assert b.left() == 0.0 and b.capped
+    uncapped = Budget(6.0, deterministic=True, clock=clock)
+    clock.now += 1000.0
+    assert uncapped.deadline is None and uncapped.left() == 6.0 and uncapped.solve_limit().wall is None
+
+
+def _record_solves(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Wrap every CP-SAT solve (the optimizer's and the periodic search's): when it was called and
+    the limits it was given, and the deterministic time it used."""
+    from ortools.sat.python import cp_model
+
+    calls: list[dict[str, Any]] = []
+    solve = cp_model.CpSolver.solve
+
+    def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
+        p = self.parameters
+        row = {"at": time.perf_counter(), "wall": p.max_time_in_seconds, "det": p.max_deterministic_time,
+               "has_det": math.isfinite(p.max_deterministic_time), "has_wall": math.isfinite(p.max_time_in_seconds)}
+        out = solve(self, *args, **kwargs)
+        row["used"] = self.deterministic_time
+        calls.append(row)
+        return out
+
+    monkeypatch.setattr(cp_model.CpSolver, "solve", traced)
+    return calls
+
+
+def test_every_solve_of_a_wall_clock_run_ends_by_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uniform costs, p = 4, m = 24, limit 0.75 p*M_B: heuristics, bounds, the periodic search
+    (many small solves), the full solve and neighbourhood rounds all run. Each CP-SAT call is given
+    wall seconds that end before the run's deadline (start + time limit, less what is held back
+    for the final checks), and no deterministic limit."""
+    calls = _record_solves(monkeypatch)
+    prog = pipeline(4, 24, "uniform", 0.75)
+    t0 = time.perf_counter()
+    orders, rep = optimize(prog, time_limit=3.0)
+    verify(prog.with_orders(orders))
+    assert len(calls) > 3 and any(c["wall"] > 0.05 for c in calls)
+    for c in calls:
+        assert c["has_wall"] and not c["has_det"]
+        assert c["at"] + c["wall"] <= t0 + 3.0 + 0.01  # 0.01: the solver's floor on a limit
+    assert rep.clock == "wall" and rep.time_limit == 3.0 and "wall-clock limit 3s" in rep.summary()
+    assert not rep.wall_capped
+    assert {"heuristics", "bounds", "periodic", "model", "search", "finish"} <= set(rep.phases)
+    assert rep.deterministic_time == pytest.approx(sum(c["used"] for c in calls))
+
+
+def test_a_deterministic_run_gives_each_solve_what_is_left_of_its_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _record_solves(monkeypatch)
+    prog = pipeline(4, 24, "uniform", 0.75)
+    t0 = time.perf_counter()
+    _, rep = optimize(prog, time_limit=3.0, deterministic=True, wall_limit=60.0)
+    used = 0.0
+    assert len(calls) > 3
+    for c in calls:
+        assert c["has_det"] and 0 < c["det"] <= max(0.01, 3.0 - used) + 1e-9
+        assert c["at"] + c["wall"] <= t0 + 60.0 + 0.01  # the wall cap
+        used += c["used"]
+    assert rep.clock == "deterministic" and "deterministic time limit 3: reproducible" in rep.summary()
+    assert rep.deterministic_time == pytest.approx(used)
+
+
+def test_progress_reaches_a_callback_as_it_goes() -> None:
+    prog = pipeline(4, 12, "1.5B", 2.0)
+    events: list[ProgressEvent] = []
+    _, rep = optimize(prog, time_limit=2.0, progress=events.append)
+    whats = [e.what for e in events]
+    assert whats[0] == "heuristics" and whats[1] == "bounds" and whats[-1] == rep.status.lower()
+    assert any(w.startswith("start:") for w in whats)
+    assert [e.elapsed for e in events] == sorted(e.elapsed for e in events)
+    assert events[-1].objective == rep.objective and events[-1].bound == rep.bound
+    assert events[0].objective is None and events[0].text().endswith("heuristics")
+    assert "objective" in events[-1].text() and "gap" in events[-1].text()
+
+
+def test_the_command_prints_progress_on_stderr_and_says_which_clock_ran(capsys: pytest.CaptureFixture[str]) -> None:
+    from schedlang.cli import main
+
+    example = str(Path(__file__).resolve().parent.parent / "examples" / "zb-h1.sched")
+    base = ["optimize", example, "--set", "p=4", "--set", "m=8", "--time-limit", "1"]
+    assert main(base) == 0
+    out, err = capsys.readouterr()
+    lines = [x for x in err.splitlines() if x.startswith("ilp:")]
+    assert lines[0].split()[2] == "heuristics" and any(" bounds" in x for x in lines)
+    assert "(wall-clock limit 1s)" in out and "ilp:" not in out.splitlines()[1:]
+    assert main([*base, "--deterministic", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "(deterministic time limit 1: reproducible)" in out and "ilp:" not in err
+    assert main([*base, "--wall-limit", "5"]) == 1
+    err = capsys.readouterr().err
+    assert "wall_limit caps a deterministic run" in err and "Traceback" not in err
