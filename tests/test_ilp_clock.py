@@ -35,7 +35,10 @@ def test_wall_budget_gives_each_solve_what_is_left() -> None:
     clock = FakeClock()
     b = Budget(10.0, deterministic=False, clock=clock)
     assert b.solve_limit(2.0).time == 2.0 and b.solve_limit().time == 10.0
-    assert not b.solve_limit().deterministic and b.solve_limit().wall is None
+    lim = b.solve_limit(2.0)
+    assert not lim.deterministic and lim.until == 110.0
+    # the wall seconds are counted when the solve starts: time spent building its model counts
+    assert lim.wall_seconds(100.0) == 2.0 and lim.wall_seconds(109.5) == 0.5 and lim.wall_seconds(111.0) == 0.0
     clock.now += 9.0
     assert b.left() == pytest.approx(1.0) and b.solve_limit(2.0).time == pytest.approx(1.0)
     b.charge(5.0)  # deterministic time says nothing about the wall clock
@@ -67,14 +70,14 @@ def test_deterministic_budget_counts_solver_time_under_a_wall_cap() -> None:
     b.charge(2.5)
     clock.now += 12.0  # wall time passing does not count ...
     lim = b.solve_limit(5.0)
-    assert lim.deterministic and lim.time == pytest.approx(3.5) and lim.wall == pytest.approx(18.0)
+    assert lim.deterministic and lim.time == pytest.approx(3.5) and lim.wall_seconds(clock.now) == pytest.approx(18.0)
     b.hold_back(1.0)  # ... and nothing is held back from deterministic time
     assert b.left() == pytest.approx(3.5)
     clock.now += 18.0  # ... until the cap passes
     assert b.left() == 0.0 and b.capped
     uncapped = Budget(6.0, deterministic=True, clock=clock)
     clock.now += 1000.0
-    assert uncapped.deadline is None and uncapped.left() == 6.0 and uncapped.solve_limit().wall is None
+    assert uncapped.deadline is None and uncapped.left() == 6.0 and uncapped.solve_limit().wall_seconds(clock.now) is None
 
 
 def _record_solves(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:

@@ -51,7 +51,7 @@ def _search(prog: Program, time_limit: float) -> periodic.Periodic | None:
     # solve's overrun only
     before = 0.0
     for limit, used in solves:
-        assert limit.deterministic and limit.wall is None
+        assert limit.deterministic and limit.until is None
         assert 0 < limit.time <= min(periodic.SOLVE_TIME, time_limit - before) + 1e-9
         before += used
     assert budget.charged == pytest.approx(before) and (got is None or got.used <= budget.charged + 1e-9)

@@ -95,11 +95,21 @@ def stream_progress(stream: TextIO) -> ProgressFn:
 @dataclass(frozen=True)
 class SolveLimit:
     """What one CP-SAT call may spend: ``time`` in the run's unit (deterministic time, or wall
-    seconds) and, for a deterministic run with a wall-clock cap, the ``wall`` seconds left."""
+    seconds) and ``until``, the wall-clock deadline (a ``time.perf_counter()`` value; None: none).
+    The wall seconds a solve gets are counted when it starts (:func:`solver_params`), so building
+    its model after the limit was made does not stretch the deadline."""
 
     time: float
     deterministic: bool
-    wall: float | None = None
+    until: float | None = None
+
+    def wall_seconds(self, now: float) -> float | None:
+        """Wall seconds from ``now``: the deadline's for a deterministic solve, else the lesser of
+        ``time`` and the deadline's (None: no wall limit)."""
+        left = None if self.until is None else max(0.0, self.until - now)
+        if self.deterministic:
+            return left
+        return self.time if left is None else min(self.time, left)
 
 
 class Budget:
@@ -170,11 +180,10 @@ class Budget:
             self.parent.charge(dt)
 
     def solve_limit(self, want: float | None = None) -> SolveLimit:
-        """The limit of the next CP-SAT call: ``want`` (None: all) of what is left."""
+        """The limit of the next CP-SAT call: ``want`` (None: all) of what is left, and never past
+        the deadline."""
         left = self.left()
-        time_ = left if want is None else min(want, left)
-        wall = self.wall_left() if self.deterministic else None
-        return SolveLimit(max(0.0, time_), self.deterministic, None if wall is None else max(0.0, wall))
+        return SolveLimit(max(0.0, left if want is None else min(want, left)), self.deterministic, self.deadline)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -187,19 +196,19 @@ class Budget:
 
 
 def solver_params(solver: Any, *, limit: SolveLimit, seed: int, workers: int) -> None:
-    """Set a ``CpSolver``'s parameters: seed, workers, the time limit (deterministic time, capped
-    at ``limit.wall`` seconds, or wall-clock seconds) and the settings these models solve best with."""
+    """Set a ``CpSolver``'s parameters, just before it solves: seed, workers, the time limit
+    (deterministic time, capped at the wall seconds to ``limit.until``, or wall-clock seconds, at
+    most to ``limit.until``) and the settings these models solve best with."""
     p = solver.parameters
     p.random_seed = seed
     p.num_workers = max(1, workers)
+    wall = limit.wall_seconds(time.perf_counter())
     if limit.deterministic:
         p.max_deterministic_time = max(0.01, limit.time)
         if workers > 1:
             p.interleave_search = True
-        if limit.wall is not None:  # the safety cap (see optimize's wall_limit)
-            p.max_time_in_seconds = max(0.01, limit.wall)
-    else:
-        p.max_time_in_seconds = max(0.01, limit.time)
+    if wall is not None:  # deterministic: the safety cap (see optimize's wall_limit)
+        p.max_time_in_seconds = max(0.01, wall)
     p.log_search_progress = False
     # Probing in presolve and at the root costs seconds on these models and finds little; the
     # complete hint (the warm start) then gives the first solution at once.

@@ -172,7 +172,7 @@ def _solve(program: Program, t: _Template, P: int, K: int, Q: int, solve_limit: 
             for v, x in zip(row, got, strict=True):
                 m.add_hint(v, min(int(x), hs))
     solver = cp_model.CpSolver()
-    solver_params(solver, limit=solve_limit, seed=seed, workers=1)
+    solver_params(solver, limit=solve_limit, seed=seed, workers=1)  # the wall seconds left now
     status = solver.solve(m)
     name = solver.status_name(status)
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):

@@ -235,6 +235,8 @@ def optimize(program: Program, options: IlpOptions | None = None, *,
     t0 = time.perf_counter()
     opts.check()
     budget = Budget(opts.time_limit, deterministic=opts.deterministic, wall_cap=opts.wall_seconds)
+    with budget.phase("setup"):
+        import ortools.sat.python.cp_model  # noqa: F401 - loading it takes a second or two: count it first
     shown = Progress(progress if progress is None or callable(progress) else stream_progress(progress), t0)
     objective, seed = opts.objective, opts.seed
     limits = effective_limits(program, opts.mem_limit)
