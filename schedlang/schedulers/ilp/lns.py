@@ -34,7 +34,7 @@ from schedlang.schedulers.ilp.cpsat import (
     model_value,
     solve_model,
 )
-from schedlang.schedulers.ilp.model import IlpModel, build_model
+from schedlang.schedulers.ilp.model import IlpModel, build_model, restricted
 from schedlang.simulate import simulate
 
 Neighbourhood = Callable[[Sequence[int]], set[int]]  # the incumbent's start times -> op ids set free
@@ -69,12 +69,14 @@ def search(problem: Problem, hint: list[int], *, budget: Budget, seed: int, work
 
     shown.line("model")
     with budget.phase("model"):
-        model = build_model(problem.iprog, sc, objective=problem.objective, upper=upper, lower=lower,
-                            horizon=horizon(problem, upper), fifo=problem.fifo, hint=best)
+        # built once; every solve copies it and adds its own bounds, fixed orders and hint
+        base = build_model(problem.iprog, sc, objective=problem.objective, upper=upper, lower=lower,
+                           horizon=horizon(problem, upper), fifo=problem.fifo)
+        model = restricted(base, upper=upper, lower=lower, hint=best)
     shown.line("search")
     limit = budget.solve_limit(budget.left() * FULL_SHARE if lns else None)
     status, starts, bound = solve(model, limit, seed, workers, seen)
-    del model  # the neighbourhood rounds build their own: keep one model in memory at a time
+    del model  # one copy in memory at a time
     with budget.phase("search"):
         best, upper = _keep_better(problem, starts, best, upper)
     bound = max(bound, lower)
@@ -87,8 +89,7 @@ def search(problem: Problem, hint: list[int], *, budget: Budget, seed: int, work
             break
         if since >= len(cycle):  # a whole cycle found nothing: close with a full solve
             with budget.phase("model"):
-                closing = build_model(problem.iprog, sc, objective=problem.objective, upper=upper, lower=bound,
-                                      horizon=horizon(problem, upper), fifo=problem.fifo, hint=best)
+                closing = restricted(base, upper=upper, lower=bound, hint=best)
             st, got, proved = solve(closing, budget.solve_limit(), seed, workers, seen)
             with budget.phase("search"):
                 best, upper = _keep_better(problem, got, best, upper)
@@ -97,8 +98,7 @@ def search(problem: Problem, hint: list[int], *, budget: Budget, seed: int, work
         with budget.phase("model"):
             free = hood(best)
             fixed = _fixed_orders(problem, best, free)
-            sub = build_model(problem.iprog, sc, objective=problem.objective, upper=upper, lower=bound,
-                              horizon=horizon(problem, upper), fifo=problem.fifo, hint=best, fixed_order=fixed)
+            sub = restricted(base, upper=upper, lower=bound, hint=best, fixed_order=fixed)
         _, got, _ = solve(sub, budget.solve_limit(ROUND_TIME), seed + rounds, 1)
         del sub
         rounds += 1

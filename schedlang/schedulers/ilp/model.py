@@ -199,6 +199,7 @@ class IlpModel:
     prec: Precedence
     lower: int
     upper: int
+    holds: tuple[tuple[Any, int, int], ...] = ()  # the cumulative's (size var, F op, freeing op)
 
 
 def build_model(program: Program, sc: Scaled, *, objective: str, upper: int, lower: int, horizon: int,
@@ -232,12 +233,41 @@ def build_model(program: Program, sc: Scaled, *, objective: str, upper: int, low
     obj = m.new_int_var(lower, max(lower, upper), "obj")
     _objective(m, obj, objective, prec, sc, start, R)
     if hint is not None:
-        for k in range(n):
-            m.add_hint(start[k], int(hint[k]))
-        for size, f, k in lives:
-            m.add_hint(size, int(hint[k]) - int(hint[f]))
-        m.add_hint(obj, upper)  # a complete hint: CP-SAT takes it as the first solution at once
-    return IlpModel(m, start, obj, sc, objective, horizon, fifo, prec, lower, upper)
+        _hint(m, start, lives, obj, hint, upper)
+    return IlpModel(m, start, obj, sc, objective, horizon, fifo, prec, lower, upper, tuple(lives))
+
+
+def _hint(m: Any, start: Sequence[Any], holds: Sequence[tuple[Any, int, int]], obj: Any, hint: Sequence[int],
+          upper: int) -> None:
+    for k, v in enumerate(start):
+        m.add_hint(v, int(hint[k]))
+    for size, f, k in holds:
+        m.add_hint(size, int(hint[k]) - int(hint[f]))
+    m.add_hint(obj, upper)  # a complete hint: CP-SAT takes it as the first solution at once
+
+
+def restricted(base: IlpModel, *, upper: int, lower: int, hint: Sequence[int] | None = None,
+               fixed_order: Mapping[int, Sequence[int]] | None = None) -> IlpModel:
+    """``base`` (built without a hint) copied, with the objective within ``[lower, upper]``, the
+    chains of ``fixed_order`` kept in order and ``hint``: the model :func:`build_model` would
+    build with these arguments, but for the variables' wider domains (``base``'s horizon and
+    bounds), without building it again (copying the model is C++; building it is Python: at
+    p = 32, m = 128, 0.06 s against 3 s)."""
+    m = base.model.clone()
+    var = m.get_int_var_from_proto_index
+    start = [var(v.index) for v in base.start]
+    obj = var(base.obj.index)
+    holds = tuple((var(size.index), f, k) for size, f, k in base.holds)
+    m.add(obj <= max(lower, upper))
+    m.add(obj >= lower)
+    dur = base.scaled.dur
+    for chain in (fixed_order or {}).values():
+        for a, b in zip(chain, chain[1:], strict=False):
+            m.add(start[b] >= start[a] + dur[a])
+    if hint is not None:
+        _hint(m, start, holds, obj, hint, upper)
+    return IlpModel(m, start, obj, base.scaled, base.objective, base.horizon, base.fifo, base.prec, lower, upper,
+                    holds)
 
 
 def _objective(m: Any, obj: Any, objective: str, prec: Precedence, sc: Scaled, start: Sequence[Any],
