@@ -49,6 +49,22 @@ def test_wall_budget_gives_each_solve_what_is_left() -> None:
     assert b.left() == 0.0 and b.solve_limit(2.0).time == 0.0 and not b.capped
 
 
+def test_an_overrun_is_kept_in_reserve_for_later_solves() -> None:
+    """CP-SAT can run past a wall limit (it checks the clock between steps): the largest overrun
+    seen, in any part of the run, is taken off the deadline of every later solve."""
+    clock = FakeClock()
+    b = Budget(10.0, deterministic=False, clock=clock)
+    part = b.share(0.5)
+    lim = part.solve_limit(2.0)
+    assert lim.slack == 0.0 and lim.record is not None
+    lim.record(0.8)
+    lim.record(0.3)
+    later = b.solve_limit()
+    assert later.slack == 0.8 and later.wall_seconds(clock.now) == pytest.approx(9.2)
+    assert later.wall_seconds(clock.now + 9.5) == 0.0
+    assert b.solve_limit(2.0).wall_seconds(clock.now) == 2.0  # far from the deadline: the full 2 s
+
+
 def test_a_share_charges_its_parent_and_ends_with_it() -> None:
     clock = FakeClock()
     b = Budget(8.0, deterministic=False, clock=clock)

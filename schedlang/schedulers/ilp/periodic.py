@@ -44,7 +44,13 @@ from enum import Enum
 
 from schedlang.ir import Orders, Program
 from schedlang.schedulers.ilp.apply import orders_from_starts
-from schedlang.schedulers.ilp.cpsat import Budget, SolveLimit, objective_value, solver_params
+from schedlang.schedulers.ilp.cpsat import (
+    Budget,
+    SolveLimit,
+    objective_value,
+    run_solver,
+    solver_params,
+)
 from schedlang.schedulers.ilp.model import Scaled
 from schedlang.simulate import simulate
 from schedlang.source import SchedlangError
@@ -173,7 +179,7 @@ def _solve(program: Program, t: _Template, P: int, K: int, Q: int, solve_limit: 
                 m.add_hint(v, min(int(x), hs))
     solver = cp_model.CpSolver()
     solver_params(solver, limit=solve_limit, seed=seed, workers=1)  # the wall seconds left now
-    status = solver.solve(m)
+    status = run_solver(solver, m, solve_limit)
     name = solver.status_name(status)
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return [[int(solver.value(v)) for v in row] for row in s], name, solver.deterministic_time
