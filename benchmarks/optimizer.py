@@ -9,7 +9,9 @@ ILP's bubble rate, the lower bound (as a bubble rate: no schedule can do better)
 headline instances (1.5B, limit 2p*M_B: p=4 m=12 and p=8 m=24). ``--shapes`` runs ranks with two
 stages each instead: the V placement (ZB-V's) and the interleaved one, split F/B/W with half-stage
 times and memory (T = 0.5, comm 0.1), p = 4, m in {8, 16}, limits 0.5, 0.75 and 1 times p*M_B
-(M_B: a whole stage's activation, so p*M_B is 1F1B's peak and the ZB-V paper's limit).
+(M_B: a whole stage's activation, so p*M_B is 1F1B's peak and the ZB-V paper's limit), and
+``V-1.5B``: the V placement with the 1.5B profile per chunk, p = 8, m = 24, under the memory of
+the authors' V-Half (5 M_B) and V-Min (4 M_B) schedules, against their costs.
 
 ``--scale`` runs the
 real sizes instead: 1.5B profile, limit 1.5 x p*M_B, p = 32 with m = 128 and p = 16 with m = 256
@@ -48,6 +50,12 @@ PROFILES = {"uniform": ("uniform", 1.0), "1.5B": ("1.5B", 1.0), "heavy": ("1.5B"
 LIMITS = (0.75, 1.0, 1.5, 2.0)
 SHAPES = {"V": "s < p ? s : 2 * p - 1 - s", "interleaved": "s % p"}  # two stages per rank
 SHAPE_LIMITS = (0.5, 0.75, 1.0)
+# The V placement with the zero-bubble paper's 1.5B profile per chunk (each stage's times and
+# memory halved, comm unchanged), p = 8, m = 24, under the memory of the authors' V-Half (5 M_B)
+# and V-Min (4 M_B) schedules, with the authors' costs for those schedules (ms): the figures to
+# reach (Qi et al., "Pipeline Parallelism with Controllable Memory", 2024).
+V_PAPER = {5.0: 1328.77, 4.0: 1658.82}
+V_PAPER_COSTS = dict(tf=18.522 / 2, tb=18.086 / 2, tw=9.337 / 2, tc=0.601, mem_f=0.5, mem_w=0.366 / 2)
 SHAPE_SOURCE = """import "std:fbw"
 param p = 4
 param m = 8
@@ -59,8 +67,13 @@ place s => {place}
 
 
 def shape_program(shape: str, p: int, m: int, lim: float) -> Any:
-    """Two stages per rank placed as ``shape``; half-stage times and memory, ``lim`` x p*M_B."""
+    """Two stages per rank placed as ``shape``; half-stage times and memory, ``lim`` x p*M_B
+    (``V-1.5B``: the V placement with the 1.5B profile per chunk)."""
     from schedlang.api import loads
+
+    if shape == "V-1.5B":
+        return loads(SHAPE_SOURCE.format(place=SHAPES["V"]), name=f"{shape}-p{p}-m{m}",
+                     params=dict(p=p, m=m, **V_PAPER_COSTS, mem_limit=lim * p))
 
     return loads(SHAPE_SOURCE.format(place=SHAPES[shape]), name=f"{shape}-p{p}-m{m}",
                  params=dict(p=p, m=m, tf=0.5, tb=0.5, tw=0.5, tc=0.1, mem_f=0.5, mem_w=0.25,
@@ -76,7 +89,8 @@ def instances(args: argparse.Namespace) -> list[tuple[str, int, int, float]]:
     if args.headline:
         return [("1.5B", 4, 12, 2.0), ("1.5B", 8, 24, 2.0)]
     if args.shapes:
-        return [(shape, 4, m, lim) for shape in SHAPES for m in (8, 16) for lim in SHAPE_LIMITS]
+        return ([(shape, 4, m, lim) for shape in SHAPES for m in (8, 16) for lim in SHAPE_LIMITS]
+                + [("V-1.5B", 8, 24, level / 8) for level in V_PAPER])
     ps = [p for p in (4, 8, 16) if args.min_p <= p <= args.max_p]
     ms: tuple[int, ...] = (8, 24, 64)
     if args.quick:
@@ -94,7 +108,7 @@ def instances(args: argparse.Namespace) -> list[tuple[str, int, int, float]]:
 
 def run_one(prof: str, p: int, m: int, lim: float, time_limit: float, workers: int,
             deterministic: bool = False) -> dict[str, Any]:
-    if prof in SHAPES:
+    if prof in SHAPES or prof == "V-1.5B":
         prog = shape_program(prof, p, m, lim)
     else:
         base, heavy = PROFILES[prof]
@@ -123,6 +137,7 @@ def run_one(prof: str, p: int, m: int, lim: float, time_limit: float, workers: i
                bound=rep.bound, bound_bubble_rate=max(0.0, (rep.bound - busy) / rep.bound) if rep.bound > 0 else 0.0,
                gap=rep.gap, ratio=rep.objective / heur_cost, time=rep.time, wall=wall, wall_ratio=wall / time_limit,
                phases=rep.phases, deterministic_time=rep.deterministic_time, rounds=rep.rounds,
+               paper_cost=V_PAPER.get(lim * p) if prof == "V-1.5B" else None, makespan=sim.makespan,
                candidates=rep.candidates, wall_capped=rep.wall_capped)
     return row
 
@@ -159,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", action="store_true", help="the real sizes: p=32 m=128 and p=16 m=256 (1.5B, 1.5 p*M_B)")
     ap.add_argument("--max-p", type=int, default=16)
     ap.add_argument("--min-p", type=int, default=4)
-    ap.add_argument("--only", help="profile (uniform, 1.5B, heavy) or shape (V, interleaved) to run")
+    ap.add_argument("--only", help="profile (uniform, 1.5B, heavy) or shape (V, interleaved, V-1.5B) to run")
     ap.add_argument("--limit", type=float, action="append", help="memory limit factor to run (repeatable)")
     ap.add_argument("--name", default="", help="suffix of the JSON file name")
     args = ap.parse_args(argv)
@@ -176,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
             row = pool.submit(run_fresh, item, args.time_limit, args.workers, args.deterministic).result()
         rows.append(row)
         print(show(row), flush=True)
+        if row.get("paper_cost"):
+            print(f"    cost {row['ilp_cost']:.2f} (makespan {row['makespan']:.2f}) against the authors' "
+                  f"{row['paper_cost']:.2f} at {row['limit'] * row['p']:g} M_B", flush=True)
         if args.scale and row["status"] != "ERROR":
             print("    wall seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in row["phases"].items()), flush=True)
         # written after every instance, so a long suite that is stopped keeps what it measured
