@@ -181,3 +181,16 @@ def test_the_command_prints_progress_on_stderr_and_says_which_clock_ran(capsys: 
     assert main([*base, "--wall-limit", "5"]) == 1
     err = capsys.readouterr().err
     assert "wall_limit caps a deterministic run" in err and "Traceback" not in err
+
+
+def test_a_budget_spent_before_the_search_returns_the_best_start_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A limit shorter than what is held back for the final checks (0.1 s at least) leaves
+    nothing to search with: no model is built, no solve runs, the best heuristic comes back
+    verified, and the summary says what took the time."""
+    calls = _record_solves(monkeypatch)
+    prog = pipeline(4, 8, "uniform", 0.75)
+    orders, rep = optimize(prog, time_limit=0.001)
+    verify(prog.with_orders(orders))
+    assert calls == [] and "model" not in rep.phases and "periodic" not in rep.phases
+    assert rep.status == "WARM_START" and rep.objective == min(rep.candidates.values())
+    assert "over it: loading, heuristics and bounds" in rep.summary()

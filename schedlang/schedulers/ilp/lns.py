@@ -55,6 +55,8 @@ def search(problem: Problem, hint: list[int], *, budget: Budget, seed: int, work
     lower = problem.lower
     if upper <= lower:
         return best, lower, 0, "OPTIMAL"
+    if budget.left() <= 0.05:  # nothing left to search with: do not build the model either
+        return best, lower, 0, "UNKNOWN"
 
     def seen(obj: float, bnd: float) -> None:
         shown.line("solution", sc.to_time(int(obj)), sc.to_time(max(int(bnd), lower)))

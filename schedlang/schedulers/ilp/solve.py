@@ -88,6 +88,9 @@ class Report:
     def summary(self) -> str:
         limit = (f"deterministic time limit {self.time_limit:g}: reproducible" if self.clock == "deterministic"
                  else f"wall-clock limit {self.time_limit:g}s")
+        if self.clock == "wall" and self.time > self.time_limit:
+            fixed = sum(self.phases.get(k, 0.0) for k in ("setup", "heuristics", "bounds"))
+            limit += f", over it: loading, heuristics and bounds, which cannot be cut short, took {fixed:.1f}s"
         return (f"ilp: {self.status} {self.objective_name} {self.objective:.6g} bound {self.bound:.6g} "
                 f"gap {100 * self.gap:.2f}% bubble rate {self.bubble_rate:.4f} (warm start {self.warm_start} "
                 f"{self.warm_objective:.6g}) in {self.time:.1f}s ({limit})"
