@@ -194,3 +194,57 @@ def test_a_budget_spent_before_the_search_returns_the_best_start_and_says_why(mo
     assert calls == [] and "model" not in rep.phases and "periodic" not in rep.phases
     assert rep.status == "WARM_START" and rep.objective == min(rep.candidates.values())
     assert "over it: loading, heuristics and bounds" in rep.summary()
+
+
+def _built_and_copied(prog: Any, upper_value: float | None, fixed_ranks: tuple[int, ...]) -> tuple[Any, Any, int, int]:
+    """The model built with bounds, fixed orders and a hint, the same from a copy
+    (``restricted``), the structural lower bound and the upper bound used (model units)."""
+    from dataclasses import replace
+
+    from schedlang.schedulers.ilp.bounds import lower_bound
+    from schedlang.schedulers.ilp.model import build_model, fifo_is_safe, restricted, scale_program
+    from schedlang.schedulers.ilp.solve import effective_limits, integer_program, warm_starts
+    from schedlang.simulate import simulate
+
+    limits = effective_limits(prog, None)
+    prog = replace(prog, mem_limit=limits, schedule=None)
+    sc = scale_program(prog, limits)
+    iprog = integer_program(prog, sc)
+    warm = warm_starts(prog, "span")[0]
+    hint = [round(x) for x in simulate(iprog.with_orders(warm.orders)).start]
+    upper = round((upper_value or warm.value) * sc.scale)
+    fixed = {r: sorted((o.id for o in prog.ops if o.rank == r and o.mb >= prog.num_microbatches - 2),
+                       key=lambda k: hint[k]) for r in fixed_ranks}
+    lower = math.floor(lower_bound(iprog, limits, "span").value + 1e-6)  # as the search uses it
+    kw: dict[str, Any] = dict(objective="span", horizon=10 * upper, fifo=fifo_is_safe(prog))
+    built = build_model(iprog, sc, upper=upper, lower=lower, hint=hint, fixed_order=fixed, **kw)
+    base = build_model(iprog, sc, upper=upper, lower=lower, **kw)
+    copied = restricted(base, upper=upper, lower=lower, hint=hint, fixed_order=fixed)
+    return built, copied, lower, upper
+
+
+def test_a_copied_model_proves_what_a_built_one_proves() -> None:
+    """The search builds its model once and copies it for each solve (``restricted``). Uniform
+    costs, p = 4, m = 8, limit 2p*M_B, bounded above by the optimum 24.2: the structural bound is
+    below it, so CP-SAT must prove it, and does so from the copy as from the built model."""
+    from schedlang.schedulers.ilp.cpsat import SolveLimit, solve_model
+
+    built, copied, lower, upper = _built_and_copied(pipeline(4, 8, "uniform", 2.0), 24.2, ())
+    got = [solve_model(mdl, limit=SolveLimit(20.0, True), seed=0, workers=1) for mdl in (built, copied)]
+    assert [g[0] for g in got] == ["OPTIMAL", "OPTIMAL"]
+    assert lower < got[0][2] == got[1][2] == upper == 242  # the same optimum, proved above the bound
+
+
+@pytest.mark.parametrize(("profile", "p", "m", "limit"), [("uniform", 3, 4, 0.75), ("1.5B", 2, 4, 1.5)])
+def test_a_copied_model_is_complete(profile: str, p: int, m: int, limit: float) -> None:
+    """A copy with fixed orders and a hint: the hint covers every variable the built model's does
+    (the cumulative's sizes too: the 1.5B case uses the cumulative memory model, the uniform one
+    the reservoir), and both solve to the same value."""
+    from schedlang.schedulers.ilp.cpsat import SolveLimit, solve_model
+
+    prog = pipeline(p, m, profile, limit)
+    built, copied, _, _ = _built_and_copied(prog, None, (0,))
+    assert len(copied.model.proto.solution_hint.vars) == len(built.model.proto.solution_hint.vars) > len(prog.ops)
+    assert bool(copied.holds) == (profile == "1.5B") and len(copied.holds) == len(built.holds)
+    got = [solve_model(mdl, limit=SolveLimit(20.0, True), seed=0, workers=1) for mdl in (built, copied)]
+    assert [g[0] for g in got] == ["OPTIMAL", "OPTIMAL"] and got[0][2] == got[1][2]
