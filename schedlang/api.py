@@ -312,13 +312,16 @@ def simulation_dict(program: Program) -> dict[str, Any]:
             "num_microbatches": program.num_microbatches, "num_ops": len(program.ops), **sim.as_dict()}
 
 
-def optimize(program: Program, options: Any = None, *, progress: TextIO | None = None,
+def optimize(program: Program, options: Any = None, *, progress: Callable[[Any], None] | TextIO | None = None,
              **changes: Any) -> tuple[Program, Any]:
     """Optimize the orders of ``program`` with CP-SAT (needs ortools).
 
     ``options`` is a :class:`schedlang.schedulers.ilp.options.IlpOptions` (default: its defaults)
     and ``changes`` are keyword names of its fields (objective, time_limit, mem_limit, seed,
-    workers, lns, periodic, wall_limit, ...); ``progress`` is the stream progress lines go to.
+    workers, lns, periodic, deterministic, wall_limit, ...); ``time_limit`` is wall-clock seconds
+    for the whole run unless ``deterministic``. ``progress`` is called with a
+    :class:`schedlang.schedulers.ilp.cpsat.ProgressEvent` at each phase and result as it happens
+    (a text stream gets their lines).
     Returns the program with the optimized orders (origin ``ilp``; a ``mem_limit`` option, which
     may only tighten the program's, becomes its memory limit, so that ``--emit sched`` writes the
     limit the orders were optimized under) and the solver's report (status, objective, bound, gap).

@@ -105,7 +105,7 @@ def test_read_trace_gives_back_the_planned_timeline(tmp_path: Path) -> None:
 
 def test_optimize_returns_a_verified_program_with_ilp_orders() -> None:
     prog = api.load_program("std:zb-h1", sets=["p=2", "m=2"], scheduled=False)
-    best, rep = api.optimize(prog, time_limit=2.0, lns=False, periodic=False)
+    best, rep = api.optimize(prog, time_limit=2.0, deterministic=True, lns=False, periodic=False)
     verify(best)
     assert best.orders.origin == "ilp"
     assert api.simulate(best).cost == pytest.approx(rep.objective)

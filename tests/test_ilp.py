@@ -70,7 +70,7 @@ def test_hand_worked_bound_1p5b_p8_m24_limit_pmb() -> None:
 
 def test_zb_h1_is_proved_optimal_without_search() -> None:
     prog = pipeline(8, 24, "1.5B", 1.0)
-    _, rep = optimize(prog, time_limit=5)
+    _, rep = optimize(prog, time_limit=5, deterministic=True)
     assert rep.status == "OPTIMAL" and rep.gap == 0.0
     assert rep.objective == pytest.approx(rep.bound)
     assert rep.objective == pytest.approx(simulate(prog.with_orders(zb_orders(prog))).cost)
@@ -82,7 +82,7 @@ def test_uniform_zb_h1_closed_form_is_optimal() -> None:
     prog = pipeline(4, 8, "uniform", 1.0, comm=False)
     b = lower_bound(prog, prog.mem_limit or (), "span")
     assert b.value == pytest.approx(3 * 8 + 3)
-    orders, rep = optimize(prog, time_limit=5)
+    orders, rep = optimize(prog, time_limit=5, deterministic=True)
     assert rep.status == "OPTIMAL" and rep.objective == pytest.approx(27)
     assert simulate(prog.with_orders(orders)).cost == pytest.approx(27)
 
@@ -96,7 +96,7 @@ def test_fused_1f1b_proved_optimal() -> None:
     b = lower_bound(prog, (float("inf"),) * 4)
     assert b.ranks[0].busy + b.ranks[0].idle < 33
     assert b.value == pytest.approx(33) and b.ranks[0].via == 3
-    orders, rep = optimize(prog, time_limit=10)
+    orders, rep = optimize(prog, time_limit=10, deterministic=True)
     assert rep.status == "OPTIMAL" and rep.objective == pytest.approx(33) and rep.bound == pytest.approx(33)
     verify(prog.with_orders(orders))
 
@@ -110,7 +110,7 @@ def test_throughput_bound_proves_zb_2p_optimal_with_few_microbatches() -> None:
     tf, tb, tw, c = 18.522, 18.086, 9.337, 0.601
     assert b.value == pytest.approx(3 * (tf + c) + 8 * (tf + tb) + 3 * c + 3 * tb + tw)
     assert b.ranks[0].via == 3
-    _, rep = optimize(prog, time_limit=5)
+    _, rep = optimize(prog, time_limit=5, deterministic=True)
     assert rep.status == "OPTIMAL" and rep.gap == 0.0 and rep.objective == pytest.approx(b.value)
 
 
@@ -191,7 +191,7 @@ def test_several_stage_bounds_by_hand() -> None:
     b = lower_bound(two, two.mem_limit or (), "span")
     assert (b.ranks[0].busy, b.ranks[0].pacing, b.value) == (12.0, 15.0, 15.0)
     assert b.ranks[0].last_chunk and "paces the forwards of its last stage" in b.describe()
-    _, rep = optimize(two, time_limit=5)
+    _, rep = optimize(two, time_limit=5, deterministic=True)
     assert rep.status == "OPTIMAL" and rep.objective == 17.0 and rep.bound == 17.0
 
 
@@ -263,7 +263,7 @@ def test_closing_solve_proves_what_the_first_solve_did_not() -> None:
     from schedlang.schedulers.ilp import lns
 
     prog = pipeline(4, 8, "uniform", 2.0)
-    orders, rep = optimize(prog, time_limit=30)
+    orders, rep = optimize(prog, time_limit=30, deterministic=True)
     assert rep.status == "OPTIMAL" and rep.gap == 0.0 and rep.objective == pytest.approx(24.2)
     assert rep.rounds > 0  # the first solve did not prove it: the search went on
     verify(prog.with_orders(orders))
@@ -271,7 +271,7 @@ def test_closing_solve_proves_what_the_first_solve_did_not() -> None:
     keep = lns._cycle
     try:
         lns._cycle = lambda problem: keep(problem) * 1000  # type: ignore[assignment]
-        _, plain = optimize(prog, time_limit=30)
+        _, plain = optimize(prog, time_limit=30, deterministic=True)
     finally:
         lns._cycle = keep  # type: ignore[assignment]
     assert plain.status == "FEASIBLE" and plain.objective == pytest.approx(24.2) and plain.gap > 0
@@ -281,7 +281,7 @@ def test_wall_clock_cap_stops_the_search_and_says_so() -> None:
     """CP-SAT's deterministic clock can run far slower than the wall clock; the cap bounds the
     wait, the report says the result may vary, and the answer is still valid and no worse."""
     prog = pipeline(4, 24, "uniform", 2.0)  # not provable by the bounds: the search runs
-    orders, rep = optimize(prog, time_limit=60, wall_limit=1.0)
+    orders, rep = optimize(prog, time_limit=60, deterministic=True, wall_limit=1.0)
     assert rep.wall_capped and "wall-clock cap" in rep.summary()
     # the cap ended the search before the deterministic budget was spent (what the code
     # controls; the wall time itself depends on the machine's load)
@@ -289,14 +289,14 @@ def test_wall_clock_cap_stops_the_search_and_says_so() -> None:
     assert rep.objective <= rep.warm_objective + 1e-9
     verify(prog.with_orders(orders))
     with pytest.raises(SchedlangError, match="wall_limit must be 0"):
-        optimize(prog, time_limit=1, wall_limit=-1.0)
-    _, quick = optimize(pipeline(4, 8, "uniform", 1.0), time_limit=5)
+        optimize(prog, time_limit=1, deterministic=True, wall_limit=-1.0)
+    _, quick = optimize(pipeline(4, 8, "uniform", 1.0), time_limit=5, deterministic=True)
     assert not quick.wall_capped  # proved at once: nothing to cap
 
 
 def test_makespan_objective_and_bound() -> None:
     prog = pipeline(4, 6, "uniform", 1.5)
-    orders, rep = optimize(prog, objective="makespan", time_limit=5)
+    orders, rep = optimize(prog, objective="makespan", time_limit=5, deterministic=True)
     sim = simulate(prog.with_orders(orders))
     assert rep.objective == pytest.approx(sim.makespan)
     assert rep.bound <= rep.objective + 1e-9
@@ -313,7 +313,7 @@ def test_improves_on_the_heuristics_1p5b_p4_m12() -> None:
     verifies, and the report's figures are the simulator's."""
     prog = pipeline(4, 12, "1.5B", 2.0)
     out = io.StringIO()
-    orders, rep = optimize(prog, time_limit=4, progress=out)
+    orders, rep = optimize(prog, time_limit=4, deterministic=True, progress=out)
     sched = prog.with_orders(orders)
     verify(sched)
     sim = simulate(sched)
@@ -327,10 +327,10 @@ def test_improves_on_the_heuristics_1p5b_p4_m12() -> None:
 
 def test_deterministic() -> None:
     prog = pipeline(4, 8, "1.5B", 1.5)
-    runs = [optimize(prog, time_limit=1.0, seed=3)[0] for _ in range(2)]
+    runs = [optimize(prog, time_limit=1.0, deterministic=True, seed=3)[0] for _ in range(2)]
     assert format_orders(prog.with_orders(runs[0])) == format_orders(prog.with_orders(runs[1]))
     small = pipeline(3, 5, "1.5B", 1.0)  # several workers: interleaved subsolvers (slow in wall time)
-    runs = [optimize(small, time_limit=0.3, seed=1, workers=2)[0] for _ in range(2)]
+    runs = [optimize(small, time_limit=0.3, deterministic=True, seed=1, workers=2)[0] for _ in range(2)]
     assert format_orders(small.with_orders(runs[0])) == format_orders(small.with_orders(runs[1]))
 
 
@@ -389,7 +389,7 @@ def test_bad_objective_is_located() -> None:
 @pytest.mark.parametrize("path", ["std:zb-v", "std:interleaved-1f1b"])
 def test_several_stages_per_rank(path: str) -> None:
     prog = api.load(path, p=2, m=4)
-    orders, rep = optimize(prog, time_limit=2)
+    orders, rep = optimize(prog, time_limit=2, deterministic=True)
     sched = prog.with_orders(orders)
     verify(sched)
     assert rep.objective == pytest.approx(simulate(sched).cost)
@@ -407,7 +407,7 @@ def test_user_kinds_and_inexact_times() -> None:
             'dep R[s, i] -> W[s, i] latency 0\n'
             'mem_limit 3.5\n')
     prog = api.loads(text, tf=1 / 3, tb=2 / 3)
-    orders, rep = optimize(prog, time_limit=2)
+    orders, rep = optimize(prog, time_limit=2, deterministic=True)
     sched = prog.with_orders(orders)
     verify(sched)
     assert not rep.exact_times

@@ -60,13 +60,15 @@ def test_the_optimize_command_defaults_are_the_options() -> None:
     cli_ilp._args(parser)
     ns = parser.parse_args(["x.sched"])
     d = IlpOptions()
-    assert (ns.objective, ns.time_limit, ns.wall_limit, ns.mem_limit, ns.seed, ns.workers) == \
-        (d.objective, d.time_limit, d.wall_limit, d.mem_limit, d.seed, d.workers)
+    assert (ns.objective, ns.time_limit, ns.wall_limit, ns.mem_limit, ns.seed, ns.workers, ns.deterministic) == \
+        (d.objective, d.time_limit, d.wall_limit, d.mem_limit, d.seed, d.workers, d.deterministic)
     assert ns.no_lns is not d.lns and ns.no_periodic is not d.periodic
 
 
 @pytest.mark.parametrize(("change", "arg"), [({"objective": "bubble"}, "objective"), ({"time_limit": 0.0}, "time_limit"),
-                                             ({"workers": 0}, "workers"), ({"wall_limit": -1.0}, "wall_limit")])
+                                             ({"workers": 0}, "workers"),
+                                             ({"wall_limit": -1.0, "deterministic": True}, "wall_limit"),
+                                             ({"wall_limit": 5.0}, "wall_limit")])
 def test_bad_options_name_their_argument(change: dict[str, object], arg: str) -> None:
     with pytest.raises(ArgError) as exc:
         IlpOptions(**change).check()  # type: ignore[arg-type]
@@ -74,6 +76,6 @@ def test_bad_options_name_their_argument(change: dict[str, object], arg: str) ->
 
 
 def test_wall_cap_default() -> None:
-    assert IlpOptions(time_limit=5.0).wall_seconds == 30.0
-    assert IlpOptions(time_limit=5.0, deterministic=False).wall_seconds == 0.0
-    assert IlpOptions(time_limit=5.0, wall_limit=2.0).wall_seconds == 2.0
+    assert IlpOptions(time_limit=5.0, deterministic=True).wall_seconds == 30.0
+    assert IlpOptions(time_limit=5.0).wall_seconds == 0.0  # a wall-clock run: the limit is the cap
+    assert IlpOptions(time_limit=5.0, deterministic=True, wall_limit=2.0).wall_seconds == 2.0

@@ -19,6 +19,7 @@ from schedlang import testing as sst
 from schedlang.ir import Program
 from schedlang.schedulers.ilp import optimize, periodic
 from schedlang.schedulers.ilp.cases import pipeline
+from schedlang.schedulers.ilp.cpsat import Budget, SolveLimit
 from schedlang.schedulers.ilp.model import fifo_is_safe, scale_program
 from schedlang.schedulers.ilp.solve import effective_limits, peaks, sequential_orders, warm_starts
 from schedlang.simulate import memory_profile, simulate
@@ -30,7 +31,7 @@ def _search(prog: Program, time_limit: float) -> periodic.Periodic | None:
     prog = replace(prog, mem_limit=limits, schedule=None)
     sc = scale_program(prog, limits)
     topo = prog.topo()
-    solves: list[tuple[float, float]] = []  # (limit given, deterministic time used) per solve
+    solves: list[tuple[SolveLimit, float]] = []  # (limit given, deterministic time used) per solve
     solve = periodic._solve
 
     def traced(*args: Any) -> Any:
@@ -39,19 +40,22 @@ def _search(prog: Program, time_limit: float) -> periodic.Periodic | None:
         return got, name, used
 
     periodic._solve = traced
+    budget = Budget(time_limit, deterministic=True)
     try:
-        got, spent = periodic.search(prog, sc, "span", topo, time_limit=time_limit)
+        got = periodic.search(prog, sc, "span", topo, budget=budget)
     finally:
         periodic._solve = solve
-    # every solve gets at most what is left, and the search charges what CP-SAT used. CP-SAT may
-    # overrun a solve's deterministic limit (measured on cases Hypothesis found: 0.108 s used of
-    # 0.075 s, 0.908 s of 0.740 s), so the total may too, by that last solve's overrun only
+    # every solve gets at most what is left (deterministic time), and the search charges what
+    # CP-SAT used. CP-SAT may overrun a solve's deterministic limit (measured on cases Hypothesis
+    # found: 0.108 s used of 0.075 s, 0.908 s of 0.740 s), so the total may too, by that last
+    # solve's overrun only
     before = 0.0
     for limit, used in solves:
-        assert 0 < limit <= time_limit - before + 1e-9
+        assert limit.deterministic and limit.until is None
+        assert 0 < limit.time <= min(periodic.SOLVE_TIME, time_limit - before) + 1e-9
         before += used
-    assert spent == pytest.approx(before) and (got is None or got.used == spent)
-    assert before - solves[-1][1] <= time_limit + 1e-9 if solves else spent == 0.0
+    assert budget.charged == pytest.approx(before) and (got is None or got.used <= budget.charged + 1e-9)
+    assert before - solves[-1][1] <= time_limit + 1e-9 if solves else budget.charged == 0.0
     return got
 
 
@@ -76,12 +80,12 @@ def test_steady_state_beats_every_heuristic_under_a_tight_limit() -> None:
 @pytest.mark.slow
 def test_optimize_starts_from_the_periodic_schedule_and_reports_it() -> None:
     prog = pipeline(4, 24, "uniform", 0.75)
-    orders, rep = optimize(prog, time_limit=4)
+    orders, rep = optimize(prog, time_limit=4, deterministic=True)
     assert rep.warm_start.startswith("periodic(K=")
     heuristics = [v for k, v in rep.candidates.items() if not k.startswith("periodic")]
     assert rep.objective <= rep.warm_objective + 1e-9 < min(heuristics)
     verify(prog.with_orders(orders))
-    _, off = optimize(prog, time_limit=4, periodic=False)
+    _, off = optimize(prog, time_limit=4, deterministic=True, periodic=False)
     assert not off.warm_start.startswith("periodic")
     assert not any(k.startswith("periodic") for k in off.candidates)
 
@@ -140,18 +144,18 @@ def _bisection_trace(prog: Program, replace_call: int, status: str) -> list[tupl
     calls: list[tuple[int, int, bool, str]] = []
     solve, ks = periodic._solve, periodic.KS
 
-    def scripted(program: Program, t: Any, P: int, K: int, Q: int, time_limit: float, seed: int,
+    def scripted(program: Program, t: Any, P: int, K: int, Q: int, limit: SolveLimit, seed: int,
                  hint: Any = None, shorten: bool = False) -> Any:
         if len(calls) == replace_call:
             calls.append((P, K, shorten, status))
             return None, status, 0.01
-        got, name, used = solve(program, t, P, K, Q, time_limit, seed, hint, shorten)
+        got, name, used = solve(program, t, P, K, Q, limit, seed, hint, shorten)
         calls.append((P, K, shorten, name))
         return got, name, used
 
     periodic._solve, periodic.KS = scripted, (1,)  # type: ignore[assignment]
     try:
-        periodic.search(prog, sc, "span", prog.topo(), time_limit=20.0)
+        periodic.search(prog, sc, "span", prog.topo(), budget=Budget(20.0, deterministic=True))
     finally:
         periodic._solve, periodic.KS = solve, ks  # type: ignore[assignment]
     return calls

@@ -3,7 +3,9 @@
     schedlang optimize std:zb-h1 --set p=8 --set m=24 --time-limit 30 --mem-limit 16
     schedlang optimize pipe.sched --objective makespan --json -o orders.txt
 
-Progress goes to stderr while it runs; then the report (status, objective, bound, gap, bubble
+The time limit is wall-clock seconds for the whole run (``--deterministic``: CP-SAT's
+deterministic time, reproducible). Progress goes to stderr while it runs (each phase as it
+starts, each better schedule); then the report (status, objective, bound, gap, bubble
 rate, warm start, every heuristic's figure) is printed, as a table or one JSON object, and the
 orders are written with ``-o`` (``--emit`` format; default ``sched``, a program ``schedlang check``
 accepts, for ``-o FILE.sched``, else ``orders``).
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from schedlang.cli.common import (
     Command,
@@ -26,6 +29,9 @@ from schedlang.cli.common import (
 from schedlang.limits import positive_float
 from schedlang.schedulers.ilp.options import IlpOptions
 
+if TYPE_CHECKING:
+    from schedlang.schedulers.ilp.cpsat import ProgressEvent
+
 _DEFAULTS = IlpOptions()
 
 
@@ -33,9 +39,12 @@ def _args(p: argparse.ArgumentParser) -> None:
     add_program_args(p, scheduler=False)
     p.add_argument("--objective", default=_DEFAULTS.objective, help="span (the paper's cost) or makespan")
     p.add_argument("--time-limit", type=positive_float, default=_DEFAULTS.time_limit,
-                   help="CP-SAT deterministic time (about seconds)")
+                   help="seconds for the whole run, wall clock (with --deterministic: CP-SAT's deterministic time)")
+    p.add_argument("--deterministic", action="store_true", default=_DEFAULTS.deterministic,
+                   help="reproducible: the time limit counts CP-SAT's deterministic time, so the same seed and "
+                        "workers give the same orders")
     p.add_argument("--wall-limit", type=float, default=_DEFAULTS.wall_limit,
-                   help="wall-clock cap in seconds (default 4 * time limit + 10; 0: none)")
+                   help="with --deterministic: a wall-clock cap in seconds (default 4 * time limit + 10; 0: none)")
     p.add_argument("--mem-limit", type=float, default=_DEFAULTS.mem_limit,
                    help="per-rank memory limit (default: the program's)")
     p.add_argument("--seed", type=int, default=_DEFAULTS.seed,
@@ -51,6 +60,10 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", metavar="PATH", help="write the optimized orders here")
 
 
+def _on_stderr(event: ProgressEvent) -> None:
+    print(event.text(), file=sys.stderr, flush=True)
+
+
 def _run(args: argparse.Namespace) -> int:
     from schedlang import api
 
@@ -58,8 +71,9 @@ def _run(args: argparse.Namespace) -> int:
     program = load_program(args, scheduled=False)
     options = IlpOptions(objective=args.objective, time_limit=args.time_limit, mem_limit=args.mem_limit,
                          seed=args.seed, workers=args.workers, lns=not args.no_lns,
-                         wall_limit=args.wall_limit, periodic=not args.no_periodic)
-    optimized, rep = api.optimize(program, options, progress=None if args.quiet else sys.stderr)
+                         deterministic=args.deterministic, wall_limit=args.wall_limit,
+                         periodic=not args.no_periodic)
+    optimized, rep = api.optimize(program, options, progress=None if args.quiet else _on_stderr)
     if args.json:
         print(json.dumps(rep.as_dict(), indent=1))
     else:

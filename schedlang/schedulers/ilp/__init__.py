@@ -1,8 +1,9 @@
 """``ilp``: the CP-SAT optimizer.
 
 Three pieces: :mod:`.model` builds the model (pure, inspectable), :mod:`.solve` solves it (seeded,
-deterministic time limit; reports objective, bound and gap), :mod:`.apply` turns a solution into
-orders. Around them: :mod:`.options` declares every argument and default once
+within a wall-clock time limit for the whole run, or CP-SAT's deterministic time when
+``deterministic``; reports objective, bound, gap, which clock ran and where the time went),
+:mod:`.apply` turns a solution into orders. Around them: :mod:`.options` declares every argument and default once
 (:class:`IlpOptions`); :mod:`.bounds` derives the structural lower bounds that make the gap
 meaningful; :mod:`.cpsat` is the solver plumbing the searches share; :mod:`.lns` is the search
 loop and :mod:`.periodic` searches the steady state directly for a better start under tight
@@ -11,7 +12,7 @@ memory limits. Imports point one way: ``solve`` -> ``lns``, ``periodic`` -> ``cp
 
 Use it from the DSL (``schedule "ilp"(objective = "span", time_limit = 60)``), the command line
 (``--scheduler ilp:objective=makespan,time_limit=10``) or Python (:func:`optimize`, which also
-returns the :class:`~schedlang.schedulers.ilp.solve.Report`). ortools is imported only when the
+returns the :class:`~schedlang.schedulers.ilp.solve.Report` and reports progress to a callback). ortools is imported only when the
 optimizer runs.
 """
 

@@ -4,9 +4,10 @@ A round keeps the per-rank order of every op outside a neighbourhood (they may s
 time) and lets CP-SAT reorder the ops inside it freely, starting from the incumbent (hints) with
 the incumbent's value as the upper bound. Neighbourhoods cycle deterministically through
 sliding time windows (the ops whose incumbent start lies in a window) of two widths and through
-pairs of adjacent ranks. Every sub-solve has a slice of the deterministic time budget, so the
-whole search is reproducible. The full solve's best bound (with the structural bound as
-``obj >= bound``) is the proof; rounds only improve the incumbent.
+pairs of adjacent ranks. Every sub-solve has a slice of what is left of the run's budget
+(wall-clock, or deterministic time: then the whole search is reproducible). The full solve's best
+bound (with the structural bound as ``obj >= bound``) is the proof; rounds only improve the
+incumbent.
 
 When a whole cycle of neighbourhoods passes without improving the incumbent (on small models a
 cycle is a few rounds; on large ones it is longer than the budget), the rest of the budget goes to
@@ -20,92 +21,96 @@ bounded by 24.2 proves it in 1).
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable, Sequence
 
 from schedlang.schedulers.ilp.apply import orders_from_starts
 from schedlang.schedulers.ilp.cpsat import (
+    Budget,
     Problem,
     Progress,
+    SolveLimit,
     fifo_relabel,
     horizon,
     model_value,
     solve_model,
 )
-from schedlang.schedulers.ilp.model import build_model
+from schedlang.schedulers.ilp.model import IlpModel, build_model, restricted
 from schedlang.simulate import simulate
 
 Neighbourhood = Callable[[Sequence[int]], set[int]]  # the incumbent's start times -> op ids set free
 
-FULL_SHARE = 0.3  # of the time limit, for the first full solve
-ROUND_TIME = 2.0  # deterministic seconds per neighbourhood round (at most)
+FULL_SHARE = 0.3  # of what is left of the budget, for the first full solve
+ROUND_TIME = 2.0  # seconds (deterministic or wall, the budget's unit) per neighbourhood round (at most)
 
 
-def search(problem: Problem, hint: list[int], *, time_limit: float, seed: int, workers: int,
-           deterministic: bool, lns: bool, shown: Progress,
-           deadline: float | None = None) -> tuple[list[int], int, float, int, str, bool]:
-    """Returns (best start times, proved bound, deterministic time used, rounds, status of the full
-    solve, whether the wall-clock ``deadline`` (a ``time.perf_counter()`` value) cut the search)."""
-
-    def wall_left() -> float | None:
-        return None if deadline is None else deadline - time.perf_counter()
-
+def search(problem: Problem, hint: list[int], *, budget: Budget, seed: int, workers: int, lns: bool,
+           shown: Progress) -> tuple[list[int], int, int, str]:
+    """Returns (best start times, proved bound, rounds, status of the full solve). Every model
+    build and solve happens under ``budget`` (see :class:`~.cpsat.Budget`: wall-clock or
+    deterministic); its phases record the model building (``model``) and the solving
+    (``search``)."""
     sc = problem.sc
     best = list(hint)
     upper = model_value(problem, best)
     lower = problem.lower
     if upper <= lower:
-        return best, lower, 0.0, 0, "OPTIMAL", False
+        return best, lower, 0, "OPTIMAL"
+    if budget.left() <= 0.05:  # nothing left to search with: do not build the model either
+        return best, lower, 0, "UNKNOWN"
 
     def seen(obj: float, bnd: float) -> None:
         shown.line("solution", sc.to_time(int(obj)), sc.to_time(max(int(bnd), lower)))
 
-    model = build_model(problem.iprog, sc, objective=problem.objective, upper=upper, lower=lower,
-                        horizon=horizon(problem, upper), fifo=problem.fifo, hint=best)
-    budget = time_limit * (FULL_SHARE if lns else 1.0)
-    status, starts, bound, used = solve_model(model, time_limit=budget, seed=seed, workers=workers,
-                                              deterministic=deterministic, on_solution=seen, wall=wall_left())
-    wall = wall_left()
-    capped = wall is not None and wall <= 0 and status != "OPTIMAL" and used < budget - 0.05
-    best, upper = _keep_better(problem, starts, best, upper)
+    def solve(model: IlpModel, limit: SolveLimit, seed: int, workers: int,
+              on_solution: Callable[[float, float], None] | None = None) -> tuple[str, list[int] | None, int]:
+        with budget.phase("search"):
+            status, got, proved, dt = solve_model(model, limit=limit, seed=seed, workers=workers,
+                                                  on_solution=on_solution)
+        budget.charge(dt)
+        return status, got, proved
+
+    shown.line("model")
+    with budget.phase("model"):
+        # built once; every solve copies it and adds its own bounds, fixed orders and hint
+        base = build_model(problem.iprog, sc, objective=problem.objective, upper=upper, lower=lower,
+                           horizon=horizon(problem, upper), fifo=problem.fifo)
+        model = restricted(base, upper=upper, lower=lower, hint=best)
+    shown.line("search")
+    limit = budget.solve_limit(budget.left() * FULL_SHARE if lns else None)
+    status, starts, bound = solve(model, limit, seed, workers, seen)
+    del model  # one copy in memory at a time
+    with budget.phase("search"):
+        best, upper = _keep_better(problem, starts, best, upper)
     bound = max(bound, lower)
     if status == "OPTIMAL" or upper <= bound or not lns:
-        return best, bound, used, 0, status, capped
+        return best, bound, 0, status
     rounds, since = 0, 0  # since: rounds since the incumbent last improved
     cycle = _cycle(problem)
     for hood in itertools.cycle(cycle):
-        left = time_limit - used
-        if left <= 0.05 or upper <= bound:
-            break
-        wall = wall_left()
-        if wall is not None and wall <= 0:
-            capped = True
+        if budget.left() <= 0.05 or upper <= bound:
             break
         if since >= len(cycle):  # a whole cycle found nothing: close with a full solve
-            closing = build_model(problem.iprog, sc, objective=problem.objective, upper=upper, lower=bound,
-                                  horizon=horizon(problem, upper), fifo=problem.fifo, hint=best)
-            st, got, proved, dt = solve_model(closing, time_limit=left, seed=seed, workers=workers,
-                                              deterministic=deterministic, on_solution=seen, wall=wall)
-            used += dt
-            best, upper = _keep_better(problem, got, best, upper)
+            with budget.phase("model"):
+                closing = restricted(base, upper=upper, lower=bound, hint=best)
+            st, got, proved = solve(closing, budget.solve_limit(), seed, workers, seen)
+            with budget.phase("search"):
+                best, upper = _keep_better(problem, got, best, upper)
             bound = max(bound, upper if st == "OPTIMAL" else proved)
-            wall = wall_left()
-            capped = capped or (wall is not None and wall <= 0 and st != "OPTIMAL" and dt < left - 0.05)
             break
-        free = hood(best)
-        fixed = _fixed_orders(problem, best, free)
-        sub = build_model(problem.iprog, sc, objective=problem.objective, upper=upper, lower=bound,
-                          horizon=horizon(problem, upper), fifo=problem.fifo, hint=best, fixed_order=fixed)
-        _, got, _, dt = solve_model(sub, time_limit=min(ROUND_TIME, left), seed=seed + rounds, workers=1,
-                                    deterministic=deterministic, wall=wall)
-        used += dt
+        with budget.phase("model"):
+            free = hood(best)
+            fixed = _fixed_orders(problem, best, free)
+            sub = restricted(base, upper=upper, lower=bound, hint=best, fixed_order=fixed)
+        _, got, _ = solve(sub, budget.solve_limit(ROUND_TIME), seed + rounds, 1)
+        del sub
         rounds += 1
         previous = upper
-        best, upper = _keep_better(problem, got, best, upper)
+        with budget.phase("search"):
+            best, upper = _keep_better(problem, got, best, upper)
         if upper < previous:
             shown.line(f"lns#{rounds}", sc.to_time(upper), sc.to_time(bound))
         since = 0 if upper < previous else since + 1
-    return best, bound, used, rounds, status, capped
+    return best, bound, rounds, status
 
 
 def _keep_better(problem: Problem, got: list[int] | None, best: list[int], upper: int) -> tuple[list[int], int]:

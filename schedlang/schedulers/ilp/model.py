@@ -36,7 +36,7 @@ with the exact float times; figures reported to users come from that simulation.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,6 +199,7 @@ class IlpModel:
     prec: Precedence
     lower: int
     upper: int
+    holds: tuple[tuple[Any, int, int], ...] = ()  # the cumulative's (size var, F op, freeing op)
 
 
 def build_model(program: Program, sc: Scaled, *, objective: str, upper: int, lower: int, horizon: int,
@@ -232,12 +233,41 @@ def build_model(program: Program, sc: Scaled, *, objective: str, upper: int, low
     obj = m.new_int_var(lower, max(lower, upper), "obj")
     _objective(m, obj, objective, prec, sc, start, R)
     if hint is not None:
-        for k in range(n):
-            m.add_hint(start[k], int(hint[k]))
-        for size, f, k in lives:
-            m.add_hint(size, int(hint[k]) - int(hint[f]))
-        m.add_hint(obj, upper)  # a complete hint: CP-SAT takes it as the first solution at once
-    return IlpModel(m, start, obj, sc, objective, horizon, fifo, prec, lower, upper)
+        _hint(m, start, lives, obj, hint, upper)
+    return IlpModel(m, start, obj, sc, objective, horizon, fifo, prec, lower, upper, tuple(lives))
+
+
+def _hint(m: Any, start: Sequence[Any], holds: Sequence[tuple[Any, int, int]], obj: Any, hint: Sequence[int],
+          upper: int) -> None:
+    for k, v in enumerate(start):
+        m.add_hint(v, int(hint[k]))
+    for size, f, k in holds:
+        m.add_hint(size, int(hint[k]) - int(hint[f]))
+    m.add_hint(obj, upper)  # a complete hint: CP-SAT takes it as the first solution at once
+
+
+def restricted(base: IlpModel, *, upper: int, lower: int, hint: Sequence[int] | None = None,
+               fixed_order: Mapping[int, Sequence[int]] | None = None) -> IlpModel:
+    """``base`` (built without a hint) copied, with the objective within ``[lower, upper]``, the
+    chains of ``fixed_order`` kept in order and ``hint``: the model :func:`build_model` would
+    build with these arguments, but for the variables' wider domains (``base``'s horizon and
+    bounds), without building it again (copying the model is C++; building it is Python: at
+    p = 32, m = 128, 0.06 s against 3 s)."""
+    m = base.model.clone()
+    var = m.get_int_var_from_proto_index
+    start = [var(v.index) for v in base.start]
+    obj = var(base.obj.index)
+    holds = tuple((var(size.index), f, k) for size, f, k in base.holds)
+    m.add(obj <= max(lower, upper))
+    m.add(obj >= lower)
+    dur = base.scaled.dur
+    for chain in (fixed_order or {}).values():
+        for a, b in zip(chain, chain[1:], strict=False):
+            m.add(start[b] >= start[a] + dur[a])
+    if hint is not None:
+        _hint(m, start, holds, obj, hint, upper)
+    return IlpModel(m, start, obj, base.scaled, base.objective, base.horizon, base.fifo, base.prec, lower, upper,
+                    holds)
 
 
 def _objective(m: Any, obj: Any, objective: str, prec: Precedence, sc: Scaled, start: Sequence[Any],
@@ -266,7 +296,7 @@ def _memory(m: Any, program: Program, sc: Scaled, r: int, on: Sequence[int], sta
         return []
     if sum(sc.mem[k] for k in on if sc.mem[k] > 0) <= limit:
         return []  # can never exceed
-    lifetimes = _lifetimes(program, sc, on, prec)
+    lifetimes = _lifetimes(program, sc, on)
     if lifetimes is not None and not _tight(program, sc, limit, lifetimes):
         # The level at time t is the sum over microbatches whose F has started and whose B (W)
         # has not of the part B (W) frees: intervals [start F, start B) and [start F, start W).
@@ -283,7 +313,7 @@ def _memory(m: Any, program: Program, sc: Scaled, r: int, on: Sequence[int], sta
     ev = [k for k in on if sc.mem[k] != 0]
     m.add_reservoir_constraint([start[k] for k in ev], [sc.mem[k] for k in ev], min(0, neg), limit)
     if lifetimes is not None and fifo:
-        _memory_precedences(m, program, sc, limit, lifetimes, start, prec)
+        _memory_precedences(m, program, sc, limit, lifetimes, start)
     return []
 
 
@@ -293,14 +323,13 @@ def _tight(program: Program, sc: Scaled, limit: int, lifetimes: list[tuple[int, 
 
 
 def _memory_precedences(m: Any, program: Program, sc: Scaled, limit: int,
-                        lifetimes: list[tuple[int, list[tuple[int, int]]]], start: Sequence[Any],
-                        prec: Precedence) -> None:
+                        lifetimes: list[tuple[int, list[tuple[int, int]]]], start: Sequence[Any]) -> None:
     """Redundant precedences implied by memory under FIFO (they propagate far better than the
     cumulative). A microbatch whose freeing op K has not run still holds at least ``hold_K`` (K's
     amount plus that of every free after K); F[s, i] allocates A; so when F[s, i] starts at most
     ``c = (limit - A) // hold_K`` of the microbatches before it can still wait for K, and, K running
     in microbatch order, K[s, i - c - 1] has finished."""
-    after = _reach(prec)
+    reaches = _reach(program)
     for f, frees in lifetimes:
         fo = program.ops[f]
         if fo.mb != 0:
@@ -309,7 +338,7 @@ def _memory_precedences(m: Any, program: Program, sc: Scaled, limit: int,
         if alloc <= 0:
             continue
         for k, _ in frees:
-            hold = sum(a for k2, a in frees if k2 == k or k2 in after(k))
+            hold = sum(a for k2, a in frees if k2 == k or reaches(k, k2))
             if hold <= 0:
                 continue
             c = (limit - alloc) // hold
@@ -321,8 +350,7 @@ def _memory_precedences(m: Any, program: Program, sc: Scaled, limit: int,
                     m.add(start[fi.id] >= start[ki.id] + sc.dur[ki.id])
 
 
-def _lifetimes(program: Program, sc: Scaled, on: Sequence[int],
-               prec: Precedence) -> list[tuple[int, list[tuple[int, int]]]] | None:
+def _lifetimes(program: Program, sc: Scaled, on: Sequence[int]) -> list[tuple[int, list[tuple[int, int]]]] | None:
     """Per (stage, microbatch) on the rank: its allocating F and the ops that free (op, amount),
     if every op is an F (allocates), B/BW or W (frees) of one (stage, microbatch), the frees sum
     to the allocation and follow the F in the precedence graph. None otherwise."""
@@ -332,7 +360,7 @@ def _lifetimes(program: Program, sc: Scaled, on: Sequence[int],
     for k in on:
         o = program.ops[k]
         groups.setdefault((o.stage, o.mb), []).append(k)
-    after = _reach(prec)
+    reaches = _reach(program)
     out = []
     for ids in groups.values():
         fs = [k for k in ids if program.role(program.ops[k]) is Role.F]
@@ -342,30 +370,37 @@ def _lifetimes(program: Program, sc: Scaled, on: Sequence[int],
         f = fs[0]
         if sc.mem[f] < 0 or any(sc.mem[k] > 0 for k in rest) or sc.mem[f] + sum(sc.mem[k] for k in rest) != 0:
             return None
-        if any(k not in after(f) for k in rest):
+        if any(not reaches(f, k) for k in rest):
             return None
         out.append((f, [(k, -sc.mem[k]) for k in rest if sc.mem[k] < 0]))
     return out
 
 
-def _reach(prec: Precedence) -> Any:
-    """A memoised 'descendants of op' function over the precedence arcs."""
-    succ: dict[int, list[int]] = {}
-    for s, d, _ in prec.arcs:
-        succ.setdefault(s, []).append(d)
-    memo: dict[int, set[int]] = {}
+def _reach(program: Program) -> Callable[[int, int], bool]:
+    """A query ``reaches(a, b)``: is there a path of the program's edges from op ``a`` to op ``b``?
 
-    def desc(k: int) -> set[int]:
-        got = memo.get(k)
-        if got is None:
-            got = set()
-            stack = list(succ.get(k, ()))
-            while stack:
-                x = stack.pop()
-                if x not in got:
-                    got.add(x)
-                    stack.extend(succ.get(x, ()))
-            memo[k] = got
-        return got
+    The memory model asks it only about ops of one microbatch (an F and the ops that free what it
+    allocated), and for those the program's edges answer the same as the model's precedence arcs:
+    FIFO arcs (added only when every edge stays within one microbatch) lead from a microbatch to
+    later ones and never back. A depth-first search from ``a`` that skips ops after ``b`` in a
+    topological order visits only ``a``'s descendants up to ``b`` (within one microbatch: about
+    the ops of one microbatch), where the full descendant sets over the FIFO arcs cost quadratic
+    time and memory (measured: 100 s at p = 32, m = 128)."""
+    succs = program.succs()
+    pos = {k: i for i, k in enumerate(program.topo())}
 
-    return desc
+    def reaches(a: int, b: int) -> bool:
+        limit = pos[b]
+        seen = {a}
+        stack = [a]
+        while stack:
+            x = stack.pop()
+            for y, _ in succs[x]:
+                if y == b:
+                    return True
+                if y not in seen and pos[y] < limit:
+                    seen.add(y)
+                    stack.append(y)
+        return False
+
+    return reaches

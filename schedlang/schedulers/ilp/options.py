@@ -36,14 +36,16 @@ class IlpOptions:
     """Every argument of the optimizer, with its default (see :func:`~.solve.optimize`)."""
 
     objective: str = _opt("span", str, "span (the paper's cost: the largest per-rank span) or makespan")
-    time_limit: float = _opt(60.0, float, "CP-SAT deterministic time budget (about seconds)")
+    time_limit: float = _opt(60.0, float, "seconds for the whole run: wall clock (deterministic = true: CP-SAT's "
+                                           "deterministic time, about seconds)")
     mem_limit: float | None = _opt(None, float, "per-rank memory limit (default: the program's)")
     seed: int = _opt(0, int, "random seed")
     workers: int = _opt(1, int, "CP-SAT workers (>1 interleaves subsolvers deterministically)")
     fifo: bool = _opt(True, bool, "microbatches of one op kind and stage in order (when lossless)")
     lns: bool = _opt(True, bool, "large-neighbourhood search after the first full solve")
-    deterministic: bool = _opt(True, bool, "deterministic time limit (false: wall-clock seconds)")
-    wall_limit: float | None = _opt(None, float, "wall-clock cap in seconds on a deterministic search "
+    deterministic: bool = _opt(False, bool, "reproducible: time_limit counts CP-SAT's deterministic time, so the "
+                                            "same seed and workers give the same result")
+    wall_limit: float | None = _opt(None, float, "wall-clock cap in seconds on a deterministic run "
                                                  "(default 4 * time_limit + 10; 0: none)")
     periodic: bool = _opt(True, bool, "also start from the best periodic schedule (steady state "
                                       "searched directly; a quarter of the time limit)")
@@ -59,14 +61,19 @@ class IlpOptions:
             raise ArgError(f"ilp: workers must be at least 1, got {self.workers}", "workers")
         if self.wall_limit is not None and self.wall_limit < 0:
             raise ArgError(f"ilp: wall_limit must be 0 (none) or positive, got {self.wall_limit:g}", "wall_limit")
+        if self.wall_limit is not None and not self.deterministic:
+            raise ArgError("ilp: wall_limit caps a deterministic run (deterministic = true); without it "
+                           "time_limit is already wall-clock seconds", "wall_limit")
 
     @property
     def wall_seconds(self) -> float:
-        """The wall-clock cap in effect: the given one, else ``4 * time_limit + 10`` for a
-        deterministic search and none (0) for a wall-clock one."""
+        """The wall-clock cap on a deterministic run: the given one, else ``4 * time_limit + 10``
+        (0: none). A wall-clock run has no other cap than its time limit (0 here)."""
+        if not self.deterministic:
+            return 0.0
         if self.wall_limit is not None:
             return self.wall_limit
-        return 4 * self.time_limit + 10 if self.deterministic else 0.0
+        return 4 * self.time_limit + 10
 
     @classmethod
     def from_args(cls, args: Mapping[str, Value]) -> IlpOptions:

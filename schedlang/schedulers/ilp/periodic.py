@@ -5,7 +5,7 @@ heuristics (and the time-window search that starts from them) settle into a poor
 rhythm itself is the unknown: ``K`` *templates* (start times of one microbatch's ops) and a period
 ``P``; microbatch ``q*K + k`` runs template ``k`` shifted by ``q*P``. For a fixed ``P`` that is a
 small CP-SAT model (``K`` times the ops of one microbatch as variables), so the search bisects on
-``P`` for ``K = 1, 2, 3, ...`` within a deterministic time budget and keeps the unrolled schedule
+``P`` for ``K = 1, 2, 3, ...`` within a time budget (the optimizer's) and keeps the unrolled schedule
 whose exact simulation is best. It is a warm start for :mod:`.lns`, which then polishes the ramps
 at both ends (a periodic schedule fills and drains the pipeline at the steady-state rate).
 
@@ -44,7 +44,13 @@ from enum import Enum
 
 from schedlang.ir import Orders, Program
 from schedlang.schedulers.ilp.apply import orders_from_starts
-from schedlang.schedulers.ilp.cpsat import objective_value, solver_params
+from schedlang.schedulers.ilp.cpsat import (
+    Budget,
+    SolveLimit,
+    objective_value,
+    run_solver,
+    solver_params,
+)
 from schedlang.schedulers.ilp.model import Scaled
 from schedlang.simulate import simulate
 from schedlang.source import SchedlangError
@@ -61,9 +67,9 @@ GRID_STEPS = 20
 # the list is 1, 2, 3, 4 and the doubles of 3 and 4; a K is tried only when the pipeline holds at
 # least two periods of it (see _ks).
 KS = (1, 2, 3, 4, 6, 8)
-# Deterministic seconds per fixed-period solve (at most): the whole search gets a quarter of the
-# optimizer's time limit (15 s at the default 60 s), which holds a few bisection steps for each of
-# several K.
+# Seconds (the budget's unit: deterministic or wall) per fixed-period solve (at most): the whole
+# search gets a quarter of what is left of the optimizer's time limit (15 s of the default 60 s),
+# which holds a few bisection steps for each of several K.
 SOLVE_TIME = 2.0
 # The bisection stops when hi - lo is within this fraction of the period: half a percent of the
 # steady-state rate. The first bracket is about GROWTH - 1 = 15% of the period wide, so that takes
@@ -94,7 +100,7 @@ class Periodic:
     k: int
     period: float  # program time per K microbatches (on the grid)
     value: float  # the objective of the orders, from the exact simulator
-    used: float  # deterministic time spent
+    used: float  # budget spent when it was found (the budget's unit)
 
 
 @dataclass(frozen=True)
@@ -132,12 +138,12 @@ def _template(program: Program, sc: Scaled) -> _Template:
     return _Template(ids, dur, edges, index, tuple(sc.mem[k] for k in ids), sc.limits, unit)
 
 
-def _solve(program: Program, t: _Template, P: int, K: int, Q: int, time_limit: float, seed: int,
+def _solve(program: Program, t: _Template, P: int, K: int, Q: int, solve_limit: SolveLimit, seed: int,
            hint: Sequence[Sequence[int]] | None = None,
            shorten: bool = False) -> tuple[list[list[int]] | None, str, float]:
-    """Templates for period ``P`` over ``Q`` copies: (starts per template or None, CP-SAT's status
-    name, deterministic time). Without ``shorten`` any solution will do (the bisection); with it,
-    the templates are made short (less memory held, shorter ramps)."""
+    """Templates for period ``P`` over ``Q`` copies, within ``solve_limit``: (starts per template or None,
+    CP-SAT's status name, deterministic time). Without ``shorten`` any solution will do (the
+    bisection); with it, the templates are made short (less memory held, shorter ramps)."""
     from ortools.sat.python import cp_model
 
     n = len(t.ids)
@@ -172,8 +178,8 @@ def _solve(program: Program, t: _Template, P: int, K: int, Q: int, time_limit: f
             for v, x in zip(row, got, strict=True):
                 m.add_hint(v, min(int(x), hs))
     solver = cp_model.CpSolver()
-    solver_params(solver, time_limit=time_limit, seed=seed, workers=1, deterministic=True)
-    status = solver.solve(m)
+    solver_params(solver, limit=solve_limit, seed=seed, workers=1)  # the wall seconds left now
+    status = run_solver(solver, m, solve_limit)
     name = solver.status_name(status)
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return [[int(solver.value(v)) for v in row] for row in s], name, solver.deterministic_time
@@ -188,15 +194,15 @@ def unroll(program: Program, t: _Template, starts: Sequence[Sequence[int]], P: i
     return out
 
 
-def search(program: Program, sc: Scaled, objective: str, topo: Sequence[int], *, time_limit: float,
-           seed: int = 0, progress: Callable[[str, float], None] | None = None) -> tuple[Periodic | None, float]:
-    """The best periodic schedule within ``time_limit`` deterministic seconds (or None), and the
-    deterministic time spent (also when nothing was found).
+def search(program: Program, sc: Scaled, objective: str, topo: Sequence[int], *, budget: Budget,
+           seed: int = 0, progress: Callable[[str, float], None] | None = None) -> Periodic | None:
+    """The best periodic schedule found within ``budget`` (or None); every solve's time is charged
+    to it (see :class:`~.cpsat.Budget`: wall-clock or deterministic).
 
     ``program`` carries the effective memory limits; ``sc`` is its :class:`~.model.Scaled` view
     (memory units, and the time scale when it is coarse enough to use directly). ``progress`` is
     called with a label and the objective of each K's best schedule."""
-    run = _Search(program, _template(program, sc), objective, topo, time_limit, seed)
+    run = _Search(program, _template(program, sc), objective, topo, budget, seed)
     best: Periodic | None = None
     for K in _ks(program.num_microbatches):
         if run.left() <= 0.01:
@@ -208,7 +214,7 @@ def search(program: Program, sc: Scaled, objective: str, topo: Sequence[int], *,
             progress(f"periodic:K={K}", found.result.value)
         if best is None or found.result.value < best.value:
             best = found.result
-    return (None if best is None else Periodic(best.orders, best.k, best.period, best.value, run.used)), run.used
+    return None if best is None else Periodic(best.orders, best.k, best.period, best.value, budget.used())
 
 
 @dataclass(frozen=True)
@@ -219,20 +225,19 @@ class _Found:
 
 
 class _Search:
-    """Bisection on the period for each K, sharing one deterministic time budget."""
+    """Bisection on the period for each K, sharing one time budget."""
 
     def __init__(self, program: Program, t: _Template, objective: str, topo: Sequence[int],
-                 time_limit: float, seed: int) -> None:
+                 budget: Budget, seed: int) -> None:
         self.program, self.t, self.objective, self.topo = program, t, objective, topo
-        self.time_limit, self.seed = time_limit, seed
-        self.used = 0.0
+        self.budget, self.seed = budget, seed
         self.work = max(sum(t.dur[i] for i, k in enumerate(t.ids) if program.ops[k].rank == r)
                         for r in range(program.num_ranks))
         self.rate: float | None = None  # best period per microbatch so far
         self.found: dict[int, _Found] = {}
 
     def left(self) -> float:
-        return self.time_limit - self.used
+        return self.budget.left()
 
     def attempt(self, P: int, K: int, hint: Sequence[Sequence[int]] | None = None,
                 shorten: bool = False) -> tuple[_Found | None, Outcome]:
@@ -246,9 +251,9 @@ class _Search:
         for q in (copies, min(-(-m // K), 2 * copies)):
             if self.left() <= 0.01:
                 return None, Outcome.UNKNOWN
-            got, status, dt = _solve(prog, self.t, P, K, q, min(SOLVE_TIME, self.left()), self.seed, hint,
+            got, status, dt = _solve(prog, self.t, P, K, q, self.budget.solve_limit(SOLVE_TIME), self.seed, hint,
                                      shorten)
-            self.used += dt
+            self.budget.charge(dt)
             if got is None:
                 return None, Outcome.INFEASIBLE if status == "INFEASIBLE" else Outcome.UNKNOWN
             orders = orders_from_starts(prog, unroll(prog, self.t, got, P, K), self.topo,
@@ -259,7 +264,7 @@ class _Search:
             except SchedlangError:
                 continue  # a conflict beyond the copies modelled: retry with more
             value = objective_value(simulate(sched), self.objective)
-            return _Found(Periodic(orders, K, P * self.t.unit, value, self.used), got, P), Outcome.FOUND
+            return _Found(Periodic(orders, K, P * self.t.unit, value, self.budget.used()), got, P), Outcome.FOUND
         return None, Outcome.INFEASIBLE
 
     def first(self, K: int) -> tuple[_Found | None, int, int]:

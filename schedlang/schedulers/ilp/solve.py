@@ -2,18 +2,18 @@
 
 :func:`optimize` is the whole pass: it picks the best registered heuristic (``warm_start=True``,
 ``applies(program)``, verifies under the limit) as the start, or the best periodic schedule
-(periodic.py, a quarter of the time budget) when that is better, computes the structural lower bound
+(periodic.py, a quarter of what is left of the time budget) when that is better, computes the structural lower bound
 (bounds.py), builds the model (model.py) with the heuristic's objective as an upper bound, its
 times as hints and the structural bound as ``obj >= bound``, solves (a full solve, then
 large-neighbourhood rounds, see :mod:`schedlang.schedulers.ilp.lns`), turns the best solution
 into orders (apply.py) and re-simulates them with the exact float times. The result is never
 worse than the warm start: if the re-simulated objective were worse, the start is returned.
 
-Determinism: the time limit is CP-SAT's *deterministic* time (about seconds of work; it does not
-depend on machine load), with a fixed seed; with more than one worker the subsolvers are
-interleaved deterministically (``interleave_search``). Same program, arguments, seed and workers
-give the same orders. ``deterministic=False`` uses wall-clock seconds instead (faster to use,
-not reproducible).
+Time: the time limit is wall-clock seconds for the whole run, a promise (see :func:`optimize`).
+Reproducibility is a switch: with ``deterministic=True`` the limit is CP-SAT's *deterministic*
+time (about seconds of work; it does not depend on machine load), with a fixed seed; with more
+than one worker the subsolvers are interleaved deterministically (``interleave_search``). Same
+program, arguments, seed and workers then give the same orders. The report says which clock ran.
 """
 
 from __future__ import annotations
@@ -30,11 +30,14 @@ from schedlang.schedulers.ilp import periodic as periodic_search
 from schedlang.schedulers.ilp.apply import orders_from_starts
 from schedlang.schedulers.ilp.bounds import Bound, lower_bound
 from schedlang.schedulers.ilp.cpsat import (
+    Budget,
     Problem,
     Progress,
+    ProgressFn,
     fifo_relabel,
     model_value,
     objective_value,
+    stream_progress,
 )
 from schedlang.schedulers.ilp.model import Scaled, fifo_is_safe, scale_program
 from schedlang.schedulers.ilp.options import OBJECTIVES, ArgError, IlpOptions
@@ -44,8 +47,14 @@ from schedlang.verify import verify
 
 __all__ = ["OBJECTIVES", "ArgError", "IlpOptions", "Report", "optimize"]
 
-PERIODIC_SHARE = 0.25  # of the time limit, for the periodic warm start (periodic.py) ...
+PERIODIC_SHARE = 0.25  # of what is left of the time limit, for the periodic warm start (periodic.py) ...
 PERIODIC_MIN_GAP = 0.01  # ... tried only when the best heuristic is further than this from the bound
+# Wall seconds held back for the work after the last solve: CHECKS times what checking the warm
+# start (verify and simulate) took, plus RESERVE. After the last solve come its compression
+# (orders and a simulation), the final verify and two simulations, and the report: at p = 32,
+# m = 128 twice the check (0.5 s) left the run 0.06 s over its 60 s.
+CHECKS = 4
+RESERVE = 0.1
 
 
 @dataclass
@@ -57,7 +66,7 @@ class Report:
     objective: float
     bound: float
     gap: float  # (objective - bound) / objective
-    time: float  # wall seconds
+    time: float  # wall seconds, the whole run
     warm_start: str
     warm_objective: float
     model_objective: float  # the solver's own figure (times at the model's resolution)
@@ -68,15 +77,23 @@ class Report:
     bubble_rate: float = 0.0
     makespan: float = 0.0
     cost: float = 0.0
-    deterministic_time: float = 0.0  # solver time used, in the limit's unit
+    deterministic_time: float = 0.0  # CP-SAT's deterministic time, summed over the solves
     rounds: int = 0
-    wall_capped: bool = False  # the wall-clock cap ended the search before the deterministic budget
+    wall_capped: bool = False  # the wall-clock cap ended a deterministic run before its budget
     candidates: dict[str, float] = field(default_factory=dict)
+    clock: str = "wall"  # what time_limit counted: "wall" seconds or "deterministic" time
+    time_limit: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # wall seconds per phase of the run
 
     def summary(self) -> str:
+        limit = (f"deterministic time limit {self.time_limit:g}: reproducible" if self.clock == "deterministic"
+                 else f"wall-clock limit {self.time_limit:g}s")
+        if self.clock == "wall" and self.time > self.time_limit:
+            fixed = sum(self.phases.get(k, 0.0) for k in ("setup", "heuristics", "bounds"))
+            limit += f", over it: loading, heuristics and bounds, which cannot be cut short, took {fixed:.1f}s"
         return (f"ilp: {self.status} {self.objective_name} {self.objective:.6g} bound {self.bound:.6g} "
                 f"gap {100 * self.gap:.2f}% bubble rate {self.bubble_rate:.4f} (warm start {self.warm_start} "
-                f"{self.warm_objective:.6g}) in {self.time:.1f}s"
+                f"{self.warm_objective:.6g}) in {self.time:.1f}s ({limit})"
                 + (" (stopped by the wall-clock cap: may differ between runs)" if self.wall_capped else ""))
 
     def as_dict(self) -> dict[str, Any]:
@@ -202,75 +219,106 @@ def integer_program(program: Program, sc: Scaled) -> Program:
 # --------------------------------------------------------------------------- solving
 
 
-def optimize(program: Program, options: IlpOptions | None = None, *, progress: TextIO | None = None,
-             **changes: Any) -> tuple[Orders, Report]:
+def optimize(program: Program, options: IlpOptions | None = None, *,
+             progress: ProgressFn | TextIO | None = None, **changes: Any) -> tuple[Orders, Report]:
     """Optimize the per-rank orders of ``program`` (see the module docstring).
 
     ``options`` (default :class:`IlpOptions`'s defaults) with ``changes`` applied (keyword names
-    of its fields, e.g. ``optimize(p, time_limit=10)``) says what to do; ``progress`` is the
-    stream the progress lines go to (None: none).
+    of its fields, e.g. ``optimize(p, time_limit=10)``) says what to do. ``progress`` receives a
+    :class:`~.cpsat.ProgressEvent` at every phase and result as it happens (a text stream gets
+    their lines; None: nothing).
 
-    ``time_limit`` is CP-SAT's deterministic time, so the same input, seed and workers give the
-    same schedule. On some models (memory as a cumulative with variable-size intervals) CP-SAT's
+    ``time_limit`` is wall-clock seconds for the whole run: the heuristics, the bounds, the
+    periodic start, every model build and solve and the final checks; each CP-SAT call gets
+    ``max_time_in_seconds`` from what is left, and a multiple of the time checking the warm
+    start took is held back for the final checks. Only loading OR-Tools, the heuristics and the
+    bounds cannot be cut short (at p = 32, m = 128 about 10 s together); the report's ``phases``
+    say where the time went.
+    ``deterministic=True`` makes it CP-SAT's deterministic time summed over the solves instead:
+    the same input, seed and workers give the same schedule. On some models CP-SAT's
     deterministic clock runs far slower than the wall clock (measured: 2 deterministic seconds
     taking 4 minutes), so ``wall_limit`` (default ``4 * time_limit + 10`` seconds; 0 for none)
-    caps the search's wall-clock time as well. When the cap ends the search, the report says so
-    (``wall_capped``): that result may differ between runs.
+    caps such a run's wall time; when the cap ends it, the report says so (``wall_capped``): that
+    result may differ between runs.
     """
     opts = replace(options or IlpOptions(), **changes)
     t0 = time.perf_counter()
     opts.check()
-    objective, time_limit, seed = opts.objective, opts.time_limit, opts.seed
-    wall_limit = opts.wall_seconds
-    deadline = t0 + wall_limit if wall_limit > 0 and opts.deterministic else None
+    budget = Budget(opts.time_limit, deterministic=opts.deterministic, wall_cap=opts.wall_seconds)
+    with budget.phase("setup"):
+        import ortools.sat.python.cp_model  # noqa: F401 - loading it takes a second or two: count it first
+    shown = Progress(progress if progress is None or callable(progress) else stream_progress(progress), t0)
+    objective, seed = opts.objective, opts.seed
     limits = effective_limits(program, opts.mem_limit)
     prog = replace(program, mem_limit=None if all(math.isinf(x) for x in limits) else limits, schedule=None)
     check_limits(prog, limits)
-    cands = warm_starts(prog, objective)
+    shown.line("heuristics")
+    with budget.phase("heuristics"):
+        cands = warm_starts(prog, objective)
     if not cands:
         raise ArgError("ilp: no heuristic (not even one microbatch at a time) fits the memory limit "
                        f"{', '.join(f'{x:g}' for x in limits)}; raise mem_limit", "mem_limit")
     warm = cands[0]
-    sc = scale_program(prog, limits)
-    use_fifo = opts.fifo and fifo_is_safe(prog)
-    iprog = integer_program(prog, sc)
-    topo = prog.topo()
-    bound_f = lower_bound(prog, limits, objective)
-    bound_i = lower_bound(iprog, limits, objective)
-    problem = Problem(prog, iprog, sc, objective, use_fifo, topo,
-                      int(math.floor(bound_i.value + 1e-6)), max((e[2] for e in sc.edges), default=0) * prog.num_ranks)
-    shown = Progress(progress, t0)
-    budget = time_limit
-    if use_fifo and opts.periodic and warm.value > bound_f.value * (1 + PERIODIC_MIN_GAP) and prog.num_microbatches > 1:
-        found, spent = periodic_search.search(prog, sc, objective, topo, time_limit=PERIODIC_SHARE * time_limit,
-                                       seed=seed, progress=lambda what, v: shown.line(what, v, bound_f.value))
-        budget -= spent
+    shown.line("bounds")
+    with budget.phase("bounds"):
+        sc = scale_program(prog, limits)
+        use_fifo = opts.fifo and fifo_is_safe(prog)
+        iprog = integer_program(prog, sc)
+        topo = prog.topo()
+        bound_f = lower_bound(prog, limits, objective)
+        # At exact times the integer program is the program with every time scaled: so is its bound
+        # (checked on the 120 bounds of the p <= 8 suite and the shapes); only inexact times need
+        # their own.
+        lower = (bound_f.value * sc.scale if sc.exact else lower_bound(iprog, limits, objective).value)
+    problem = Problem(prog, iprog, sc, objective, use_fifo, topo, int(math.floor(lower + 1e-6)),
+                      max((e[2] for e in sc.edges), default=0) * prog.num_ranks)
+    with budget.phase("finish"):  # what the final checks cost, measured on the warm start
+        t = time.perf_counter()
+        _check_and_value(prog, warm.orders, objective)
+        budget.hold_back(CHECKS * (time.perf_counter() - t) + RESERVE)
+    if (use_fifo and opts.periodic and warm.value > bound_f.value * (1 + PERIODIC_MIN_GAP)
+            and prog.num_microbatches > 1 and budget.left() > 0.01):
+        shown.line("periodic")
+        with budget.phase("periodic"):
+            found = periodic_search.search(prog, sc, objective, topo, budget=budget.share(PERIODIC_SHARE), seed=seed,
+                                           progress=lambda what, v: shown.line(what, v, bound_f.value))
         if found is not None and found.value < warm.value - 1e-9 * max(1.0, warm.value):
             warm = Candidate(found.orders.origin or "periodic", found.orders, found.value)
             cands.insert(0, warm)
-    warm_starts_i = simulate(iprog.with_orders(warm.orders)).start
-    hint = fifo_relabel(prog, warm_starts_i) if use_fifo else [int(round(x)) for x in warm_starts_i]
+    with budget.phase("search"):
+        warm_starts_i = simulate(iprog.with_orders(warm.orders)).start
+        hint = fifo_relabel(prog, warm_starts_i) if use_fifo else [int(round(x)) for x in warm_starts_i]
     shown.line(f"start:{warm.name}", warm.value, bound_f.value)
-    best_starts, cp_bound, dtime, rounds, status, capped = lns_search.search(
-        problem, hint, time_limit=max(0.01, budget), seed=seed, workers=opts.workers,
-        deterministic=opts.deterministic, lns=opts.lns, shown=shown, deadline=deadline)
-    orders = orders_from_starts(prog, best_starts, topo)
-    chosen, rep = _finish(prog, problem, warm, orders, cands, bound_f, cp_bound, t0, dtime + time_limit - budget,
-                          rounds)
-    rep.wall_capped = capped
+    best_starts, cp_bound, rounds, status = lns_search.search(
+        problem, hint, budget=budget, seed=seed, workers=opts.workers, lns=opts.lns, shown=shown)
+    with budget.phase("finish"):
+        orders = orders_from_starts(prog, best_starts, topo)
+        chosen, rep = _finish(prog, problem, warm, orders, cands, bound_f, cp_bound, t0, budget.charged, rounds)
+    rep.wall_capped = budget.capped and rep.status != "OPTIMAL"
+    rep.clock = "deterministic" if opts.deterministic else "wall"
+    rep.time_limit = opts.time_limit
     rep.model_objective = sc.to_time(model_value(problem, best_starts))
+    rep.time = time.perf_counter() - t0
+    rep.phases = {k: round(v, 4) for k, v in budget.phases.items()}
     shown.line(rep.status.lower(), rep.objective, rep.bound)
     return chosen, rep
+
+
+def _check_and_value(prog: Program, orders: Orders, objective: str) -> float:
+    """Verify ``orders`` and return their objective (inf if they fail the verifier)."""
+    sched = prog.with_orders(orders)
+    try:
+        verify(sched)
+    except SchedlangError:
+        return math.inf
+    return objective_value(simulate(sched), objective)
 
 
 def _finish(prog: Program, problem: Problem, warm: Candidate, orders: Orders, cands: list[Candidate],
             bound_f: Bound, cp_bound: int, t0: float, dtime: float, rounds: int) -> tuple[Orders, Report]:
     chosen = orders
-    try:
-        verify(prog.with_orders(orders))
-        value = objective_value(simulate(prog.with_orders(orders)), problem.objective)
-    except SchedlangError:  # rounding (inexact times or memory) broke the solution: keep the start
-        value = math.inf
+    # inf when rounding (inexact times or memory) broke the solution: then the start is kept
+    value = _check_and_value(prog, orders, problem.objective)
     improved = value < warm.value - 1e-9 * max(1.0, warm.value)
     if not improved:
         chosen, value = warm.orders, warm.value
