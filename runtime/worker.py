@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["default_device", "load_factory", "main", "prepare_stages", "worker_main"]
+__all__ = ["build_spec", "default_device", "load_factory", "main", "prepare_stages", "worker_main"]
 
 
 def load_factory(spec: str) -> Any:
@@ -51,6 +51,19 @@ def prepare_stages(mods: dict[int, Any], split_backward: str) -> dict[int, Any]:
     return {s: m if any(True for _ in split_modules(m)) else to_split_layers(m) for s, m in mods.items()}
 
 
+def build_spec(model: str, parts: int, num_microbatches: int, layers_from: int = 0, cuts: str = "") -> Any:
+    """The factory's :class:`ModelSpec`; with ``cuts``, built for ``layers_from`` stages and its
+    layers (:func:`schedlang.runtime.models.layers_of`) re-cut into ``parts`` stages there."""
+    if not cuts and not layers_from:
+        return load_factory(model)(parts, num_microbatches)
+    from schedlang.runtime.models import layers_of, split_sequential
+
+    spec = load_factory(model)(layers_from or parts, num_microbatches)
+    points = [int(c) for c in cuts.split(",") if c.strip()]
+    spec.stages = list(split_sequential(layers_of(spec.stages), parts, points))
+    return spec
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="schedlang.runtime.worker")
     p.add_argument("--streams", required=True, help="isa streams (JSON or text)")
@@ -61,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--prepost", type=int, default=4, help="post receives this many instructions early")
+    p.add_argument("--layers-from", type=int, default=0, metavar="N",
+                   help="with --cuts: build the model for N stages, then re-cut its layers")
+    p.add_argument("--cuts", default="", help="comma-separated layer indices where stages 1, 2, ... begin")
     return p
 
 
@@ -78,7 +94,7 @@ def worker_main(rank: int, world_size: int, argv: Sequence[str]) -> dict[str, An
         raise ValueError(f"the schedule has {streams.num_ranks} ranks but {world_size} processes run")
     # one model part per stage of a chain; several chains (Chimera) run replicas of the parts
     parts = streams.num_parts
-    spec = load_factory(args.model)(parts, streams.num_microbatches)
+    spec = build_spec(args.model, parts, streams.num_microbatches, args.layers_from, args.cuts)
     if len(spec.stages) != parts:
         raise ValueError(f"{args.model} built {len(spec.stages)} stages for a {parts}-stage model")
     device = default_device()

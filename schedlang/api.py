@@ -40,6 +40,7 @@ that need them import them when called.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -514,9 +515,14 @@ def _launch_spawn(nproc: int, worker_args: list[str], timeout: float) -> tuple[i
 
 def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt", steps: int = 10,
         nproc: int | None = None, split_backward: str = "autograd", launcher: str = "torchrun",
-        prepost: int = 4, timeout: float = 60.0) -> RunResult:
+        prepost: int = 4, timeout: float = 60.0, cuts: Sequence[int] | None = None,
+        layers_from: int | None = None) -> RunResult:
     """Train ``model`` (``MODULE:FACTORY``) with a scheduled program's streams on one process per
     rank (``torchrun`` or ``spawn``) for ``steps`` steps; return what was measured.
+
+    ``cuts`` (with ``layers_from``): build the model for ``layers_from`` stages (default: the
+    program's model parts) and cut its layers there instead of the factory's own split (see
+    :func:`partition_for`).
 
     The workers' own output (each step's loss) goes to this process's stdout and stderr.
     """
@@ -535,6 +541,9 @@ def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt", s
         worker_args = ["--streams", path, "--model", model, "--steps", str(steps), "--out", tmp,
                        "--split-backward", split_backward, "--timeout", str(timeout),
                        "--prepost", str(prepost)]
+        if cuts is not None:
+            worker_args += ["--cuts", ",".join(map(str, cuts)),
+                            "--layers-from", str(layers_from or model_parts(program))]
         failures: list[str] = []
         if launcher == "torchrun":
             code = _launch_torchrun(nproc, worker_args)
@@ -546,13 +555,9 @@ def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt", s
     return RunResult(0, (), tuple(events), measured, sim.bubble_rate)
 
 
-def profile_program(num_stages: int, num_microbatches: int, model: str, *, split_backward: str = "autograd",
-                    repeats: int = 5, warmup: int = 1) -> list[dict[str, Any]]:
-    """Build ``model`` (``MODULE:FACTORY``) for the pipeline's shape and profile its stages."""
-    import torch
-
-    from schedlang.kernels.profile import profile_ops
-    from schedlang.runtime.worker import default_device, load_factory, prepare_stages
+def _build_model(model: str, num_stages: int, num_microbatches: int) -> Any:
+    """The factory's :class:`ModelSpec` for ``num_stages`` stages; its failures are user errors."""
+    from schedlang.runtime.worker import load_factory
 
     try:
         factory = load_factory(model)
@@ -565,9 +570,70 @@ def profile_program(num_stages: int, num_microbatches: int, model: str, *, split
         raise SchedlangError(f"--model {model}: the factory failed: {type(exc).__name__}: {exc}") from None
     if len(stages) != num_stages:
         raise SchedlangError(f"--model {model} built {len(stages)} stages for a {num_stages}-stage pipeline")
+    return spec
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What :func:`profile` measured: one row per stage and one per layer (see
+    :mod:`schedlang.kernels.profile` for the figures; times in ms, memory in bytes per
+    microbatch), and the partition the stages come from: the model built for ``layers_from``
+    stages, its layers cut at ``cuts`` (``partition``: ``"params"``, ``"auto"`` or ``"given"``)."""
+
+    stages: tuple[dict[str, Any], ...]
+    layers: tuple[dict[str, Any], ...]
+    cuts: tuple[int, ...]
+    layers_from: int
+    partition: str
+    layer_names: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data (``schedlang profile --json``)."""
+        return {"units": {"time": "ms", "memory": "bytes"}, "partition": self.partition,
+                "layers_from": self.layers_from, "cuts": list(self.cuts),
+                "stages": list(self.stages),
+                "layers": [dict(row, name=self.layer_names[i] if i < len(self.layer_names) else "")
+                           for i, row in enumerate(self.layers)]}
+
+
+def resolve_partition(partition: str, layers: Sequence[Mapping[str, Any]], param_counts: Sequence[int],
+                      num_stages: int, *, placement: Sequence[int] | None = None,
+                      factor: Sequence[float] | None = None,
+                      mem_limit: float | Sequence[float] = float("inf")) -> tuple[list[int], str]:
+    """Cut points for ``--partition``: ``params`` (balanced parameter counts), ``auto`` (the
+    slowest stage minimised under the memory limit, from the per-layer profile) or
+    ``CUT,CUT,...``; returns them and which it was."""
+    from schedlang import partition as P
+
+    n = len(layers)
+    if num_stages > n:
+        raise SchedlangError(f"--partition: the model has {n} layers, too few for {num_stages} stages")
+    if partition == "params":
+        return P.params_cuts(param_counts, num_stages), "params"
+    if partition == "auto":
+        times = [float(r["tf"]) + float(r["tb"]) + float(r["tw"]) for r in layers]
+        try:
+            cuts, _ = P.min_max_cuts(times, num_stages, mem=[float(r["mem_f"]) for r in layers],
+                                     mem_limit=mem_limit, factor=factor, placement=placement)
+        except ValueError as exc:
+            raise SchedlangError(f"--partition auto: {exc}") from None
+        return cuts, "auto"
+    return P.parse_cuts(partition, n, num_stages), "given"
+
+
+def _model_layers(model: str, build: int, num_microbatches: int, split_backward: str) -> tuple[Any, ...]:
+    """The factory's spec for ``build`` stages, its layers (on this device, prepared for the
+    split), one microbatch ``x`` and the loss of the last stage's output on it."""
+    import torch
+
+    from schedlang.runtime.models import layers_of
+    from schedlang.runtime.worker import default_device, prepare_stages
+
+    spec = _build_model(model, build, num_microbatches)
     device = default_device()
-    prepared = prepare_stages({s: m.to(device) for s, m in enumerate(stages)}, split_backward)
-    stages = [prepared[s] for s in range(num_stages)]
+    blocks = layers_of([m.to(device) for m in spec.stages])
+    prepared = prepare_stages(dict(enumerate(blocks)), split_backward)
+    blocks = [prepared[i] for i in range(len(blocks))]
     x, y = spec.batch(0)
     if x.shape[0] % num_microbatches:
         raise SchedlangError(f"--model {model}: a batch of {x.shape[0]} does not split into "
@@ -579,27 +645,98 @@ def profile_program(num_stages: int, num_microbatches: int, model: str, *, split
     def loss(out: torch.Tensor) -> torch.Tensor:
         return spec.loss_fn(out, y_mb)  # type: ignore[no-any-return]
 
-    return profile_ops(stages, x_mb, loss, repeats, warmup=warmup)
+    return spec, blocks, x_mb, loss
 
 
-def check_profile_options(repeats: int, warmup: int) -> None:
-    """``repeats`` at least 1 and ``warmup`` at least 0, or a user error."""
-    if repeats < 1 or warmup < 0:
-        raise SchedlangError("--repeats must be at least 1 and --warmup at least 0")
+def profile_program(num_stages: int, num_microbatches: int, model: str, *, split_backward: str = "autograd",
+                    repeats: int = 10, warmup: int = 3, threads: int = 1, partition: str = "params",
+                    layers_from: int | None = None, placement: Sequence[int] | None = None,
+                    factor: Sequence[float] | None = None,
+                    mem_limit: float | Sequence[float] = float("inf"), stages: bool = True) -> Profile:
+    """Build ``model`` (``MODULE:FACTORY``) for ``layers_from`` stages (default: the pipeline's),
+    profile its layers, cut them into ``num_stages`` stages by ``partition`` (see
+    :func:`resolve_partition`) and (unless ``stages`` is false) profile those stages."""
+    from torch import nn
+
+    from schedlang.kernels.profile import profile_ops
+    from schedlang.runtime.models import split_sequential
+
+    build = layers_from or num_stages
+    spec, blocks, x_mb, loss = _model_layers(model, build, num_microbatches, split_backward)
+    opts = {"warmup": warmup, "split_backward": split_backward, "threads": threads}
+    layer_rows = profile_ops(blocks, x_mb, loss, repeats, **opts)
+    counts = [sum(p.numel() for p in b.parameters()) for b in blocks]
+    if partition == "params" and build == num_stages:  # the factory's own stages
+        cuts = list(itertools.accumulate(len(m) if isinstance(m, nn.Sequential) else 1
+                                         for m in spec.stages[:-1]))
+        how = "params"
+    else:
+        cuts, how = resolve_partition(partition, layer_rows, counts, num_stages, placement=placement,
+                                      factor=factor, mem_limit=mem_limit)
+    rows = []
+    if stages:
+        rows = profile_ops(list(split_sequential(blocks, num_stages, cuts)), x_mb, loss, repeats, **opts)
+    names = tuple(type(b).__name__ for b in blocks)
+    return Profile(tuple(rows), tuple(layer_rows), tuple(cuts), build, how, names)
 
 
-def profile(program: Program, model: str = "schedlang.runtime.models:tiny_gpt", *,
-            split_backward: str = "autograd", repeats: int = 5, warmup: int = 1) -> list[dict[str, Any]]:
-    """Measure T_F, T_B, T_W and memory of each model part a (lowered) program's pipeline needs:
-    one row per stage of a chain (Chimera's two chains run replicas of the same parts)."""
-    check_profile_options(repeats, warmup)
-    try:
-        import torch  # noqa: F401
-    except ModuleNotFoundError:
-        raise SchedlangError("schedlang profile needs torch: pip install 'schedlang[runtime]'") from None
+def model_parts(program: Program) -> int:
+    """How many model parts a program's pipeline runs: the stages of one chain (Chimera's two
+    chains run replicas of the same parts)."""
     from schedlang import isa
     from schedlang.codegen import stage_graph
 
-    parts = len(isa.chains_of(program.num_stages, stage_graph(program))[0])
-    return profile_program(parts, program.num_microbatches, model,
-                           split_backward=split_backward, repeats=repeats, warmup=warmup)
+    return len(isa.chains_of(program.num_stages, stage_graph(program))[0])
+
+
+def partition_for(program: Program, model: str, partition: str, *, layers_from: int | None = None,
+                  split_backward: str = "autograd", repeats: int = 10, warmup: int = 3,
+                  threads: int = 1) -> Profile | None:
+    """The stages ``--partition`` asks :func:`run` for: ``None`` for the factory's own split
+    (``params`` without ``layers_from``); else a :class:`Profile` whose ``cuts`` and
+    ``layers_from`` go to :func:`run`, with the per-layer profile they come from (no stage rows)."""
+    check_profile_options(repeats, warmup, threads)
+    if partition == "params" and layers_from is None:
+        return None
+    _require_torch("--partition")
+    parts = model_parts(program)
+    build = layers_from or parts
+    if build < 1:
+        raise SchedlangError("--layers-from must be at least 1")
+    placement = [program.placement[s] for s in range(parts)] if parts == program.num_stages else None
+    return profile_program(parts, program.num_microbatches, model, split_backward=split_backward,
+                           repeats=repeats, warmup=warmup, threads=threads, partition=partition,
+                           layers_from=build, placement=placement, stages=False)
+
+
+def check_profile_options(repeats: int, warmup: int, threads: int = 1) -> None:
+    """``repeats`` at least 1, ``warmup`` at least 0 and ``threads`` at least 1, or a user error."""
+    if repeats < 1 or warmup < 0:
+        raise SchedlangError("--repeats must be at least 1 and --warmup at least 0")
+    if threads < 1:
+        raise SchedlangError("--threads must be at least 1")
+
+
+def _require_torch(what: str) -> None:
+    try:
+        import torch  # noqa: F401
+    except ModuleNotFoundError:
+        raise SchedlangError(f"schedlang {what} needs torch: pip install 'schedlang[runtime]'") from None
+
+
+def profile(program: Program, model: str = "schedlang.runtime.models:tiny_gpt", *,
+            split_backward: str = "autograd", repeats: int = 10, warmup: int = 3, threads: int = 1,
+            partition: str = "params", layers_from: int | None = None) -> Profile:
+    """Measure T_F, T_B, T_W and memory of each layer of ``model`` and of each model part a
+    (lowered) program's pipeline needs: one stage row per stage of a chain (Chimera's two chains
+    run replicas of the same parts). ``partition`` is ``params``, ``auto`` or ``CUT,CUT,...``
+    over the layers of the model built for ``layers_from`` stages (default: the pipeline's)."""
+    check_profile_options(repeats, warmup, threads)
+    _require_torch("profile")
+    if layers_from is not None and layers_from < 1:
+        raise SchedlangError("--layers-from must be at least 1")
+    parts = model_parts(program)
+    placement = [program.placement[s] for s in range(parts)] if parts == program.num_stages else None
+    return profile_program(parts, program.num_microbatches, model, split_backward=split_backward,
+                           repeats=repeats, warmup=warmup, threads=threads, partition=partition,
+                           layers_from=layers_from, placement=placement)

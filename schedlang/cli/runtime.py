@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from schedlang.cli.common import Command, add_program_args, load_program
+from schedlang.cli.profile import add_partition_args, partition_line
 from schedlang.source import SchedlangError
 
 
@@ -33,6 +34,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                         "0 = exactly where the stream says)")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds an instruction may take before every rank stops (default 60)")
+    add_partition_args(p)
 
 
 def _run_run(args: argparse.Namespace) -> int:
@@ -40,10 +42,16 @@ def _run_run(args: argparse.Namespace) -> int:
 
     prog = load_program(args)
     nproc = api.check_run(prog, nproc=args.nproc, steps=args.steps, model=args.model)
+    part = api.partition_for(prog, args.model, args.partition, layers_from=args.layers_from,
+                             split_backward=args.split_backward)
     print(f"{prog.name}: {prog.num_ranks} ranks, {prog.num_stages} stages, {prog.num_microbatches} "
           f"microbatches; model {args.model}; {args.steps} steps", flush=True)
+    if part is not None:
+        print(partition_line(part), flush=True)
     res = api.run(prog, model=args.model, steps=args.steps, nproc=nproc, split_backward=args.split_backward,
-                  launcher=args.launcher, prepost=args.prepost, timeout=args.timeout)
+                  launcher=args.launcher, prepost=args.prepost, timeout=args.timeout,
+                  cuts=part.cuts if part is not None else None,
+                  layers_from=part.layers_from if part is not None else None)
     for line in res.failures:
         print(line, file=sys.stderr)
     if res.exit_code != 0:
