@@ -125,7 +125,9 @@ class _SavedBytes:
         key = (str(t.device), s.data_ptr())
         if key not in self.exclude:
             self.seen[key] = s.nbytes()
-        return t
+        # a detached alias: returning ``t`` itself would tie an op's saved output to its own
+        # grad_fn in a cycle through C++ that Python's collector cannot free (a leak per run)
+        return t.detach()
 
     @staticmethod
     def unpack(t: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,8 @@ rank and world size from the environment) or by :func:`schedlang.runtime.launch.
 ``MODULE:FACTORY`` (``FACTORY(num_stages, num_microbatches) -> ModelSpec``, see
 :mod:`schedlang.runtime.models`), keeps the stages of its rank, trains ``--steps`` steps, prints
 the loss of every step on the rank that holds the last stage, and writes its timeline to
-``OUT/rank{R}.json``. A failure prints one line naming the rank and instruction and exits 1.
+``OUT/rank{R}.json`` with the peak bytes of activations saved for backward alive at once
+(:class:`SavedBytesMeter`). A failure prints one line naming the rank and instruction and exits 1.
 """
 
 from __future__ import annotations
@@ -64,6 +65,51 @@ def build_spec(model: str, parts: int, num_microbatches: int, layers_from: int =
     return spec
 
 
+class SavedBytesMeter:
+    """The peak, over a run, of the bytes of tensors saved for backward that are alive at once
+    (distinct storages, parameters excluded): the activation memory a schedule's memory model
+    predicts, measured. Use as ``with torch.autograd.graph.saved_tensors_hooks(m.pack, m.unpack)``.
+    A storage counts from the first time autograd saves a tensor of it until autograd has freed
+    every saved reference to it; output gradients and captured gradients are not counted."""
+
+    def __init__(self, exclude: set[int]) -> None:
+        self.exclude = exclude  # data pointers of parameters and buffers
+        self.live: dict[int, list[int]] = {}  # data pointer -> [bytes, live saved references]
+        self.current = 0
+        self.peak = 0
+
+    def pack(self, t: Any) -> Any:
+        import weakref
+
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in self.exclude:
+            return t
+        # save a detached alias: returning ``t`` itself would tie an op's saved output to its
+        # own grad_fn in a cycle through C++ that Python's collector cannot free
+        saved = t.detach()
+        entry = self.live.get(ptr)
+        if entry is None:
+            entry = self.live[ptr] = [t.untyped_storage().nbytes(), 0]
+            self.current += entry[0]
+            self.peak = max(self.peak, self.current)
+        entry[1] += 1
+        weakref.finalize(saved, self._release, ptr)
+        return saved
+
+    @staticmethod
+    def unpack(t: Any) -> Any:
+        return t
+
+    def _release(self, ptr: int) -> None:
+        entry = self.live.get(ptr)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.current -= entry[0]
+            del self.live[ptr]
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="schedlang.runtime.worker")
     p.add_argument("--streams", required=True, help="isa streams (JSON or text)")
@@ -76,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prepost", type=int, default=4, help="post receives this many instructions early")
     p.add_argument("--layers-from", type=int, default=0, metavar="N",
                    help="with --cuts: build the model for N stages, then re-cut its layers")
+    p.add_argument("--quiet", action="store_true", help="do not print each step's loss")
     p.add_argument("--cuts", default="", help="comma-separated layer indices where stages 1, 2, ... begin")
     return p
 
@@ -103,19 +150,23 @@ def worker_main(rank: int, world_size: int, argv: Sequence[str]) -> dict[str, An
     runner = PipelineRunner(streams, rank, mods, spec.loss_fn, spec.optimizer,
                             split_backward=args.split_backward, timeout=args.timeout, device=device,
                             prepost=args.prepost)
+    meter = SavedBytesMeter({t.untyped_storage().data_ptr() for m in mods.values()
+                             for t in [*m.parameters(), *m.buffers()]})
     losses = []
     # one rank prints: the lowest one holding a loss stage (several do with several chains)
     printer = min(streams.placement[s] for s in streams.loss_stages)
     for step in range(args.steps):
         x, y = spec.batch(step)
-        loss = runner.step(x, y)
+        with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+            loss = runner.step(x, y)
         if loss is not None:
             losses.append(float(loss))
-            if rank == printer:
+            if rank == printer and not args.quiet:
                 print(f"step {step + 1:>3}: loss {float(loss):.4f}", flush=True)
     runner.close()
     with open(os.path.join(args.out, f"rank{rank}.json"), "w", encoding="utf-8") as fh:
-        json.dump({"rank": rank, "events": [e.as_dict() for e in runner.events], "losses": losses}, fh)
+        json.dump({"rank": rank, "events": [e.as_dict() for e in runner.events], "losses": losses,
+                   "peak_saved_bytes": meter.peak}, fh)
     return {"losses": losses}
 
 

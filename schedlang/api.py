@@ -31,7 +31,10 @@ What it offers, by ``schedlang`` command:
 - ``render``: :func:`render` (a scene to write as SVG or PNG), :func:`read_trace`.
 - ``run``: :func:`run`, :func:`check_run`, :func:`check_model`, :func:`runner_from_program`,
   :func:`summarize_timelines` (need torch).
-- ``profile``: :func:`profile`, :func:`check_profile_options`, :func:`profile_program` (need torch).
+- ``profile``: :func:`profile` (a :class:`Profile`), :func:`check_profile_options`,
+  :func:`profile_program`, :func:`model_parts`, :func:`resolve_partition`, :func:`partition_for`
+  (need torch; the cutting itself is :mod:`schedlang.partition`).
+- ``tune``: :func:`tune` (needs torch; :mod:`schedlang.tune`).
 - ``list``: :func:`builtins`.
 
 Importing this module loads the compiler (lark) but not torch, triton or ortools: the functions
@@ -41,6 +44,8 @@ that need them import them when called.
 from __future__ import annotations
 
 import itertools
+import math
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -426,15 +431,19 @@ def runner_from_program(program: Program, rank: int, stage_modules: Mapping[int,
 
 def summarize_timelines(out_dir: str) -> tuple[list[Any], dict[str, Any]]:
     """Read the workers' timelines (``rank*.json`` in ``out_dir``); return all events and the
-    measured bubble (mean over the steps after the first)."""
+    measured bubble (mean over the steps after the first; ``step_makespans_s`` lists each of those
+    steps, ``peak_saved_bytes`` each rank's peak of activations saved for backward)."""
     import json
 
     from schedlang.runtime.timeline import Event, measured_bubble
 
     events: list[Event] = []
+    peaks: dict[int, int] = {}
     for path in sorted(Path(out_dir).glob("rank*.json")):
         doc = json.loads(path.read_text(encoding="utf-8"))
         events.extend(Event.from_dict(e) for e in doc["events"])
+        if "peak_saved_bytes" in doc:
+            peaks[int(doc["rank"])] = int(doc["peak_saved_bytes"])
     steps = sorted({e.step for e in events})
     measured = [measured_bubble([e for e in events if e.step == s]) for s in steps[1:] or steps]
     if not measured:
@@ -445,6 +454,8 @@ def summarize_timelines(out_dir: str) -> tuple[list[Any], dict[str, Any]]:
         "bubble_rate": sum(b.bubble_rate for b in measured) / n,
         "cost_s": sum(b.cost for b in measured) / n,
         "makespan_s": sum(b.makespan for b in measured) / n,
+        "step_makespans_s": [b.makespan for b in measured],
+        **({"peak_saved_bytes": [peaks[r] for r in sorted(peaks)]} if peaks else {}),
     }
 
 
@@ -516,7 +527,7 @@ def _launch_spawn(nproc: int, worker_args: list[str], timeout: float) -> tuple[i
 def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt", steps: int = 10,
         nproc: int | None = None, split_backward: str = "autograd", launcher: str = "torchrun",
         prepost: int = 4, timeout: float = 60.0, cuts: Sequence[int] | None = None,
-        layers_from: int | None = None) -> RunResult:
+        layers_from: int | None = None, quiet: bool = False) -> RunResult:
     """Train ``model`` (``MODULE:FACTORY``) with a scheduled program's streams on one process per
     rank (``torchrun`` or ``spawn``) for ``steps`` steps; return what was measured.
 
@@ -524,7 +535,8 @@ def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt", s
     program's model parts) and cut its layers there instead of the factory's own split (see
     :func:`partition_for`).
 
-    The workers' own output (each step's loss) goes to this process's stdout and stderr.
+    The workers' own output (each step's loss, unless ``quiet``) goes to this process's stdout
+    and stderr.
     """
     import os
     import tempfile
@@ -541,6 +553,8 @@ def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt", s
         worker_args = ["--streams", path, "--model", model, "--steps", str(steps), "--out", tmp,
                        "--split-backward", split_backward, "--timeout", str(timeout),
                        "--prepost", str(prepost)]
+        if quiet:
+            worker_args.append("--quiet")
         if cuts is not None:
             worker_args += ["--cuts", ",".join(map(str, cuts)),
                             "--layers-from", str(layers_from or model_parts(program))]
@@ -740,3 +754,109 @@ def profile(program: Program, model: str = "schedlang.runtime.models:tiny_gpt", 
     return profile_program(parts, program.num_microbatches, model, split_backward=split_backward,
                            repeats=repeats, warmup=warmup, threads=threads, partition=partition,
                            layers_from=layers_from, placement=placement)
+
+
+def _tune_schedule(c: Any, profile: Any, unit: float, tc: float, nproc: int, m: int, mem_limit: float) -> None:
+    """Compile and simulate one candidate on the measured costs (or record why it cannot run)."""
+    from schedlang import tune as T
+
+    params = T.params_for(profile, unit, tc)
+    params.update(p=nproc, m=m, mem_limit=mem_limit)
+    if c.path == "std:interleaved-1f1b":
+        params["v"] = c.v
+    try:
+        prog = compile(c.path, params, scheduler=c.scheduler)
+        sim = simulate(prog)
+    except SchedlangError as exc:
+        c.error = exc.message.splitlines()[0]
+        return
+    c.program = prog
+    c.predicted_ms = sim.makespan
+    c.predicted_peak = max(r.peak_memory for r in sim.ranks)
+    c.predicted_peak_bytes = c.predicted_peak * unit
+
+
+def _tune_measure(c: Any, profile: Any, unit: float, model: str, nproc: int, steps: int,
+             split_backward: str, launcher: str, timeout: float) -> None:
+    """Run one candidate for ``steps`` steps; record each step's makespan after the first (ms)
+    and the peak of activations saved for backward."""
+    res = run(c.program, model=model, steps=steps, nproc=nproc, split_backward=split_backward,
+                  launcher=launcher, timeout=timeout, cuts=profile.cuts, layers_from=profile.layers_from,
+                  quiet=True)
+    if res.exit_code != 0 or not res.measured:
+        c.run_error = "; ".join(res.failures) or f"exit status {res.exit_code}"
+        return
+    c.measured_steps_ms = [1e3 * t for t in res.measured["step_makespans_s"]]
+    c.measured_ms = statistics.median(c.measured_steps_ms)
+    peaks = res.measured.get("peak_saved_bytes")
+    if peaks:
+        c.measured_peak_bytes = float(max(peaks))
+        c.measured_peak = c.measured_peak_bytes / unit
+
+
+def tune(model: str = "schedlang.runtime.models:tiny_gpt", nproc: int = 4, *, microbatches: int | None = None,
+         mem_limit: float = math.inf,
+         time_limit: float = 10.0, steps: int = 5, top: int = 3, layers_from: int | None = None,
+         partition: str = "auto", split_backward: str = "autograd", repeats: int = 10, warmup: int = 3,
+         threads: int = 1, tc: float = 0.0, launcher: str = "spawn", timeout: float = 120.0,
+         optimizer: bool = True, progress: Callable[[str], None] | None = None) -> Any:
+    """Profile ``model``, partition it, schedule every candidate on the measured costs, run the
+    best few on ``nproc`` processes and choose the fastest measured one: a
+    :class:`schedlang.tune.TuneResult` (the steps are in :mod:`schedlang.tune`'s docstring;
+    needs torch, and ortools for the optimizer). ``mem_limit`` is in
+    units of one microbatch's activations on stage 0 (per rank); ``time_limit`` is the
+    optimizer's wall-clock budget in seconds; ``tc`` the communication time (ms) the prediction
+    assumes. The measured step time of a candidate is the median over its steps after the first."""
+    _require_torch("tune")
+    from schedlang import tune as T
+
+    say = progress or (lambda _line: None)
+    m = microbatches if microbatches is not None else 2 * nproc
+    T.check_options(nproc, steps, top, time_limit, mem_limit, m)
+    check_profile_options(repeats, warmup, threads)
+    check_model(model)
+    build = layers_from if layers_from is not None else 2 * nproc
+    families: tuple[int, ...] = (1, 2)
+    if partition not in ("auto", "params"):  # given cuts say how many stages: one family
+        ncuts = len([c for c in partition.split(",") if c.strip()])
+        families = tuple(v for v in (1, 2) if v * nproc - 1 == ncuts) or (1,)
+    profiles: dict[int, Any] = {}
+    notes: list[str] = []
+    for v in families:
+        say(f"profiling the layers of the model built for {build} stages, then {v * nproc} stages "
+            f"({partition} partition)")
+        try:
+            profiles[v] = profile_program(v * nproc, m, model, split_backward=split_backward, repeats=repeats,
+                                              warmup=warmup, threads=threads, partition=partition,
+                                              layers_from=build)
+        except SchedlangError as exc:
+            if v == families[0]:
+                raise
+            notes.append(f"no {v}-chunk candidates: {exc.message}")
+            say(notes[-1])
+    unit = float(profiles[families[0]].stages[0]["mem_f"])
+    if unit <= 0:
+        raise SchedlangError("stage 0 saves no activations: no unit for memory")
+    cands = [T.Candidate(name, path, sched, v) for name, path, sched, v in
+             T.candidate_specs(nproc, mem_limit, time_limit, optimizer) if v in profiles]
+    for c in cands:
+        say(f"scheduling {c.name}")
+        _tune_schedule(c, profiles[c.v], unit, tc, nproc, m, mem_limit)
+    ok = sorted((c for c in cands if not c.error), key=lambda c: c.predicted_ms)
+    if not ok:
+        raise SchedlangError("no candidate schedule fits the memory limit")
+    to_run = ok[:top] + [c for c in ok[top:] if c.name == "1f1b"]
+    for c in to_run:
+        say(f"running {c.name} for {steps} steps on {nproc} processes")
+        _tune_measure(c, profiles[c.v], unit, model, nproc, steps, split_backward, launcher, timeout)
+    ran = [c for c in to_run if not math.isnan(c.measured_ms)]
+    chosen = min(ran, key=lambda c: c.measured_ms) if ran else None
+    result = T.TuneResult(ok + [c for c in cands if c.error], chosen, profiles, unit, mem_limit, notes=notes)
+    if chosen is not None:
+        chosen.chosen = True
+        try:
+            result.csv_text = emit(chosen.program, "torch-csv")
+        except SchedlangError as exc:
+            notes.append(f"{chosen.name} has no PyTorch CSV: {exc.message}")
+        result.sched_text = T.sched_text(chosen.program, result.csv_text, profiles[chosen.v], unit, tc)
+    return result

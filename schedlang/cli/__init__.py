@@ -3,7 +3,8 @@
 One module per command group (:mod:`~schedlang.cli.core`: check, simulate, compile;
 :mod:`~schedlang.cli.library`: list; :mod:`~schedlang.cli.codegen`: import, streams;
 :mod:`~schedlang.cli.runtime`: run; :mod:`~schedlang.cli.ux`: render, compare;
-:mod:`~schedlang.cli.ilp`: optimize; :mod:`~schedlang.cli.profile`: profile), each exposing
+:mod:`~schedlang.cli.ilp`: optimize; :mod:`~schedlang.cli.profile`: profile;
+:mod:`~schedlang.cli.tune`: tune), each exposing
 :class:`~schedlang.cli.common.Command` values listed in :data:`COMMANDS` below. To add a command,
 write its arguments and its run function in its group's module (the work itself goes in the
 library, reached through :mod:`schedlang.api`) and add one line here.
@@ -22,7 +23,7 @@ import traceback
 from collections.abc import Sequence
 
 from schedlang import __version__
-from schedlang.cli import codegen, core, ilp, library, profile, runtime, ux
+from schedlang.cli import codegen, core, ilp, library, profile, runtime, tune, ux
 from schedlang.cli.common import Command
 from schedlang.source import SchedlangError
 
@@ -42,6 +43,7 @@ COMMANDS: dict[str, Command] = {
     "compare": ux.COMPARE,
     "optimize": ilp.OPTIMIZE,
     "profile": profile.PROFILE,
+    "tune": tune.TUNE,
 }
 
 
