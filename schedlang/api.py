@@ -774,6 +774,7 @@ def _tune_schedule(c: Any, profile: Any, unit: float, tc: float, nproc: int, m: 
     c.predicted_ms = sim.makespan
     c.predicted_peak = max(r.peak_memory for r in sim.ranks)
     c.predicted_peak_bytes = c.predicted_peak * unit
+    c.predicted_busy_ms = max(r.busy for r in sim.ranks)
 
 
 def _tune_measure(c: Any, profile: Any, unit: float, model: str, nproc: int, steps: int,
@@ -786,11 +787,20 @@ def _tune_measure(c: Any, profile: Any, unit: float, model: str, nproc: int, ste
     if res.exit_code != 0 or not res.measured:
         c.run_error = "; ".join(res.failures) or f"exit status {res.exit_code}"
         return
-    c.measured_steps_ms = [1e3 * t for t in res.measured["step_makespans_s"]]
+    c.measured_steps_ms += [1e3 * t for t in res.measured["step_makespans_s"]]
     c.measured_ms = statistics.median(c.measured_steps_ms)
+    busy: dict[tuple[int, int], float] = {}
+    first = min((e.step for e in res.events), default=0)
+    for e in res.events:
+        if e.is_compute and e.step != first:
+            busy[(e.step, e.rank)] = busy.get((e.step, e.rank), 0.0) + (e.end_ns - e.start_ns) / 1e6
+    per_step = [max(v for (st, _), v in busy.items() if st == step) for step in sorted({st for st, _ in busy})]
+    c.busy_steps_ms += per_step
+    if c.busy_steps_ms:
+        c.measured_busy_ms = statistics.median(c.busy_steps_ms)
     peaks = res.measured.get("peak_saved_bytes")
     if peaks:
-        c.measured_peak_bytes = float(max(peaks))
+        c.measured_peak_bytes = max(float(max(peaks)), 0.0 if math.isnan(c.measured_peak_bytes) else c.measured_peak_bytes)
         c.measured_peak = c.measured_peak_bytes / unit
 
 
@@ -799,20 +809,24 @@ def tune(model: str = "schedlang.runtime.models:tiny_gpt", nproc: int = 4, *, mi
          time_limit: float = 10.0, steps: int = 5, top: int = 3, layers_from: int | None = None,
          partition: str = "auto", split_backward: str = "autograd", repeats: int = 10, warmup: int = 3,
          threads: int = 1, tc: float = 0.0, launcher: str = "spawn", timeout: float = 120.0,
-         optimizer: bool = True, progress: Callable[[str], None] | None = None) -> Any:
+         optimizer: bool = True, rounds: int = 1, progress: Callable[[str], None] | None = None) -> Any:
     """Profile ``model``, partition it, schedule every candidate on the measured costs, run the
     best few on ``nproc`` processes and choose the fastest measured one: a
     :class:`schedlang.tune.TuneResult` (the steps are in :mod:`schedlang.tune`'s docstring;
     needs torch, and ortools for the optimizer). ``mem_limit`` is in
     units of one microbatch's activations on stage 0 (per rank); ``time_limit`` is the
     optimizer's wall-clock budget in seconds; ``tc`` the communication time (ms) the prediction
-    assumes. The measured step time of a candidate is the median over its steps after the first."""
+    assumes. The measured step time of a candidate is the median over its steps after the first,
+    over ``rounds`` runs each (the candidates take turns, so a busy spell of the machine is
+    spread over them rather than landing on one)."""
     _require_torch("tune")
     from schedlang import tune as T
 
     say = progress or (lambda _line: None)
     m = microbatches if microbatches is not None else 2 * nproc
     T.check_options(nproc, steps, top, time_limit, mem_limit, m)
+    if rounds < 1:
+        raise SchedlangError("--rounds must be at least 1")
     check_profile_options(repeats, warmup, threads)
     check_model(model)
     build = layers_from if layers_from is not None else 2 * nproc
@@ -846,7 +860,9 @@ def tune(model: str = "schedlang.runtime.models:tiny_gpt", nproc: int = 4, *, mi
     if not ok:
         raise SchedlangError("no candidate schedule fits the memory limit")
     to_run = ok[:top] + [c for c in ok[top:] if c.name == "1f1b"]
-    for c in to_run:
+    for c in [c for _ in range(rounds) for c in to_run]:
+        if c.run_error:
+            continue
         say(f"running {c.name} for {steps} steps on {nproc} processes")
         _tune_measure(c, profiles[c.v], unit, model, nproc, steps, split_backward, launcher, timeout)
     ran = [c for c in to_run if not math.isnan(c.measured_ms)]

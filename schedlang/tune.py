@@ -40,7 +40,8 @@ class Candidate:
     """One schedule tried: ``name`` (what the table shows), the program and scheduler it comes
     from, chunks per rank ``v``; then what was predicted and (for those run) measured. Times in
     ms; ``*_peak`` in activation units (one microbatch's activations on stage 0), ``*_bytes``
-    in bytes."""
+    in bytes; ``*_busy_ms`` is the busiest rank's compute time in one step (measured: the median
+    over the timed steps), which tells slower compute from more waiting."""
 
     name: str
     path: str
@@ -54,6 +55,9 @@ class Candidate:
     measured_steps_ms: list[float] = field(default_factory=list)
     measured_peak_bytes: float = math.nan
     measured_peak: float = math.nan
+    predicted_busy_ms: float = math.nan
+    measured_busy_ms: float = math.nan
+    busy_steps_ms: list[float] = field(default_factory=list)
     run_error: str = ""
     chosen: bool = False
     program: Any = None
@@ -78,6 +82,7 @@ class Candidate:
                 "predicted_peak_bytes": num(self.predicted_peak_bytes),
                 "measured_peak_activations": num(self.measured_peak),
                 "measured_peak_bytes": num(self.measured_peak_bytes),
+                "predicted_busy_ms": num(self.predicted_busy_ms), "measured_busy_ms": num(self.measured_busy_ms),
                 "run_error": self.run_error or None, "chosen": self.chosen}
 
 

@@ -92,6 +92,8 @@ def test_tune_runs_the_best_and_writes_a_choice_that_compiles_back(tmp_path: Pat
     for c in ran:
         assert c.error_pct == pytest.approx(100 * (c.predicted_ms - c.measured_ms) / c.measured_ms)
         assert c.measured_peak_bytes > 0 and len(c.measured_steps_ms) == 2
+        # the busiest rank computes at most the whole step, and the simulator's busiest rank works
+        assert 0 < c.measured_busy_ms <= c.measured_ms and c.predicted_busy_ms > 0
         assert c.predicted_peak_bytes == pytest.approx(c.predicted_peak * res.unit_bytes)
     # the partitions: 2 stages and 4 stages over the 4 layers of the model built for 4 stages
     assert [len(res.profiles[v].cuts) for v in (1, 2)] == [1, 3]

@@ -35,6 +35,8 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
                    help="wall-clock seconds for the optimizer (default 10)")
     p.add_argument("--no-optimizer", action="store_true", help="leave the CP-SAT optimizer out")
     p.add_argument("--steps", type=int, default=5, help="training steps per candidate run; the first is not timed (default 5)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run each chosen candidate this many times, taking turns; the median is over all their steps")
     p.add_argument("--top", type=int, default=3, help="run this many best-predicted candidates, plus 1F1B (default 3)")
     add_partition_args(p)
     p.set_defaults(partition="auto")
@@ -56,18 +58,21 @@ def _fmt(v: float, spec: str = ".3f") -> str:
 
 
 def render_table(result: object, colour: bool = False) -> str:
-    """The candidates as one table (what ``schedlang tune`` prints)."""
+    """The candidates as one table (what ``schedlang tune`` prints). ``compute x``: the busiest
+    rank's measured compute time in a step over the predicted one (above 1: the ops ran slower
+    than profiled, e.g. processes sharing cores)."""
     from schedlang.term import Column, Table
 
     table = Table([Column("schedule", "<", str), Column("pred ms", fmt=_fmt), Column("meas ms", fmt=_fmt),
                    Column("error", fmt=lambda v: "-" if math.isnan(v) else f"{v:+.0f}%"),
                    Column("pred peak", fmt=lambda v: _fmt(v, ".2f")), Column("meas peak", fmt=lambda v: _fmt(v, ".2f")),
                    Column("pred KiB", fmt=lambda v: _fmt(v / 1024, ".0f")),
-                   Column("meas KiB", fmt=lambda v: _fmt(v / 1024, ".0f")), Column("", "<", str)])
+                   Column("meas KiB", fmt=lambda v: _fmt(v / 1024, ".0f")),
+                   Column("compute x", fmt=lambda v: _fmt(v, ".1f")), Column("", "<", str)])
     for c in result.candidates:  # type: ignore[attr-defined]
         note = "<- chosen" if c.chosen else (c.error or c.run_error or ("" if not math.isnan(c.measured_ms) else "not run"))
         table.add(c.name, c.predicted_ms, c.measured_ms, c.error_pct, c.predicted_peak, c.measured_peak,
-                  c.predicted_peak_bytes, c.measured_peak_bytes, note)
+                  c.predicted_peak_bytes, c.measured_peak_bytes, c.measured_busy_ms / c.predicted_busy_ms, note)
     return table.render(colour)
 
 
@@ -85,7 +90,7 @@ def _tune_run(args: argparse.Namespace) -> int:
                       time_limit=args.time_limit, steps=args.steps, top=args.top, layers_from=args.layers_from,
                       partition=args.partition, split_backward=args.split_backward, repeats=args.repeats,
                       warmup=args.warmup, threads=args.threads, tc=args.tc, launcher=args.launcher,
-                      timeout=args.timeout, optimizer=not args.no_optimizer, progress=progress)
+                      timeout=args.timeout, optimizer=not args.no_optimizer, rounds=args.rounds, progress=progress)
     written = []
     if result.chosen is not None:
         for ext, text in (("sched", result.sched_text), ("csv", result.csv_text)):
