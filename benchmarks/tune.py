@@ -15,7 +15,7 @@ Two parts, both on this machine's CPU (gloo):
 
 Prints both tables and writes benchmarks/results/tune.json.
 
-    python benchmarks/tune.py [--profiles 10] [--steps 6] [--top 3] [--rounds 2] [--time-limit 10]
+    python benchmarks/tune.py [--nproc 4] [--profiles 10] [--steps 6] [--top 3] [--rounds 2] [--time-limit 10]
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def ranking(cands: list[dict[str, Any]], margin: float = 0.1) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nproc", type=int, default=4)
     ap.add_argument("--profiles", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
@@ -98,10 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     def progress(line: str) -> None:
         print(f"[tune {time.monotonic() - t0:6.1f}s] {line}", file=sys.stderr, flush=True)
 
-    res = api.tune(nproc=4, steps=args.steps, top=args.top, rounds=args.rounds, mem_limit=args.mem_limit,
+    res = api.tune(nproc=args.nproc, steps=args.steps, top=args.top, rounds=args.rounds, mem_limit=args.mem_limit,
                    time_limit=args.time_limit, repeats=args.repeats, warmup=args.warmup, progress=progress)
     doc = res.as_dict()
-    print("\nschedlang tune --nproc 4 (bundled GPT built for 8 stages, automatic partition)")
+    print(f"\nschedlang tune --nproc {args.nproc} (bundled GPT built for {2 * args.nproc} stages, automatic partition)")
     sys.stdout.write(render_table(res))
     base = next(c for c in res.candidates if c.name == "1f1b")
     chosen = res.chosen
