@@ -32,7 +32,8 @@ What it offers, by ``schedlang`` command:
 - ``run``: :func:`run`, :func:`check_run`, :func:`check_model`, :func:`runner_from_program`,
   :func:`summarize_timelines` (need torch).
 - ``profile``: :func:`profile` (a :class:`Profile`), :func:`check_profile_options`,
-  :func:`profile_program`, :func:`model_parts`, :func:`resolve_partition`, :func:`partition_for`
+  :func:`profile_program`, :func:`model_parts`, :func:`resolve_partition`, :func:`partition_for`,
+  :func:`step_time_cost`
   (need torch; the cutting itself is :mod:`schedlang.partition`).
 - ``tune``: :func:`tune` (needs torch; :mod:`schedlang.tune`).
 - ``list``: :func:`builtins`.
@@ -613,10 +614,15 @@ class Profile:
 def resolve_partition(partition: str, layers: Sequence[Mapping[str, Any]], param_counts: Sequence[int],
                       num_stages: int, *, placement: Sequence[int] | None = None,
                       factor: Sequence[float] | None = None,
-                      mem_limit: float | Sequence[float] = float("inf")) -> tuple[list[int], str]:
+                      mem_limit: float | Sequence[float] = float("inf"),
+                      step_cost: Callable[[list[dict[str, float]]], float] | None = None,
+                      first_fused: bool = False) -> tuple[list[int], str]:
     """Cut points for ``--partition``: ``params`` (balanced parameter counts), ``auto`` (the
-    slowest stage minimised under the memory limit, from the per-layer profile) or
-    ``CUT,CUT,...``; returns them and which it was."""
+    slowest stage minimised under the memory limit, from the per-layer profile), ``step`` (the
+    least ``step_cost`` of the stages' summed layer costs, see :func:`step_time_cost`; all
+    partitions when there are at most 500, else a local search from ``auto``'s cuts) or
+    ``CUT,CUT,...``; returns them and which it was. ``first_fused``: the first stage's B is
+    folded into its W (the autograd split)."""
     from schedlang import partition as P
 
     n = len(layers)
@@ -624,15 +630,35 @@ def resolve_partition(partition: str, layers: Sequence[Mapping[str, Any]], param
         raise SchedlangError(f"--partition: the model has {n} layers, too few for {num_stages} stages")
     if partition == "params":
         return P.params_cuts(param_counts, num_stages), "params"
-    if partition == "auto":
+    if partition in ("auto", "step"):
         times = [float(r["tf"]) + float(r["tb"]) + float(r["tw"]) for r in layers]
         try:
             cuts, _ = P.min_max_cuts(times, num_stages, mem=[float(r["mem_f"]) for r in layers],
                                      mem_limit=mem_limit, factor=factor, placement=placement)
         except ValueError as exc:
-            raise SchedlangError(f"--partition auto: {exc}") from None
-        return cuts, "auto"
+            raise SchedlangError(f"--partition {partition}: {exc}") from None
+        if partition == "auto":
+            return cuts, "auto"
+        if step_cost is None:
+            raise SchedlangError("--partition step needs a schedule to simulate")
+        cost = step_cost
+        best, _, _ = P.best_cuts(lambda c: cost(P.stage_costs(layers, c, first_fused=first_fused)), n, num_stages,
+                                 start=cuts)
+        return best, "step"
     return P.parse_cuts(partition, n, num_stages), "given"
+
+
+def step_time_cost(path: str, *, sets: Sequence[str] = (), params_file: str | None = None,
+                   scheduler: str | None = None) -> Callable[[list[dict[str, float]]], float]:
+    """The simulated makespan of the program ``path`` (under ``sets``, ``params_file`` and
+    ``scheduler`` as :func:`load_program` takes them) as a function of per-stage ``tf``, ``tb``
+    and ``tw``: the cost ``--partition step`` minimises. Memory figures stay the program's."""
+    def cost(stages: list[dict[str, float]]) -> float:
+        costs = [f"{name}=[{', '.join(repr(float(r[name])) for r in stages)}]" for name in ("tf", "tb", "tw")]
+        return _simulate(load_program(path, sets=[*sets, *costs], params_file=params_file,
+                                      scheduler=scheduler)).makespan
+
+    return cost
 
 
 def _model_layers(model: str, build: int, num_microbatches: int, split_backward: str) -> tuple[Any, ...]:
@@ -666,7 +692,8 @@ def profile_program(num_stages: int, num_microbatches: int, model: str, *, split
                     repeats: int = 10, warmup: int = 3, threads: int = 1, partition: str = "params",
                     layers_from: int | None = None, placement: Sequence[int] | None = None,
                     factor: Sequence[float] | None = None,
-                    mem_limit: float | Sequence[float] = float("inf"), stages: bool = True) -> Profile:
+                    mem_limit: float | Sequence[float] = float("inf"), stages: bool = True,
+                    step_cost: Callable[[list[dict[str, float]]], float] | None = None) -> Profile:
     """Build ``model`` (``MODULE:FACTORY``) for ``layers_from`` stages (default: the pipeline's),
     profile its layers, cut them into ``num_stages`` stages by ``partition`` (see
     :func:`resolve_partition`) and (unless ``stages`` is false) profile those stages."""
@@ -686,7 +713,8 @@ def profile_program(num_stages: int, num_microbatches: int, model: str, *, split
         how = "params"
     else:
         cuts, how = resolve_partition(partition, layer_rows, counts, num_stages, placement=placement,
-                                      factor=factor, mem_limit=mem_limit)
+                                      factor=factor, mem_limit=mem_limit, step_cost=step_cost,
+                                      first_fused=split_backward == "autograd")
     rows = []
     if stages:
         rows = profile_ops(list(split_sequential(blocks, num_stages, cuts)), x_mb, loss, repeats, **opts)
@@ -705,7 +733,8 @@ def model_parts(program: Program) -> int:
 
 def partition_for(program: Program, model: str, partition: str, *, layers_from: int | None = None,
                   split_backward: str = "autograd", repeats: int = 10, warmup: int = 3,
-                  threads: int = 1) -> Profile | None:
+                  threads: int = 1,
+                  step_cost: Callable[[list[dict[str, float]]], float] | None = None) -> Profile | None:
     """The stages ``--partition`` asks :func:`run` for: ``None`` for the factory's own split
     (``params`` without ``layers_from``); else a :class:`Profile` whose ``cuts`` and
     ``layers_from`` go to :func:`run`, with the per-layer profile they come from (no stage rows)."""
@@ -720,7 +749,7 @@ def partition_for(program: Program, model: str, partition: str, *, layers_from: 
     placement = [program.placement[s] for s in range(parts)] if parts == program.num_stages else None
     return profile_program(parts, program.num_microbatches, model, split_backward=split_backward,
                            repeats=repeats, warmup=warmup, threads=threads, partition=partition,
-                           layers_from=build, placement=placement, stages=False)
+                           layers_from=build, placement=placement, stages=False, step_cost=step_cost)
 
 
 def check_profile_options(repeats: int, warmup: int, threads: int = 1) -> None:
@@ -740,7 +769,8 @@ def _require_torch(what: str) -> None:
 
 def profile(program: Program, model: str = "schedlang.runtime.models:tiny_gpt", *,
             split_backward: str = "autograd", repeats: int = 10, warmup: int = 3, threads: int = 1,
-            partition: str = "params", layers_from: int | None = None) -> Profile:
+            partition: str = "params", layers_from: int | None = None,
+            step_cost: Callable[[list[dict[str, float]]], float] | None = None) -> Profile:
     """Measure T_F, T_B, T_W and memory of each layer of ``model`` and of each model part a
     (lowered) program's pipeline needs: one stage row per stage of a chain (Chimera's two chains
     run replicas of the same parts). ``partition`` is ``params``, ``auto`` or ``CUT,CUT,...``
@@ -753,7 +783,7 @@ def profile(program: Program, model: str = "schedlang.runtime.models:tiny_gpt", 
     placement = [program.placement[s] for s in range(parts)] if parts == program.num_stages else None
     return profile_program(parts, program.num_microbatches, model, split_backward=split_backward,
                            repeats=repeats, warmup=warmup, threads=threads, partition=partition,
-                           layers_from=layers_from, placement=placement)
+                           layers_from=layers_from, placement=placement, step_cost=step_cost)
 
 
 def _tune_schedule(c: Any, profile: Any, unit: float, tc: float, nproc: int, m: int, mem_limit: float) -> None:
@@ -827,6 +857,9 @@ def tune(model: str = "schedlang.runtime.models:tiny_gpt", nproc: int = 4, *, mi
     T.check_options(nproc, steps, top, time_limit, mem_limit, m)
     if rounds < 1:
         raise SchedlangError("--rounds must be at least 1")
+    if partition == "step":
+        raise SchedlangError("--partition step minimises one schedule's step; tune compares many: "
+                             "use auto, params or cut points")
     check_profile_options(repeats, warmup, threads)
     check_model(model)
     build = layers_from if layers_from is not None else 2 * nproc

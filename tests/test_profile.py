@@ -191,3 +191,31 @@ def test_profile_option_errors_are_plain() -> None:
     assert status == 1 and "--threads must be at least 1" in err and "Traceback" not in err
     status, out, err = _run(["profile", "std:1f1b", "--set", "p=2", "--partition", "1,x"])
     assert status == 1 and "--partition" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_partition_step_minimises_the_programs_simulated_step() -> None:
+    import itertools
+
+    from schedlang.partition import stage_costs
+
+    status, out, err = _run(["profile", "std:zb-h1", "--set", "p=3", "--set", "m=3", "--partition", "step",
+                             "--layers-from", "6", "--repeats", "2", "--warmup", "0", "--json"])
+    assert status == 0, err
+    doc = json.loads(out)
+    assert doc["partition"] == "step" and doc["layers_from"] == 6 and len(doc["layers"]) == 6
+
+    def step(cuts: list[int]) -> float:
+        costs = stage_costs(doc["layers"], cuts, first_fused=True)
+        times = {n: [c[n] for c in costs] for n in ("tf", "tb", "tw")}
+        return api.simulate(api.compile("std:zb-h1", p=3, m=3, **times)).makespan
+
+    best = min(step(list(c)) for c in itertools.combinations(range(1, 6), 2))
+    assert step(doc["cuts"]) == pytest.approx(best)
+    # and the stages it then profiled are the ones it chose
+    assert len(doc["stages"]) == 3
+
+
+def test_tune_has_no_step_partition() -> None:
+    status, out, err = _run(["tune", "--partition", "step"])
+    assert status == 1 and "--partition step" in err and "Traceback" not in err

@@ -39,10 +39,11 @@ from schedlang.source import SchedlangError
 
 def add_partition_args(p: argparse.ArgumentParser) -> None:
     """``--partition`` and ``--layers-from`` (profile, run, tune)."""
-    p.add_argument("--partition", default="params", metavar="auto|params|CUTS",
+    p.add_argument("--partition", default="params", metavar="auto|step|params|CUTS",
                    help="how the model's layers are cut into stages: balanced parameter counts (params, "
-                        "the default), the slowest stage minimised from a per-layer profile (auto), or "
-                        "comma-separated layer indices where stages 1, 2, ... begin")
+                        "the default), the slowest stage minimised from a per-layer profile (auto), the "
+                        "program's simulated step minimised (step; not for tune), or comma-separated "
+                        "layer indices where stages 1, 2, ... begin")
     p.add_argument("--layers-from", type=int, metavar="N",
                    help="build the model for N stages and cut its layers (default: the pipeline's stages)")
 
@@ -66,6 +67,16 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
                         "unit the built-in schedules' memory limits use)")
     p.add_argument("--json", action="store_true", help="print the measurements as JSON instead")
     p.add_argument("-o", "--output", metavar="PATH", help="write the parameters to PATH (tables go to stdout)")
+
+
+def step_cost(args: argparse.Namespace) -> Any:
+    """For ``--partition step``: the program's simulated step as a function of per-stage times."""
+    if args.partition != "step":
+        return None
+    from schedlang import api
+
+    return api.step_time_cost(args.file, sets=args.sets, params_file=args.params,
+                              scheduler=getattr(args, "scheduler", None))
 
 
 def warn_noisy(rows: list[dict[str, Any]], limit: float, what: str = "stage") -> int:
@@ -103,7 +114,7 @@ def _profile_run(args: argparse.Namespace) -> int:
     prog = load_program(args, scheduled=False)
     prof = api.profile(prog, args.model, split_backward=args.split_backward, repeats=args.repeats,
                        warmup=args.warmup, threads=args.threads, partition=args.partition,
-                       layers_from=args.layers_from)
+                       layers_from=args.layers_from, step_cost=step_cost(args))
     from schedlang.kernels.profile import format_params, in_activation_units  # needs torch: checked
 
     warn_noisy(list(prof.layers), args.cv_limit, "layer")

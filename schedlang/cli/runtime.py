@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from schedlang.cli.common import Command, add_program_args, load_program
-from schedlang.cli.profile import add_partition_args, partition_line
+from schedlang.cli.profile import add_partition_args, partition_line, step_cost
 from schedlang.source import SchedlangError
 
 
@@ -43,7 +43,7 @@ def _run_run(args: argparse.Namespace) -> int:
     prog = load_program(args)
     nproc = api.check_run(prog, nproc=args.nproc, steps=args.steps, model=args.model)
     part = api.partition_for(prog, args.model, args.partition, layers_from=args.layers_from,
-                             split_backward=args.split_backward)
+                             split_backward=args.split_backward, step_cost=step_cost(args))
     print(f"{prog.name}: {prog.num_ranks} ranks, {prog.num_stages} stages, {prog.num_microbatches} "
           f"microbatches; model {args.model}; {args.steps} steps", flush=True)
     if part is not None:
