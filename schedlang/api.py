@@ -528,7 +528,7 @@ def _launch_spawn(nproc: int, worker_args: list[str], timeout: float) -> tuple[i
 def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt", steps: int = 10,
         nproc: int | None = None, split_backward: str = "autograd", launcher: str = "torchrun",
         prepost: int = 4, timeout: float = 60.0, cuts: Sequence[int] | None = None,
-        layers_from: int | None = None, quiet: bool = False) -> RunResult:
+        layers_from: int | None = None, quiet: bool = False, measure_memory: bool = False) -> RunResult:
     """Train ``model`` (``MODULE:FACTORY``) with a scheduled program's streams on one process per
     rank (``torchrun`` or ``spawn``) for ``steps`` steps; return what was measured.
 
@@ -537,7 +537,8 @@ def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt", s
     :func:`partition_for`).
 
     The workers' own output (each step's loss, unless ``quiet``) goes to this process's stdout
-    and stderr.
+    and stderr. ``measure_memory``: each rank records the peak bytes of activations saved for
+    backward alive at once during the first step (untimed), in ``measured["peak_saved_bytes"]``.
     """
     import os
     import tempfile
@@ -556,6 +557,8 @@ def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt", s
                        "--prepost", str(prepost)]
         if quiet:
             worker_args.append("--quiet")
+        if measure_memory:
+            worker_args.append("--measure-memory")
         if cuts is not None:
             worker_args += ["--cuts", ",".join(map(str, cuts)),
                             "--layers-from", str(layers_from or model_parts(program))]
@@ -813,7 +816,7 @@ def _tune_measure(c: Any, profile: Any, unit: float, model: str, nproc: int, ste
     and the peak of activations saved for backward."""
     res = run(c.program, model=model, steps=steps, nproc=nproc, split_backward=split_backward,
                   launcher=launcher, timeout=timeout, cuts=profile.cuts, layers_from=profile.layers_from,
-                  quiet=True)
+                  quiet=True, measure_memory=True)
     if res.exit_code != 0 or not res.measured:
         c.run_error = "; ".join(res.failures) or f"exit status {res.exit_code}"
         return
