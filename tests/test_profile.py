@@ -219,3 +219,24 @@ def test_partition_step_minimises_the_programs_simulated_step() -> None:
 def test_tune_has_no_step_partition() -> None:
     status, out, err = _run(["tune", "--partition", "step"])
     assert status == 1 and "--partition step" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_mem_unit_activation_writes_limits_in_the_schedules_units(tmp_path: Path) -> None:
+    costs = tmp_path / "costs.txt"
+    status, out, err = _run(["profile", "std:zb-h1", "--set", "p=2", "--set", "m=2", "--repeats", "2",
+                             "--warmup", "0", "--mem-unit", "activation", "-o", str(costs)])
+    assert status == 0, err
+    text = costs.read_text()
+    assert "# times in ms (median of 2 runs after 0 warm-up), memory in units of stage 0's activations" in text
+    params = _params(costs)
+    assert params["mem_f"][0] == 1.0  # type: ignore[index]
+    # the layer and stage tables on stdout state their units and the partition
+    assert "tf ms" in out and "cv tf" in out and "partition params: cuts 2 over 4 layers" in out
+    status, out, err = _run(["profile", "std:zb-h1", "--set", "p=2", "--set", "m=2", "--repeats", "2",
+                             "--warmup", "0", "--mem-unit", "activation", "--json"])
+    doc = json.loads(out)
+    assert doc["units"] == {"time": "ms", "memory": "activation"}
+    first = doc["stages"][0]
+    assert first["mem_f"] == 1.0 and first["mem_f_bytes"] > 0
+    assert doc["stages"][1]["mem_w"] == pytest.approx(doc["stages"][1]["mem_w_bytes"] / first["mem_f_bytes"])

@@ -71,6 +71,8 @@ def render_table(result: object, colour: bool = False) -> str:
                    Column("compute x", fmt=lambda v: _fmt(v, ".1f")), Column("", "<", str)])
     for c in result.candidates:  # type: ignore[attr-defined]
         note = "<- chosen" if c.chosen else (c.error or c.run_error or ("" if not math.isnan(c.measured_ms) else "not run"))
+        if len(note) > 90:  # the whole reason is in --json
+            note = note[:89] + "…"
         table.add(c.name, c.predicted_ms, c.measured_ms, c.error_pct, c.predicted_peak, c.measured_peak,
                   c.predicted_peak_bytes, c.measured_peak_bytes, c.measured_busy_ms / c.predicted_busy_ms, note)
     return table.render(colour)
