@@ -188,5 +188,6 @@ def sched_text(program: Any, csv_text: str, profile: Any, unit: float, tc: float
         shown = "[" + ", ".join(f"{x!r}" for x in value) + "]" if isinstance(value, list) else repr(float(value))
         head.append(f"param {name} = {shown}")
     lines = text.splitlines()
+    lines[0] = f"# {program.name}, chosen by schedlang tune: explicit per-rank orders (from its PyTorch CSV)"
     at = next(i for i, line in enumerate(lines) if line.startswith("import ")) + 1
     return "\n".join(lines[:at] + head + lines[at:]) + "\n"
