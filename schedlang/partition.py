@@ -198,7 +198,7 @@ def parse_cuts(text: str, num_layers: int, num_stages: int, what: str = "--parti
     for part in text.split(",") if parts else []:
         span = Span(src, 1, col, 1, col + max(1, len(part)))
         if not part.strip().isdigit():
-            raise SchedlangError(f"{what}: expected auto, params or comma-separated cut points, got {part.strip()!r}", span)
+            raise SchedlangError(f"{what}: expected auto, step, params or comma-separated cut points, got {part.strip()!r}", span)
         cuts.append(int(part))
         col += len(part) + 1
     if len(cuts) != num_stages - 1:

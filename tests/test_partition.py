@@ -123,7 +123,7 @@ def test_stage_costs_fold_the_first_stage_backward_into_w() -> None:
 
 
 @pytest.mark.parametrize("text, message", [
-    ("2,x", "expected auto, params or comma-separated cut points"),
+    ("2,x", "expected auto, step, params or comma-separated cut points"),
     ("2", "4 stages need 3 cut points, got 1"),
     ("3,2,5", "must increase strictly within 1..7"),
     ("2,5,8", "must increase strictly within 1..7"),
