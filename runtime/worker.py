@@ -7,7 +7,9 @@ rank and world size from the environment) or by :func:`schedlang.runtime.launch.
 :mod:`schedlang.runtime.models`), keeps the stages of its rank, trains ``--steps`` steps, prints
 the loss of every step on the rank that holds the last stage, and writes its timeline to
 ``OUT/rank{R}.json`` (with ``--measure-memory``, also the peak bytes of activations saved for
-backward alive at once during the first step, :class:`SavedBytesMeter`). A failure prints one line naming the rank and instruction and exits 1.
+backward alive at once during the first step, :class:`SavedBytesMeter`). A failure prints one
+line naming the rank and instruction and exits 1. ``--cuts`` (with ``--layers-from``) re-cuts
+the factory's layers into the schedule's stages (:func:`build_spec`).
 """
 
 from __future__ import annotations
