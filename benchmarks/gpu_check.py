@@ -681,8 +681,8 @@ def part_profile(log: PartLog, mode: str) -> None:
         for row in json.loads(runtime.read_text(encoding="utf-8"))["rows"]:
             if row.get("kind") == "run":
                 measured[(row["schedule"], row["split"])] = row["step_ms"]
-    log.note("stage 0 reads token ids: its B cannot be separated from the embedding's W (counted in tb), "
-             "and its W is estimated as a full backward minus B")
+    log.note("stage 0 has no input gradient: with the autograd split its B does nothing and its W is the "
+             "whole backward; with the kernels split its B includes the embedding's weight gradient")
     if not cuda:
         log.note("CPU: the figures are those of a tiny model under the Triton interpreter; only the "
                  "code path is rehearsed, the prediction means nothing")

@@ -1,36 +1,47 @@
 """Measure the cost-model parameters of pipeline stages: T_F, T_B, T_W and activation memory.
 
-:func:`profile_ops` runs each stage module on the device its input lives on and returns one dict
-per stage::
+:func:`profile_ops` runs each stage module on the device its input lives on, the way
+``schedlang run`` executes it, and returns one dict per stage::
 
     {"stage": s, "tf": ms, "tb": ms, "tw": ms, "mem_f": bytes, "mem_w": bytes,
-     "mode": "split" | "estimate", "device": "cpu", "repeats": n}
+     "cv": {"tf": .., "tb": .., "tw": ..}, "mode": "autograd" | "split" | "estimate",
+     "device": "cpu", "threads": n, "repeats": n, "warmup": n}
 
+How each figure is taken:
+
+- Threads: the profile runs with ``torch.set_num_threads(threads)`` (default 1, what every
+  ``schedlang run`` worker uses), restored afterwards. Letting the intra-op pool float makes
+  small CPU ops swing by two orders of magnitude from run to run.
+- Times: ``warmup`` untimed runs, then ``repeats`` timed runs; each figure is the median (ms),
+  and ``cv`` holds its spread as a robust coefficient of variation
+  (:func:`coefficient_of_variation`) so a caller can tell a noisy figure from a steady one
+  (:func:`noisy_figures`).
 - ``tf``: forward time (for the last stage including ``loss_fn`` when given).
-- ``tb``: input-gradient time. The backward runs with a :class:`WeightGradStore` active, so split
-  layers defer their W, and (when the stage input is floating point) as
-  ``torch.autograd.grad(out, stage_input)``, so autograd also skips the weight gradients of
-  plain torch layers.
-- ``tw``: mode ``"split"`` (every trainable parameter belongs to a split layer of
-  :mod:`schedlang.kernels.layers`): the time of ``store.run_w``. Mode ``"estimate"`` (plain layers
-  hold parameters): a full backward's time minus ``tb``, clamped at 0.
+- ``split_backward="autograd"`` (mode ``"autograd"``): B and W as the runtime's autograd split
+  does them (:mod:`schedlang.runtime.autograd_split`): ``tb`` is the input-gradient backward
+  that captures the gradients arriving at the weight nodes, ``tw`` the weight-gradient work
+  started from them. The first stage has no input gradient, so, as in the runtime, its B does
+  nothing (``tb`` = 0) and its W is the whole backward.
+- ``split_backward="kernels"``: the backward runs with a :class:`WeightGradStore` active; ``tb``
+  is that backward and ``tw`` the time of ``store.run_w`` (mode ``"split"``: every trainable
+  parameter belongs to a split layer of :mod:`schedlang.kernels.layers`). Mode ``"estimate"``
+  (plain layers hold parameters): ``tw`` is a full backward's time minus ``tb``, clamped at 0.
 - ``mem_f``: bytes saved for backward during the forward, counted through
   ``torch.autograd.graph.saved_tensors_hooks`` over distinct storages, parameters excluded
   (the stage input counts when a layer saves it). This is the paper's ``M_B``.
-- ``mem_w``: bytes the store holds for W after B (layer inputs, output gradients, norm
-  statistics), the paper's ``M_W``. Exact in mode ``"split"``; in mode ``"estimate"`` it covers
-  the split layers only.
+- ``mem_w``: bytes held from B until W. Autograd split: the runtime keeps the stage's graph
+  for W (``retain_graph``), so this is ``mem_f`` plus the gradients B captured for W (the
+  first stage: plus its output gradient, which W consumes). Kernels split: what the store
+  holds for W (layer inputs, output gradients, norm statistics), the paper's ``M_W``.
 
-Times are medians over ``repeats`` runs after ``warmup`` runs, in ms. The output gradient is a
-fixed random tensor (seeded) unless ``loss_fn`` is given; it is applied to the last stage only.
-Known limit: when the stage input is not floating point (token ids), B cannot be separated from
-plain layers' weight gradients, so their W is counted in ``tb``. Parameter gradients and the
-layers' store attachments are restored afterwards. On a CPU under ``TRITON_INTERPRET=1`` the
-times measure the interpreter, not the kernels.
+The output gradient is a fixed random tensor (seeded) unless ``loss_fn`` is given; it is applied
+to the last stage only. Parameter gradients and the layers' store attachments are restored
+afterwards. On a CPU under ``TRITON_INTERPRET=1`` the kernels times measure the interpreter.
 
 :func:`format_params` turns the result into schedlang parameter overrides, one
 ``name=[v0, v1, ...]`` line per name (``tf``, ``tb``, ``tw``, ``mem_f``, ``mem_w``), a value per
-stage. The ``schedlang profile`` command wires both up.
+stage; :func:`in_activation_units` rescales memory to one microbatch's activations on stage 0.
+The ``schedlang profile`` command wires them up.
 """
 
 from __future__ import annotations
@@ -44,9 +55,62 @@ import torch
 from schedlang.kernels.layers import WeightGradStore, attach_store, split_modules
 from torch import nn
 
-__all__ = ["PARAM_NAMES", "format_params", "profile_ops"]
+__all__ = ["PARAM_NAMES", "TIME_NAMES", "coefficient_of_variation", "format_params", "in_activation_units",
+           "median", "noisy_figures", "profile_ops"]
 
 PARAM_NAMES = ("tf", "tb", "tw", "mem_f", "mem_w")
+TIME_NAMES = ("tf", "tb", "tw")
+
+
+def median(samples: Sequence[float]) -> float:
+    """The median of at least one sample."""
+    if not samples:
+        raise ValueError("median of no samples")
+    return float(statistics.median(samples))
+
+
+def coefficient_of_variation(samples: Sequence[float]) -> float:
+    """A robust coefficient of variation: ``1.4826 * MAD / median`` (MAD: the median absolute
+    deviation from the median). For normally distributed runs it estimates the standard
+    deviation over the mean; unlike that ratio, a few outliers (another process taking the core
+    for one run) do not blow it up, while a median that does not stand for most runs does.
+    0 for fewer than two samples or a zero median."""
+    if len(samples) < 2:
+        return 0.0
+    mid = statistics.median(samples)
+    if mid == 0:
+        return 0.0
+    mad = statistics.median(abs(x - mid) for x in samples)
+    return float(1.4826 * mad / mid)
+
+
+def noisy_figures(profile: Sequence[Mapping[str, Any]], limit: float = 0.1) -> list[tuple[int, str, float]]:
+    """``(stage, name, cv)`` for every time whose coefficient of variation is above ``limit``."""
+    out = []
+    for row in profile:
+        for name, cv in row.get("cv", {}).items():
+            if cv > limit:
+                out.append((int(row["stage"]), name, float(cv)))
+    return out
+
+
+def in_activation_units(profile: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The profile with ``mem_f`` and ``mem_w`` divided by stage 0's ``mem_f`` (one microbatch's
+    activations on stage 0, the unit memory limits of the built-in schedules are written in);
+    each row keeps its byte figures as ``mem_f_bytes`` and ``mem_w_bytes``."""
+    if not profile:
+        return []
+    unit = float(profile[0]["mem_f"])
+    if unit <= 0:
+        raise ValueError("stage 0 saves no activations: there is no activation unit")
+    out = []
+    for row in profile:
+        new = dict(row)
+        for name in ("mem_f", "mem_w"):
+            new[f"{name}_bytes"] = row[name]
+            new[name] = row[name] / unit
+        out.append(new)
+    return out
 
 
 class _SavedBytes:
@@ -61,7 +125,9 @@ class _SavedBytes:
         key = (str(t.device), s.data_ptr())
         if key not in self.exclude:
             self.seen[key] = s.nbytes()
-        return t
+        # a detached alias: returning ``t`` itself would tie an op's saved output to its own
+        # grad_fn in a cycle through C++ that Python's collector cannot free (a leak per run)
+        return t.detach()
 
     @staticmethod
     def unpack(t: torch.Tensor) -> torch.Tensor:
@@ -89,6 +155,15 @@ def _mode(module: nn.Module) -> str:
     return "split" if all(id(p) in split for p in trainable) else "estimate"
 
 
+def _nbytes(tensors: Sequence[torch.Tensor | None]) -> int:
+    seen: dict[tuple[str, int], int] = {}
+    for t in tensors:
+        if t is not None:
+            st = t.untyped_storage()
+            seen[(str(t.device), st.data_ptr())] = st.nbytes()
+    return sum(seen.values())
+
+
 def _profile_stage(
     stage: int,
     module: nn.Module,
@@ -97,13 +172,21 @@ def _profile_stage(
     repeats: int,
     warmup: int,
     generator: torch.Generator,
+    split_backward: str,
 ) -> dict[str, Any]:
+    from schedlang.runtime.autograd_split import input_backward
+
     device = x.device
     store = WeightGradStore()
-    attach_store(module, store)  # the caller restores the previous attachments
-    mode = _mode(module)
+    kernels = split_backward == "kernels"
+    if kernels:
+        attach_store(module, store)  # the caller restores the previous attachments
+    mode = _mode(module) if kernels else "autograd"
     exclude = _storage_keys(module)
+    # the runtime gives a stage an input gradient only when a stage feeds it
+    first = stage == 0 or not x.is_floating_point()
     float_in = x.is_floating_point()
+    params = [p for p in module.parameters() if p.requires_grad]
     times: dict[str, list[float]] = {"tf": [], "tb": [], "tw": []}
     mem_f = mem_w = 0
     grad: torch.Tensor | None = None
@@ -113,36 +196,56 @@ def _profile_stage(
         return loss_fn(out) if loss_fn is not None else out
 
     for it in range(warmup + repeats):
-        xin = x.detach().requires_grad_(float_in)
+        xin = x.detach().requires_grad_(float_in and not first or (kernels and float_in))
         counter = _SavedBytes(exclude)
         _sync(device)
         t0 = time.perf_counter()
-        with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
             out = forward(xin)
         _sync(device)
         t1 = time.perf_counter()
         if loss_fn is None and grad is None:
             noise = torch.randn(out.shape, generator=generator, dtype=torch.float32)
             grad = noise.to(device=device, dtype=out.dtype)
-        with store.scope(stage, 0):
-            if float_in:
-                torch.autograd.grad(out, xin, grad, allow_unused=True)
-            else:
+        if kernels:
+            with store.scope(stage, 0):
+                if float_in:
+                    torch.autograd.grad(out, xin, grad, allow_unused=True)
+                else:
+                    torch.autograd.backward(out, grad)
+            _sync(device)
+            t2 = time.perf_counter()
+            held = store.nbytes(stage, 0)
+            store.run_w(stage, 0)
+            _sync(device)
+            t3 = time.perf_counter()
+            tw = t3 - t2
+            if mode == "estimate":
+                out = forward(xin)
+                _sync(device)
+                t4 = time.perf_counter()
                 torch.autograd.backward(out, grad)
-        _sync(device)
-        t2 = time.perf_counter()
-        held = store.nbytes(stage, 0)
-        store.run_w(stage, 0)
-        _sync(device)
-        t3 = time.perf_counter()
-        tw = t3 - t2
-        if mode == "estimate":
-            out = forward(xin)
+                _sync(device)
+                tw = max(0.0, time.perf_counter() - t4 - (t2 - t1))
+        elif first:  # no input gradient: B does nothing and W runs the whole backward
+            t2 = t1
+            held = counter.total + _nbytes([grad])
+            if params:
+                torch.autograd.backward(out, grad, inputs=params)
             _sync(device)
-            t4 = time.perf_counter()
-            torch.autograd.backward(out, grad)
+            tw = time.perf_counter() - t2
+        else:
+            _dx, work = input_backward(out, xin, grad, params)
             _sync(device)
-            tw = max(0.0, time.perf_counter() - t4 - (t2 - t1))
+            t2 = time.perf_counter()
+            captured = [g for _, _, box in (work.nodes if work is not None else []) for gs in box for g in gs]
+            held = counter.total + _nbytes(captured)
+            if work is not None:
+                work.run()
+            elif params:  # a graph the capture does not handle: the runtime backs up from the output
+                torch.autograd.backward(out, grad, inputs=params)
+            _sync(device)
+            tw = time.perf_counter() - t2
         if it >= warmup:
             times["tf"].append(t1 - t0)
             times["tb"].append(t2 - t1)
@@ -150,8 +253,10 @@ def _profile_stage(
             mem_f, mem_w = counter.total, held
         del out
     row: dict[str, Any] = {"stage": stage}
-    row.update({k: 1e3 * statistics.median(v) for k, v in times.items()})
-    row.update(mem_f=mem_f, mem_w=mem_w, mode=mode, device=str(device), repeats=repeats)
+    row.update({k: 1e3 * median(v) for k, v in times.items()})
+    row.update(mem_f=mem_f, mem_w=mem_w, cv={k: coefficient_of_variation(v) for k, v in times.items()},
+               mode=mode, device=str(device), threads=torch.get_num_threads(), repeats=repeats,
+               warmup=warmup)
     return row
 
 
@@ -159,40 +264,54 @@ def profile_ops(
     stage_modules: Sequence[nn.Module],
     sample_input: torch.Tensor,
     loss_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    repeats: int = 5,
+    repeats: int = 10,
     *,
-    warmup: int = 1,
+    warmup: int = 3,
     seed: int = 0,
+    split_backward: str = "kernels",
+    threads: int | None = 1,
 ) -> list[dict[str, Any]]:
     """Profile each stage in order; return one dict per stage (see the module docstring).
 
     ``sample_input`` is one microbatch for stage 0; each later stage gets the previous stage's
     output. ``loss_fn`` maps the last stage's output to a scalar; without it every stage is
     driven by a seeded random output gradient. Modules must already be on ``sample_input``'s
-    device.
+    device. ``split_backward`` is ``"autograd"`` or ``"kernels"`` (how the runtime will split
+    B and W); ``threads`` is the intra-op thread count to profile with (``None``: leave it).
     """
     if repeats < 1 or warmup < 0:
         raise ValueError("profile_ops needs repeats >= 1 and warmup >= 0")
+    if split_backward not in ("autograd", "kernels"):
+        raise ValueError(f"split_backward must be 'autograd' or 'kernels', not {split_backward!r}")
+    if threads is not None and threads < 1:
+        raise ValueError("profile_ops needs threads >= 1")
     generator = torch.Generator().manual_seed(seed)
     rows: list[dict[str, Any]] = []
     x = sample_input
     last = len(stage_modules) - 1
-    for s, module in enumerate(stage_modules):
-        stores = {m: m.wgrad_store for m in split_modules(module)}
-        grads = {p: p.grad for p in module.parameters()}
-        try:
-            rows.append(
-                _profile_stage(
-                    s, module, x, loss_fn if s == last else None, repeats, warmup, generator
+    saved_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        for s, module in enumerate(stage_modules):
+            stores = {m: m.wgrad_store for m in split_modules(module)}
+            grads = {p: p.grad for p in module.parameters()}
+            try:
+                rows.append(
+                    _profile_stage(
+                        s, module, x, loss_fn if s == last else None, repeats, warmup, generator,
+                        split_backward,
+                    )
                 )
-            )
-            with torch.no_grad():
-                x = module(x)
-        finally:
-            for m, st in stores.items():
-                m.wgrad_store = st
-            for p, g in grads.items():
-                p.grad = g
+                with torch.no_grad():
+                    x = module(x)
+            finally:
+                for m, st in stores.items():
+                    m.wgrad_store = st
+                for p, g in grads.items():
+                    p.grad = g
+    finally:
+        torch.set_num_threads(saved_threads)
     return rows
 
 
@@ -201,16 +320,18 @@ def format_params(
     names: Sequence[str] = PARAM_NAMES,
     *,
     digits: int = 4,
+    mem_digits: int = 0,
 ) -> str:
     """Render a :func:`profile_ops` result as schedlang overrides, one ``name=[...]`` per line.
 
-    Times (ms) are rounded to ``digits`` decimals; memory names (``mem_*``) are integer bytes.
+    Times (ms) are rounded to ``digits`` decimals; memory names (``mem_*``) are integers (bytes)
+    unless ``mem_digits`` asks for decimals (memory in activation units).
     """
     lines = []
     for name in names:
         values = [row[name] for row in profile]
         if name.startswith("mem"):
-            text = ", ".join(str(int(v)) for v in values)
+            text = ", ".join(f"{float(v):.{mem_digits}f}" if mem_digits else str(int(v)) for v in values)
         else:
             text = ", ".join(f"{float(v):.{digits}f}" for v in values)
         lines.append(f"{name}=[{text}]")

@@ -100,8 +100,12 @@ def _where(module: Any) -> str:
 
 def _import_module(spec: str, target: str) -> Any:
     cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)  # what `python -m` does: the current folder first
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        # what `python -m` does: the current folder first, but only while the factory's module
+        # loads, so that a folder of the same name as a library there (this repository's own
+        # kernels/, say) does not shadow that library for the rest of the process
+        sys.path.insert(0, cwd)
     try:
         return importlib.import_module(target)
     except ModuleNotFoundError as exc:
@@ -111,6 +115,9 @@ def _import_module(spec: str, target: str) -> Any:
         raise ModelError(f"model {spec}: importing {target} failed: {_brief(exc)}") from None
     except Exception as exc:
         raise ModelError(f"model {spec}: importing {target} failed: {_brief(exc)}") from None
+    finally:
+        if added and sys.path and sys.path[0] == cwd:
+            del sys.path[0]
 
 
 def _import_file(spec: str, target: str) -> Any:

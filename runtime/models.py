@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as fn
 
-__all__ = ["TEXT", "ModelSpec", "TinyGPT", "split_sequential", "tiny_gpt", "to_split_layers"]
+__all__ = ["TEXT", "ModelSpec", "TinyGPT", "layers_of", "split_sequential", "tiny_gpt", "to_split_layers"]
 
 TEXT = """\
 A pipeline splits a model into stages and a batch into microbatches. Each stage lives on its own
@@ -71,6 +71,15 @@ def split_sequential(model: nn.Sequential | Sequence[nn.Module], num_stages: int
     if len(cuts) != num_stages - 1 or any(a >= b for a, b in zip(bounds, bounds[1:], strict=False)):
         raise ValueError(f"cut points {cuts} do not give {num_stages} non-empty stages of {len(blocks)} blocks")
     return [nn.Sequential(*blocks[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def layers_of(stages: Sequence[nn.Module]) -> list[nn.Module]:
+    """The model's layers in order: the blocks of stages that are ``nn.Sequential`` (as
+    :func:`split_sequential` makes them); any other stage module counts as one layer."""
+    out: list[nn.Module] = []
+    for stage in stages:
+        out.extend(stage if isinstance(stage, nn.Sequential) else [stage])
+    return out
 
 
 # ---------------------------------------------------------------------- a tiny GPT

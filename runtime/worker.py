@@ -6,8 +6,11 @@ rank and world size from the environment) or by :func:`schedlang.runtime.launch.
 factory (``FACTORY(num_stages, num_microbatches)``, cut and completed by
 :mod:`schedlang.runtime.intake`), keeps the stages of its rank, trains ``--steps`` steps, prints
 the loss of every step on the rank that holds the last stage, and writes its timeline to
-``OUT/rank{R}.json``. A failure prints one line naming the rank and instruction, writes it to
-``OUT/fault-rank{R}.json`` (``origin`` true on the rank where it happened) and exits 1.
+``OUT/rank{R}.json`` (with ``--measure-memory``, also the peak bytes of activations saved for
+backward alive at once during the first step, :class:`SavedBytesMeter`). A failure prints one
+line naming the rank and instruction, writes it to ``OUT/fault-rank{R}.json`` (``origin`` true on
+the rank where it happened) and exits 1. ``--cuts`` (with ``--layers-from``) re-cuts the model's
+layers into the schedule's stages (:func:`recut`).
 
 Several nodes: torchrun's own rendezvous joins them (``--nnodes N --node-rank K
 --rdzv-endpoint HOST:PORT --nproc-per-node P``); every node compiles its own copy of the
@@ -41,7 +44,8 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["ProgramMismatch", "check_same_program", "choose_backend", "default_device", "load_factory",
-           "main", "make_runner", "on_device", "placement", "prepare_stages", "read_faults", "worker_main"]
+           "main", "make_runner", "on_device", "placement", "prepare_stages", "read_faults", "recut",
+           "SavedBytesMeter", "worker_main"]
 
 BACKENDS = ("gloo", "nccl")
 
@@ -144,6 +148,66 @@ def prepare_stages(mods: dict[int, Any], split_backward: str) -> dict[int, Any]:
     return {s: m if any(True for _ in split_modules(m)) else to_split_layers(m) for s, m in mods.items()}
 
 
+def recut(model: str, parts: int, num_microbatches: int, layers_from: int, cuts: str,
+          split: Sequence[str] | None = None) -> Any:
+    """The model built for ``layers_from`` stages (:func:`schedlang.runtime.intake.prepare_model`),
+    its layers (:func:`schedlang.runtime.models.layers_of`) cut into ``parts`` stages where
+    ``cuts`` (comma-separated layer indices) say (none: by balanced parameter counts)."""
+    import dataclasses
+
+    from schedlang.runtime.intake import prepare_model
+    from schedlang.runtime.models import layers_of, split_sequential
+
+    prepared = prepare_model(model, layers_from or parts, num_microbatches, split)
+    points = [int(c) for c in cuts.split(",") if c.strip()] or None  # none: balanced parameter counts
+    return dataclasses.replace(prepared, stages=list(split_sequential(layers_of(prepared.stages), parts, points)))
+
+
+class SavedBytesMeter:
+    """The peak, over a run, of the bytes of tensors saved for backward that are alive at once
+    (distinct storages, parameters excluded): the activation memory a schedule's memory model
+    predicts, measured. Use as ``with torch.autograd.graph.saved_tensors_hooks(m.pack, m.unpack)``.
+    A storage counts from the first time autograd saves a tensor of it until autograd has freed
+    every saved reference to it; output gradients and captured gradients are not counted."""
+
+    def __init__(self, exclude: set[int]) -> None:
+        self.exclude = exclude  # data pointers of parameters and buffers
+        self.live: dict[int, list[int]] = {}  # data pointer -> [bytes, live saved references]
+        self.current = 0
+        self.peak = 0
+
+    def pack(self, t: Any) -> Any:
+        import weakref
+
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in self.exclude:
+            return t
+        # save a detached alias: returning ``t`` itself would tie an op's saved output to its
+        # own grad_fn in a cycle through C++ that Python's collector cannot free
+        saved = t.detach()
+        entry = self.live.get(ptr)
+        if entry is None:
+            entry = self.live[ptr] = [t.untyped_storage().nbytes(), 0]
+            self.current += entry[0]
+            self.peak = max(self.peak, self.current)
+        entry[1] += 1
+        weakref.finalize(saved, self._release, ptr)
+        return saved
+
+    @staticmethod
+    def unpack(t: Any) -> Any:
+        return t
+
+    def _release(self, ptr: int) -> None:
+        entry = self.live.get(ptr)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.current -= entry[0]
+            del self.live[ptr]
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="schedlang.runtime.worker")
     p.add_argument("--streams", required=True, help="isa streams (JSON or text)")
@@ -153,6 +217,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="the initial weights' digest the launching process checked (a mismatch is an error)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--quiet", action="store_true", help="do not print the losses (they are in OUT/rank{R}.json)")
+    p.add_argument("--layers-from", type=int, default=0, metavar="N",
+                   help="with --cuts: build the model for N stages, then re-cut its layers")
+    p.add_argument("--measure-memory", action="store_true",
+                   help="record the peak of activations saved for backward during the first step")
+    p.add_argument("--cuts", default="", help="comma-separated layer indices where stages 1, 2, ... begin")
     p.add_argument("--out", required=True, help="directory for rank{R}.json timelines")
     p.add_argument("--split-backward", default="autograd", choices=["autograd", "kernels"])
     p.add_argument("--timeout", type=float, default=60.0)
@@ -239,11 +308,18 @@ def _train(rank: int, world_size: int, args: argparse.Namespace) -> dict[str, An
         group, dp_group = mesh.get_group("pp"), mesh.get_group("dp")
         replica, pp_rank = mesh.get_local_rank("dp"), mesh.get_local_rank("pp")
     split = [s for s in args.split.split(",") if s] if args.split else None
-    runner, spec = make_runner(streams, pp_rank, args.model, split, split_backward=args.split_backward,
+    model: Any = args.model
+    fingerprint = args.fingerprint
+    if args.cuts or args.layers_from:  # the parent checked the factory; these stages are re-cut from it
+        model = recut(args.model, streams.num_parts, streams.num_microbatches, args.layers_from, args.cuts, split)
+        fingerprint = None
+    runner, spec = make_runner(streams, pp_rank, model, split, split_backward=args.split_backward,
                                timeout=args.timeout, device=device, prepost=args.prepost,
-                               fingerprint=args.fingerprint, comm_device=comm_name, group=group,
+                               fingerprint=fingerprint, comm_device=comm_name, group=group,
                                dp_group=dp_group)
     mods = runner.modules
+    meter = SavedBytesMeter({t.untyped_storage().data_ptr() for m in mods.values()
+                             for t in [*m.parameters(), *m.buffers()]})
     losses = []
     # one rank prints: the lowest one holding a loss stage (several do with several chains)
     printer = min(streams.placement[s] for s in streams.loss_stages)
@@ -252,7 +328,11 @@ def _train(rank: int, world_size: int, args: argparse.Namespace) -> dict[str, An
         if args.dp > 1:
             x, y = _shard(x, args.dp, replica, streams.num_microbatches, "inputs"), \
                 _shard(y, args.dp, replica, streams.num_microbatches, "targets")
-        loss = runner.step(x, y)
+        if args.measure_memory and step == 0:  # the untimed first step: timed steps carry no hooks
+            with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+                loss = runner.step(x, y)
+        else:
+            loss = runner.step(x, y)
         if loss is not None:
             if dp_group is not None:  # every replica's loss stage holder: the mean is the whole batch's
                 loss = loss.detach().to(torch.float64)
@@ -273,7 +353,10 @@ def _train(rank: int, world_size: int, args: argparse.Namespace) -> dict[str, An
     # the timeline of replica 0 (the others run the same streams): rank files are pipeline ranks
     events = [e.as_dict() for e in runner.events] if replica == 0 else []
     with open(os.path.join(args.out, f"rank{rank}.json"), "w", encoding="utf-8") as fh:
-        json.dump({"rank": rank, "events": events, "losses": losses}, fh)
+        doc: dict[str, Any] = {"rank": rank, "events": events, "losses": losses}
+        if args.measure_memory:
+            doc["peak_saved_bytes"] = meter.peak
+        json.dump(doc, fh)
     return {"losses": losses}
 
 

@@ -34,7 +34,11 @@ What it offers, by ``schedlang`` command:
   :func:`summarize_timelines` (need torch), :func:`measured_program` (the program on a run's
   measured op times); :func:`weights_note` (how a program with an asynchronous weight-update
   policy trains).
-- ``profile``: :func:`profile`, :func:`check_profile_options`, :func:`profile_program` (need torch).
+- ``profile``: :func:`profile` (a :class:`Profile`), :func:`check_profile_options`,
+  :func:`profile_program`, :func:`model_parts`, :func:`resolve_partition`, :func:`partition_for`,
+  :func:`step_time_cost`
+  (need torch; the cutting itself is :mod:`schedlang.partition`).
+- ``tune``: :func:`tune` (needs torch; :mod:`schedlang.tune`).
 - ``list``: :func:`builtins`.
 - ``serve``: :mod:`schedlang.serve` (it calls these functions; needs Flask). ``compile --emit
   sched`` is :func:`emit` with ``"sched"``.
@@ -50,7 +54,10 @@ that need them import them when called.
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -499,15 +506,19 @@ def runner_from_program(program: Program, rank: int, stage_modules: Mapping[int,
 
 def summarize_timelines(out_dir: str) -> tuple[list[Any], dict[str, Any]]:
     """Read the workers' timelines (``rank*.json`` in ``out_dir``); return all events and the
-    measured bubble (mean over the steps after the first)."""
+    measured bubble (mean over the steps after the first; ``step_makespans_s`` lists each of those
+    steps, ``peak_saved_bytes`` each rank's peak of activations saved for backward)."""
     import json
 
     from schedlang.runtime.timeline import Event, measured_bubble
 
     events: list[Event] = []
+    peaks: dict[int, int] = {}
     for path in sorted(Path(out_dir).glob("rank*.json")):
         doc = json.loads(path.read_text(encoding="utf-8"))
         events.extend(Event.from_dict(e) for e in doc["events"])
+        if "peak_saved_bytes" in doc:
+            peaks[int(doc["rank"])] = int(doc["peak_saved_bytes"])
     steps = sorted({e.step for e in events})
     measured = [measured_bubble([e for e in events if e.step == s]) for s in steps[1:] or steps]
     if not measured:
@@ -518,6 +529,8 @@ def summarize_timelines(out_dir: str) -> tuple[list[Any], dict[str, Any]]:
         "bubble_rate": sum(b.bubble_rate for b in measured) / n,
         "cost_s": sum(b.cost for b in measured) / n,
         "makespan_s": sum(b.makespan for b in measured) / n,
+        "step_makespans_s": [b.makespan for b in measured],
+        **({"peak_saved_bytes": [peaks[r] for r in sorted(peaks)]} if peaks else {}),
     }
 
 
@@ -705,7 +718,8 @@ def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt",
         split_backward: str = "autograd", launcher: str = "torchrun", prepost: int = 4,
         timeout: float = 60.0, dp: int = 1, backend: str | None = None, nnodes: int = 1,
         node_rank: int = 0, rdzv_endpoint: str | None = None, nproc_per_node: int | None = None,
-        save: str | None = None, echo: bool = False) -> RunResult:
+        save: str | None = None, echo: bool = False, cuts: Sequence[int] | None = None,
+        layers_from: int | None = None, measure_memory: bool = False) -> RunResult:
     """Train ``model`` (``MODULE:FACTORY`` or ``path/to/file.py:FACTORY``, cut at ``split``, see
     docs/models.md) with a program's schedule on one process per rank (``torchrun`` or
     ``spawn``) for ``steps`` steps; return what was measured.
@@ -722,6 +736,12 @@ def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt",
     standard error (torchrun's own messages included) goes to a log file; a failed run raises
     :class:`SchedlangError` naming the failed rank and instruction and that file, which is
     removed after a successful run. The measured bubble covers the ranks of this node.
+
+    ``cuts`` (with ``layers_from``): build the model for ``layers_from`` stages (default: the
+    program's model parts) and cut its layers there instead of the factory's own split (see
+    :func:`partition_for`). ``measure_memory``: each rank records the peak bytes of activations
+    saved for backward alive at once during the first step (untimed), in
+    ``measured["peak_saved_bytes"]``.
     """
     import tempfile
 
@@ -753,6 +773,11 @@ def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt",
             worker_args += ["--save", os.path.abspath(save)]
         if not echo:
             worker_args.append("--quiet")
+        if measure_memory:
+            worker_args.append("--measure-memory")
+        if cuts is not None:
+            worker_args += ["--cuts", ",".join(map(str, cuts)),
+                            "--layers-from", str(layers_from or model_parts(program))]
         fd, log = tempfile.mkstemp(prefix="schedlang-run-", suffix=".log")
         with os.fdopen(fd, "w", encoding="utf-8") as log_fh:
             if launcher == "torchrun":
@@ -772,20 +797,105 @@ def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt",
     return RunResult(losses, measured, sim.bubble_rate, tuple(events), on_measured, model)
 
 
-def profile_program(num_stages: int, num_microbatches: int, model: str, *, split_backward: str = "autograd",
-                    repeats: int = 5, warmup: int = 1, split: str | Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Build ``model`` for the pipeline's shape (checked as :func:`run` checks it, cut at
-    ``split``) and profile its stages."""
+def _build_model(model: str, num_stages: int, num_microbatches: int,
+                 split: str | Sequence[str] | None = None) -> Any:
+    """The model for ``num_stages`` stages, as :func:`run` builds and checks it (the factory's
+    ``ModelSpec``, ``nn.Sequential`` or traced ``nn.Module``, cut at ``split``; see
+    :mod:`schedlang.model_check`): it has ``stages``, ``batch`` and ``loss_fn``."""
+    from schedlang.model_check import check_model_for
+
+    return check_model_for(num_stages, num_microbatches, model, split).prepared
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What :func:`profile` measured: one row per stage and one per layer (see
+    :mod:`schedlang.kernels.profile` for the figures; times in ms, memory in bytes per
+    microbatch), and the partition the stages come from: the model built for ``layers_from``
+    stages, its layers cut at ``cuts`` (``partition``: ``"params"``, ``"auto"`` or ``"given"``)."""
+
+    stages: tuple[dict[str, Any], ...]
+    layers: tuple[dict[str, Any], ...]
+    cuts: tuple[int, ...]
+    layers_from: int
+    partition: str
+    layer_names: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data (``schedlang profile --json``)."""
+        return {"units": {"time": "ms", "memory": "bytes"}, "partition": self.partition,
+                "layers_from": self.layers_from, "cuts": list(self.cuts),
+                "stages": list(self.stages),
+                "layers": [dict(row, name=self.layer_names[i] if i < len(self.layer_names) else "")
+                           for i, row in enumerate(self.layers)]}
+
+
+def resolve_partition(partition: str, layers: Sequence[Mapping[str, Any]], param_counts: Sequence[int],
+                      num_stages: int, *, placement: Sequence[int] | None = None,
+                      factor: Sequence[float] | None = None,
+                      mem_limit: float | Sequence[float] = float("inf"),
+                      step_cost: Callable[[list[dict[str, float]]], float] | None = None,
+                      first_fused: bool = False) -> tuple[list[int], str]:
+    """Cut points for ``--partition``: ``params`` (balanced parameter counts), ``auto`` (the
+    slowest stage minimised under the memory limit, from the per-layer profile), ``step`` (the
+    least ``step_cost`` of the stages' summed layer costs, see :func:`step_time_cost`; all
+    partitions when there are at most 500, else a local search from ``auto``'s cuts) or
+    ``CUT,CUT,...``; returns them and which it was. ``first_fused``: the first stage's B is
+    folded into its W (the autograd split)."""
+    from schedlang import partition as P
+
+    n = len(layers)
+    if num_stages > n:
+        raise SchedlangError(f"--partition: the model has {n} layers, too few for {num_stages} stages")
+    if partition == "params":
+        return P.params_cuts(param_counts, num_stages), "params"
+    if partition in ("auto", "step"):
+        times = [float(r["tf"]) + float(r["tb"]) + float(r["tw"]) for r in layers]
+        try:
+            cuts, _ = P.min_max_cuts(times, num_stages, mem=[float(r["mem_f"]) for r in layers],
+                                     mem_limit=mem_limit, factor=factor, placement=placement)
+        except ValueError as exc:
+            raise SchedlangError(f"--partition {partition}: {exc}") from None
+        if partition == "auto":
+            return cuts, "auto"
+        if step_cost is None:
+            raise SchedlangError("--partition step needs a schedule to simulate")
+        cost = step_cost
+        best, _, _ = P.best_cuts(lambda c: cost(P.stage_costs(layers, c, first_fused=first_fused)), n, num_stages,
+                                 start=cuts)
+        return best, "step"
+    return P.parse_cuts(partition, n, num_stages), "given"
+
+
+def step_time_cost(path: str, *, sets: Sequence[str] = (), params_file: str | None = None,
+                   scheduler: str | None = None) -> Callable[[list[dict[str, float]]], float]:
+    """The simulated makespan of the program ``path`` (under ``sets``, ``params_file`` and
+    ``scheduler`` as :func:`load_program` takes them) as a function of per-stage ``tf``, ``tb``
+    and ``tw``: the cost ``--partition step`` minimises. Memory figures stay the program's."""
+    def cost(stages: list[dict[str, float]]) -> float:
+        costs = [f"{name}=[{', '.join(repr(float(r[name])) for r in stages)}]" for name in ("tf", "tb", "tw")]
+        return _simulate(load_program(path, sets=[*sets, *costs], params_file=params_file,
+                                      scheduler=scheduler)).makespan
+
+    return cost
+
+
+def _model_layers(model: str, build: int, num_microbatches: int, split_backward: str,
+                  split: str | Sequence[str] | None = None) -> tuple[Any, ...]:
+    """The factory's spec for ``build`` stages, its layers (on this device, prepared for the
+    split), one microbatch ``x`` and the loss of the last stage's output on it."""
     import torch
 
-    from schedlang.kernels.profile import profile_ops
-    from schedlang.model_check import check_model_for
-    from schedlang.runtime.worker import default_device, on_device, prepare_stages
+    from schedlang.runtime.models import layers_of
+    from schedlang.runtime.worker import default_device, prepare_stages
 
-    spec = check_model_for(num_stages, num_microbatches, model, split, split_backward=split_backward).prepared
+    spec = _build_model(model, build, num_microbatches, split)
     device = default_device()
-    prepared = prepare_stages({s: on_device(m, device) for s, m in enumerate(spec.stages)}, split_backward)
-    stages = [prepared[s] for s in range(num_stages)]
+    from schedlang.runtime.worker import on_device
+
+    blocks = layers_of([on_device(m, device) for m in spec.stages])
+    prepared = prepare_stages(dict(enumerate(blocks)), split_backward)
+    blocks = [prepared[i] for i in range(len(blocks))]
     x, y = spec.batch(0)
     size = x.shape[0] // num_microbatches
     x_mb = x[:size].to(device)
@@ -794,26 +904,234 @@ def profile_program(num_stages: int, num_microbatches: int, model: str, *, split
     def loss(out: torch.Tensor) -> torch.Tensor:
         return spec.loss_fn(out, y_mb)  # type: ignore[no-any-return]
 
-    return profile_ops(stages, x_mb, loss, repeats, warmup=warmup)
-def check_profile_options(repeats: int, warmup: int) -> None:
-    """``repeats`` at least 1 and ``warmup`` at least 0, or a user error."""
-    if repeats < 1 or warmup < 0:
-        raise SchedlangError("--repeats must be at least 1 and --warmup at least 0")
+    return spec, blocks, x_mb, loss
 
 
-def profile(program: Program, model: str = "schedlang.runtime.models:tiny_gpt", *,
-            split: str | Sequence[str] | None = None, split_backward: str = "autograd", repeats: int = 5,
-            warmup: int = 1) -> list[dict[str, Any]]:
-    """Measure T_F, T_B, T_W and memory of each model part a (lowered) program's pipeline needs:
-    one row per stage of a chain (Chimera's two chains run replicas of the same parts)."""
-    check_profile_options(repeats, warmup)
-    try:
-        import torch  # noqa: F401
-    except ModuleNotFoundError:
-        raise SchedlangError("schedlang profile needs torch: pip install 'schedlang[runtime]'") from None
+def profile_program(num_stages: int, num_microbatches: int, model: str, *, split_backward: str = "autograd",
+                    repeats: int = 10, warmup: int = 3, threads: int = 1, partition: str = "params",
+                    layers_from: int | None = None, placement: Sequence[int] | None = None,
+                    factor: Sequence[float] | None = None,
+                    mem_limit: float | Sequence[float] = float("inf"), stages: bool = True,
+                    step_cost: Callable[[list[dict[str, float]]], float] | None = None,
+                    split: str | Sequence[str] | None = None) -> Profile:
+    """Build ``model`` (``MODULE:FACTORY`` or ``path/to/file.py:FACTORY``, checked as :func:`run`
+    checks it, cut at ``split``) for ``layers_from`` stages (default: the pipeline's), profile its
+    layers, cut them into ``num_stages`` stages by ``partition`` (see :func:`resolve_partition`)
+    and (unless ``stages`` is false) profile those stages."""
+    from torch import nn
+
+    from schedlang.kernels.profile import profile_ops
+    from schedlang.runtime.models import split_sequential
+
+    build = layers_from or num_stages
+    spec, blocks, x_mb, loss = _model_layers(model, build, num_microbatches, split_backward, split)
+    opts = {"warmup": warmup, "split_backward": split_backward, "threads": threads}
+    layer_rows = profile_ops(blocks, x_mb, loss, repeats, **opts)
+    counts = [sum(p.numel() for p in b.parameters()) for b in blocks]
+    if partition == "params" and build == num_stages:  # the factory's own stages
+        cuts = list(itertools.accumulate(len(m) if isinstance(m, nn.Sequential) else 1
+                                         for m in spec.stages[:-1]))
+        how = "params"
+    else:
+        cuts, how = resolve_partition(partition, layer_rows, counts, num_stages, placement=placement,
+                                      factor=factor, mem_limit=mem_limit, step_cost=step_cost,
+                                      first_fused=split_backward == "autograd")
+    rows = []
+    if stages:
+        rows = profile_ops(list(split_sequential(blocks, num_stages, cuts)), x_mb, loss, repeats, **opts)
+    names = tuple(type(b).__name__ for b in blocks)
+    return Profile(tuple(rows), tuple(layer_rows), tuple(cuts), build, how, names)
+
+
+def model_parts(program: Program) -> int:
+    """How many model parts a program's pipeline runs: the stages of one chain (Chimera's two
+    chains run replicas of the same parts)."""
     from schedlang import isa
     from schedlang.codegen import stage_graph
 
-    parts = len(isa.chains_of(program.num_stages, stage_graph(program))[0])
-    return profile_program(parts, program.num_microbatches, model,
-                           split_backward=split_backward, repeats=repeats, warmup=warmup, split=split)
+    return len(isa.chains_of(program.num_stages, stage_graph(program))[0])
+
+
+def partition_for(program: Program, model: str, partition: str, *, layers_from: int | None = None,
+                  split_backward: str = "autograd", repeats: int = 10, warmup: int = 3,
+                  threads: int = 1,
+                  step_cost: Callable[[list[dict[str, float]]], float] | None = None) -> Profile | None:
+    """The stages ``--partition`` asks :func:`run` for: ``None`` for the factory's own split
+    (``params`` without ``layers_from``); else a :class:`Profile` whose ``cuts`` and
+    ``layers_from`` go to :func:`run`, with the per-layer profile they come from (no stage rows)."""
+    check_profile_options(repeats, warmup, threads)
+    if partition == "params" and layers_from is None:
+        return None
+    _require_torch("--partition")
+    parts = model_parts(program)
+    build = layers_from or parts
+    if build < 1:
+        raise SchedlangError("--layers-from must be at least 1")
+    placement = [program.placement[s] for s in range(parts)] if parts == program.num_stages else None
+    return profile_program(parts, program.num_microbatches, model, split_backward=split_backward,
+                           repeats=repeats, warmup=warmup, threads=threads, partition=partition,
+                           layers_from=build, placement=placement, stages=False, step_cost=step_cost)
+
+
+def check_profile_options(repeats: int, warmup: int, threads: int = 1) -> None:
+    """``repeats`` at least 1, ``warmup`` at least 0 and ``threads`` at least 1, or a user error."""
+    if repeats < 1 or warmup < 0:
+        raise SchedlangError("--repeats must be at least 1 and --warmup at least 0")
+    if threads < 1:
+        raise SchedlangError("--threads must be at least 1")
+
+
+def _require_torch(what: str) -> None:
+    try:
+        import torch  # noqa: F401
+    except ModuleNotFoundError:
+        raise SchedlangError(f"schedlang {what} needs torch: pip install 'schedlang[runtime]'") from None
+
+
+def profile(program: Program, model: str = "schedlang.runtime.models:tiny_gpt", *,
+            split_backward: str = "autograd", repeats: int = 10, warmup: int = 3, threads: int = 1,
+            partition: str = "params", layers_from: int | None = None,
+            step_cost: Callable[[list[dict[str, float]]], float] | None = None,
+            split: str | Sequence[str] | None = None) -> Profile:
+    """Measure T_F, T_B, T_W and memory of each layer of ``model`` and of each model part a
+    (lowered) program's pipeline needs: one stage row per stage of a chain (Chimera's two chains
+    run replicas of the same parts). ``partition`` is ``params``, ``auto`` or ``CUT,CUT,...``
+    over the layers of the model built for ``layers_from`` stages (default: the pipeline's)."""
+    check_profile_options(repeats, warmup, threads)
+    _require_torch("profile")
+    if layers_from is not None and layers_from < 1:
+        raise SchedlangError("--layers-from must be at least 1")
+    parts = model_parts(program)
+    placement = [program.placement[s] for s in range(parts)] if parts == program.num_stages else None
+    return profile_program(parts, program.num_microbatches, model, split_backward=split_backward,
+                           repeats=repeats, warmup=warmup, threads=threads, partition=partition,
+                           layers_from=layers_from, placement=placement, step_cost=step_cost, split=split)
+
+
+def _tune_schedule(c: Any, profile: Any, unit: float, tc: float, nproc: int, m: int, mem_limit: float) -> None:
+    """Compile and simulate one candidate on the measured costs (or record why it cannot run)."""
+    from schedlang import tune as T
+
+    params = T.params_for(profile, unit, tc)
+    params.update(p=nproc, m=m, mem_limit=mem_limit)
+    if c.path == "std:interleaved-1f1b":
+        params["v"] = c.v
+    try:
+        prog = compile(c.path, params, scheduler=c.scheduler)
+        sim = simulate(prog)
+    except SchedlangError as exc:
+        c.error = exc.message.splitlines()[0]
+        return
+    c.program = prog
+    c.predicted_ms = sim.makespan
+    c.predicted_peak = max(r.peak_memory for r in sim.ranks)
+    c.predicted_peak_bytes = c.predicted_peak * unit
+    c.predicted_busy_ms = max(r.busy for r in sim.ranks)
+
+
+def _tune_measure(c: Any, profile: Any, unit: float, model: str, nproc: int, steps: int,
+             split_backward: str, launcher: str, timeout: float) -> None:
+    """Run one candidate for ``steps`` steps; record each step's makespan after the first (ms)
+    and the peak of activations saved for backward."""
+    try:
+        res = run(c.program, model=model, steps=steps, nproc=nproc, split_backward=split_backward,
+                  launcher=launcher, timeout=timeout, cuts=profile.cuts, layers_from=profile.layers_from,
+                  measure_memory=True)
+    except SchedlangError as exc:  # a candidate that fails to run is recorded, the others still run
+        c.run_error = exc.message
+        return
+    if not res.measured:
+        c.run_error = "no timeline was measured"
+        return
+    c.measured_steps_ms += [1e3 * t for t in res.measured["step_makespans_s"]]
+    c.measured_ms = statistics.median(c.measured_steps_ms)
+    busy: dict[tuple[int, int], float] = {}
+    first = min((e.step for e in res.events), default=0)
+    for e in res.events:
+        if e.is_compute and e.step != first:
+            busy[(e.step, e.rank)] = busy.get((e.step, e.rank), 0.0) + (e.end_ns - e.start_ns) / 1e6
+    per_step = [max(v for (st, _), v in busy.items() if st == step) for step in sorted({st for st, _ in busy})]
+    c.busy_steps_ms += per_step
+    if c.busy_steps_ms:
+        c.measured_busy_ms = statistics.median(c.busy_steps_ms)
+    peaks = res.measured.get("peak_saved_bytes")
+    if peaks:
+        c.measured_peak_bytes = max(float(max(peaks)), 0.0 if math.isnan(c.measured_peak_bytes) else c.measured_peak_bytes)
+        c.measured_peak = c.measured_peak_bytes / unit
+
+
+def tune(model: str = "schedlang.runtime.models:tiny_gpt", nproc: int = 4, *, microbatches: int | None = None,
+         mem_limit: float = math.inf,
+         time_limit: float = 10.0, steps: int = 5, top: int = 3, layers_from: int | None = None,
+         partition: str = "auto", split_backward: str = "autograd", repeats: int = 10, warmup: int = 3,
+         threads: int = 1, tc: float = 0.0, launcher: str = "spawn", timeout: float = 120.0,
+         optimizer: bool = True, rounds: int = 1, progress: Callable[[str], None] | None = None) -> Any:
+    """Profile ``model``, partition it, schedule every candidate on the measured costs, run the
+    best few on ``nproc`` processes and choose the fastest measured one: a
+    :class:`schedlang.tune.TuneResult` (the steps are in :mod:`schedlang.tune`'s docstring;
+    needs torch, and ortools for the optimizer). ``mem_limit`` is in
+    units of one microbatch's activations on stage 0 (per rank); ``time_limit`` is the
+    optimizer's wall-clock budget in seconds; ``tc`` the communication time (ms) the prediction
+    assumes. The measured step time of a candidate is the median over its steps after the first,
+    over ``rounds`` runs each (the candidates take turns, so a busy spell of the machine is
+    spread over them rather than landing on one)."""
+    _require_torch("tune")
+    from schedlang import tune as T
+
+    say = progress or (lambda _line: None)
+    m = microbatches if microbatches is not None else 2 * nproc
+    T.check_options(nproc, steps, top, time_limit, mem_limit, m)
+    if rounds < 1:
+        raise SchedlangError("--rounds must be at least 1")
+    if partition == "step":
+        raise SchedlangError("--partition step minimises one schedule's step; tune compares many: "
+                             "use auto, params or cut points")
+    check_profile_options(repeats, warmup, threads)
+    check_model(model)
+    build = layers_from if layers_from is not None else 2 * nproc
+    families: tuple[int, ...] = (1, 2)
+    if partition not in ("auto", "params"):  # given cuts say how many stages: one family
+        ncuts = len([c for c in partition.split(",") if c.strip()])
+        families = tuple(v for v in (1, 2) if v * nproc - 1 == ncuts) or (1,)
+    profiles: dict[int, Any] = {}
+    notes: list[str] = []
+    for v in families:
+        say(f"profiling the layers of the model built for {build} stages, then {v * nproc} stages "
+            f"({partition} partition)")
+        try:
+            profiles[v] = profile_program(v * nproc, m, model, split_backward=split_backward, repeats=repeats,
+                                              warmup=warmup, threads=threads, partition=partition,
+                                              layers_from=build)
+        except SchedlangError as exc:
+            if v == families[0]:
+                raise
+            notes.append(f"no {v}-chunk candidates: {exc.message}")
+            say(notes[-1])
+    unit = float(profiles[families[0]].stages[0]["mem_f"])
+    if unit <= 0:
+        raise SchedlangError("stage 0 saves no activations: no unit for memory")
+    cands = [T.Candidate(name, path, sched, v) for name, path, sched, v in
+             T.candidate_specs(nproc, mem_limit, time_limit, optimizer) if v in profiles]
+    for c in cands:
+        say(f"scheduling {c.name}")
+        _tune_schedule(c, profiles[c.v], unit, tc, nproc, m, mem_limit)
+    ok = sorted((c for c in cands if not c.error), key=lambda c: c.predicted_ms)
+    if not ok:
+        raise SchedlangError("no candidate schedule fits the memory limit")
+    to_run = ok[:top] + [c for c in ok[top:] if c.name == "1f1b"]
+    for c in [c for _ in range(rounds) for c in to_run]:
+        if c.run_error:
+            continue
+        say(f"running {c.name} for {steps} steps on {nproc} processes")
+        _tune_measure(c, profiles[c.v], unit, model, nproc, steps, split_backward, launcher, timeout)
+    ran = [c for c in to_run if not math.isnan(c.measured_ms)]
+    chosen = min(ran, key=lambda c: c.measured_ms) if ran else None
+    result = T.TuneResult(ok + [c for c in cands if c.error], chosen, profiles, unit, mem_limit, notes=notes)
+    if chosen is not None:
+        chosen.chosen = True
+        try:
+            result.csv_text = emit(chosen.program, "torch-csv")
+        except SchedlangError as exc:
+            notes.append(f"{chosen.name} has no PyTorch CSV: {exc.message}")
+        result.sched_text = T.sched_text(chosen.program, result.csv_text, profiles[chosen.v], unit, tc)
+    return result

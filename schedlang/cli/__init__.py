@@ -4,7 +4,7 @@ One module per command group (:mod:`~schedlang.cli.core`: check, simulate, compi
 :mod:`~schedlang.cli.library`: list; :mod:`~schedlang.cli.codegen`: import, streams;
 :mod:`~schedlang.cli.runtime`: run; :mod:`~schedlang.cli.ux`: render, compare;
 :mod:`~schedlang.cli.ilp`: optimize; :mod:`~schedlang.cli.profile`: profile;
-:mod:`~schedlang.cli.serve`: serve), each exposing
+:mod:`~schedlang.cli.serve`: serve; :mod:`~schedlang.cli.tune`: tune), each exposing
 :class:`~schedlang.cli.common.Command` values listed in :data:`COMMANDS` below. To add a command,
 write its arguments and its run function in its group's module (the work itself goes in the
 library, reached through :mod:`schedlang.api`) and add one line here.
@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Sequence
 
 from schedlang import __version__, limits
-from schedlang.cli import codegen, core, ilp, library, profile, runtime, serve, ux
+from schedlang.cli import codegen, core, ilp, library, profile, runtime, serve, tune, ux
 from schedlang.cli.common import Command, config_output
 from schedlang.source import SchedlangError
 
@@ -44,6 +44,7 @@ COMMANDS: dict[str, Command] = {
     "optimize": ilp.OPTIMIZE,
     "profile": profile.PROFILE,
     "serve": serve.SERVE,
+    "tune": tune.TUNE,
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 
 from schedlang.cli.common import Command, add_model_args, add_program_args, load_program
+from schedlang.cli.profile import add_partition_args, partition_line, step_cost
 from schedlang.limits import nonneg_int, positive_float
 from schedlang.source import SchedlangError
 
@@ -51,6 +52,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                        help="where node 0 hosts the rendezvous (needed with --nnodes > 1)")
     nodes.add_argument("--nproc-per-node", type=int, metavar="P",
                        help="processes on this node (default: all processes / nnodes)")
+    add_partition_args(p)
 
 
 def _run_run(args: argparse.Namespace) -> int:
@@ -67,12 +69,18 @@ def _run_run(args: argparse.Namespace) -> int:
         extra += f"; node {args.node_rank} of {args.nnodes} ({nproc // args.nnodes} processes here)"
     print(f"{prog.name}: {prog.num_ranks} ranks, {prog.num_stages} stages, {prog.num_microbatches} "
           f"microbatches; model {args.model}; {args.steps} steps{extra}", flush=True)
+    part = api.partition_for(prog, args.model, args.partition, layers_from=args.layers_from,
+                             split_backward=args.split_backward, step_cost=step_cost(args))
+    if part is not None:
+        print(partition_line(part), flush=True)
     note = api.weights_note(prog)
     if note:
         print(note, flush=True)
     res = api.run(prog, model=args.model, split=args.split, steps=args.steps, nproc=nproc,
                   split_backward=args.split_backward, launcher=args.launcher, prepost=args.prepost,
-                  timeout=args.timeout, save=args.save, echo=True, **layout)
+                  timeout=args.timeout, save=args.save, echo=True,
+                  cuts=part.cuts if part is not None else None,
+                  layers_from=part.layers_from if part is not None else None, **layout)
     measured = res.measured
     if measured:
         on_measured = ("-" if res.measured_times_bubble_rate is None

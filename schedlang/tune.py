@@ -1,0 +1,193 @@
+"""From a model to its fastest schedule: profile, partition, schedule every candidate, run the best.
+
+:func:`schedlang.api.tune` runs the loop ``schedlang tune`` prints; this module holds its pieces
+(the candidates, the result, the parameters from a profile, the ``.sched`` text of the choice):
+
+1. Profile the layers of the model (built by its factory for ``layers_from`` stages, default
+   ``2 * nproc`` so that placements with two chunks per rank have a layer per stage).
+2. Partition them (:mod:`schedlang.partition`; ``auto`` minimises the slowest stage) into
+   ``nproc`` stages for the one-chunk schedules and into ``2 * nproc`` for the two-chunk ones
+   (interleaved 1F1B, ZB-V and its lower-memory variants), and profile those stages.
+3. Schedule every candidate on the measured costs, memory in units of one microbatch's
+   activations on stage 0 under the memory limit: the built-ins that fit it, the zero-bubble
+   greedy search (``zb-auto``) and ``zb-v`` under it, and the CP-SAT optimizer under it (wall-
+   clock ``time_limit``, objective the step's makespan). A candidate that does not fit is a row
+   with its reason. The prediction is the simulated makespan of one step, communication time
+   ``tc`` taken as measured (default 0: not measured).
+4. Run the ``top`` best predicted (and 1F1B, the baseline) for ``steps`` steps on ``nproc``
+   processes, and measure each step's makespan (median over the steps after the first) and each
+   rank's peak of activations saved for backward.
+5. Choose the candidate with the least measured step time (the least predicted among those not
+   run cannot be chosen: a choice is measured), and write it as a ``.sched`` program with
+   explicit orders and as PyTorch's compute-only schedule CSV.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from schedlang.source import SchedlangError
+
+__all__ = ["Candidate", "TuneResult", "candidate_specs", "check_options", "params_for", "sched_text"]
+
+COSTS = ("tf", "tb", "tw", "mem_f", "mem_w")
+
+
+@dataclass
+class Candidate:
+    """One schedule tried: ``name`` (what the table shows), the program and scheduler it comes
+    from, chunks per rank ``v``; then what was predicted and (for those run) measured. Times in
+    ms; ``*_peak`` in activation units (one microbatch's activations on stage 0), ``*_bytes``
+    in bytes; ``*_busy_ms`` is the busiest rank's compute time in one step (measured: the median
+    over the timed steps), which tells slower compute from more waiting."""
+
+    name: str
+    path: str
+    scheduler: str | None
+    v: int
+    error: str = ""
+    predicted_ms: float = math.nan
+    predicted_peak: float = math.nan
+    predicted_peak_bytes: float = math.nan
+    measured_ms: float = math.nan
+    measured_steps_ms: list[float] = field(default_factory=list)
+    measured_peak_bytes: float = math.nan
+    measured_peak: float = math.nan
+    predicted_busy_ms: float = math.nan
+    measured_busy_ms: float = math.nan
+    busy_steps_ms: list[float] = field(default_factory=list)
+    run_error: str = ""
+    chosen: bool = False
+    program: Any = None
+
+    @property
+    def error_pct(self) -> float:
+        """(predicted - measured) / measured, in percent; NaN when not run."""
+        if math.isnan(self.measured_ms) or self.measured_ms == 0:
+            return math.nan
+        return 100.0 * (self.predicted_ms - self.measured_ms) / self.measured_ms
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data (``schedlang tune --json``); NaN becomes ``None``."""
+        def num(x: float) -> float | None:
+            return None if math.isnan(x) else x
+
+        return {"name": self.name, "program": self.path, "scheduler": self.scheduler, "v": self.v,
+                "error": self.error or None, "predicted_ms": num(self.predicted_ms),
+                "measured_ms": num(self.measured_ms), "measured_steps_ms": self.measured_steps_ms,
+                "prediction_error_pct": num(self.error_pct),
+                "predicted_peak_activations": num(self.predicted_peak),
+                "predicted_peak_bytes": num(self.predicted_peak_bytes),
+                "measured_peak_activations": num(self.measured_peak),
+                "measured_peak_bytes": num(self.measured_peak_bytes),
+                "predicted_busy_ms": num(self.predicted_busy_ms), "measured_busy_ms": num(self.measured_busy_ms),
+                "run_error": self.run_error or None, "chosen": self.chosen}
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune` found: every candidate (best predicted first), the chosen one, the
+    partitions (chunks per rank -> the profile of its stages), the activation unit in bytes,
+    and the chosen schedule as ``.sched`` text and as PyTorch CSV text."""
+
+    candidates: list[Candidate]
+    chosen: Candidate | None
+    profiles: dict[int, Any]
+    unit_bytes: float
+    mem_limit: float
+    sched_text: str = ""
+    csv_text: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data (``schedlang tune --json``)."""
+        return {
+            "units": {"time": "ms", "memory": "activations of one microbatch on stage 0",
+                      "activation_bytes": self.unit_bytes},
+            "mem_limit": None if math.isinf(self.mem_limit) else self.mem_limit,
+            "chosen": self.chosen.name if self.chosen else None,
+            "candidates": [c.as_dict() for c in self.candidates],
+            "partitions": {str(v): {"cuts": list(p.cuts), "layers_from": p.layers_from, "partition": p.partition,
+                                    "stages": list(p.stages)} for v, p in self.profiles.items()},
+            "notes": self.notes,
+        }
+
+
+def candidate_specs(nproc: int, mem_limit: float, time_limit: float,
+                    optimizer: bool = True) -> list[tuple[str, str, str | None, int]]:
+    """``(name, program, scheduler, v)`` for every candidate (see the module docstring)."""
+    specs: list[tuple[str, str, str | None, int]] = [
+        ("1f1b", "std:1f1b", None, 1),
+        ("gpipe", "std:gpipe", None, 1),
+        ("zb-h1", "std:zb-h1", None, 1),
+        ("zb-h2", "std:zb-h2", None, 1),
+        ("zb-1p", "std:zb-1p", None, 1),
+        ("zb-2p", "std:zb-2p", None, 1),
+        ("interleaved-1f1b", "std:interleaved-1f1b", None, 2),
+        ("zb-v", "std:zb-v", None, 2),
+        ("v-half", "std:v-half", None, 2),
+        ("v-min", "std:v-min", None, 2),
+    ]
+    if not math.isinf(mem_limit):  # the greedy searches under the user's limit, not their default
+        specs.append(("zb-auto@limit", "std:zb-h1", f"zb-auto:mem_limit={mem_limit:g}", 1))
+        specs.append(("zb-v@limit", "std:zb-v", f"zb-v:mem_limit={mem_limit:g}", 2))
+    if optimizer:
+        limit = "" if math.isinf(mem_limit) else f",mem_limit={mem_limit:g}"
+        specs.append(("optimizer", "std:zb-h1",
+                      f"ilp:objective=makespan,time_limit={time_limit:g},deterministic=false,"
+                      f"wall_limit={time_limit:g},progress=false{limit}", 1))
+    return specs
+
+
+def params_for(profile: Any, unit: float, tc: float) -> dict[str, Any]:
+    """A profile's stage rows as schedule parameters: times in ms, memory divided by ``unit``."""
+    rows = profile.stages
+    out: dict[str, Any] = {name: [float(r[name]) / (unit if name.startswith("mem") else 1.0) for r in rows]
+                           for name in COSTS}
+    out["tc"] = tc
+    return out
+
+
+def check_options(nproc: int, steps: int, top: int, time_limit: float, mem_limit: float, microbatches: int) -> None:
+    """The options of a tune that no run can use, as user errors."""
+    if nproc < 2:
+        raise SchedlangError("--nproc must be at least 2 for a pipeline")
+    if steps < 2:
+        raise SchedlangError("--steps must be at least 2 (the first step is a warm-up and not timed)")
+    if top < 1:
+        raise SchedlangError("--top must be at least 1")
+    if not time_limit > 0:
+        raise SchedlangError("--time-limit must be positive")
+    if not mem_limit > 0:
+        raise SchedlangError("--mem-limit must be positive")
+    if microbatches < 1:
+        raise SchedlangError("--microbatches must be at least 1")
+
+
+def sched_text(program: Any, csv_text: str, profile: Any, unit: float, tc: float) -> str:
+    """The chosen schedule as schedlang source with explicit per-rank orders and the measured
+    costs as its parameters' values."""
+    from schedlang import emitters
+
+    if "sched" in emitters.names():
+        return emitters.emit(program, "sched")
+    if not csv_text:
+        return ""
+    # without a schedlang emitter: the CSV's own round trip into schedlang (explicit orders, the
+    # standard op definitions), with the measured costs set at the top
+    from schedlang.export import parse_torch_csv, torch_to_sched
+
+    text, _ = torch_to_sched(parse_torch_csv(csv_text, f"{program.name}.csv"), program.name)
+    costs = params_for(profile, unit, tc)
+    head = [f"# measured costs: times in ms, memory in units of one microbatch's activations on stage 0 "
+            f"({unit:.0f} bytes)"]
+    for name in (*COSTS, "tc"):
+        value = costs[name]
+        shown = "[" + ", ".join(f"{x!r}" for x in value) + "]" if isinstance(value, list) else repr(float(value))
+        head.append(f"param {name} = {shown}")
+    lines = text.splitlines()
+    lines[0] = f"# {program.name}, chosen by schedlang tune: explicit per-rank orders (from its PyTorch CSV)"
+    at = next(i for i, line in enumerate(lines) if line.startswith("import ")) + 1
+    return "\n".join(lines[:at] + head + lines[at:]) + "\n"
