@@ -266,7 +266,7 @@ class PipelineRunner:
             where = f"instruction {current[0]} ({current[1]})" if current else "the end of the step"
             message = (f"rank {self.rank} failed at {where} in step {self.step_index}: "
                        f"{type(exc).__name__}: {exc}")
-            origin = {"rank": self.rank, "instruction": current[0] if current else None,
+            origin: dict[str, object] = {"rank": self.rank, "instruction": current[0] if current else None,
                       "instr": str(current[1]) if current else None, "step": self.step_index,
                       "error": f"{type(exc).__name__}: {exc}"}
             raise PipelineError(self.monitor.publish(message), origin) from exc

@@ -925,8 +925,8 @@ def profile_program(num_stages: int, num_microbatches: int, model: str, *, split
 
     build = layers_from or num_stages
     spec, blocks, x_mb, loss = _model_layers(model, build, num_microbatches, split_backward, split)
-    opts = {"warmup": warmup, "split_backward": split_backward, "threads": threads}
-    layer_rows = profile_ops(blocks, x_mb, loss, repeats, **opts)
+    layer_rows = profile_ops(blocks, x_mb, loss, repeats, warmup=warmup, split_backward=split_backward,
+                             threads=threads)
     counts = [sum(p.numel() for p in b.parameters()) for b in blocks]
     if partition == "params" and build == num_stages:  # the factory's own stages
         cuts = list(itertools.accumulate(len(m) if isinstance(m, nn.Sequential) else 1
@@ -938,7 +938,8 @@ def profile_program(num_stages: int, num_microbatches: int, model: str, *, split
                                       first_fused=split_backward == "autograd")
     rows = []
     if stages:
-        rows = profile_ops(list(split_sequential(blocks, num_stages, cuts)), x_mb, loss, repeats, **opts)
+        rows = profile_ops(list(split_sequential(blocks, num_stages, cuts)), x_mb, loss, repeats, warmup=warmup,
+                           split_backward=split_backward, threads=threads)
     names = tuple(type(b).__name__ for b in blocks)
     return Profile(tuple(rows), tuple(layer_rows), tuple(cuts), build, how, names)
 
