@@ -73,7 +73,7 @@ def shape_program(shape: str, p: int, m: int, lim: float) -> Any:
 
     if shape == "V-1.5B":
         return loads(SHAPE_SOURCE.format(place=SHAPES["V"]), name=f"{shape}-p{p}-m{m}",
-                     params=dict(p=p, m=m, **V_PAPER_COSTS, mem_limit=lim * p))
+                     params=dict(p=p, m=m, **V_PAPER_COSTS, costs_per="stage", mem_limit=lim * p))
 
     return loads(SHAPE_SOURCE.format(place=SHAPES[shape]), name=f"{shape}-p{p}-m{m}",
                  params=dict(p=p, m=m, tf=0.5, tb=0.5, tw=0.5, tc=0.1, mem_f=0.5, mem_w=0.25, costs_per="stage",
