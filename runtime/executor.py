@@ -269,7 +269,8 @@ class PipelineRunner:
             origin: dict[str, object] = {"rank": self.rank, "instruction": current[0] if current else None,
                       "instr": str(current[1]) if current else None, "step": self.step_index,
                       "error": f"{type(exc).__name__}: {exc}"}
-            raise PipelineError(self.monitor.publish(message), origin) from exc
+            published = self.monitor.publish(message)
+            raise PipelineError(published, origin if self.monitor.was_first else None) from exc
         finally:
             self.monitor.end()
         self.step_index += 1

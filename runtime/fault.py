@@ -58,6 +58,7 @@ class FaultMonitor:
         self.foreign: str | None = None
         self._current: tuple[float, str] | None = None
         self._own = False
+        self.was_first = True  # set by publish()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -93,14 +94,19 @@ class FaultMonitor:
             raise PipelineError(f"rank {self.rank} stopping: {self.foreign}")
 
     def publish(self, message: str) -> str:
-        """Publish this rank's fault; return the fault to report (an earlier one wins)."""
+        """Publish this rank's fault; return the fault to report (an earlier one wins).
+        :attr:`was_first` says afterwards whether this rank's fault was the first published: a
+        rank that fails because another one already did (a closed connection, say) is not the
+        origin of the failure."""
         self._own = True
+        self.was_first = True
         if self.store is None:
             return message
         try:
             if int(self.store.add(f"{self.prefix}/fault_count", 1)) == 1:
                 self.store.set(self.fault_key, message)
                 return message
+            self.was_first = False
             first = self._read_fault(wait=2.0)
         except Exception:  # the store may be gone with the failed rank
             return message

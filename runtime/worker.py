@@ -403,8 +403,10 @@ def _write_fault(out: str, rank: int, exc: BaseException) -> None:
     if isinstance(exc, PipelineError):
         doc = {"origin": exc.origin is not None, "message": str(exc), **(exc.origin or {"rank": rank})}
     else:
+        # a refusal before training (another node runs another program) says so, not a type name
+        error = f"refuses to start: {exc}" if isinstance(exc, ProgramMismatch) else f"{type(exc).__name__}: {exc}"
         doc = {"origin": True, "message": str(exc), "rank": rank, "instruction": None, "instr": None,
-               "step": None, "error": f"{type(exc).__name__}: {exc}"}
+               "step": None, "error": error}
     try:
         with open(os.path.join(out, f"fault-rank{rank}.json"), "w", encoding="utf-8") as fh:
             json.dump(doc, fh)
