@@ -1,7 +1,7 @@
 """The CP-SAT optimizer (``ilp``) against the best built-in heuristic, instance by instance.
 
 Suite (issue [ilp]): p in {4, 8, 16}, m in {8, 24, 64}; profiles ``uniform`` (T_F = T_B = T_W),
-``1.5B`` (the paper's profiled times, REFERENCE.md section 1) and ``heavy`` (1.5B with the last
+``1.5B`` (the Zero Bubble paper's profiled times, Qi et al., ICLR 2024) and ``heavy`` (1.5B with the last
 stage 1.5x slower); memory limits 0.75, 1, 1.5 and 2 times p*M_B; comm time on. For each
 instance: the best heuristic (name and bubble rate: the peer, scheduled in the same run), the
 ILP's bubble rate, the lower bound (as a bubble rate: no schedule can do better), the gap

@@ -72,6 +72,7 @@ from schedlang.ir import Orders, Program, SchedulerCall, Value, format_slots
 from schedlang.limits import Limits
 from schedlang.load import Item, load_program_items, read_source, read_text_file
 from schedlang.lower import lower_source
+from schedlang.model_check import model_parts
 from schedlang.parse import parse_expr
 from schedlang.passes import DEFAULT_PIPELINE, run_passes
 from schedlang.simulate import Simulation
@@ -394,8 +395,6 @@ def chrome_trace(program: Program) -> str:
 def read_trace(path: str) -> tuple[Program, Simulation]:
     """The timeline recorded in a Chrome trace file (planned by ``--emit chrome-trace`` or
     measured by the runtime), as a program and its simulation, ready to render as recorded."""
-    import os
-
     from schedlang.trace import timeline_from_trace
 
     text = read_text_file(path).text  # a regular UTF-8 file within the size limit
@@ -585,7 +584,7 @@ def check_model(spec: str, program: Program | None = None, split: str | Sequence
         except ModelError as exc:
             raise SchedlangError(str(exc)) from None
         return None
-    return model_check.check_model_for(model_check.model_parts(program), program.num_microbatches, spec, split,
+    return model_check.check_model_for(model_parts(program), program.num_microbatches, spec, split,
                                  split_backward=split_backward)
 
 
@@ -942,15 +941,6 @@ def profile_program(num_stages: int, num_microbatches: int, model: str, *, split
                            split_backward=split_backward, threads=threads)
     names = tuple(type(b).__name__ for b in blocks)
     return Profile(tuple(rows), tuple(layer_rows), tuple(cuts), build, how, names)
-
-
-def model_parts(program: Program) -> int:
-    """How many model parts a program's pipeline runs: the stages of one chain (Chimera's two
-    chains run replicas of the same parts)."""
-    from schedlang import isa
-    from schedlang.codegen import stage_graph
-
-    return len(isa.chains_of(program.num_stages, stage_graph(program))[0])
 
 
 def partition_for(program: Program, model: str, partition: str, *, layers_from: int | None = None,

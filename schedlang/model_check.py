@@ -24,7 +24,8 @@ DEFAULT_MODEL = "schedlang.runtime.models:tiny_gpt"
 
 
 def model_parts(program: Program) -> int:
-    """Model parts: one per stage of a chain (Chimera's two chains run replicas of the same parts)."""
+    """How many model parts a program's pipeline runs: the stages of one chain (Chimera's two
+    chains run replicas of the same parts)."""
     from schedlang import isa
     from schedlang.codegen import stage_graph
 

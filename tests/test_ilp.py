@@ -27,7 +27,8 @@ from schedlang.verify import verify
 
 
 def zb_orders(program: Program, h2: bool = False) -> Orders:
-    """ZB-H1 / ZB-H2 per-rank orders from REFERENCE.md's rule (independent of the library's)."""
+    """ZB-H1 / ZB-H2 per-rank orders from the rule that reproduces the Zero Bubble paper's orders: at step x
+    rank r issues F(x), B(x - L_B), W(x - L_W) (independent of the library's)."""
     p, m = program.num_ranks, program.num_microbatches
     ranks = []
     for r in range(p):

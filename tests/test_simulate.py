@@ -22,7 +22,7 @@ times = st.integers(1, 16).map(lambda x: x / 4)
 @given(p=st.integers(1, 8), m=st.integers(1, 24), tf=times, tb=times, tw=times)
 @settings(max_examples=120, deadline=None)
 def test_1f1b_bubble_matches_closed_form(p: int, m: int, tf: float, tb: float, tw: float) -> None:
-    # REFERENCE.md section 1: 1F1B (B and W fused), comm 0: bubble (p-1)(T_F+T_B+T_W), peak p*M_B
+    # Qi et al., ICLR 2024 (the Zero Bubble paper): 1F1B (B and W fused), comm 0: bubble (p-1)(T_F+T_B+T_W), peak p*M_B
     assume(m >= p)
     prog = compile_program("std:1f1b", p=p, m=m, tf=tf, tb=tb, tw=tw, tc=0.0, mem_f=2.0)
     sim = simulate(prog)

@@ -326,7 +326,7 @@ def test_pytorch_builtin_schedules_import_and_simulate(cls_name: str, p: int) ->
 
 @needs_torch
 def test_pytorch_1f1b_pipeline_order_bug_is_reported() -> None:
-    """torch 2.13's Schedule1F1B.pipeline_order is wrong on the last rank (REFERENCE.md section 4):
+    """torch 2.13's Schedule1F1B.pipeline_order is wrong on the last rank (seen in its source):
     it names microbatch m and skips microbatch 0; the import says so instead of simulating it."""
     import torch.distributed.pipelining.schedules as S
 
