@@ -25,14 +25,13 @@ from torch.autograd.graph import GradientEdge, get_gradient_edge
 __all__ = ["WeightWork", "input_backward"]
 
 
-def _graph(root: Any) -> tuple[list[Any], dict[Any, list[Any]]]:
-    """Every node reachable from ``root`` (a grad_fn) and each node's parents (its consumers)."""
-    nodes: list[Any] = []
+def _consumers(root: Any) -> dict[Any, list[Any]]:
+    """Every node reachable from ``root`` (a grad_fn) but the root, with the nodes that consume
+    its output (its parents in the walk from the output)."""
     parents: dict[Any, list[Any]] = {}
     todo, seen = [root], {root}
     while todo:
         node = todo.pop()
-        nodes.append(node)
         for nxt, _ in node.next_functions:
             if nxt is None:
                 continue
@@ -40,22 +39,19 @@ def _graph(root: Any) -> tuple[list[Any], dict[Any, list[Any]]]:
             if nxt not in seen:
                 seen.add(nxt)
                 todo.append(nxt)
-    return nodes, parents
+    return parents
 
 
-def _reaching(targets: set[Any], nodes: list[Any]) -> set[Any]:
-    """The nodes from which some node of ``targets`` can be reached (targets included)."""
-    memo: dict[Any, bool] = {}
-
-    def reach(node: Any) -> bool:
-        got = memo.get(node)
-        if got is None:
-            memo[node] = False  # the graph is acyclic; this only guards re-entry
-            got = node in targets or any(reach(n) for n, _ in node.next_functions if n is not None)
-            memo[node] = got
-        return got
-
-    return {n for n in nodes if reach(n)}
+def _reaching(target: Any, parents: dict[Any, list[Any]]) -> set[Any]:
+    """The nodes from which ``target`` can be reached (``target`` included): its consumers,
+    their consumers, and so on. Iterative, so no frame or closure keeps the graph alive."""
+    found, todo = {target}, [target]
+    while todo:
+        for parent in parents.get(todo.pop(), ()):
+            if parent not in found:
+                found.add(parent)
+                todo.append(parent)
+    return found
 
 
 class WeightWork:
@@ -104,11 +100,11 @@ def input_backward(out: torch.Tensor, x: torch.Tensor, dy: torch.Tensor | None,
 def _plan(root: Any, x: torch.Tensor, params: Sequence[torch.Tensor]) -> WeightWork | None:
     if not params:
         return WeightWork([])
-    nodes, parents = _graph(root)
+    parents = _consumers(root)
     x_node = get_gradient_edge(x).node
-    if x_node not in set(nodes):
-        return None
-    on_path = _reaching({x_node}, nodes)  # nodes between the output and the input
+    if x_node is not root and x_node not in parents:
+        return None  # the output does not depend on the input through the graph
+    on_path = _reaching(x_node, parents)  # nodes between the output and the input
     owner: dict[Any, list[torch.Tensor]] = {}
     for p in params:
         acc = get_gradient_edge(p).node

@@ -60,3 +60,40 @@ def _walk(root):  # noqa: ANN001, ANN202 - autograd nodes
         seen.add(n)
         yield n
         todo += [m for m, _ in n.next_functions]
+
+
+def test_the_split_leaves_no_reference_cycle_holding_the_graph() -> None:
+    """What B leaves behind is freed by reference counting alone: with the garbage collector off,
+    dropping B's results frees as much as a collection does afterwards (a closure cycle in the
+    graph walk once kept visited nodes, and the activations they saved, until the next collection)."""
+    import gc
+    import weakref
+
+    class Saved:  # what the graph holds for each tensor saved for backward
+        def __init__(self, t: torch.Tensor) -> None:
+            self.t = t
+
+    held: list[weakref.ref[Saved]] = []
+
+    def pack(t: torch.Tensor) -> Saved:
+        box = Saved(t)
+        held.append(weakref.ref(box))
+        return box
+
+    def b_only() -> None:
+        mod = _block()
+        x, dy = _data()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda box: box.t):
+            out = mod(x)
+        dx, work = input_backward(out, x, dy, list(mod.parameters()))
+        assert dx is not None and work is not None and held
+
+    gc.collect()
+    gc.disable()
+    try:
+        b_only()
+        before = [r() is not None for r in held]
+        gc.collect()
+        assert [r() is not None for r in held] == before
+    finally:
+        gc.enable()
