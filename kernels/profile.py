@@ -3,8 +3,8 @@
 :func:`profile_ops` runs each stage module on the device its input lives on, the way
 ``schedlang run`` executes it, and returns one dict per stage::
 
-    {"stage": s, "tf": ms, "tb": ms, "tw": ms, "mem_f": bytes, "mem_w": bytes,
-     "cv": {"tf": .., "tb": .., "tw": ..}, "mode": "autograd" | "split" | "estimate",
+    {"stage": s, "tf": ms, "tb": ms, "tw": ms, "tbw": ms, "mem_f": bytes, "mem_w": bytes,
+     "cv": {"tf": .., "tb": .., "tw": .., "tbw": ..}, "mode": "autograd" | "split" | "estimate",
      "device": "cpu", "threads": n, "repeats": n, "warmup": n}
 
 How each figure is taken:
@@ -26,6 +26,9 @@ How each figure is taken:
   is that backward and ``tw`` the time of ``store.run_w`` (mode ``"split"``: every trainable
   parameter belongs to a split layer of :mod:`schedlang.kernels.layers`). Mode ``"estimate"``
   (plain layers hold parameters): ``tw`` is a full backward's time minus ``tb``, clamped at 0.
+- ``tbw``: the fused backward (B and W together, the runtime's ``BW`` of 1F1B and GPipe): one
+  backward from the output, outside any store scope. It is often well below ``tb + tw``: the
+  split pays for a second pass into the graph (and, through autograd, a walk of it).
 - ``mem_f``: bytes saved for backward during the forward, counted through
   ``torch.autograd.graph.saved_tensors_hooks`` over distinct storages, parameters excluded
   (the stage input counts when a layer saves it). This is the paper's ``M_B``.
@@ -59,7 +62,7 @@ __all__ = ["PARAM_NAMES", "TIME_NAMES", "coefficient_of_variation", "format_para
            "median", "noisy_figures", "profile_ops"]
 
 PARAM_NAMES = ("tf", "tb", "tw", "mem_f", "mem_w")
-TIME_NAMES = ("tf", "tb", "tw")
+TIME_NAMES = ("tf", "tb", "tw", "tbw")
 
 
 def median(samples: Sequence[float]) -> float:
@@ -187,7 +190,7 @@ def _profile_stage(
     first = stage == 0 or not x.is_floating_point()
     float_in = x.is_floating_point()
     params = [p for p in module.parameters() if p.requires_grad]
-    times: dict[str, list[float]] = {"tf": [], "tb": [], "tw": []}
+    times: dict[str, list[float]] = {"tf": [], "tb": [], "tw": [], "tbw": []}
     mem_f = mem_w = 0
     grad: torch.Tensor | None = None
 
@@ -251,6 +254,18 @@ def _profile_stage(
             times["tb"].append(t2 - t1)
             times["tw"].append(tw)
             mem_f, mem_w = counter.total, held
+        del out
+        # the fused backward (BW), as the runtime runs it: one backward from the output, with
+        # the input's gradient where a stage feeds this one, and no store key active
+        xin = x.detach().requires_grad_(float_in and not first)
+        with torch.enable_grad():
+            out = forward(xin)
+        _sync(device)
+        t4 = time.perf_counter()
+        torch.autograd.backward(out, grad)
+        _sync(device)
+        if it >= warmup:
+            times["tbw"].append(time.perf_counter() - t4)
         del out
     row: dict[str, Any] = {"stage": stage}
     row.update({k: 1e3 * median(v) for k, v in times.items()})

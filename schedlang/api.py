@@ -1003,7 +1003,7 @@ def _tune_schedule(c: Any, profile: Any, unit: float, tc: float, nproc: int, m: 
     """Compile and simulate one candidate on the measured costs (or record why it cannot run)."""
     from schedlang import tune as T
 
-    params = T.params_for(profile, unit, tc)
+    params = T.params_for(profile, unit, tc, fused="tbw" in _declared(c.path))
     params.update(p=nproc, m=m, mem_limit=mem_limit)
     if c.path == "std:interleaved-1f1b":
         params["v"] = c.v

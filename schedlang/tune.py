@@ -136,16 +136,18 @@ def candidate_specs(nproc: int, mem_limit: float, time_limit: float,
     if optimizer:
         limit = "" if math.isinf(mem_limit) else f",mem_limit={mem_limit:g}"
         specs.append(("optimizer", "std:zb-h1",
-                      f"ilp:objective=makespan,time_limit={time_limit:g},deterministic=false,"
-                      f"wall_limit={time_limit:g},progress=false{limit}", 1))
+                      f"ilp:objective=makespan,time_limit={time_limit:g},progress=false{limit}", 1))
     return specs
 
 
-def params_for(profile: Any, unit: float, tc: float) -> dict[str, Any]:
-    """A profile's stage rows as schedule parameters: times in ms, memory divided by ``unit``."""
+def params_for(profile: Any, unit: float, tc: float, fused: bool = False) -> dict[str, Any]:
+    """A profile's stage rows as schedule parameters: times in ms, memory divided by ``unit``;
+    with ``fused`` (a program whose ``BW`` runs B and W as one backward) also ``tbw``, the
+    fused backward's measured time, which is not ``tb + tw``."""
     rows = profile.stages
+    names = (*COSTS, "tbw") if fused and all("tbw" in r for r in rows) else COSTS
     out: dict[str, Any] = {name: [float(r[name]) / (unit if name.startswith("mem") else 1.0) for r in rows]
-                           for name in COSTS}
+                           for name in names}
     out["tc"] = tc
     return out
 

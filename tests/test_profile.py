@@ -185,7 +185,8 @@ def test_autograd_split_measures_w_and_what_it_holds() -> None:
     assert rows[1]["mem_f"] == (4 * 32 + 4 * 8) * 4
     assert rows[1]["mem_w"] == rows[1]["mem_f"] + 4 * 8 * 4
     assert all(p.grad is None for s in stages for p in s.parameters())
-    assert set(rows[0]["cv"]) == {"tf", "tb", "tw"}
+    assert set(rows[0]["cv"]) == {"tf", "tb", "tw", "tbw"}
+    assert all(r["tbw"] > 0 for r in rows)  # the fused backward, timed on its own
 
 
 def test_profile_option_errors_are_plain() -> None:

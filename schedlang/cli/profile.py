@@ -121,7 +121,12 @@ def _profile_run(args: argparse.Namespace) -> int:
     prof = api.profile(prog, args.model, split=args.split, split_backward=args.split_backward, repeats=args.repeats,
                        warmup=args.warmup, threads=args.threads, partition=args.partition,
                        layers_from=args.layers_from, step_cost=step_cost(args))
-    from schedlang.kernels.profile import format_params, in_activation_units  # needs torch: checked
+    from schedlang.kernels.profile import (  # needs torch: checked
+        PARAM_NAMES,
+        format_params,
+        in_activation_units,
+    )
+    from schedlang.kernels.profile import TIME_NAMES as TIMES
 
     warn_noisy(list(prof.layers), args.cv_limit, "layer")
     warn_noisy(list(prof.stages), args.cv_limit)
@@ -146,18 +151,20 @@ def _profile_run(args: argparse.Namespace) -> int:
               f"# {partition_line(prof)}\n"
               f"# times in ms (median of {args.repeats} runs after {args.warmup} warm-up), memory in {unit}\n")
     mem_digits = 4 if args.mem_unit == "activation" else 0
-    write_output(header + format_params(stages, mem_digits=mem_digits), args.output)
+    # a program with a fused backward (1F1B, GPipe, ...) also gets its measured time
+    param_names = (*PARAM_NAMES, "tbw") if "tbw" in dict(prog.params) else PARAM_NAMES
+    write_output(header + format_params(stages, param_names, mem_digits=mem_digits), args.output)
     if args.output and args.output != "-":
         colour = use_colour(sys.stdout)
         mem_fmt = (lambda v: f"{v:.4g}") if args.mem_unit == "activation" else (lambda v: str(int(v)))
         for what, rows, names in (("layer", layers, prof.layer_names), ("stage", stages, None)):
             table = Table([Column(what, fmt=str)] + ([Column("name", "<", str)] if names else [])
-                          + [Column(f"{h} ms", fmt=lambda v: f"{v:.4g}") for h in ("tf", "tb", "tw")]
-                          + [Column(f"cv {h}", fmt=lambda v: f"{100 * v:.1f}%") for h in ("tf", "tb", "tw")]
+                          + [Column(f"{h} ms", fmt=lambda v: f"{v:.4g}") for h in TIMES]
+                          + [Column(f"cv {h}", fmt=lambda v: f"{100 * v:.1f}%") for h in TIMES]
                           + [Column(h, fmt=mem_fmt) for h in ("mem_f", "mem_w")] + [Column("W", "<", str)])
             for i, r in enumerate(rows):
-                table.add(i, *([names[i]] if names else []), r["tf"], r["tb"], r["tw"],
-                          *(r["cv"][h] for h in ("tf", "tb", "tw")), r["mem_f"], r["mem_w"], r["mode"])
+                table.add(i, *([names[i]] if names else []), *(r[h] for h in TIMES),
+                          *(r["cv"][h] for h in TIMES), r["mem_f"], r["mem_w"], r["mode"])
             sys.stdout.write(table.render(colour))
         print(partition_line(prof))
         print(f"parameters written to {args.output}; use them with --params {args.output}")
