@@ -12,7 +12,8 @@ How each figure is taken:
 - Threads: the profile runs with ``torch.set_num_threads(threads)`` (default 1, what every
   ``schedlang run`` worker uses), restored afterwards. Letting the intra-op pool float makes
   small CPU ops swing by two orders of magnitude from run to run.
-- Times: ``warmup`` untimed runs, then ``repeats`` timed runs; each figure is the median (ms),
+- Times: ``warmup`` untimed runs, then ``repeats`` timed runs, or more until they add up to
+  ``min_time`` seconds (``repeats`` in the row: how many); each figure is the median (ms),
   and ``cv`` holds its spread as a robust coefficient of variation
   (:func:`coefficient_of_variation`) so a caller can tell a noisy figure from a steady one
   (:func:`noisy_figures`).
@@ -29,6 +30,7 @@ How each figure is taken:
 - ``tbw``: the fused backward (B and W together, the runtime's ``BW`` of 1F1B and GPipe): one
   backward from the output, outside any store scope. It is often well below ``tb + tw``: the
   split pays for a second pass into the graph (and, through autograd, a walk of it).
+- ``out_bytes``: the size of the stage's output (before ``loss_fn``), what it sends to the next.
 - ``mem_f``: bytes saved for backward during the forward, counted through
   ``torch.autograd.graph.saved_tensors_hooks`` over distinct storages, parameters excluded
   (the stage input counts when a layer saves it). This is the paper's ``M_B``.
@@ -63,6 +65,7 @@ __all__ = ["PARAM_NAMES", "TIME_NAMES", "coefficient_of_variation", "format_para
 
 PARAM_NAMES = ("tf", "tb", "tw", "mem_f", "mem_w")
 TIME_NAMES = ("tf", "tb", "tw", "tbw")
+MAX_REPEATS = 2000  # the most timed runs ``min_time`` asks for
 
 
 def median(samples: Sequence[float]) -> float:
@@ -176,6 +179,7 @@ def _profile_stage(
     warmup: int,
     generator: torch.Generator,
     split_backward: str,
+    min_time: float = 0.0,
 ) -> dict[str, Any]:
     from schedlang.runtime.autograd_split import input_backward
 
@@ -194,11 +198,21 @@ def _profile_stage(
     mem_f = mem_w = 0
     grad: torch.Tensor | None = None
 
+    out_bytes = 0
+
     def forward(xin: torch.Tensor) -> torch.Tensor:
+        nonlocal out_bytes
         out = module(xin)
+        out_bytes = out.numel() * out.element_size() if isinstance(out, torch.Tensor) else 0
         return loss_fn(out) if loss_fn is not None else out
 
-    for it in range(warmup + repeats):
+    cap = warmup + max(repeats, MAX_REPEATS)
+    it, timed = -1, 0.0
+    while True:
+        it += 1
+        if it >= warmup + repeats and (timed >= min_time or it >= cap):
+            break
+        t_it = time.perf_counter()
         xin = x.detach().requires_grad_(float_in and not first or (kernels and float_in))
         counter = _SavedBytes(exclude)
         _sync(device)
@@ -266,11 +280,12 @@ def _profile_stage(
         _sync(device)
         if it >= warmup:
             times["tbw"].append(time.perf_counter() - t4)
+            timed += time.perf_counter() - t_it
         del out
     row: dict[str, Any] = {"stage": stage}
     row.update({k: 1e3 * median(v) for k, v in times.items()})
-    row.update(mem_f=mem_f, mem_w=mem_w, cv={k: coefficient_of_variation(v) for k, v in times.items()},
-               mode=mode, device=str(device), threads=torch.get_num_threads(), repeats=repeats,
+    row.update(mem_f=mem_f, mem_w=mem_w, out_bytes=out_bytes, cv={k: coefficient_of_variation(v) for k, v in times.items()},
+               mode=mode, device=str(device), threads=torch.get_num_threads(), repeats=len(times["tf"]),
                warmup=warmup)
     return row
 
@@ -285,6 +300,7 @@ def profile_ops(
     seed: int = 0,
     split_backward: str = "kernels",
     threads: int | None = 1,
+    min_time: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Profile each stage in order; return one dict per stage (see the module docstring).
 
@@ -293,9 +309,11 @@ def profile_ops(
     driven by a seeded random output gradient. Modules must already be on ``sample_input``'s
     device. ``split_backward`` is ``"autograd"`` or ``"kernels"`` (how the runtime will split
     B and W); ``threads`` is the intra-op thread count to profile with (``None``: leave it).
+    ``min_time``: keep repeating past ``repeats`` until the timed runs of a stage add up to
+    this many seconds (at most ``MAX_REPEATS`` runs), so short figures rest on many samples.
     """
-    if repeats < 1 or warmup < 0:
-        raise ValueError("profile_ops needs repeats >= 1 and warmup >= 0")
+    if repeats < 1 or warmup < 0 or min_time < 0:
+        raise ValueError("profile_ops needs repeats >= 1, warmup >= 0 and min_time >= 0")
     if split_backward not in ("autograd", "kernels"):
         raise ValueError(f"split_backward must be 'autograd' or 'kernels', not {split_backward!r}")
     if threads is not None and threads < 1:
@@ -315,7 +333,7 @@ def profile_ops(
                 rows.append(
                     _profile_stage(
                         s, module, x, loss_fn if s == last else None, repeats, warmup, generator,
-                        split_backward,
+                        split_backward, min_time,
                     )
                 )
                 with torch.no_grad():

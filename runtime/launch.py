@@ -6,6 +6,10 @@ worker and calls ``fn(rank, world_size, *args)``. Unlike ``torch.multiprocessing
 not kill the other workers when one fails: each worker must stop by itself, which is what the
 runtime's fault handling guarantees. It returns one :class:`RankResult` per rank: exit code,
 returned value, and the worker's stderr (captured to a file).
+
+:func:`p2p_seconds` measures what one point-to-point message of a given size costs between two
+such workers (half a ping-pong's round trip, median over repeats): the communication time a
+schedule's simulation adds to every edge between ranks.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RankResult", "SpawnError", "free_port", "init_worker", "spawn"]
+__all__ = ["RankResult", "SpawnError", "free_port", "init_worker", "p2p_seconds", "spawn"]
 
 
 @dataclass
@@ -156,3 +160,39 @@ def _drain(q: Any, out: dict[int, RankResult]) -> None:
             return
         out[rank].value = pickle.loads(value) if value is not None else None
         out[rank].error = error
+
+
+def _ping_pong(rank: int, world_size: int, nbytes: int, repeats: int, warmup: int) -> float:
+    """Rank 0 sends ``nbytes`` to rank 1 and gets them back, ``warmup + repeats`` times; the
+    median one-way time (half the round trip) over the timed ones, in seconds."""
+    import statistics
+
+    import torch
+    import torch.distributed as dist
+
+    buf = torch.zeros(max(1, nbytes // 4), dtype=torch.float32)
+    peer = 1 - rank
+    times = []
+    dist.barrier()
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        if rank == 0:
+            dist.send(buf, peer)
+            dist.recv(buf, peer)
+        else:
+            dist.recv(buf, peer)
+            dist.send(buf, peer)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return float(statistics.median(times)) / 2
+
+
+def p2p_seconds(nbytes: int, *, repeats: int = 30, warmup: int = 5, backend: str = "gloo",
+                timeout: float = 60.0) -> float:
+    """One message of ``nbytes`` from one worker process to another on this machine, in seconds
+    (median of ``repeats`` ping-pongs after ``warmup``, halved)."""
+    if nbytes < 0 or repeats < 1 or warmup < 0:
+        raise ValueError("p2p_seconds needs nbytes >= 0, repeats >= 1 and warmup >= 0")
+    results = spawn(_ping_pong, 2, (nbytes, repeats, warmup), backend=backend, timeout=timeout,
+                    join_timeout=4 * timeout)
+    return float(results[0].value)

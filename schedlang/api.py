@@ -908,6 +908,7 @@ def _model_layers(model: str, build: int, num_microbatches: int, split_backward:
 
 def profile_program(num_stages: int, num_microbatches: int, model: str, *, split_backward: str = "autograd",
                     repeats: int = 10, warmup: int = 3, threads: int = 1, partition: str = "params",
+                    min_time: float = 0.1,
                     layers_from: int | None = None, placement: Sequence[int] | None = None,
                     factor: Sequence[float] | None = None,
                     mem_limit: float | Sequence[float] = float("inf"), stages: bool = True,
@@ -916,7 +917,8 @@ def profile_program(num_stages: int, num_microbatches: int, model: str, *, split
     """Build ``model`` (``MODULE:FACTORY`` or ``path/to/file.py:FACTORY``, checked as :func:`run`
     checks it, cut at ``split``) for ``layers_from`` stages (default: the pipeline's), profile its
     layers, cut them into ``num_stages`` stages by ``partition`` (see :func:`resolve_partition`)
-    and (unless ``stages`` is false) profile those stages."""
+    and (unless ``stages`` is false) profile those stages. ``min_time``: seconds of timed runs
+    per layer and stage at least (more runs than ``repeats`` for short ones)."""
     from torch import nn
 
     from schedlang.kernels.profile import profile_ops
@@ -925,7 +927,7 @@ def profile_program(num_stages: int, num_microbatches: int, model: str, *, split
     build = layers_from or num_stages
     spec, blocks, x_mb, loss = _model_layers(model, build, num_microbatches, split_backward, split)
     layer_rows = profile_ops(blocks, x_mb, loss, repeats, warmup=warmup, split_backward=split_backward,
-                             threads=threads)
+                             threads=threads, min_time=min_time)
     counts = [sum(p.numel() for p in b.parameters()) for b in blocks]
     if partition == "params" and build == num_stages:  # the factory's own stages
         cuts = list(itertools.accumulate(len(m) if isinstance(m, nn.Sequential) else 1
@@ -938,19 +940,19 @@ def profile_program(num_stages: int, num_microbatches: int, model: str, *, split
     rows = []
     if stages:
         rows = profile_ops(list(split_sequential(blocks, num_stages, cuts)), x_mb, loss, repeats, warmup=warmup,
-                           split_backward=split_backward, threads=threads)
+                           split_backward=split_backward, threads=threads, min_time=min_time)
     names = tuple(type(b).__name__ for b in blocks)
     return Profile(tuple(rows), tuple(layer_rows), tuple(cuts), build, how, names)
 
 
 def partition_for(program: Program, model: str, partition: str, *, layers_from: int | None = None,
                   split_backward: str = "autograd", repeats: int = 10, warmup: int = 3,
-                  threads: int = 1,
+                  threads: int = 1, min_time: float = 0.1,
                   step_cost: Callable[[list[dict[str, float]]], float] | None = None) -> Profile | None:
     """The stages ``--partition`` asks :func:`run` for: ``None`` for the factory's own split
     (``params`` without ``layers_from``); else a :class:`Profile` whose ``cuts`` and
     ``layers_from`` go to :func:`run`, with the per-layer profile they come from (no stage rows)."""
-    check_profile_options(repeats, warmup, threads)
+    check_profile_options(repeats, warmup, threads, min_time)
     if partition == "params" and layers_from is None:
         return None
     _require_torch("--partition")
@@ -961,13 +963,17 @@ def partition_for(program: Program, model: str, partition: str, *, layers_from: 
     placement = [program.placement[s] for s in range(parts)] if parts == program.num_stages else None
     return profile_program(parts, program.num_microbatches, model, split_backward=split_backward,
                            repeats=repeats, warmup=warmup, threads=threads, partition=partition,
-                           layers_from=build, placement=placement, stages=False, step_cost=step_cost)
+                           min_time=min_time, layers_from=build, placement=placement, stages=False,
+                           step_cost=step_cost)
 
 
-def check_profile_options(repeats: int, warmup: int, threads: int = 1) -> None:
-    """``repeats`` at least 1, ``warmup`` at least 0 and ``threads`` at least 1, or a user error."""
+def check_profile_options(repeats: int, warmup: int, threads: int = 1, min_time: float = 0.0) -> None:
+    """``repeats`` at least 1, ``warmup`` at least 0, ``threads`` at least 1 and ``min_time`` at
+    least 0, or a user error."""
     if repeats < 1 or warmup < 0:
         raise SchedlangError("--repeats must be at least 1 and --warmup at least 0")
+    if not min_time >= 0:
+        raise SchedlangError("--min-time must be at least 0")
     if threads < 1:
         raise SchedlangError("--threads must be at least 1")
 
@@ -981,14 +987,14 @@ def _require_torch(what: str) -> None:
 
 def profile(program: Program, model: str = "schedlang.runtime.models:tiny_gpt", *,
             split_backward: str = "autograd", repeats: int = 10, warmup: int = 3, threads: int = 1,
-            partition: str = "params", layers_from: int | None = None,
+            min_time: float = 0.1, partition: str = "params", layers_from: int | None = None,
             step_cost: Callable[[list[dict[str, float]]], float] | None = None,
             split: str | Sequence[str] | None = None) -> Profile:
     """Measure T_F, T_B, T_W and memory of each layer of ``model`` and of each model part a
     (lowered) program's pipeline needs: one stage row per stage of a chain (Chimera's two chains
     run replicas of the same parts). ``partition`` is ``params``, ``auto`` or ``CUT,CUT,...``
     over the layers of the model built for ``layers_from`` stages (default: the pipeline's)."""
-    check_profile_options(repeats, warmup, threads)
+    check_profile_options(repeats, warmup, threads, min_time)
     _require_torch("profile")
     if layers_from is not None and layers_from < 1:
         raise SchedlangError("--layers-from must be at least 1")
@@ -996,12 +1002,16 @@ def profile(program: Program, model: str = "schedlang.runtime.models:tiny_gpt", 
     placement = [program.placement[s] for s in range(parts)] if parts == program.num_stages else None
     return profile_program(parts, program.num_microbatches, model, split_backward=split_backward,
                            repeats=repeats, warmup=warmup, threads=threads, partition=partition,
-                           layers_from=layers_from, placement=placement, step_cost=step_cost, split=split)
+                           min_time=min_time, layers_from=layers_from, placement=placement,
+                           step_cost=step_cost, split=split)
 
 
-def _tune_schedule(c: Any, profile: Any, unit: float, tc: float, nproc: int, m: int, mem_limit: float) -> None:
-    """Compile and simulate one candidate on the measured costs (or record why it cannot run)."""
+def _tune_schedule(c: Any, profile: Any, unit: float, tc: float, nproc: int, m: int, mem_limit: float,
+                   cores: float | None = None) -> None:
+    """Compile and simulate one candidate on the measured costs (or record why it cannot run);
+    with fewer ``cores`` than ranks the ranks share them (:func:`schedlang.simulate.shared_makespan`)."""
     from schedlang import tune as T
+    from schedlang.simulate import shared_makespan
 
     params = T.params_for(profile, unit, tc, fused="tbw" in _declared(c.path))
     params.update(p=nproc, m=m, mem_limit=mem_limit)
@@ -1014,10 +1024,46 @@ def _tune_schedule(c: Any, profile: Any, unit: float, tc: float, nproc: int, m: 
         c.error = exc.message.splitlines()[0]
         return
     c.program = prog
-    c.predicted_ms = sim.makespan
+    c.predicted_own_cores_ms = sim.makespan
+    c.predicted_ms = shared_makespan(prog, cores) if cores is not None and cores < nproc else sim.makespan
     c.predicted_peak = max(r.peak_memory for r in sim.ranks)
     c.predicted_peak_bytes = c.predicted_peak * unit
     c.predicted_busy_ms = max(r.busy for r in sim.ranks)
+
+
+def _tune_machine(profile: Any, nproc: int, threads: int, cores: float | None, tc: float | None,
+                  notes: list[str], say: Callable[[str], None]) -> tuple[float | None, float]:
+    """The cores the ranks share and the communication time per message, from the options or
+    this machine (see :func:`tune`); each is noted."""
+    if cores is None:
+        cores = _shared_cores(threads)
+    if cores is not None and cores < nproc:
+        notes.append(f"{nproc} processes share {cores:g} core(s) ({threads} thread(s) each): the prediction "
+                     "shares them among the ranks that compute at each moment")
+    if tc is None:
+        from schedlang.runtime.launch import p2p_seconds
+
+        size = max(int(r.get("out_bytes", 0)) for r in profile.stages[:-1])
+        say(f"measuring one message of {size} bytes between two processes")
+        tc = 1e3 * p2p_seconds(size)
+        notes.append(f"communication: {tc:.4f} ms per message of {size} bytes (measured between two processes)")
+    return cores, tc
+
+
+def _shared_cores(threads: int) -> float | None:
+    """How many ranks of ``threads`` threads this machine's CPU runs at once, when the ranks run
+    on the CPU (no CUDA device); ``None`` on GPUs, where each rank has its own."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    return max(1.0, n / threads)
 
 
 def _tune_measure(c: Any, profile: Any, unit: float, model: str, nproc: int, steps: int,
@@ -1055,15 +1101,18 @@ def tune(model: str = "schedlang.runtime.models:tiny_gpt", nproc: int = 4, *, mi
          mem_limit: float = math.inf,
          time_limit: float = 10.0, steps: int = 5, top: int = 3, layers_from: int | None = None,
          partition: str = "auto", split_backward: str = "autograd", repeats: int = 10, warmup: int = 3,
-         threads: int = 1, tc: float = 0.0, launcher: str = "spawn", timeout: float = 120.0,
-         optimizer: bool = True, rounds: int = 1, progress: Callable[[str], None] | None = None) -> Any:
+         min_time: float = 0.1, threads: int = 1, tc: float | None = None, cores: float | None = None, launcher: str = "spawn",
+         timeout: float = 120.0, optimizer: bool = True, rounds: int = 1,
+         progress: Callable[[str], None] | None = None) -> Any:
     """Profile ``model``, partition it, schedule every candidate on the measured costs, run the
     best few on ``nproc`` processes and choose the fastest measured one: a
     :class:`schedlang.tune.TuneResult` (the steps are in :mod:`schedlang.tune`'s docstring;
     needs torch, and ortools for the optimizer). ``mem_limit`` is in
     units of one microbatch's activations on stage 0 (per rank); ``time_limit`` is the
     optimizer's wall-clock budget in seconds; ``tc`` the communication time (ms) the prediction
-    assumes. The measured step time of a candidate is the median over its steps after the first,
+    assumes (default: measured, one stage output sent between two worker processes); ``cores``
+    the processors the ranks share (default: on a CPU, this process's cores over ``threads``; on
+    GPUs none are shared), below ``nproc`` the prediction shares them among the busy ranks. The measured step time of a candidate is the median over its steps after the first,
     over ``rounds`` runs each (the candidates take turns, so a busy spell of the machine is
     spread over them rather than landing on one)."""
     _require_torch("tune")
@@ -1077,7 +1126,8 @@ def tune(model: str = "schedlang.runtime.models:tiny_gpt", nproc: int = 4, *, mi
     if partition == "step":
         raise SchedlangError("--partition step minimises one schedule's step; tune compares many: "
                              "use auto, params or cut points")
-    check_profile_options(repeats, warmup, threads)
+    check_profile_options(repeats, warmup, threads, min_time)
+    T.check_machine_options(cores, tc)
     check_model(model)
     build = layers_from if layers_from is not None else 2 * nproc
     families: tuple[int, ...] = (1, 2)
@@ -1092,7 +1142,7 @@ def tune(model: str = "schedlang.runtime.models:tiny_gpt", nproc: int = 4, *, mi
         try:
             profiles[v] = profile_program(v * nproc, m, model, split_backward=split_backward, repeats=repeats,
                                               warmup=warmup, threads=threads, partition=partition,
-                                              layers_from=build)
+                                              min_time=min_time, layers_from=build)
         except SchedlangError as exc:
             if v == families[0]:
                 raise
@@ -1101,11 +1151,12 @@ def tune(model: str = "schedlang.runtime.models:tiny_gpt", nproc: int = 4, *, mi
     unit = float(profiles[families[0]].stages[0]["mem_f"])
     if unit <= 0:
         raise SchedlangError("stage 0 saves no activations: no unit for memory")
+    cores, tc = _tune_machine(profiles[families[0]], nproc, threads, cores, tc, notes, say)
     cands = [T.Candidate(name, path, sched, v) for name, path, sched, v in
              T.candidate_specs(nproc, mem_limit, time_limit, optimizer) if v in profiles]
     for c in cands:
         say(f"scheduling {c.name}")
-        _tune_schedule(c, profiles[c.v], unit, tc, nproc, m, mem_limit)
+        _tune_schedule(c, profiles[c.v], unit, tc, nproc, m, mem_limit, cores)
     ok = sorted((c for c in cands if not c.error), key=lambda c: c.predicted_ms)
     if not ok:
         raise SchedlangError("no candidate schedule fits the memory limit")

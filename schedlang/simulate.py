@@ -31,6 +31,7 @@ forwards (raise the number of microbatches).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from schedlang.ir import Orders, Program, Role
@@ -268,3 +269,93 @@ def _deadlock(program: Program, heads: list[int], limit: list[int], slot_ops: li
         msg = "deadlock: " + "; ".join(parts)
     first_note = notes[0]
     return DeadlockError(msg, first_note.span, tuple(notes[1:]))
+
+
+def shared_makespan(program: Program, cores: float) -> float:  # noqa: C901 - one event loop
+    """The makespan when the ranks share ``cores`` processors (fluid processor sharing).
+
+    :func:`simulate` gives every rank a processor of its own. When more ranks than processors run
+    on one machine (``schedlang run`` on a CPU with more processes than cores), the ranks that
+    are computing at a moment share the cores equally: with ``k`` of them busy, each slot runs at
+    rate ``min(1, cores / k)`` of its own speed; a rank waiting for a message uses no core, and
+    latencies (communication) run beside the computation. Dependencies, orders and latencies are
+    as in :func:`simulate`; with ``cores >= num_ranks`` the result is :func:`simulate`'s makespan.
+    Data-parallel reductions are not modelled here.
+    """
+    if cores <= 0:
+        raise ValueError("shared_makespan needs a positive number of cores")
+    orders: Orders = program.orders
+    ops = program.ops
+    R = program.num_ranks
+    preds = program.preds()
+    succs = program.succs()
+    use_max = program.overlap == "max"
+    slot_of: dict[int, tuple[int, int]] = {}  # op -> (rank, index in the rank's order)
+    for r, slots in enumerate(orders.ranks):
+        for i, slot in enumerate(slots):
+            for k in slot:
+                slot_of[k] = (r, i)
+    assert len(slot_of) == len(ops), "shared_makespan() needs every op in an order (run verify first)"
+
+    def work(slot: tuple[int, ...]) -> float:
+        times = [ops[k].time for k in slot]
+        return (max(times) if use_max else sum(times)) if times else 0.0
+
+    def outside(r: int, i: int) -> list[tuple[int, float]]:
+        return [(src, lat) for k in orders.ranks[r][i] for src, lat in preds[k] if slot_of[src] != (r, i)]
+
+    missing = [[len(outside(r, i)) for i in range(len(orders.ranks[r]))] for r in range(R)]
+    dep_time = [[0.0] * len(orders.ranks[r]) for r in range(R)]  # latest end + latency seen so far
+    end = [0.0] * len(ops)
+    head = [0] * R
+    free = [0.0] * R  # when the rank's previous slot ended
+    left: dict[int, float] = {}  # running ranks: the work left in their head slot
+    t = 0.0
+    eps = 1e-12
+
+    def finish(r: int, now: float) -> None:
+        i = head[r]
+        for k in orders.ranks[r][i]:
+            end[k] = now
+            for dst, lat in succs[k]:
+                r2, i2 = slot_of[dst]
+                if (r2, i2) != (r, i):
+                    missing[r2][i2] -= 1
+                    dep_time[r2][i2] = max(dep_time[r2][i2], now + lat)
+        head[r] = i + 1
+        free[r] = now
+
+    while True:
+        # start every head slot whose inputs have arrived; zero-work slots end at once
+        progressed = True
+        while progressed:
+            progressed = False
+            for r in range(R):
+                i = head[r]
+                if r in left or i >= len(orders.ranks[r]) or missing[r][i]:
+                    continue
+                if max(free[r], dep_time[r][i]) <= t + eps:
+                    w = work(orders.ranks[r][i])
+                    if w <= eps:
+                        finish(r, t)
+                        progressed = True
+                    else:
+                        left[r] = w
+        waiting = [max(free[r], dep_time[r][head[r]]) for r in range(R)
+                   if r not in left and head[r] < len(orders.ranks[r]) and not missing[r][head[r]]]
+        if not left and not waiting:
+            break
+        rate = min(1.0, cores / len(left)) if left else 0.0
+        step = min(left.values()) / rate if left else math.inf
+        if waiting:
+            step = min(step, min(waiting) - t)
+        t += max(step, 0.0)
+        for r in list(left):
+            left[r] -= step * rate
+            if left[r] <= eps * max(1.0, t):
+                del left[r]
+                finish(r, t)
+    if any(head[r] < len(orders.ranks[r]) for r in range(R)):
+        stuck = [r for r in range(R) if head[r] < len(orders.ranks[r])]
+        raise DeadlockError(f"the orders of ranks {stuck} wait on each other (shared-core simulation)")
+    return max(free) if R else 0.0

@@ -12,8 +12,11 @@
    activations on stage 0 under the memory limit: the built-ins that fit it, the zero-bubble
    greedy search (``zb-auto``) and ``zb-v`` under it, and the CP-SAT optimizer under it (wall-
    clock ``time_limit``, objective the step's makespan). A candidate that does not fit is a row
-   with its reason. The prediction is the simulated makespan of one step, communication time
-   ``tc`` taken as measured (default 0: not measured).
+   with its reason. The prediction is the simulated makespan of one step: the fused backward
+   of 1F1B-like schedules at its own measured time, communication ``tc`` per message between
+   ranks as measured (a stage's output sent between two worker processes), and, when the ranks
+   outnumber the cores they run on (processes on one CPU), the cores shared among the ranks
+   that compute at each moment (:func:`schedlang.simulate.shared_makespan`).
 4. Run the ``top`` best predicted (and 1F1B, the baseline) for ``steps`` steps on ``nproc``
    processes, and measure each step's makespan (median over the steps after the first) and each
    rank's peak of activations saved for backward.
@@ -30,7 +33,8 @@ from typing import Any
 
 from schedlang.source import SchedlangError
 
-__all__ = ["Candidate", "TuneResult", "candidate_specs", "check_options", "params_for", "sched_text"]
+__all__ = ["Candidate", "TuneResult", "candidate_specs", "check_machine_options", "check_options", "params_for",
+           "sched_text"]
 
 COSTS = ("tf", "tb", "tw", "mem_f", "mem_w")
 
@@ -55,6 +59,7 @@ class Candidate:
     measured_steps_ms: list[float] = field(default_factory=list)
     measured_peak_bytes: float = math.nan
     measured_peak: float = math.nan
+    predicted_own_cores_ms: float = math.nan  # the simulator's makespan, a processor per rank
     predicted_busy_ms: float = math.nan
     measured_busy_ms: float = math.nan
     busy_steps_ms: list[float] = field(default_factory=list)
@@ -76,6 +81,7 @@ class Candidate:
 
         return {"name": self.name, "program": self.path, "scheduler": self.scheduler, "v": self.v,
                 "error": self.error or None, "predicted_ms": num(self.predicted_ms),
+                "predicted_own_cores_ms": num(self.predicted_own_cores_ms),
                 "measured_ms": num(self.measured_ms), "measured_steps_ms": self.measured_steps_ms,
                 "prediction_error_pct": num(self.error_pct),
                 "predicted_peak_activations": num(self.predicted_peak),
@@ -166,6 +172,14 @@ def check_options(nproc: int, steps: int, top: int, time_limit: float, mem_limit
         raise SchedlangError("--mem-limit must be positive")
     if microbatches < 1:
         raise SchedlangError("--microbatches must be at least 1")
+
+
+def check_machine_options(cores: float | None, tc: float | None) -> None:
+    """``cores`` positive and ``tc`` at least 0 where given, or a user error."""
+    if cores is not None and not cores > 0:
+        raise SchedlangError("--cores must be positive")
+    if tc is not None and not tc >= 0:
+        raise SchedlangError("--tc must be at least 0")
 
 
 def sched_text(program: Any, csv_text: str, profile: Any, unit: float, tc: float) -> str:

@@ -231,7 +231,7 @@ def test_mem_unit_activation_writes_limits_in_the_schedules_units(tmp_path: Path
                              "--warmup", "0", "--mem-unit", "activation", "-o", str(costs)])
     assert status == 0, err
     text = costs.read_text()
-    assert "# times in ms (median of 2 runs after 0 warm-up), memory in units of stage 0's activations" in text
+    assert "# times in ms (median of at least 2 runs, or 0.1 s of them, after 0 warm-up), memory in units of stage 0's activations" in text
     params = _params(costs)
     assert params["mem_f"][0] == 1.0  # type: ignore[index]
     # the layer and stage tables on stdout state their units and the partition
@@ -243,3 +243,17 @@ def test_mem_unit_activation_writes_limits_in_the_schedules_units(tmp_path: Path
     first = doc["stages"][0]
     assert first["mem_f"] == 1.0 and first["mem_f_bytes"] > 0
     assert doc["stages"][1]["mem_w"] == pytest.approx(doc["stages"][1]["mem_w_bytes"] / first["mem_f_bytes"])
+
+
+def test_min_time_repeats_short_figures_until_they_add_up() -> None:
+    import torch
+    from schedlang.kernels.profile import MAX_REPEATS, profile_ops
+    from torch import nn
+
+    stages = [nn.Linear(4, 4), nn.Linear(4, 2)]
+    x = torch.randn(2, 4)
+    plain = profile_ops(stages, x, repeats=2, warmup=0, split_backward="autograd", min_time=0.0)
+    assert [r["repeats"] for r in plain] == [2, 2]
+    longer = profile_ops(stages, x, repeats=2, warmup=0, split_backward="autograd", min_time=0.05)
+    # a run of these layers takes well under 25 ms, so 0.05 s needs more than two of them
+    assert all(2 < r["repeats"] <= MAX_REPEATS for r in longer)

@@ -184,3 +184,37 @@ def test_compare_accounts_for_the_allreduce_when_asked() -> None:
     # F00 [0,1] F01 [1,2] BW00 [4,6] BW01 [7,9]. Reductions: rank 0 [9,12], rank 1 [7,10]
     assert plain["std:1f1b"]["makespan"] == 9 and dp["std:1f1b"]["makespan"] == 12
     assert dp["std:1f1b"]["bubble"] == 12 - 6 and dp["std:1f1b"]["bubble_rate"] == 0.5
+
+
+@given(sst.scheduled_programs(), st.integers(1, 6))
+@settings(max_examples=60, deadline=None)
+def test_shared_cores_simulation_bounds_and_limits(program: Program, cores: int) -> None:
+    """Processor sharing: with a core per rank it is the simulator; with fewer it is never faster
+    than the simulator nor than the total work spread over the cores; with one core and no
+    latencies it never idles, so it takes exactly the total work."""
+    from schedlang.simulate import shared_makespan
+
+    verify(program)
+    sim = simulate(program)
+    total = sum(o.time for o in program.ops)
+    got = shared_makespan(program, cores)
+    if cores >= program.num_ranks:
+        assert got == pytest.approx(sim.makespan, rel=1e-9, abs=1e-9)
+    assert got >= sim.makespan - 1e-9 * max(1.0, sim.makespan)
+    assert got >= total / cores - 1e-9 * max(1.0, total)
+    if program.allreduce is None and all(lat == 0 for k in range(len(program.ops)) for _, lat in program.preds()[k]):
+        assert shared_makespan(program, 1) == pytest.approx(total, rel=1e-9, abs=1e-9)
+
+
+def test_shared_cores_two_ranks_on_one_core_by_hand() -> None:
+    """Two ranks, one stage each, one microbatch: F0 (2) -> F1 (1) -> B1 (1) -> B0 (2) is a chain,
+    so one core loses nothing (6); with two microbatches under GPipe, F0[1] and F1[0] overlap
+    (rank 0: F F . . BW BW, rank 1: . F . F BW BW, 10 in all), and one core must run all 12."""
+    from schedlang.simulate import shared_makespan
+
+    one = compile_program("std:gpipe", {"p": 2, "m": 1, "tf": [2.0, 1.0], "tb": [1.0, 0.5], "tw": [1.0, 0.5]})
+    assert shared_makespan(one, 1) == pytest.approx(6.0) == simulate(one).makespan
+    two = compile_program("std:gpipe", {"p": 2, "m": 2, "tf": [2.0, 1.0], "tb": [1.0, 0.5], "tw": [1.0, 0.5]})
+    assert simulate(two).makespan == pytest.approx(10.0)
+    assert shared_makespan(two, 1) == pytest.approx(12.0)  # one core: all the work, never idle
+    assert shared_makespan(two, 2) == pytest.approx(10.0)

@@ -82,6 +82,9 @@ def test_every_candidate_scheduler_spec_is_accepted(mem_limit: float) -> None:
     (["--steps", "1"], "--steps must be at least 2"),
     (["--mem-limit", "0"], "--mem-limit must be positive"),
     (["--time-limit", "0"], "--time-limit must be positive"),
+    (["--cores", "0"], "--cores must be positive"),
+    (["--tc", "-1"], "--tc must be at least 0"),
+    (["--min-time", "-1"], "--min-time must be at least 0"),
     (["--model", "os:nope"], "model os:nope: os ("),
 ])
 def test_tune_option_errors_are_plain(argv: list[str], message: str) -> None:

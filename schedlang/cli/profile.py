@@ -62,6 +62,9 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     add_partition_args(p)
     p.add_argument("--repeats", type=int, default=10, help="timed runs per figure; the median is kept (default 10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+    p.add_argument("--min-time", type=float, default=0.1, metavar="S",
+                   help="keep timing a layer or stage past --repeats until its timed runs add up to S "
+                        "seconds, so short figures rest on many runs (default 0.1)")
     p.add_argument("--threads", type=int, default=1,
                    help="intra-op threads while profiling (torch.set_num_threads; default 1, as each "
                         "`schedlang run` worker uses)")
@@ -113,13 +116,13 @@ def _profile_run(args: argparse.Namespace) -> int:
     from schedlang import api
     from schedlang.term import Column, Table, use_colour
 
-    api.check_profile_options(args.repeats, args.warmup, args.threads)
+    api.check_profile_options(args.repeats, args.warmup, args.threads, args.min_time)
     if args.cv_limit <= 0:
         raise SchedlangError("--cv-limit must be positive")
     api.check_output_path(args.output)
     prog = load_program(args, scheduled=False)
     prof = api.profile(prog, args.model, split=args.split, split_backward=args.split_backward, repeats=args.repeats,
-                       warmup=args.warmup, threads=args.threads, partition=args.partition,
+                       warmup=args.warmup, min_time=args.min_time, threads=args.threads, partition=args.partition,
                        layers_from=args.layers_from, step_cost=step_cost(args))
     from schedlang.kernels.profile import (  # needs torch: checked
         PARAM_NAMES,
@@ -149,7 +152,8 @@ def _profile_run(args: argparse.Namespace) -> int:
     header = (f"# schedlang profile {args.file}: {len(stages)} stages, model {args.model}, "
               f"device {stages[0]['device']}, {stages[0]['threads']} thread(s); W: {modes}\n"
               f"# {partition_line(prof)}\n"
-              f"# times in ms (median of {args.repeats} runs after {args.warmup} warm-up), memory in {unit}\n")
+              f"# times in ms (median of at least {args.repeats} runs, or {args.min_time:g} s of them, after "
+              f"{args.warmup} warm-up), memory in {unit}\n")
     mem_digits = 4 if args.mem_unit == "activation" else 0
     # a program with a fused backward (1F1B, GPipe, ...) also gets its measured time
     param_names = (*PARAM_NAMES, "tbw") if "tbw" in dict(prog.params) else PARAM_NAMES

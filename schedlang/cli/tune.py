@@ -44,8 +44,15 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
                    help="how B and W are split, in the profile and the runs")
     p.add_argument("--repeats", type=int, default=10, help="timed profile runs per figure (default 10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed profile runs first (default 3)")
+    p.add_argument("--min-time", type=float, default=0.1, metavar="S",
+                   help="profile each layer and stage for at least S seconds of timed runs (default 0.1)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads while profiling (default 1)")
-    p.add_argument("--tc", type=float, default=0.0, help="communication time (ms) the prediction assumes (default 0)")
+    p.add_argument("--tc", type=float, default=None,
+                   help="communication time (ms) per message the prediction assumes (default: measured, one "
+                        "stage output sent between two processes)")
+    p.add_argument("--cores", type=float, default=None,
+                   help="processors the ranks share (default: on a CPU, this machine's cores over --threads; "
+                        "on GPUs none are shared); with fewer than --nproc the prediction shares them")
     p.add_argument("--launcher", choices=["torchrun", "spawn"], default="spawn",
                    help="how the workers of each measured run start (as for schedlang run; default spawn)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds an instruction may take in a run")
@@ -92,7 +99,8 @@ def _tune_run(args: argparse.Namespace) -> int:
     result = api.tune(args.model, args.nproc, microbatches=args.microbatches, mem_limit=args.mem_limit,
                       time_limit=args.time_limit, steps=args.steps, top=args.top, layers_from=args.layers_from,
                       partition=args.partition, split_backward=args.split_backward, repeats=args.repeats,
-                      warmup=args.warmup, threads=args.threads, tc=args.tc, launcher=args.launcher,
+                      warmup=args.warmup, min_time=args.min_time, threads=args.threads, tc=args.tc,
+                      cores=args.cores, launcher=args.launcher,
                       timeout=args.timeout, optimizer=not args.no_optimizer, rounds=args.rounds, progress=progress)
     written = []
     if result.chosen is not None:
