@@ -3,8 +3,8 @@
 Two parts, both on this machine's CPU (gloo):
 
 1. Profile stability: ``--profiles`` back-to-back profiles (default 10) of the bundled GPT for
-   4 stages (``schedlang.api.profile``, 1 thread, the default warm-up and repeats). For each
-   figure (stage x tf/tb/tw) the spread of the medians over the profiles, ``max/min - 1``, and
+   4 stages (``schedlang.api.profile``, 1 thread, the default warm-up, repeats and minimum time).
+   For each figure (stage x tf/tb/tw/tbw) the spread of the medians over the profiles, ``max/min - 1``, and
    how many of the figures the tool itself warned about (robust coefficient of variation above
    10% within one profile).
 2. Tune: :func:`schedlang.api.tune` with ``nproc=4`` (model built for 8 stages, automatic
@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 
-def profile_stability(count: int, repeats: int, warmup: int) -> dict[str, Any]:
+def profile_stability(count: int, repeats: int, warmup: int, min_time: float) -> dict[str, Any]:
     """Spread of ``count`` back-to-back profiles' medians, per stage and figure."""
-    from schedlang.kernels.profile import noisy_figures
+    from schedlang.kernels.profile import TIME_NAMES, noisy_figures
 
     from schedlang import api
 
@@ -40,13 +40,13 @@ def profile_stability(count: int, repeats: int, warmup: int) -> dict[str, Any]:
     runs = []
     warned = 0
     for k in range(count):
-        prof = api.profile(prog, repeats=repeats, warmup=warmup)
-        runs.append([{n: r[n] for n in ("tf", "tb", "tw")} for r in prof.stages])
+        prof = api.profile(prog, repeats=repeats, warmup=warmup, min_time=min_time)
+        runs.append([{n: r[n] for n in TIME_NAMES} for r in prof.stages])
         warned += len(noisy_figures(list(prof.stages), 0.1))
         print(f"  profile {k + 1}/{count}: tf {[round(r['tf'], 3) for r in runs[-1]]}", file=sys.stderr)
     figures = []
     for s in range(len(runs[0])):
-        for name in ("tf", "tb", "tw"):
+        for name in TIME_NAMES:
             values = [run[s][name] for run in runs]
             lo, hi = min(values), max(values)
             spread = (hi / lo - 1) if lo > 0 else (0.0 if hi == 0 else math.inf)
@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profiles", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--min-time", type=float, default=0.1)
+    ap.add_argument("--cores", type=float, default=None, help="as schedlang tune --cores (default: detected)")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--top", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     print(f"profile stability: {args.profiles} back-to-back profiles, bundled GPT, 4 stages", file=sys.stderr)
-    stab = profile_stability(args.profiles, args.repeats, args.warmup)
+    stab = profile_stability(args.profiles, args.repeats, args.warmup, args.min_time)
     print(f"\nProfile stability ({stab['profiles']} profiles): spread of the medians, max/min - 1")
     for f in stab["figures"]:
         print(f"  stage {f['stage']} {f['name']}: {f['min']:.3f} .. {f['max']:.3f} ms  "
@@ -100,10 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[tune {time.monotonic() - t0:6.1f}s] {line}", file=sys.stderr, flush=True)
 
     res = api.tune(nproc=args.nproc, steps=args.steps, top=args.top, rounds=args.rounds, mem_limit=args.mem_limit,
-                   time_limit=args.time_limit, repeats=args.repeats, warmup=args.warmup, progress=progress)
+                   time_limit=args.time_limit, repeats=args.repeats, warmup=args.warmup, min_time=args.min_time,
+                   cores=args.cores, progress=progress)
     doc = res.as_dict()
     print(f"\nschedlang tune --nproc {args.nproc} (bundled GPT built for {2 * args.nproc} stages, automatic partition)")
     sys.stdout.write(render_table(res))
+    for note in res.notes:
+        print(f"note: {note}")
     base = next(c for c in res.candidates if c.name == "1f1b")
     chosen = res.chosen
     rank = ranking(doc["candidates"])

@@ -19,6 +19,11 @@ definition; a rank's start offset is not counted; computed by
 :func:`schedlang.traceformat.span_bubble`, which the runtime's measured bubble uses too). An order
 that can never finish raises :class:`DeadlockError` naming the ranks and the ops they wait on.
 
+:func:`shared_makespan` answers a different question: the makespan when the ranks do not each
+have a processor but share a few (processes on one CPU), with the cores shared equally among the
+ranks computing at each moment. ``schedlang tune`` predicts with it when the ranks outnumber the
+cores they run on.
+
 Under an asynchronous weight-update policy (``weights stash``, ``stash+vsync``, ``2bw``: see
 :mod:`schedlang.weights`) the program's microbatches are a window of a continuous stream with no
 flush. Peak memory then counts the weight versions each stage keeps beyond its current one
