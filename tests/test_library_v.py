@@ -78,3 +78,22 @@ def test_every_shape_is_a_valid_schedule() -> None:
             for name in ("v-half", "v-min"):
                 prog = compile_program(f"std:{name}", p=p, m=m)  # compile verifies: complete, deadlock-free
                 assert sum(len(slots) for slots in prog.orders.ranks) == len(prog.ops) == 6 * p * m
+
+
+@pytest.mark.parametrize(("level", "pattern"), [(5.0, "half"), (4.0, "min")])
+def test_the_optimizer_starts_from_the_block_that_fits(level: float, pattern: str) -> None:
+    """Under V-Half's memory (5 M_B, the paper's 1.5B profile, p = 8, m = 24) and under V-Min's
+    (4 M_B), the optimizer's warm starts include that construction, at the authors' cost; the
+    V-Half block does not fit V-Min's memory, so only the V-Min variant is there."""
+    from schedlang.schedulers.ilp.solve import warm_starts
+
+    t = PAPER_PROFILES["1.5B"]
+    kw = {"p": 8, "m": 24, "tf": t["tf"], "tb": t["tb"], "tw": t["tw"], "tc": t["tc"], "mem_w": 1.0,
+          "mem_limit": level}
+    prog = compile_program("std:zb-v", params=kw)
+    starts = {c.name: c.value for c in warm_starts(prog, "span")}
+    name = "v-blocks" if pattern == "half" else "v-blocks:pattern=min"
+    authors = {"half": 1328.77, "min": 1658.82}[pattern]
+    assert starts[name] == pytest.approx(authors, abs=0.005)
+    if pattern == "min":
+        assert "v-blocks" not in starts  # V-Half's block needs 5 M_B

@@ -26,7 +26,10 @@ class Arg:
 @dataclass(frozen=True)
 class Scheduler:
     """A registered scheduler. ``warm_start`` marks fast heuristics the optimizer may start from;
-    ``applies`` says whether it can schedule a given program (shape, placement, op roles)."""
+    ``applies`` says whether it can schedule a given program (shape, placement, op roles) with
+    its default arguments. ``warm_variants``: further argument sets the optimizer also tries as
+    warm starts (each named ``NAME:VALUE,...``), for a heuristic whose variants suit different
+    memory limits."""
 
     name: str
     summary: str
@@ -34,6 +37,7 @@ class Scheduler:
     args: Mapping[str, Arg] = field(default_factory=dict)
     warm_start: bool = False
     applies: Callable[[Program], bool] = field(default=lambda _p: True)
+    warm_variants: tuple[Mapping[str, Value], ...] = ()
 
 
 def _fmt(x: float) -> str:

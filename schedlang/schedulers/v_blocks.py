@@ -223,4 +223,5 @@ SCHEDULER = Scheduler(
     applies=lambda prog: (v_placement(prog) and (k := kinds_of(prog)) is not None and k.b is not None
                           and fits_memory(prog, v_blocks(prog, {}))),
     args={"pattern": Arg(str, "half", "the building block: half (about 1/2 of 1F1B's memory) or min (about 1/3)")},
+    warm_variants=({"pattern": "min"},),  # V-Min's block: the start under a third of 1F1B's memory
 )

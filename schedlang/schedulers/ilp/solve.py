@@ -189,13 +189,18 @@ def warm_starts(program: Program, objective: str) -> list[Candidate]:
         s = HEURISTICS[name]
         if not s.warm_start:
             continue
+        defaults = {a: spec.default for a, spec in s.args.items() if spec.default is not None}
         try:
-            if not s.applies(program):
-                continue
-            args = {a: spec.default for a, spec in s.args.items() if spec.default is not None}
-            tried.append((name, s.fn(program, args)))
+            if s.applies(program):
+                tried.append((name, s.fn(program, defaults)))
         except SchedlangError:
-            continue  # the heuristic cannot schedule this program (e.g. under this limit)
+            pass  # the heuristic cannot schedule this program (e.g. under this limit)
+        for variant in s.warm_variants:  # verified below like the others: one that does not fit drops out
+            label = name + ":" + ",".join(f"{k}={v}" for k, v in variant.items())
+            try:
+                tried.append((label, s.fn(program, {**defaults, **variant})))
+            except SchedlangError:
+                continue
     tried.append(("sequential", sequential_orders(program)))
     for name, orders in tried:
         prog = program.with_orders(orders)
