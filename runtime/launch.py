@@ -162,14 +162,23 @@ def _drain(q: Any, out: dict[int, RankResult]) -> None:
         out[rank].error = error
 
 
-def _ping_pong(rank: int, world_size: int, nbytes: int, repeats: int, warmup: int) -> float:
+def _ping_pong(rank: int, world_size: int, nbytes: int, repeats: int, warmup: int, spin: float) -> float:
     """Rank 0 sends ``nbytes`` to rank 1 and gets them back, ``warmup + repeats`` times; the
-    median one-way time (half the round trip) over the timed ones, in seconds."""
+    median one-way time (half the round trip) over the timed ones, in seconds. Ranks 2 and up
+    compute (small matrix products) for ``spin`` seconds meanwhile, as a pipeline's other ranks
+    would."""
     import statistics
 
     import torch
     import torch.distributed as dist
 
+    if rank >= 2:
+        dist.barrier()
+        a = torch.randn(64, 64)
+        end = time.perf_counter() + spin
+        while time.perf_counter() < end:
+            a = torch.tanh(a @ a)
+        return 0.0
     buf = torch.zeros(max(1, nbytes // 4), dtype=torch.float32)
     peer = 1 - rank
     times = []
@@ -187,12 +196,17 @@ def _ping_pong(rank: int, world_size: int, nbytes: int, repeats: int, warmup: in
     return float(statistics.median(times)) / 2
 
 
-def p2p_seconds(nbytes: int, *, repeats: int = 30, warmup: int = 5, backend: str = "gloo",
+def p2p_seconds(nbytes: int, *, busy: int = 0, repeats: int = 30, warmup: int = 5, backend: str = "gloo",
                 timeout: float = 60.0) -> float:
     """One message of ``nbytes`` from one worker process to another on this machine, in seconds
-    (median of ``repeats`` ping-pongs after ``warmup``, halved)."""
-    if nbytes < 0 or repeats < 1 or warmup < 0:
-        raise ValueError("p2p_seconds needs nbytes >= 0, repeats >= 1 and warmup >= 0")
-    results = spawn(_ping_pong, 2, (nbytes, repeats, warmup), backend=backend, timeout=timeout,
+    (median of ``repeats`` ping-pongs after ``warmup``, halved), while ``busy`` more processes
+    compute. On a virtual machine a message to a process whose processor went idle can take
+    milliseconds to wake it; with the processors kept busy (more pipeline ranks than cores) it
+    takes tens of microseconds, so measure under the load the run will have."""
+    if nbytes < 0 or busy < 0 or repeats < 1 or warmup < 0:
+        raise ValueError("p2p_seconds needs nbytes >= 0, busy >= 0, repeats >= 1 and warmup >= 0")
+    # the others compute for longer than the ping-pongs take (about 2 ms each at worst here)
+    spin = 0.5 + 0.01 * (repeats + warmup)
+    results = spawn(_ping_pong, 2 + busy, (nbytes, repeats, warmup, spin), backend=backend, timeout=timeout,
                     join_timeout=4 * timeout)
     return float(results[0].value)

@@ -1044,9 +1044,10 @@ def _tune_machine(profile: Any, nproc: int, threads: int, cores: float | None, t
         from schedlang.runtime.launch import p2p_seconds
 
         size = max(int(r.get("out_bytes", 0)) for r in profile.stages[:-1])
-        say(f"measuring one message of {size} bytes between two processes")
-        tc = 1e3 * p2p_seconds(size)
-        notes.append(f"communication: {tc:.4f} ms per message of {size} bytes (measured between two processes)")
+        say(f"measuring one message of {size} bytes between two processes while {nproc - 2} more compute")
+        tc = 1e3 * p2p_seconds(size, busy=nproc - 2)
+        notes.append(f"communication: {tc:.4f} ms per message of {size} bytes (measured between two processes "
+                     f"while {nproc - 2} more computed, as the run's other ranks do)")
     return cores, tc
 
 

@@ -131,3 +131,12 @@ def test_tune_runs_the_best_and_writes_a_choice_that_compiles_back(tmp_path: Pat
     assert doc["chosen"] == res.chosen.name and len(doc["candidates"]) == len(res.candidates)
     table = render_table(res)
     assert "<- chosen" in table and "pred ms" in table and "meas ms" in table
+
+
+def test_p2p_seconds_measures_a_message_and_refuses_bad_arguments() -> None:
+    from schedlang.runtime.launch import p2p_seconds
+
+    one_way = p2p_seconds(4096, busy=1, repeats=5, warmup=1)
+    assert 0 < one_way < 1.0  # one small message on one machine: well under a second
+    with pytest.raises(ValueError, match="busy >= 0"):
+        p2p_seconds(4096, busy=-1)
