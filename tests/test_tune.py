@@ -140,3 +140,24 @@ def test_p2p_seconds_measures_a_message_and_refuses_bad_arguments() -> None:
     assert 0 < one_way < 1.0  # one small message on one machine: well under a second
     with pytest.raises(ValueError, match="busy >= 0"):
         p2p_seconds(4096, busy=-1)
+
+
+def test_params_for_gives_the_fused_backward_only_where_the_program_has_one() -> None:
+    from types import SimpleNamespace
+
+    from schedlang import api
+    from schedlang.tune import params_for
+
+    rows = [{"tf": 1.0, "tb": 2.0, "tw": 1.5, "tbw": 2.5, "mem_f": 10.0, "mem_w": 12.0},
+            {"tf": 1.0, "tb": 2.0, "tw": 1.5, "tbw": 2.5, "mem_f": 20.0, "mem_w": 24.0}]
+    prof = SimpleNamespace(stages=rows)
+    split = params_for(prof, 10.0, 0.1)
+    assert "tbw" not in split and split["mem_f"] == [1.0, 2.0] and split["tc"] == 0.1
+    fused = params_for(prof, 10.0, 0.1, fused=True)
+    assert fused["tbw"] == [2.5, 2.5]
+    # 1F1B, p = 2, m = 4, T_F = 1, fused backward 2.5, comm 0.1 (by hand): rank 0's last BW starts
+    # after rank 1's, which ends at 15.3, so the step is 15.4 + 2.5 = 17.9; with tb + tw = 3.5
+    # instead of the fused time, every backward is 1 longer
+    base = {"p": 2, "m": 4, "costs_per": "stage"}
+    assert api.simulate(api.compile("std:1f1b", {**base, **fused})).makespan == pytest.approx(17.9)
+    assert api.simulate(api.compile("std:1f1b", {**base, **split})).makespan > 17.9 + 4
