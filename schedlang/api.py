@@ -1007,7 +1007,7 @@ def profile(program: Program, model: str = "schedlang.runtime.models:tiny_gpt", 
 
 
 def _tune_schedule(c: Any, profile: Any, unit: float, tc: float, nproc: int, m: int, mem_limit: float,
-                   cores: float | None = None, idle_wake: float = 0.0) -> None:
+                   cores: float | None = None) -> None:
     """Compile and simulate one candidate on the measured costs (or record why it cannot run);
     with fewer ``cores`` than ranks the ranks share them (:func:`schedlang.simulate.shared_makespan`)."""
     from schedlang import tune as T
@@ -1025,40 +1025,30 @@ def _tune_schedule(c: Any, profile: Any, unit: float, tc: float, nproc: int, m: 
         return
     c.program = prog
     c.predicted_own_cores_ms = sim.makespan
-    c.predicted_ms = (shared_makespan(prog, cores, idle_wake) if cores is not None and cores < nproc
-                      else sim.makespan)
+    c.predicted_ms = shared_makespan(prog, cores) if cores is not None and cores < nproc else sim.makespan
     c.predicted_peak = max(r.peak_memory for r in sim.ranks)
     c.predicted_peak_bytes = c.predicted_peak * unit
     c.predicted_busy_ms = max(r.busy for r in sim.ranks)
 
 
 def _tune_machine(profile: Any, nproc: int, threads: int, cores: float | None, tc: float | None,
-                  notes: list[str], say: Callable[[str], None]) -> tuple[float | None, float, float]:
-    """The cores the ranks share, the communication time per message and the extra time of a
-    message that wakes a process on an idle core, from the options or this machine (see
-    :func:`tune`); each is noted."""
+                  notes: list[str], say: Callable[[str], None]) -> tuple[float | None, float]:
+    """The cores the ranks share and the communication time per message, from the options or
+    this machine (see :func:`tune`); each is noted."""
     if cores is None:
         cores = _shared_cores(threads)
-    shared = cores is not None and cores < nproc
-    if shared:
+    if cores is not None and cores < nproc:
         notes.append(f"{nproc} processes share {cores:g} core(s) ({threads} thread(s) each): the prediction "
                      "shares them among the ranks that compute at each moment")
-    if tc is not None:
-        return cores, tc, 0.0
-    from schedlang.runtime.launch import p2p_seconds
+    if tc is None:
+        from schedlang.runtime.launch import p2p_seconds
 
-    size = max(int(r.get("out_bytes", 0)) for r in profile.stages[:-1])
-    say(f"measuring one message of {size} bytes between two processes")
-    idle = 1e3 * p2p_seconds(size)
-    if not shared:
-        notes.append(f"communication: {idle:.4f} ms per message of {size} bytes (measured between two processes)")
-        return cores, idle, 0.0
-    say(f"measuring it again while {nproc - 2} more processes compute")
-    busy = 1e3 * p2p_seconds(size, busy=nproc - 2)
-    notes.append(f"communication: {busy:.4f} ms per message of {size} bytes while the cores are busy ({nproc - 2} "
-                 f"more processes computing), {idle:.4f} ms when the receiver wakes on an idle core (measured "
-                 "between two processes)")
-    return cores, busy, max(0.0, idle - busy)
+        size = max(int(r.get("out_bytes", 0)) for r in profile.stages[:-1])
+        say(f"measuring one message of {size} bytes between two processes while {nproc - 2} more compute")
+        tc = 1e3 * p2p_seconds(size, busy=nproc - 2)
+        notes.append(f"communication: {tc:.4f} ms per message of {size} bytes (measured between two processes "
+                     f"while {nproc - 2} more computed, as the run's other ranks do)")
+    return cores, tc
 
 
 def _shared_cores(threads: int) -> float | None:
@@ -1162,12 +1152,12 @@ def tune(model: str = "schedlang.runtime.models:tiny_gpt", nproc: int = 4, *, mi
     unit = float(profiles[families[0]].stages[0]["mem_f"])
     if unit <= 0:
         raise SchedlangError("stage 0 saves no activations: no unit for memory")
-    cores, tc, idle_wake = _tune_machine(profiles[families[0]], nproc, threads, cores, tc, notes, say)
+    cores, tc = _tune_machine(profiles[families[0]], nproc, threads, cores, tc, notes, say)
     cands = [T.Candidate(name, path, sched, v) for name, path, sched, v in
              T.candidate_specs(nproc, mem_limit, time_limit, optimizer) if v in profiles]
     for c in cands:
         say(f"scheduling {c.name}")
-        _tune_schedule(c, profiles[c.v], unit, tc, nproc, m, mem_limit, cores, idle_wake)
+        _tune_schedule(c, profiles[c.v], unit, tc, nproc, m, mem_limit, cores)
     ok = sorted((c for c in cands if not c.error), key=lambda c: c.predicted_ms)
     if not ok:
         raise SchedlangError("no candidate schedule fits the memory limit")

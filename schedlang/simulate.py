@@ -276,7 +276,7 @@ def _deadlock(program: Program, heads: list[int], limit: list[int], slot_ops: li
     return DeadlockError(msg, first_note.span, tuple(notes[1:]))
 
 
-def shared_makespan(program: Program, cores: float, idle_wake: float = 0.0) -> float:  # noqa: C901 - one event loop
+def shared_makespan(program: Program, cores: float) -> float:  # noqa: C901 - one event loop
     """The makespan when the ranks share ``cores`` processors (fluid processor sharing).
 
     :func:`simulate` gives every rank a processor of its own. When more ranks than processors run
@@ -285,13 +285,10 @@ def shared_makespan(program: Program, cores: float, idle_wake: float = 0.0) -> f
     rate ``min(1, cores / k)`` of its own speed; a rank waiting for a message uses no core, and
     latencies (communication) run beside the computation. Dependencies, orders and latencies are
     as in :func:`simulate`; with ``cores >= num_ranks`` the result is :func:`simulate`'s makespan.
-    ``idle_wake`` is added to the latency of a message between ranks sent while fewer ranks
-    compute than there are cores: its receiver then wakes on an idle core, which on some virtual
-    machines takes milliseconds where a busy one takes microseconds (0: no such cost).
     Data-parallel reductions are not modelled here.
     """
-    if cores <= 0 or idle_wake < 0:
-        raise ValueError("shared_makespan needs a positive number of cores and idle_wake >= 0")
+    if cores <= 0:
+        raise ValueError("shared_makespan needs a positive number of cores")
     orders: Orders = program.orders
     ops = program.ops
     R = program.num_ranks
@@ -329,8 +326,6 @@ def shared_makespan(program: Program, cores: float, idle_wake: float = 0.0) -> f
                 r2, i2 = slot_of[dst]
                 if (r2, i2) != (r, i):
                     missing[r2][i2] -= 1
-                    if r2 != r and len(left) < cores:
-                        lat += idle_wake
                     dep_time[r2][i2] = max(dep_time[r2][i2], now + lat)
         head[r] = i + 1
         free[r] = now

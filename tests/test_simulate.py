@@ -218,18 +218,3 @@ def test_shared_cores_two_ranks_on_one_core_by_hand() -> None:
     assert simulate(two).makespan == pytest.approx(10.0)
     assert shared_makespan(two, 1) == pytest.approx(12.0)  # one core: all the work, never idle
     assert shared_makespan(two, 2) == pytest.approx(10.0)
-
-
-@pytest.mark.parametrize("name", ["1f1b", "zb-h1", "gpipe"])
-def test_shared_cores_idle_wake_with_a_core_per_rank(name: str) -> None:
-    """With a core per rank, a rank that sends has just stopped computing, so a core is idle at
-    every message: each message between ranks costs ``idle_wake`` more, which is the simulator
-    with that much more communication time."""
-    from schedlang.simulate import shared_makespan
-
-    base = {"p": 4, "m": 6, "tf": [1.0, 1.2, 0.9, 1.1], "tb": 1.0, "tw": 0.5}
-    prog = compile_program(f"std:{name}", {**base, "tc": 0.1})
-    slower = compile_program(f"std:{name}", {**base, "tc": 0.35})
-    assert shared_makespan(prog, 4, idle_wake=0.25) == pytest.approx(simulate(slower).makespan)
-    with pytest.raises(ValueError):
-        shared_makespan(prog, 4, idle_wake=-1.0)
