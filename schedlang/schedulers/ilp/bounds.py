@@ -64,9 +64,9 @@ For every rank ``r`` (``busy_r`` = the sum of its op times):
    rank's ops overlap freely, and solve on the first ``n`` microbatches: ``gaps[k]``, the least
    ``F[k] - F[0]`` over ``k + 1`` microbatches, bounds every ``F[j+k] - F[j]`` and enters item 5's
    DP (``lb[j] >= lb[j-k] + gaps[k]``); ``spans[n]``, the least span over ``n`` microbatches,
-   enters item 6's block bounds (and is a bound itself when ``n = m``). Where items 5 and 6 count
-   memory states that no order of the rank's F, B and W slots reaches, or that another rank
-   cannot serve in time, this is exact. Example: uniform costs (comm 0.1), p = 4, m = 8, limit
+   enters item 6's block bounds (and is a bound itself when ``n = m``). It catches what items 5
+   and 6 cannot: memory states their DP counts that no order of the rank's F, B and W slots
+   reaches, and rhythms that ask another rank for two ops at once. Example: uniform costs (comm 0.1), p = 4, m = 8, limit
    0.75 p*M_B: with ranks 0 and 2 exact, ``F[7] - F[0] >= 23`` (item 5: 22.2), and then the span
    of rank 0 is at least 32.6, the optimum (items 1 to 6: 31.8).
 

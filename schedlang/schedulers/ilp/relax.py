@@ -88,10 +88,12 @@ def _solve(p: Program, limits: Sequence[float], exact: frozenset[int], goal: tup
            lower: float, seconds: float, deterministic: bool = False,
            wall: float | None = None) -> tuple[float, bool, float] | None:
     """The least ``goal`` over the relaxation of ``p`` keeping ``exact``: ``("gap", a, b)``,
-    ``start[b] - start[a]``; ``("span", r, 0)``, rank ``r``'s span; within ``seconds`` (wall, or
-    CP-SAT's deterministic time; ``wall``: wall seconds at most in either case), on one worker. Returns (a lower bound in program time, proved
-    optimal, the deterministic time used), or None when times or memory are inexact at the
-    integer scale or the window has no schedule."""
+    ``start[b] - start[a]``; ``("span", r, 0)``, rank ``r``'s span; at least ``lower`` (a bound
+    every valid schedule meets: adding it keeps the relaxation's least at most theirs). Within
+    ``seconds`` (wall, or CP-SAT's deterministic time; ``wall``: wall seconds at most in either
+    case), on one worker. Returns (a lower bound in program time, proved optimal, the
+    deterministic time used), or None when times or memory are inexact at the integer scale or
+    the window has no schedule."""
     from ortools.sat.python import cp_model
 
     sc = scale_program(p, limits)
@@ -163,7 +165,9 @@ def windows(p: Program, limits: Sequence[float], *, seconds: float, ranks: Seque
     if not applies(p) or seconds <= 0:
         return out
     m = p.num_microbatches
-    base = lower_bound(p, limits, "span")
+    base = lower_bound(p, limits, objective)
+    if base.value >= stop_at - EPS * max(1.0, abs(stop_at)):
+        return out
     order = list(ranks) if ranks is not None else [b.rank for b in sorted(base.ranks, key=lambda b: -b.span)]
     subs: dict[int, Program] = {}
 

@@ -3,7 +3,7 @@
 :func:`optimize` is the whole pass: it picks the best registered heuristic (``warm_start=True``,
 ``applies(program)``, verifies under the limit) as the start, or the best periodic schedule
 (periodic.py, a quarter of what is left of the time budget) when that is better, computes the structural lower bound
-(bounds.py), builds the model (model.py) with the heuristic's objective as an upper bound, its
+(bounds.py; with ``relax`` seconds, raised by relaxations keeping two ranks exact, relax.py), builds the model (model.py) with the heuristic's objective as an upper bound, its
 times as hints and the structural bound as ``obj >= bound``, solves (a full solve, then
 large-neighbourhood rounds, see :mod:`schedlang.schedulers.ilp.lns`), turns the best solution
 into orders (apply.py) and re-simulates them with the exact float times. The result is never
