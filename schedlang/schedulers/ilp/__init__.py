@@ -5,7 +5,7 @@ within a wall-clock time limit for the whole run, or CP-SAT's deterministic time
 ``deterministic``; reports objective, bound, gap, which clock ran and where the time went),
 :mod:`.apply` turns a solution into orders. Around them: :mod:`.options` declares every argument and default once
 (:class:`IlpOptions`); :mod:`.bounds` derives the structural lower bounds that make the gap
-meaningful; :mod:`.cpsat` is the solver plumbing the searches share; :mod:`.lns` is the search
+meaningful (and :mod:`.relax`, when asked, relaxations keeping two ranks exact that raise them); :mod:`.cpsat` is the solver plumbing the searches share; :mod:`.lns` is the search
 loop and :mod:`.periodic` searches the steady state directly for a better start under tight
 memory limits. Imports point one way: ``solve`` -> ``lns``, ``periodic`` -> ``cpsat`` ->
 ``model``.

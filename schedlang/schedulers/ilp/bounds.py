@@ -59,7 +59,18 @@ For every rank ``r`` (``busy_r`` = the sum of its op times):
    ``7.6 - 3``, and of their end round trip, ``7.6 - 5``: 31.8 in all, where items 1 to 5 give
    31.2 (CP-SAT proves 32.6 optimal).
 
-So ``span_r >= busy_r + idle_r`` (items 1 to 3) and ``span_r >=`` items 4 to 6; the span cost is at least
+7. **Relaxations keeping two ranks exact** (relax.py, optional: they cost CP-SAT solves). Keep
+   rank ``r`` and one other rank running one op at a time under their memory, let every other
+   rank's ops overlap freely, and solve on the first ``n`` microbatches: ``gaps[k]``, the least
+   ``F[k] - F[0]`` over ``k + 1`` microbatches, bounds every ``F[j+k] - F[j]`` and enters item 5's
+   DP (``lb[j] >= lb[j-k] + gaps[k]``); ``spans[n]``, the least span over ``n`` microbatches,
+   enters item 6's block bounds (and is a bound itself when ``n = m``). It catches what items 5
+   and 6 cannot: memory states their DP counts that no order of the rank's F, B and W slots
+   reaches, and rhythms that ask another rank for two ops at once. Example: uniform costs (comm 0.1), p = 4, m = 8, limit
+   0.75 p*M_B: with ranks 0 and 2 exact, ``F[7] - F[0] >= 23`` (item 5: 22.2), and then the span
+   of rank 0 is at least 32.6, the optimum (items 1 to 6: 31.8).
+
+So ``span_r >= busy_r + idle_r`` (items 1 to 3) and ``span_r >=`` items 4 to 7; the span cost is at least
 the maximum over ranks. For the makespan: the critical path, and per rank the earliest its first op
 can start plus that span bound plus the least time after its last op.
 
@@ -92,7 +103,7 @@ items 1 and 4. Item 4 needs ops on one rank never to overlap (``overlap sum``, t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from schedlang.ir import Program, Role
@@ -118,10 +129,23 @@ class RankBound:
     blocks: float = 0.0  # item 6's bound on the span, and the first microbatch of its last block
     split: int = 0
     last_chunk: bool = False  # item 5 was best paced on the last chunk's forwards (several stages)
+    relaxed: float = 0.0  # item 7: the relaxation's own bound on the span of all m microbatches
+    windows: bool = False  # items 5 and 6 used item 7's figures
 
     @property
     def span(self) -> float:
-        return max(self.busy + self.idle, self.throughput, self.pacing, self.blocks)
+        return max(self.busy + self.idle, self.throughput, self.pacing, self.blocks, self.relaxed)
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Item 7's figures for one rank, from relaxations solved on the first few microbatches
+    (relax.py): ``gaps[k]`` <= ``F[k] - F[0]`` (its first chunk's forwards) over every schedule of
+    ``k + 1`` (or more) microbatches, ``spans[n]`` <= the rank's span over every schedule of ``n``
+    microbatches."""
+
+    gaps: Mapping[int, float] = field(default_factory=dict)
+    spans: Mapping[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -136,7 +160,16 @@ class Bound:
     def describe(self) -> str:
         parts = [f"{self.objective} >= {self.value:.6g}"]
         worst = max(self.ranks, key=lambda b: b.span, default=None)
-        if worst is not None and worst.blocks > max(worst.throughput, worst.busy + worst.idle, worst.pacing) + EPS:
+        if worst is not None and worst.relaxed > max(worst.throughput, worst.busy + worst.idle, worst.pacing,
+                                                     worst.blocks) + EPS:
+            parts.append(f"(rank {worst.rank}: a relaxation keeping it and other ranks one op at a time "
+                         f"under their memory; work {worst.busy:.6g})")
+        elif worst is not None and worst.windows and worst.blocks > max(worst.throughput, worst.busy + worst.idle,
+                                                                         worst.pacing) + EPS:
+            parts.append(f"(rank {worst.rank}: memory and the ranks it waits for pace its forwards up to "
+                         f"F[{worst.split}] (relaxations on the first microbatches); the microbatches from "
+                         f"{worst.split} on need their own start and end round trips; work {worst.busy:.6g})")
+        elif worst is not None and worst.blocks > max(worst.throughput, worst.busy + worst.idle, worst.pacing) + EPS:
             parts.append(f"(rank {worst.rank}: memory paces its forwards up to F[{worst.split}], at most "
                          f"{worst.forwards_fit} in flight, round trip {worst.round_trip:.6g}; the microbatches "
                          f"from {worst.split} on need their own start and end round trips; work {worst.busy:.6g})")
@@ -278,8 +311,9 @@ def _end_work(sh: _Shape, m: int, limit: float) -> float:
     return best if best > -math.inf else sh.tf + sh.extra + sh.rest
 
 
-def rank_bound(p: Program, r: int, limit: float, fifo_ok: bool) -> RankBound:
-    """The span bound of one rank (module docstring, items 1 to 3, 5 and 6)."""
+def rank_bound(p: Program, r: int, limit: float, fifo_ok: bool, windows: Windows | None = None) -> RankBound:
+    """The span bound of one rank (module docstring, items 1 to 3, 5 and 6; with ``windows``,
+    item 7's figures enter items 5 and 6)."""
     busy = sum(o.time for o in p.ops if o.rank == r)
     shapes = _rank_shape(p, r, fifo_ok)
     if shapes is None:
@@ -291,7 +325,9 @@ def rank_bound(p: Program, r: int, limit: float, fifo_ok: bool) -> RankBound:
     m = p.num_microbatches
     k = m if not math.isfinite(limit) else math.floor(limit / sh.mf + EPS)
     start_idle, end_idle, idle = _round_trip_idle(sh, rt, m, limit)
-    lb, pace = _pacing(sh, rt, m, limit)
+    gaps = dict(windows.gaps) if windows is not None else {}
+    spans = dict(windows.spans) if windows is not None else {}
+    lb, pace = _pacing(sh, rt, m, limit, gaps)
     pace_m, on_last = pace(m, True), False
     if last is not None:  # several stages: pace the last chunk's forwards as well
         first_pace, last_pace = pace, _pacing(last, p.longest_from(last.f)[last.b], m, limit)[1]
@@ -300,9 +336,10 @@ def rank_bound(p: Program, r: int, limit: float, fifo_ok: bool) -> RankBound:
             return max(first_pace(n, exact), last.lead + last_pace(n, exact) if n >= 2 else 0.0)
         last_m = last.lead + last_pace(m, True) if m >= 2 else 0.0
         pace_m, on_last = max(pace_m, last_m), last_m > pace_m + EPS
-    blocks, split = _blocks(sh, rt, m, limit, lb, pace, pace_m)
+    blocks, split = _blocks(sh, rt, m, limit, lb, pace, pace_m, spans)
     return RankBound(r, busy, rt, min(k, m), start_idle, end_idle, idle, m > k, pacing=pace_m,
-                     blocks=blocks, split=split, last_chunk=on_last)
+                     blocks=blocks, split=split, last_chunk=on_last, relaxed=spans.get(m, 0.0),
+                     windows=bool(gaps or spans))
 
 
 def _round_trip_idle(sh: _Shape, rt: float, n: int, limit: float) -> tuple[float, float, float]:
@@ -317,16 +354,19 @@ BLOCK_SIZES = 128  # item 6 tries last blocks of 1 .. this many microbatches (an
 
 
 def _blocks(sh: _Shape, rt: float, m: int, limit: float, lb: Sequence[float],
-            pace: Callable[[int, bool], float], pace_m: float) -> tuple[float, int]:
+            pace: Callable[[int, bool], float], pace_m: float,
+            spans: Mapping[int, float] | None = None) -> tuple[float, int]:
     """Item 6: (the bound on the span of ``m`` microbatches, the first microbatch of the last
-    block; (0, 0) when no split beats items 1 to 5). Last blocks have at most
-    :data:`BLOCK_SIZES` microbatches, whose own bounds use item 5's quicker form."""
+    block; (0, 0) when no split beats items 1 to 5 and ``spans[m]``). Last blocks have at most
+    :data:`BLOCK_SIZES` microbatches, whose own bounds use item 5's quicker form and ``spans``
+    (item 7: bounds on the span of ``n`` microbatches)."""
+    spans = spans or {}
     if not lb:
         return 0.0, 0
     work = sh.work
 
     def alone(n: int, p5: float) -> float:
-        return max(n * work + _round_trip_idle(sh, rt, n, limit)[2], p5)
+        return max(n * work + _round_trip_idle(sh, rt, n, limit)[2], p5, spans.get(n, 0.0))
 
     small = min(m - 1, BLOCK_SIZES)
     best = [0.0] * (small + 1)  # S(n) for the block sizes
@@ -340,12 +380,15 @@ def _blocks(sh: _Shape, rt: float, m: int, limit: float, lb: Sequence[float],
     return (top, split) if split else (0.0, 0)
 
 
-def _pacing(sh: _Shape, rt: float, m: int, limit: float) -> tuple[list[float], Callable[[int, bool], float]]:
+def _pacing(sh: _Shape, rt: float, m: int, limit: float,
+            gaps: Mapping[int, float] | None = None) -> tuple[list[float], Callable[[int, bool], float]]:
     """Item 5 for a rank of this shape under ``limit``: ``lb[j]``, the least ``F[j] - F[0]`` (``j <
     m``), and ``span(n, exact)``, a bound on the span of ``n <= m`` microbatches: the least over
     every memory state at ``F[n-1]`` when ``exact``, else a quicker one at most that (the state's
     two parts minimised apart). ``lb`` is empty when the limit does not pace (unlimited, or not
-    even one forward fits)."""
+    even one forward fits). ``gaps[k]`` (item 7) bounds ``F[j] - F[j-k]`` for every ``j``
+    (microbatches ``j-k .. j`` alone are a schedule of ``k + 1``): ``lb[j] >= lb[j-k] + gaps[k]``."""
+    gaps = gaps or {}
     tol = EPS * max(1.0, abs(limit))
     if not math.isfinite(limit) or m < 2:
         return [], lambda n, exact: 0.0
@@ -380,6 +423,7 @@ def _pacing(sh: _Shape, rt: float, m: int, limit: float) -> tuple[list[float], C
     for j in range(1, m):
         # each term only shrinks as b grows, so the largest b the limit (and j) allows is the least
         lb[j] = min(need(j, a, min(bmax(a), j - a)) for a in range(min(amax, j) + 1))
+        lb[j] = max([lb[j]] + [lb[j - k] + g for k, g in gaps.items() if 1 <= k <= j])
 
     def tail(j: int, a: int, b: int) -> float:
         """Least time from the start of the last F (``F[j]``) to the end: what is left, and until
@@ -443,13 +487,16 @@ def throughput_bound(p: Program, r: int) -> tuple[float, int]:
     return best, via
 
 
-def lower_bound(p: Program, limits: Sequence[float], objective: str = "span") -> Bound:
-    """A lower bound on ``objective`` (``span`` or ``makespan``) for every valid schedule."""
+def lower_bound(p: Program, limits: Sequence[float], objective: str = "span",
+                windows: Mapping[int, Windows] | None = None) -> Bound:
+    """A lower bound on ``objective`` (``span`` or ``makespan``) for every valid schedule;
+    ``windows`` (per rank, from :func:`~.relax.windows`) adds item 7."""
     from schedlang.schedulers.ilp.model import fifo_is_safe
 
     fifo_ok = fifo_is_safe(p)
+    got = windows or {}
     ranks = tuple(replace(b, throughput=tp, via=via)
-                  for b in (rank_bound(p, r, limits[r], fifo_ok) for r in range(p.num_ranks))
+                  for b in (rank_bound(p, r, limits[r], fifo_ok, got.get(r)) for r in range(p.num_ranks))
                   for tp, via in [throughput_bound(p, b.rank)])
     span = max((b.span for b in ranks), default=0.0)
     if objective == "span":

@@ -40,7 +40,7 @@ def fifo_relabel(program: Program, starts: Sequence[float]) -> list[int]:
 class ProgressEvent:
     """One step of a run, as it happens: ``what`` happened ``elapsed`` wall seconds after the start.
 
-    ``what`` is a phase starting (``heuristics``, ``bounds``, ``periodic``, ``model``, ``search``:
+    ``what`` is a phase starting (``heuristics``, ``bounds``, ``relax``, ``periodic``, ``model``, ``search``:
     no figures) or a result: ``start:NAME`` (the warm start), ``periodic:K=k``, ``solution``,
     ``lns#N`` (an improving neighbourhood round), and the final status in lower case. Figures
     are in program time units."""

@@ -49,6 +49,9 @@ class IlpOptions:
                                                  "(default 4 * time_limit + 10; 0: none)")
     periodic: bool = _opt(True, bool, "also start from the best periodic schedule (steady state "
                                       "searched directly; a quarter of the time limit)")
+    relax: float = _opt(0.0, float, "seconds of the time limit (deterministic: its unit) for bounds from "
+                                    "relaxations that keep two ranks exact on the first microbatches "
+                                    "(0: off)")
 
     def check(self) -> None:
         """Raise :class:`ArgError` (naming the argument) for a value no search can use."""
@@ -57,6 +60,8 @@ class IlpOptions:
                            "objective")
         if not self.time_limit > 0:
             raise ArgError(f"ilp: time_limit must be positive, got {self.time_limit:g}", "time_limit")
+        if not self.relax >= 0:
+            raise ArgError(f"ilp: relax must be 0 (off) or positive seconds, got {self.relax:g}", "relax")
         if self.workers < 1:
             raise ArgError(f"ilp: workers must be at least 1, got {self.workers}", "workers")
         if self.wall_limit is not None and self.wall_limit < 0:

@@ -3,7 +3,7 @@
 :func:`optimize` is the whole pass: it picks the best registered heuristic (``warm_start=True``,
 ``applies(program)``, verifies under the limit) as the start, or the best periodic schedule
 (periodic.py, a quarter of what is left of the time budget) when that is better, computes the structural lower bound
-(bounds.py), builds the model (model.py) with the heuristic's objective as an upper bound, its
+(bounds.py; with ``relax`` seconds, raised by relaxations keeping two ranks exact, relax.py), builds the model (model.py) with the heuristic's objective as an upper bound, its
 times as hints and the structural bound as ``obj >= bound``, solves (a full solve, then
 large-neighbourhood rounds, see :mod:`schedlang.schedulers.ilp.lns`), turns the best solution
 into orders (apply.py) and re-simulates them with the exact float times. The result is never
@@ -275,6 +275,11 @@ def optimize(program: Program, options: IlpOptions | None = None, *,
         # (checked on the 120 bounds of the p <= 8 suite and the shapes); only inexact times need
         # their own.
         lower = (bound_f.value * sc.scale if sc.exact else lower_bound(iprog, limits, objective).value)
+    if opts.relax > 0 and sc.exact and sc.mem_exact and budget.left() > 0.01:
+        shown.line("relax")
+        with budget.phase("relax"):
+            bound_f = _relaxed(prog, limits, objective, bound_f, min(opts.relax, budget.left()), budget, warm.value)
+            lower = max(lower, bound_f.value * sc.scale)
     problem = Problem(prog, iprog, sc, objective, use_fifo, topo, int(math.floor(lower + 1e-6)),
                       max((e[2] for e in sc.edges), default=0) * prog.num_ranks)
     with budget.phase("finish"):  # what the final checks cost, measured on the warm start
@@ -307,6 +312,24 @@ def optimize(program: Program, options: IlpOptions | None = None, *,
     rep.phases = {k: round(v, 4) for k, v in budget.phases.items()}
     shown.line(rep.status.lower(), rep.objective, rep.bound)
     return chosen, rep
+
+
+def _relaxed(prog: Program, limits: Sequence[float], objective: str, bound: Bound, seconds: float,
+             budget: Budget, best: float) -> Bound:
+    """The structural bound with item 7 (relaxations keeping two ranks exact, relax.py) when that
+    is higher: ``seconds`` of wall time, or of deterministic time charged to ``budget``, never
+    past its wall-clock deadline, and no longer than it takes to reach ``best`` (the warm start's
+    objective)."""
+    from schedlang.schedulers.ilp import relax
+
+    stats = relax.RelaxStats()
+    found = relax.windows(prog, limits, seconds=seconds, partners=relax.every_other(prog),
+                          deterministic=budget.deterministic, deadline=budget.deadline, stop_at=best,
+                          objective=objective, stats=stats)
+    if budget.deterministic:
+        budget.charge(stats.deterministic_time)
+    better = lower_bound(prog, limits, objective, found) if found else bound
+    return better if better.value > bound.value else bound
 
 
 def _check_and_value(prog: Program, orders: Orders, objective: str) -> float:
