@@ -182,7 +182,7 @@ def test_figures_and_bound_never_exceed_the_optimum_grid(profile: str, p: int, m
 
 
 @pytest.mark.slow
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sst.programs(max_ranks=3, max_stages_per_rank=2, max_microbatches=4, user_kind=False),
        st.sampled_from([0.0, 0.25, 0.5, 1.0]))
 def test_figures_and_bound_never_exceed_the_optimum(prog: Program, frac: float) -> None:
