@@ -10,6 +10,7 @@ Budget: about half a minute on 2 cores (time limits of a few seconds).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -181,6 +182,11 @@ def test_the_command_prints_progress_on_stderr_and_says_which_clock_ran(capsys: 
     assert main([*base, "--wall-limit", "5"]) == 1
     err = capsys.readouterr().err
     assert "wall_limit caps a deterministic run" in err and "Traceback" not in err
+    assert main([*base, "--relax", "-1"]) == 1
+    err = capsys.readouterr().err
+    assert "relax must be 0 (off) or positive seconds" in err and "Traceback" not in err
+    assert main([*base, "--relax", "0.5", "--quiet", "--json"]) == 0
+    assert "relax" in json.loads(capsys.readouterr().out)["phases"]  # the option reached the optimizer
 
 
 def test_a_budget_spent_before_the_search_returns_the_best_start_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:

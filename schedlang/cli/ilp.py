@@ -54,6 +54,9 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-lns", action="store_true", help="one full CP-SAT solve, no neighbourhood rounds")
     p.add_argument("--no-periodic", action="store_true",
                    help="start from the heuristics only (no periodic steady-state search)")
+    p.add_argument("--relax", type=float, default=_DEFAULTS.relax, metavar="S",
+                   help="seconds of the time limit for the bound that keeps two ranks exact on the first "
+                        "microbatches (default 0: off; slow, but it can prove what the other bounds cannot)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     add_emit_arg(p, "format of the orders written with -o")
@@ -72,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
     options = IlpOptions(objective=args.objective, time_limit=args.time_limit, mem_limit=args.mem_limit,
                          seed=args.seed, workers=args.workers, lns=not args.no_lns,
                          deterministic=args.deterministic, wall_limit=args.wall_limit,
-                         periodic=not args.no_periodic)
+                         periodic=not args.no_periodic, relax=args.relax)
     optimized, rep = api.optimize(program, options, progress=None if args.quiet else _on_stderr)
     if args.json:
         print(json.dumps(rep.as_dict(), indent=1))
