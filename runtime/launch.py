@@ -173,8 +173,9 @@ def _ping_pong(rank: int, world_size: int, nbytes: int, repeats: int, warmup: in
     import torch.distributed as dist
 
     if rank >= 2:
-        dist.barrier()
         a = torch.randn(64, 64)
+        a = torch.tanh(a @ a)  # warm: the first product initialises the math library
+        dist.barrier()
         end = time.perf_counter() + spin
         while time.perf_counter() < end:
             a = torch.tanh(a @ a)
@@ -183,6 +184,8 @@ def _ping_pong(rank: int, world_size: int, nbytes: int, repeats: int, warmup: in
     peer = 1 - rank
     times = []
     dist.barrier()
+    if world_size > 2:
+        time.sleep(0.05)  # the others are computing by now
     for i in range(warmup + repeats):
         t0 = time.perf_counter()
         if rank == 0:
@@ -196,17 +199,21 @@ def _ping_pong(rank: int, world_size: int, nbytes: int, repeats: int, warmup: in
     return float(statistics.median(times)) / 2
 
 
-def p2p_seconds(nbytes: int, *, busy: int = 0, repeats: int = 30, warmup: int = 5, backend: str = "gloo",
-                timeout: float = 60.0) -> float:
+def p2p_seconds(nbytes: int, *, busy: int = 0, repeats: int = 30, warmup: int = 5, samples: int = 1,
+                backend: str = "gloo", timeout: float = 60.0) -> float:
     """One message of ``nbytes`` from one worker process to another on this machine, in seconds
     (median of ``repeats`` ping-pongs after ``warmup``, halved), while ``busy`` more processes
     compute. On a virtual machine a message to a process whose processor went idle can take
     milliseconds to wake it; with the processors kept busy (more pipeline ranks than cores) it
-    takes tens of microseconds, so measure under the load the run will have."""
-    if nbytes < 0 or busy < 0 or repeats < 1 or warmup < 0:
-        raise ValueError("p2p_seconds needs nbytes >= 0, busy >= 0, repeats >= 1 and warmup >= 0")
+    takes tens of microseconds, so measure under the load the run will have. ``samples`` > 1
+    repeats the whole measurement in fresh processes and keeps the median (where the processes
+    land decides which of those two figures one measurement sees)."""
+    if nbytes < 0 or busy < 0 or repeats < 1 or warmup < 0 or samples < 1:
+        raise ValueError("p2p_seconds needs nbytes >= 0, busy >= 0, repeats >= 1, warmup >= 0 and samples >= 1")
     # the others compute for longer than the ping-pongs take (about 2 ms each at worst here)
     spin = 0.5 + 0.01 * (repeats + warmup)
-    results = spawn(_ping_pong, 2 + busy, (nbytes, repeats, warmup, spin), backend=backend, timeout=timeout,
-                    join_timeout=4 * timeout)
-    return float(results[0].value)
+    import statistics
+
+    values = [float(spawn(_ping_pong, 2 + busy, (nbytes, repeats, warmup, spin), backend=backend, timeout=timeout,
+                          join_timeout=4 * timeout)[0].value) for _ in range(samples)]
+    return float(statistics.median(values))

@@ -1045,9 +1045,9 @@ def _tune_machine(profile: Any, nproc: int, threads: int, cores: float | None, t
 
         size = max(int(r.get("out_bytes", 0)) for r in profile.stages[:-1])
         say(f"measuring one message of {size} bytes between two processes while {nproc - 2} more compute")
-        tc = 1e3 * p2p_seconds(size, busy=nproc - 2)
+        tc = 1e3 * p2p_seconds(size, busy=nproc - 2, samples=5)
         notes.append(f"communication: {tc:.4f} ms per message of {size} bytes (measured between two processes "
-                     f"while {nproc - 2} more computed, as the run's other ranks do)")
+                     f"while {nproc - 2} more computed, as the run's other ranks do; median of 5)")
     return cores, tc
 
 

@@ -140,6 +140,8 @@ def test_p2p_seconds_measures_a_message_and_refuses_bad_arguments() -> None:
     assert 0 < one_way < 1.0  # one small message on one machine: well under a second
     with pytest.raises(ValueError, match="busy >= 0"):
         p2p_seconds(4096, busy=-1)
+    with pytest.raises(ValueError, match="samples >= 1"):
+        p2p_seconds(4096, samples=0)
 
 
 def test_params_for_gives_the_fused_backward_only_where_the_program_has_one() -> None:
