@@ -207,11 +207,8 @@ def _profile_stage(
         return loss_fn(out) if loss_fn is not None else out
 
     cap = warmup + max(repeats, MAX_REPEATS)
-    it, timed = -1, 0.0
-    while True:
-        it += 1
-        if it >= warmup + repeats and (timed >= min_time or it >= cap):
-            break
+    it, timed = 0, 0.0
+    while it < warmup + repeats or (timed < min_time and it < cap):
         t_it = time.perf_counter()
         xin = x.detach().requires_grad_(float_in and not first or (kernels and float_in))
         counter = _SavedBytes(exclude)
@@ -282,6 +279,7 @@ def _profile_stage(
             times["tbw"].append(time.perf_counter() - t4)
             timed += time.perf_counter() - t_it
         del out
+        it += 1
     row: dict[str, Any] = {"stage": stage}
     row.update({k: 1e3 * median(v) for k, v in times.items()})
     row.update(mem_f=mem_f, mem_w=mem_w, out_bytes=out_bytes, cv={k: coefficient_of_variation(v) for k, v in times.items()},

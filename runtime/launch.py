@@ -20,6 +20,7 @@ import os
 import pickle
 import queue
 import socket
+import statistics
 import tempfile
 import time
 import traceback
@@ -167,8 +168,6 @@ def _ping_pong(rank: int, world_size: int, nbytes: int, repeats: int, warmup: in
     median one-way time (half the round trip) over the timed ones, in seconds. Ranks 2 and up
     compute (small matrix products) for ``spin`` seconds meanwhile, as a pipeline's other ranks
     would."""
-    import statistics
-
     import torch
     import torch.distributed as dist
 
@@ -212,8 +211,6 @@ def p2p_seconds(nbytes: int, *, busy: int = 0, repeats: int = 30, warmup: int = 
         raise ValueError("p2p_seconds needs nbytes >= 0, busy >= 0, repeats >= 1, warmup >= 0 and samples >= 1")
     # the others compute for longer than the ping-pongs take (about 2 ms each at worst here)
     spin = 0.5 + 0.01 * (repeats + warmup)
-    import statistics
-
     values = [float(spawn(_ping_pong, 2 + busy, (nbytes, repeats, warmup, spin), backend=backend, timeout=timeout,
                           join_timeout=4 * timeout)[0].value) for _ in range(samples)]
     return float(statistics.median(values))

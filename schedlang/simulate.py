@@ -306,10 +306,10 @@ def shared_makespan(program: Program, cores: float) -> float:  # noqa: C901 - on
         times = [ops[k].time for k in slot]
         return (max(times) if use_max else sum(times)) if times else 0.0
 
-    def outside(r: int, i: int) -> list[tuple[int, float]]:
-        return [(src, lat) for k in orders.ranks[r][i] for src, lat in preds[k] if slot_of[src] != (r, i)]
+    def inputs(r: int, i: int) -> int:  # the slot's dependencies on ops outside it
+        return sum(1 for k in orders.ranks[r][i] for src, _ in preds[k] if slot_of[src] != (r, i))
 
-    missing = [[len(outside(r, i)) for i in range(len(orders.ranks[r]))] for r in range(R)]
+    missing = [[inputs(r, i) for i in range(len(orders.ranks[r]))] for r in range(R)]
     dep_time = [[0.0] * len(orders.ranks[r]) for r in range(R)]  # latest end + latency seen so far
     end = [0.0] * len(ops)
     head = [0] * R
