@@ -353,7 +353,7 @@ def _train(rank: int, world_size: int, args: argparse.Namespace) -> dict[str, An
     # the timeline of replica 0 (the others run the same streams): rank files are pipeline ranks
     events = [e.as_dict() for e in runner.events] if replica == 0 else []
     with open(os.path.join(args.out, f"rank{rank}.json"), "w", encoding="utf-8") as fh:
-        doc: dict[str, Any] = {"rank": rank, "events": events, "losses": losses}
+        doc: dict[str, Any] = {"rank": rank, "events": events, "losses": losses, "threads": torch.get_num_threads()}
         if args.measure_memory:
             doc["peak_saved_bytes"] = meter.peak
         json.dump(doc, fh)

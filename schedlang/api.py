@@ -506,18 +506,22 @@ def runner_from_program(program: Program, rank: int, stage_modules: Mapping[int,
 def summarize_timelines(out_dir: str) -> tuple[list[Any], dict[str, Any]]:
     """Read the workers' timelines (``rank*.json`` in ``out_dir``); return all events and the
     measured bubble (mean over the steps after the first; ``step_makespans_s`` lists each of those
-    steps, ``peak_saved_bytes`` each rank's peak of activations saved for backward)."""
+    steps, ``peak_saved_bytes`` each rank's peak of activations saved for backward, ``threads``
+    each rank's intra-op threads)."""
     import json
 
     from schedlang.runtime.timeline import Event, measured_bubble
 
     events: list[Event] = []
     peaks: dict[int, int] = {}
+    threads: dict[int, int] = {}
     for path in sorted(Path(out_dir).glob("rank*.json")):
         doc = json.loads(path.read_text(encoding="utf-8"))
         events.extend(Event.from_dict(e) for e in doc["events"])
         if "peak_saved_bytes" in doc:
             peaks[int(doc["rank"])] = int(doc["peak_saved_bytes"])
+        if "threads" in doc:
+            threads[int(doc["rank"])] = int(doc["threads"])
     steps = sorted({e.step for e in events})
     measured = [measured_bubble([e for e in events if e.step == s]) for s in steps[1:] or steps]
     if not measured:
@@ -530,6 +534,7 @@ def summarize_timelines(out_dir: str) -> tuple[list[Any], dict[str, Any]]:
         "makespan_s": sum(b.makespan for b in measured) / n,
         "step_makespans_s": [b.makespan for b in measured],
         **({"peak_saved_bytes": [peaks[r] for r in sorted(peaks)]} if peaks else {}),
+        **({"threads": [threads[r] for r in sorted(threads)]} if threads else {}),
     }
 
 
@@ -591,7 +596,7 @@ def check_model(spec: str, program: Program | None = None, split: str | Sequence
 def check_run(program: Program, *, nproc: int | None = None, steps: int = 10,
               model: str = "schedlang.runtime.models:tiny_gpt", dp: int = 1, nnodes: int = 1,
               node_rank: int = 0, rdzv_endpoint: str | None = None, nproc_per_node: int | None = None,
-              launcher: str = "torchrun", backend: str | None = None) -> int:
+              launcher: str = "torchrun", backend: str | None = None, threads: int = 1) -> int:
     """Check the arguments of :func:`run` before any process starts; returns the process count
     (of all nodes: the schedule's ranks times ``dp``)."""
     if dp < 1:
@@ -609,6 +614,8 @@ def check_run(program: Program, *, nproc: int | None = None, steps: int = 10,
         raise SchedlangError("--launcher spawn runs gloo; launch through torchrun (the default) for NCCL")
     if steps < 1:
         raise SchedlangError("--steps must be at least 1")
+    if not 1 <= threads <= 1024:
+        raise SchedlangError(f"--threads must be between 1 and 1024, not {threads}")
     check_model(model)
     return total
 
@@ -718,7 +725,7 @@ def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt",
         timeout: float = 60.0, dp: int = 1, backend: str | None = None, nnodes: int = 1,
         node_rank: int = 0, rdzv_endpoint: str | None = None, nproc_per_node: int | None = None,
         save: str | None = None, echo: bool = False, cuts: Sequence[int] | None = None,
-        layers_from: int | None = None, measure_memory: bool = False) -> RunResult:
+        layers_from: int | None = None, measure_memory: bool = False, threads: int = 1) -> RunResult:
     """Train ``model`` (``MODULE:FACTORY`` or ``path/to/file.py:FACTORY``, cut at ``split``, see
     docs/models.md) with a program's schedule on one process per rank (``torchrun`` or
     ``spawn``) for ``steps`` steps; return what was measured.
@@ -740,7 +747,8 @@ def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt",
     program's model parts) and cut its layers there instead of the factory's own split (see
     :func:`partition_for`). ``measure_memory``: each rank records the peak bytes of activations
     saved for backward alive at once during the first step (untimed), in
-    ``measured["peak_saved_bytes"]``.
+    ``measured["peak_saved_bytes"]``. ``threads``: intra-op threads per process
+    (``torch.set_num_threads``), recorded per rank in ``measured["threads"]``.
     """
     import tempfile
 
@@ -751,7 +759,7 @@ def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt",
         program = schedule(program)
     nproc = check_run(program, nproc=nproc, steps=steps, model=model, dp=dp, nnodes=nnodes,
                       node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, nproc_per_node=nproc_per_node,
-                      launcher=launcher, backend=backend)
+                      launcher=launcher, backend=backend, threads=threads)
     if program.weights.asynchronous and split_backward != "autograd":
         raise SchedlangError(f"weights {program.weights.policy}: the runtime keeps weight versions only with "
                              "--split-backward autograd", program.weights.span)
@@ -763,7 +771,8 @@ def run(program: Program, *, model: str = "schedlang.runtime.models:tiny_gpt",
         Path(path).write_text(isa.to_json(code_streams), encoding="utf-8")
         worker_args = ["--streams", path, "--model", model, "--steps", str(steps), "--out", tmp,
                        "--split-backward", split_backward, "--timeout", str(timeout),
-                       "--prepost", str(prepost), "--dp", str(dp), "--fingerprint", checked.fingerprint]
+                       "--prepost", str(prepost), "--dp", str(dp), "--fingerprint", checked.fingerprint,
+                       "--threads", str(threads)]
         if checked.split:
             worker_args += ["--split", ",".join(checked.split)]
         if backend is not None:
@@ -1068,13 +1077,13 @@ def _shared_cores(threads: int) -> float | None:
 
 
 def _tune_measure(c: Any, profile: Any, unit: float, model: str, nproc: int, steps: int,
-             split_backward: str, launcher: str, timeout: float) -> None:
+                  split_backward: str, launcher: str, timeout: float, threads: int) -> None:
     """Run one candidate for ``steps`` steps; record each step's makespan after the first (ms)
     and the peak of activations saved for backward."""
     try:
         res = run(c.program, model=model, steps=steps, nproc=nproc, split_backward=split_backward,
                   launcher=launcher, timeout=timeout, cuts=profile.cuts, layers_from=profile.layers_from,
-                  measure_memory=True)
+                  measure_memory=True, threads=threads)
     except SchedlangError as exc:  # a candidate that fails to run is recorded, the others still run
         c.run_error = exc.message
         return
@@ -1111,7 +1120,8 @@ def tune(model: str = "schedlang.runtime.models:tiny_gpt", nproc: int = 4, *, mi
     needs torch, and ortools for the optimizer). ``mem_limit`` is in
     units of one microbatch's activations on stage 0 (per rank); ``time_limit`` is the
     optimizer's wall-clock budget in seconds; ``tc`` the communication time (ms) the prediction
-    assumes (default: measured, one stage output sent between two worker processes); ``cores``
+    assumes (default: measured, one stage output sent between two worker processes); ``threads``
+    the intra-op threads of each process, in the profile and in the measured runs; ``cores``
     the processors the ranks share (default: on a CPU, this process's cores over ``threads``; on
     GPUs none are shared), below ``nproc`` the prediction shares them among the busy ranks. The measured step time of a candidate is the median over its steps after the first,
     over ``rounds`` runs each (the candidates take turns, so a busy spell of the machine is
@@ -1166,7 +1176,7 @@ def tune(model: str = "schedlang.runtime.models:tiny_gpt", nproc: int = 4, *, mi
         if c.run_error:
             continue
         say(f"running {c.name} for {steps} steps on {nproc} processes")
-        _tune_measure(c, profiles[c.v], unit, model, nproc, steps, split_backward, launcher, timeout)
+        _tune_measure(c, profiles[c.v], unit, model, nproc, steps, split_backward, launcher, timeout, threads)
     ran = [c for c in to_run if not math.isnan(c.measured_ms)]
     chosen = min(ran, key=lambda c: c.measured_ms) if ran else None
     result = T.TuneResult(ok + [c for c in cands if c.error], chosen, profiles, unit, mem_limit, notes=notes)

@@ -167,9 +167,12 @@ def test_the_api_runs_a_model_split_by_name(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
     result = api.run(api.compile("std:zb-h1", p=2, m=2), model="named:make", split="layers.2", steps=2,
-                     launcher="spawn", timeout=30)
+                     launcher="spawn", timeout=30, threads=2)
     assert len(result.losses) == 2 and all(loss > 0 for loss in result.losses)
     assert result.measured["steps"] == 1 and 0 <= result.measured["bubble_rate"] < 1
+    assert result.measured["threads"] == [2, 2]  # each worker ran with the threads asked for
+    with pytest.raises(SchedlangError, match="--threads must be between 1 and 1024, not 0"):
+        api.run(api.compile("std:zb-h1", p=2, m=2), model="named:make", split="layers.2", threads=0)
 
 
 def test_a_factory_that_builds_other_weights_in_each_process_is_refused(tmp_path: Path,

@@ -252,10 +252,11 @@ def test_limits_api() -> None:
     (["run", "std:1f1b", "--timeout", "-1"], "--timeout: expected a finite number > 0, got '-1'"),
     (["run", "std:1f1b", "--timeout", "nan"], "--timeout: expected a finite number > 0"),
     (["run", "std:1f1b", "--prepost", "-1"], "--prepost: expected an integer >= 0, got '-1'"),
+    (["run", "std:1f1b", "--threads", "0"], "--threads: expected a positive integer, got '0'"),
     (["render", "std:1f1b", "--width", "0"], "--width: expected a width from 200 to 20000 pixels, got '0'"),
     (["render", "std:1f1b", "--width", "100000000"], "--width: expected a width from 200 to 20000 pixels"),
     (["optimize", "std:1f1b", "--time-limit", "-5"], "--time-limit: expected a finite number > 0"),
-], ids=["timeout-0", "timeout-neg", "timeout-nan", "prepost-neg", "width-0", "width-huge", "time-limit-neg"])
+], ids=["timeout-0", "timeout-neg", "timeout-nan", "prepost-neg", "threads-0", "width-0", "width-huge", "time-limit-neg"])
 def test_option_ranges(harness: Harness, argv: list[str], fragment: str) -> None:
     _usage_error(harness.run(argv), fragment)
 

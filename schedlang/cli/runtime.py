@@ -17,7 +17,7 @@ import argparse
 
 from schedlang.cli.common import Command, add_model_args, add_program_args, load_program
 from schedlang.cli.profile import add_partition_args, partition_line, step_cost
-from schedlang.limits import nonneg_int, positive_float
+from schedlang.limits import nonneg_int, positive_float, positive_int
 from schedlang.source import SchedlangError
 
 
@@ -38,6 +38,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                         "0 = exactly where the stream says)")
     p.add_argument("--timeout", type=positive_float, default=60.0,
                    help="seconds an instruction may take before every rank stops (default 60)")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="intra-op threads per process (torch.set_num_threads; default 1)")
     p.add_argument("--dp", type=int, default=1, metavar="D",
                    help="data-parallel replicas of the pipeline: ranks x D processes, each replica "
                         "trains on its shard of every batch (default 1)")
@@ -63,7 +65,7 @@ def _run_run(args: argparse.Namespace) -> int:
     layout = dict(dp=args.dp, nnodes=args.nnodes, node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint,
                   nproc_per_node=args.nproc_per_node, backend=args.backend)
     nproc = api.check_run(prog, nproc=args.nproc, steps=args.steps, model=args.model, launcher=args.launcher,
-                          **layout)
+                          threads=args.threads, **layout)
     extra = f"; {args.dp} data-parallel replicas" if args.dp > 1 else ""
     if args.nnodes > 1:
         extra += f"; node {args.node_rank} of {args.nnodes} ({nproc // args.nnodes} processes here)"
@@ -78,7 +80,7 @@ def _run_run(args: argparse.Namespace) -> int:
         print(note, flush=True)
     res = api.run(prog, model=args.model, split=args.split, steps=args.steps, nproc=nproc,
                   split_backward=args.split_backward, launcher=args.launcher, prepost=args.prepost,
-                  timeout=args.timeout, save=args.save, echo=True,
+                  timeout=args.timeout, save=args.save, echo=True, threads=args.threads,
                   cuts=part.cuts if part is not None else None,
                   layers_from=part.layers_from if part is not None else None, **layout)
     measured = res.measured

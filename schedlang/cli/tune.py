@@ -46,7 +46,7 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed profile runs first (default 3)")
     p.add_argument("--min-time", type=float, default=0.1, metavar="S",
                    help="profile each layer and stage for at least S seconds of timed runs (default 0.1)")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads while profiling (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads per process, in the profile and the runs (default 1)")
     p.add_argument("--tc", type=float, default=None,
                    help="communication time (ms) per message the prediction assumes (default: measured, one "
                         "stage output sent between two processes)")
