@@ -129,6 +129,23 @@ def test_linear_backward_weight_buffers(blocks: mm.MatmulBlocks | None) -> None:
 
 
 @needs_triton
+def test_linear_backward_weight_bias_over_many_row_and_column_blocks() -> None:
+    # 300 rows and 200 columns: the column-sum kernel loops over row blocks in every column block
+    # (128 x 128 tiles under the interpreter), the last of each partial; a strided dY (a slice).
+    x, dy_full = rnd(300, 24), rnd(300, 2 * 200)
+    dy = dy_full[:, ::2]
+    want_w, want_b = mm.linear_backward_weight_ref(x, dy, with_bias=True)
+    db0 = rnd(200)
+    db = db0.clone()
+    _, got_b = mm.linear_backward_weight(x, dy, db=db)
+    assert got_b is db
+    close(db, db0 + want_b)
+    dw, got_b = mm.linear_backward_weight(x, dy, with_bias=True)
+    close(dw, want_w)
+    close(got_b, want_b)
+
+
+@needs_triton
 def test_linear_backward_weight_no_bias_3d() -> None:
     x, dy = rnd(3, 7, 40), rnd(3, 7, 24)
     dw, db = mm.linear_backward_weight(x, dy)
