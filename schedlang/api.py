@@ -1020,7 +1020,6 @@ def _tune_schedule(c: Any, profile: Any, unit: float, tc: float, nproc: int, m: 
     """Compile and simulate one candidate on the measured costs (or record why it cannot run);
     with fewer ``cores`` than ranks the ranks share them (:func:`schedlang.simulate.shared_makespan`)."""
     from schedlang import tune as T
-    from schedlang.simulate import shared_makespan
 
     params = T.params_for(profile, unit, tc, fused="tbw" in _declared(c.path))
     params.update(p=nproc, m=m, mem_limit=mem_limit)
@@ -1032,12 +1031,92 @@ def _tune_schedule(c: Any, profile: Any, unit: float, tc: float, nproc: int, m: 
     except SchedlangError as exc:
         c.error = exc.message.splitlines()[0]
         return
-    c.program = prog
-    c.predicted_own_cores_ms = sim.makespan
-    c.predicted_ms = shared_makespan(prog, cores) if cores is not None and cores < nproc else sim.makespan
     c.predicted_peak = max(r.peak_memory for r in sim.ranks)
     c.predicted_peak_bytes = c.predicted_peak * unit
+    _tune_predict(c, prog, nproc, cores)
+
+
+def _tune_predict(c: Any, prog: Program, nproc: int, cores: float | None) -> None:
+    """Set a candidate's program and its predicted step: the simulated makespan, or with fewer
+    ``cores`` than ranks the makespan of the ranks sharing them."""
+    sim = simulate(prog)
+    c.program = prog
+    c.predicted_own_cores_ms = sim.makespan
+    c.predicted_ms = _predicted_step(prog, nproc, cores, sim.makespan)
     c.predicted_busy_ms = max(r.busy for r in sim.ranks)
+
+
+def _predicted_step(prog: Program, nproc: int, cores: float | None, makespan: float | None = None) -> float:
+    from schedlang.simulate import shared_makespan
+
+    if cores is not None and cores < nproc:
+        return shared_makespan(prog, cores)
+    return simulate(prog).makespan if makespan is None else makespan
+
+
+def _tune_calibrate(cands: list[Any], base: Any, tc: float, nproc: int, cores: float | None,
+                    notes: list[str], say: Callable[[str], None]) -> tuple[float, float]:
+    """After 1F1B's first run: the compute scale and message cost that make its prediction meet
+    its measured step (:func:`schedlang.tune.calibrate`), and every candidate re-predicted with
+    them, in the same orders. Returns the scale and the communication time now assumed."""
+    from schedlang import tune as T
+
+    scale, tc_run = T.calibrate(base.program, base.measured_ms, base.measured_busy_ms, tc,
+                                lambda p: _predicted_step(p, nproc, cores))
+    for c in cands:
+        c.predicted_first_ms = c.predicted_ms
+        _tune_predict(c, T.with_comm(c.program, tc, tc_run, scale), nproc, cores)
+    notes.append(f"calibrated on 1F1B's first run ({base.measured_ms:.2f} ms a step): the ops ran at "
+                 f"{scale:.3f} x their profiled times and a message costs {tc_run:.4f} ms in a run "
+                 f"(alone: {tc:.4f} ms); every prediction uses both (1F1B's own is fitted, not predicted)")
+    say(notes[-1])
+    return scale, tc_run
+
+
+def _tune_profiles(families: tuple[int, ...], nproc: int, m: int, model: str, build: int, notes: list[str],
+                   say: Callable[[str], None], **opts: Any) -> dict[int, Any]:
+    """Profile the model cut into ``v * nproc`` stages for each ``v`` of ``families``; a family
+    after the first that cannot be cut is a note, not an error."""
+    profiles: dict[int, Any] = {}
+    for v in families:
+        say(f"profiling the layers of the model built for {build} stages, then {v * nproc} stages "
+            f"({opts['partition']} partition)")
+        try:
+            profiles[v] = profile_program(v * nproc, m, model, layers_from=build, **opts)
+        except SchedlangError as exc:
+            if v == families[0]:
+                raise
+            notes.append(f"no {v}-chunk candidates: {exc.message}")
+            say(notes[-1])
+    return profiles
+
+
+def _tune_runs(ok: list[Any], measure: Callable[[Any], None], top: int, rounds: int, calibrate: bool, tc: float,
+               nproc: int, cores: float | None, notes: list[str],
+               say: Callable[[str], None]) -> tuple[list[Any], float, float]:
+    """Run the candidates (see :func:`tune`): 1F1B first when calibrating, then the best ``top``
+    predicted and 1F1B, ``rounds`` times in turn. Sorts ``ok`` by prediction; returns those run,
+    the compute scale and the communication time the predictions assume."""
+    scale = 1.0
+    base = next((c for c in ok if c.name == "1f1b"), None)
+    shared = cores is not None and cores < nproc
+    if calibrate and shared:
+        notes.append(f"not calibrated: {nproc} ranks share {cores:g} cores, where waiting is mostly for a core, "
+                     "not for a message")
+    first = base if calibrate and not shared else None
+    if first is not None:  # 1F1B runs first: its step calibrates the compute and the messages
+        measure(first)
+        if math.isnan(first.measured_ms) or math.isnan(first.measured_busy_ms):
+            notes.append("not calibrated: 1F1B did not run")
+        else:
+            scale, tc = _tune_calibrate(ok, first, tc, nproc, cores, notes, say)
+    ok.sort(key=lambda c: c.predicted_ms)
+    to_run = ok[:top] + [c for c in ok[top:] if c.name == "1f1b"]
+    for r in range(rounds):
+        for c in to_run:
+            if not (r == 0 and c is first):  # its first round ran already
+                measure(c)
+    return to_run, scale, tc
 
 
 def _tune_machine(profile: Any, nproc: int, threads: int, cores: float | None, tc: float | None,
@@ -1112,7 +1191,7 @@ def tune(model: str = "schedlang.runtime.models:tiny_gpt", nproc: int = 4, *, mi
          time_limit: float = 10.0, steps: int = 5, top: int = 3, layers_from: int | None = None,
          partition: str = "auto", split_backward: str = "autograd", repeats: int = 10, warmup: int = 3,
          min_time: float = 0.1, threads: int = 1, tc: float | None = None, cores: float | None = None, launcher: str = "spawn",
-         timeout: float = 120.0, optimizer: bool = True, rounds: int = 1,
+         timeout: float = 120.0, optimizer: bool = True, rounds: int = 1, calibrate: bool = True,
          progress: Callable[[str], None] | None = None) -> Any:
     """Profile ``model``, partition it, schedule every candidate on the measured costs, run the
     best few on ``nproc`` processes and choose the fastest measured one: a
@@ -1125,7 +1204,11 @@ def tune(model: str = "schedlang.runtime.models:tiny_gpt", nproc: int = 4, *, mi
     the processors the ranks share (default: on a CPU, this process's cores over ``threads``; on
     GPUs none are shared), below ``nproc`` the prediction shares them among the busy ranks. The measured step time of a candidate is the median over its steps after the first,
     over ``rounds`` runs each (the candidates take turns, so a busy spell of the machine is
-    spread over them rather than landing on one)."""
+    spread over them rather than landing on one). With ``calibrate`` (and no ``tc`` given), 1F1B
+    runs first and the cost of a message is fitted so that its prediction matches its measured
+    step (the runtime's instructions and wake-ups, which a bare message between two processes
+    does not pay); every candidate is then re-predicted with it, in the same orders, before the
+    best ``top`` are chosen."""
     _require_torch("tune")
     from schedlang import tune as T
 
@@ -1145,41 +1228,35 @@ def tune(model: str = "schedlang.runtime.models:tiny_gpt", nproc: int = 4, *, mi
     if partition not in ("auto", "params"):  # given cuts say how many stages: one family
         ncuts = len([c for c in partition.split(",") if c.strip()])
         families = tuple(v for v in (1, 2) if v * nproc - 1 == ncuts) or (1,)
-    profiles: dict[int, Any] = {}
     notes: list[str] = []
-    for v in families:
-        say(f"profiling the layers of the model built for {build} stages, then {v * nproc} stages "
-            f"({partition} partition)")
-        try:
-            profiles[v] = profile_program(v * nproc, m, model, split_backward=split_backward, repeats=repeats,
-                                              warmup=warmup, threads=threads, partition=partition,
-                                              min_time=min_time, layers_from=build)
-        except SchedlangError as exc:
-            if v == families[0]:
-                raise
-            notes.append(f"no {v}-chunk candidates: {exc.message}")
-            say(notes[-1])
+    profiles = _tune_profiles(families, nproc, m, model, build, notes, say, split_backward=split_backward,
+                              repeats=repeats, warmup=warmup, threads=threads, partition=partition,
+                              min_time=min_time)
     unit = float(profiles[families[0]].stages[0]["mem_f"])
     if unit <= 0:
         raise SchedlangError("stage 0 saves no activations: no unit for memory")
+    calibrate = calibrate and tc is None  # a given --tc is assumed as given
     cores, tc = _tune_machine(profiles[families[0]], nproc, threads, cores, tc, notes, say)
+    tc_alone = tc
     cands = [T.Candidate(name, path, sched, v) for name, path, sched, v in
              T.candidate_specs(nproc, mem_limit, time_limit, optimizer) if v in profiles]
     for c in cands:
         say(f"scheduling {c.name}")
         _tune_schedule(c, profiles[c.v], unit, tc, nproc, m, mem_limit, cores)
-    ok = sorted((c for c in cands if not c.error), key=lambda c: c.predicted_ms)
+    ok = [c for c in cands if not c.error]
     if not ok:
         raise SchedlangError("no candidate schedule fits the memory limit")
-    to_run = ok[:top] + [c for c in ok[top:] if c.name == "1f1b"]
-    for c in [c for _ in range(rounds) for c in to_run]:
-        if c.run_error:
-            continue
-        say(f"running {c.name} for {steps} steps on {nproc} processes")
-        _tune_measure(c, profiles[c.v], unit, model, nproc, steps, split_backward, launcher, timeout, threads)
+
+    def measure(c: Any) -> None:
+        if not c.run_error:
+            say(f"running {c.name} for {steps} steps on {nproc} processes")
+            _tune_measure(c, profiles[c.v], unit, model, nproc, steps, split_backward, launcher, timeout, threads)
+
+    to_run, scale, tc = _tune_runs(ok, measure, top, rounds, calibrate, tc, nproc, cores, notes, say)
     ran = [c for c in to_run if not math.isnan(c.measured_ms)]
     chosen = min(ran, key=lambda c: c.measured_ms) if ran else None
-    result = T.TuneResult(ok + [c for c in cands if c.error], chosen, profiles, unit, mem_limit, notes=notes)
+    result = T.TuneResult(ok + [c for c in cands if c.error], chosen, profiles, unit, mem_limit, notes=notes,
+                          comm_alone_ms=tc_alone, comm_ms=tc, compute_scale=scale)
     if chosen is not None:
         chosen.chosen = True
         try:

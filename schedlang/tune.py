@@ -28,13 +28,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from schedlang.source import SchedlangError
 
-__all__ = ["Candidate", "TuneResult", "candidate_specs", "check_machine_options", "check_options", "params_for",
-           "sched_text"]
+__all__ = ["Candidate", "TuneResult", "calibrate", "candidate_specs", "check_machine_options", "check_options",
+           "params_for", "sched_text", "with_comm"]
 
 COSTS = ("tf", "tb", "tw", "mem_f", "mem_w")
 
@@ -66,6 +67,7 @@ class Candidate:
     run_error: str = ""
     chosen: bool = False
     program: Any = None
+    predicted_first_ms: float = math.nan  # before the message cost was calibrated on 1F1B's run
 
     @property
     def error_pct(self) -> float:
@@ -82,6 +84,7 @@ class Candidate:
         return {"name": self.name, "program": self.path, "scheduler": self.scheduler, "v": self.v,
                 "error": self.error or None, "predicted_ms": num(self.predicted_ms),
                 "predicted_own_cores_ms": num(self.predicted_own_cores_ms),
+                "predicted_before_calibration_ms": num(self.predicted_first_ms),
                 "measured_ms": num(self.measured_ms), "measured_steps_ms": self.measured_steps_ms,
                 "prediction_error_pct": num(self.error_pct),
                 "predicted_peak_activations": num(self.predicted_peak),
@@ -106,6 +109,9 @@ class TuneResult:
     sched_text: str = ""
     csv_text: str = ""
     notes: list[str] = field(default_factory=list)
+    comm_alone_ms: float = math.nan  # one message between two processes, measured (or --tc)
+    comm_ms: float = math.nan  # what the predictions assume: calibrated on 1F1B's run, or the above
+    compute_scale: float = 1.0  # the profiled op times' factor in the predictions (calibrated, or 1)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data (``schedlang tune --json``)."""
@@ -114,6 +120,9 @@ class TuneResult:
                       "activation_bytes": self.unit_bytes},
             "mem_limit": None if math.isinf(self.mem_limit) else self.mem_limit,
             "chosen": self.chosen.name if self.chosen else None,
+            "calibration": {"message_alone_ms": None if math.isnan(self.comm_alone_ms) else self.comm_alone_ms,
+                            "message_ms": None if math.isnan(self.comm_ms) else self.comm_ms,
+                            "compute_scale": self.compute_scale},
             "candidates": [c.as_dict() for c in self.candidates],
             "partitions": {str(v): {"cuts": list(p.cuts), "layers_from": p.layers_from, "partition": p.partition,
                                     "stages": list(p.stages)} for v, p in self.profiles.items()},
@@ -156,6 +165,56 @@ def params_for(profile: Any, unit: float, tc: float, fused: bool = False) -> dic
                            for name in names}
     out["tc"] = tc
     return out
+
+
+def with_comm(program: Any, old: float, new: float, scale: float = 1.0) -> Any:
+    """``program`` (same ops and orders) with each dependency between two ranks whose latency is
+    the communication time ``old`` (the program's ``comm``) set to ``new``, a rule's own latency
+    of another value kept, and every op's time multiplied by ``scale``."""
+    from dataclasses import replace
+
+    ops = program.ops
+    edges = tuple(replace(e, latency=new) if e.latency == old and ops[e.src].rank != ops[e.dst].rank else e
+                  for e in program.edges)
+    if scale != 1.0:
+        ops = tuple(replace(o, time=o.time * scale) for o in ops)
+    return replace(program, ops=ops, edges=edges)
+
+
+def calibrate(program: Any, measured_ms: float, measured_busy_ms: float, tc: float,
+              predict: Callable[[Any], float]) -> tuple[float, float]:
+    """Fit two figures to one measured run of ``program`` (fixed orders): ``scale``, the busiest
+    rank's measured compute over its simulated compute (how much slower or faster the ops ran in
+    the run than in the profile), then the communication time per message at which ``predict``
+    (a program's predicted step, ms) of the program with its ops scaled meets ``measured_ms``:
+    what a message costs in the runtime, its instructions and wake-ups included. The prediction
+    never falls as latencies grow, so the second is a bisection; it is 0 when even free messages
+    predict a longer step. Returns ``(scale, message time)``."""
+    from schedlang.simulate import simulate
+
+    busy = max(r.busy for r in simulate(program).ranks)
+    scale = measured_busy_ms / busy if busy > 0 and measured_busy_ms > 0 else 1.0
+
+    def at(x: float) -> float:
+        return predict(with_comm(program, tc, x, scale))
+
+    if at(0.0) >= measured_ms:
+        return scale, 0.0
+    hi = max(tc, 1e-3)
+    while at(hi) < measured_ms:
+        if hi > measured_ms:  # a message costing a whole step does not explain it either
+            return scale, hi
+        hi *= 2
+    lo = 0.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if at(mid) < measured_ms:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-7 * hi:
+            break
+    return scale, hi
 
 
 def check_options(nproc: int, steps: int, top: int, time_limit: float, mem_limit: float, microbatches: int) -> None:

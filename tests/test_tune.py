@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 pytest.importorskip("torch")
 
 from schedlang import api  # noqa: E402
+from schedlang import tune as T  # noqa: E402
 from schedlang.cli import main  # noqa: E402
 
 
@@ -109,6 +111,20 @@ def test_tune_runs_the_best_and_writes_a_choice_that_compiles_back(tmp_path: Pat
     assert predicted[0] in ran and rows["1f1b"] in ran
     assert res.chosen is not None and res.chosen.chosen
     assert res.chosen.measured_ms == min(c.measured_ms for c in ran) <= rows["1f1b"].measured_ms
+    # calibrated on 1F1B's run (one round: its measured step is the one it was fitted to): its
+    # prediction meets the measurement unless even free messages predict longer; every candidate
+    # was re-predicted with the fitted message cost, in its own orders
+    base = rows["1f1b"]
+    assert any(n.startswith("calibrated on 1F1B's first run") for n in res.notes)
+    if res.comm_ms > 0:
+        assert base.predicted_ms == pytest.approx(base.measured_ms, rel=1e-4)
+    else:
+        assert base.predicted_ms >= base.measured_ms
+    for c in predicted:
+        assert not math.isnan(c.predicted_first_ms)
+        again = T.with_comm(c.program, res.comm_ms, res.comm_alone_ms, 1 / res.compute_scale)
+        # the same orders, at the profiled op times and the message time measured alone
+        assert api.simulate(again).makespan == pytest.approx(c.predicted_first_ms)
     for c in ran:
         assert c.error_pct == pytest.approx(100 * (c.predicted_ms - c.measured_ms) / c.measured_ms)
         assert c.measured_peak_bytes > 0 and len(c.measured_steps_ms) == 2
@@ -129,8 +145,36 @@ def test_tune_runs_the_best_and_writes_a_choice_that_compiles_back(tmp_path: Pat
     assert api.orders(api.import_torch_csv(str(csv))[1]) == api.orders(res.chosen.program)
     doc = json.loads(json.dumps(res.as_dict()))
     assert doc["chosen"] == res.chosen.name and len(doc["candidates"]) == len(res.candidates)
+    assert doc["calibration"] == {"message_alone_ms": res.comm_alone_ms, "message_ms": res.comm_ms,
+                                  "compute_scale": res.compute_scale}
+    # the scale is the busiest rank's measured compute over its predicted, 1F1B's first run
+    assert res.compute_scale == pytest.approx(base.busy_steps_ms and statistics.median(base.busy_steps_ms[:2])
+                                              / (base.predicted_busy_ms / res.compute_scale))
     table = render_table(res)
     assert "<- chosen" in table and "pred ms" in table and "meas ms" in table
+
+
+@pytest.mark.parametrize("name", ["std:1f1b", "std:interleaved-1f1b", "std:zb-h1"])
+def test_calibrate_finds_the_compute_scale_and_message_time_of_a_measured_step(name: str) -> None:
+    prog = api.compile(name, {"p": 4, "m": 8, "tc": 0.1, "tf": [1.0, 1.2, 0.9, 1.1]})
+    cross = [e for e in prog.edges if prog.ops[e.src].rank != prog.ops[e.dst].rank]
+    assert cross and all(e.latency == 0.1 for e in cross)
+    moved = T.with_comm(prog, 0.1, 0.37, 1.25)
+    assert {e.latency for e in moved.edges if prog.ops[e.src].rank != prog.ops[e.dst].rank} == {0.37}
+    assert [e for e in moved.edges if e not in cross and e.latency != 0.37] == \
+        [e for e in prog.edges if e not in cross]  # the edges within a rank are kept
+    assert [o.time for o in moved.ops] == [1.25 * o.time for o in prog.ops]
+    assert api.orders(moved) == api.orders(prog)
+    run = api.simulate(moved)  # a "measured" run: ops 25% slower, messages 0.37
+    assert run.makespan > api.simulate(T.with_comm(prog, 0.1, 0.0, 1.25)).makespan  # messages matter
+    predict = lambda p: api.simulate(p).makespan  # noqa: E731
+    busy = max(r.busy for r in run.ranks)
+    scale, tc = T.calibrate(prog, run.makespan, busy, 0.1, predict)
+    assert scale == pytest.approx(1.25)
+    assert predict(T.with_comm(prog, 0.1, tc, scale)) == pytest.approx(run.makespan, rel=1e-6)
+    # faster than even free messages allow: no message time explains it
+    assert T.calibrate(prog, 0.9 * api.simulate(T.with_comm(prog, 0.1, 0.0, 1.25)).makespan, busy, 0.1,
+                       predict) == (pytest.approx(1.25), 0.0)
 
 
 def test_p2p_seconds_measures_a_message_and_refuses_bad_arguments() -> None:

@@ -50,6 +50,9 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tc", type=float, default=None,
                    help="communication time (ms) per message the prediction assumes (default: measured, one "
                         "stage output sent between two processes)")
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="predict with the measured message time as it is (default: run 1F1B first and fit "
+                        "what a message costs in a run to its measured step; off when --tc is given)")
     p.add_argument("--cores", type=float, default=None,
                    help="processors the ranks share (default: on a CPU, this machine's cores over --threads; "
                         "on GPUs none are shared); with fewer than --nproc the prediction shares them")
@@ -100,6 +103,7 @@ def _tune_run(args: argparse.Namespace) -> int:
                       time_limit=args.time_limit, steps=args.steps, top=args.top, layers_from=args.layers_from,
                       partition=args.partition, split_backward=args.split_backward, repeats=args.repeats,
                       warmup=args.warmup, min_time=args.min_time, threads=args.threads, tc=args.tc,
+                      calibrate=args.calibrate,
                       cores=args.cores, launcher=args.launcher,
                       timeout=args.timeout, optimizer=not args.no_optimizer, rounds=args.rounds, progress=progress)
     written = []
