@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {p['a']} vs {p['b']}: {'agree' if p['agree'] else 'DISAGREE'}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"profile_stability": stab, "tune": doc, "checks": checks,
+    out.write_text(json.dumps({"args": vars(args), "profile_stability": stab, "tune": doc, "checks": checks,
                                "elapsed_s": time.monotonic() - t0}, indent=1) + "\n")
     print(f"wrote {out}")
     return 0

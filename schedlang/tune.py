@@ -92,6 +92,7 @@ class Candidate:
                 "measured_peak_activations": num(self.measured_peak),
                 "measured_peak_bytes": num(self.measured_peak_bytes),
                 "predicted_busy_ms": num(self.predicted_busy_ms), "measured_busy_ms": num(self.measured_busy_ms),
+                "measured_busy_steps_ms": self.busy_steps_ms,
                 "run_error": self.run_error or None, "chosen": self.chosen}
 
 

@@ -207,3 +207,28 @@ def test_params_for_gives_the_fused_backward_only_where_the_program_has_one() ->
     base = {"p": 2, "m": 4, "costs_per": "stage"}
     assert api.simulate(api.compile("std:1f1b", {**base, **fused})).makespan == pytest.approx(17.9)
     assert api.simulate(api.compile("std:1f1b", {**base, **split})).makespan > 17.9 + 4
+
+
+def test_replaying_a_recorded_run_reproduces_its_predictions_and_fits_1f1b() -> None:
+    # benchmarks/tune_replay.py on a run recorded on an H100 machine's 16-core host (gloo, 4
+    # processes): the candidates scheduled again on the recorded profile predict what the run
+    # predicted, and the calibration fits 1F1B's prediction to its first round of steps
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("tune_replay", root / "tune_replay.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    record = root / "data" / "tune-h100host-b.json"
+    res = module.replay(str(record), optimizer=False)
+    assert res["reproduces_recorded"]
+    doc = json.loads(record.read_text(encoding="utf-8"))
+    base = next(c for c in doc["tune"]["candidates"] if c["name"] == "1f1b")
+    first = statistics.median(base["measured_steps_ms"][:5])
+    rows = {r["name"]: r for r in res["rows"]}
+    assert res["first_round_1f1b_ms"] == first and res["message_ms"] > res["message_alone_ms"]
+    assert rows["1f1b"]["calibrated_ms"] == pytest.approx(first, rel=1e-6)
+    assert res["compute_scale"] == pytest.approx(base["measured_busy_ms"] / base["predicted_busy_ms"], rel=1e-6)
+    # every prediction moves: the same orders with the fitted compute scale and message time
+    assert all(r["calibrated_ms"] != r["before_ms"] for r in res["rows"])
