@@ -17,10 +17,14 @@
    ranks as measured (a stage's output sent between two worker processes), and, when the ranks
    outnumber the cores they run on (processes on one CPU), the cores shared among the ranks
    that compute at each moment (:func:`schedlang.simulate.shared_makespan`).
-4. Run the ``top`` best predicted (and 1F1B, the baseline) for ``steps`` steps on ``nproc``
+4. Calibrate (where each rank has its own core and no ``tc`` was given): run 1F1B first and fit
+   to its run the ops' speed against the profile and what a message costs in a run
+   (:func:`calibrate`), then simulate every candidate again in its own orders with both
+   (:func:`with_comm`).
+5. Run the ``top`` best predicted (and 1F1B, the baseline) for ``steps`` steps on ``nproc``
    processes, and measure each step's makespan (median over the steps after the first) and each
    rank's peak of activations saved for backward.
-5. Choose the candidate with the least measured step time (the least predicted among those not
+6. Choose the candidate with the least measured step time (the least predicted among those not
    run cannot be chosen: a choice is measured), and write it as a ``.sched`` program with
    explicit orders and as PyTorch's compute-only schedule CSV.
 """
