@@ -25,9 +25,10 @@ under ``TRITON_INTERPRET=1`` on one tiny shape (correctness only, no times). Wri
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import json
 import os
-import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -44,21 +45,22 @@ from schedlang.kernels import matmul as mm  # noqa: E402
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "kernel_variants.json"
 
 
-def _time(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> float | None:
-    """Median ms over CUDA-event timed runs; None without CUDA."""
-    for _ in range(warmup if CUDA else 1):
-        fn()
-    if not CUDA:
-        return None
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+@functools.cache
+def _load_kernels_benchmark() -> Any:
+    """``benchmarks/kernels.py`` (its CUDA-event timer), loaded by path: this is a script folder."""
+    spec = importlib.util.spec_from_file_location("kernels_benchmark", Path(__file__).resolve().parent / "kernels.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _time(fn: Callable[[], Any], repeats: int) -> float | None:
+    """Median ms over CUDA-event timed runs after warm-up; without CUDA, one untimed run."""
+    if CUDA:
+        return float(_load_kernels_benchmark()._time_cuda(fn, repeats))
+    fn()
+    return None
 
 
 def _variants(m: int, n: int, k: int, dtype: torch.dtype, device: str) -> list[tuple[str, Any, Any, Any]]:

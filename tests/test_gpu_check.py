@@ -173,3 +173,19 @@ def test_table_of_a_gpu_report() -> None:
         "profile -> simulate: predicted step (own device per rank / ranks sharing one device) vs measured",
         "  zb-h1    kernels   predicted    150.00 /    290.50 ms  measured         - ms",
     ]
+
+
+def test_kernel_variants_run_and_check_every_variant_on_the_cpu(tmp_path: Path) -> None:
+    # benchmarks/kernel_variants.py, the GPU's first question after the check: without CUDA it
+    # runs every variant once under the interpreter and checks it against torch (no times)
+    script = SCRIPT.parent / "kernel_variants.py"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    out = tmp_path / "kv.json"
+    proc = subprocess.run([sys.executable, str(script), "--out", str(out)], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    names = {r["variant"] for r in rows}
+    assert names == {"F", "F view", "F copy", "B", "W", "W nobias", "W copy-dy nobias"}
+    assert len(rows) == 2 * len(names) and all(r["ok"] and r["ms"] is None for r in rows)
+    assert {r["dtype"] for r in rows} == {"float32", "bfloat16"}
