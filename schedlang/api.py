@@ -1104,10 +1104,12 @@ def _tune_runs(ok: list[Any], measure: Callable[[Any], None], top: int, rounds: 
         notes.append(f"not calibrated: {nproc} ranks share {cores:g} cores, where waiting is mostly for a core, "
                      "not for a message")
     first = base if calibrate and not shared else None
+    if calibrate and not shared and base is None:
+        notes.append("not calibrated: 1F1B, the run it calibrates on, does not fit the memory limit")
     if first is not None:  # 1F1B runs first: its step calibrates the compute and the messages
         measure(first)
         if math.isnan(first.measured_ms) or math.isnan(first.measured_busy_ms):
-            notes.append("not calibrated: 1F1B did not run")
+            notes.append(f"not calibrated: 1F1B's run measured no step ({first.run_error or 'no timeline'})")
         else:
             scale, tc = _tune_calibrate(ok, first, tc, nproc, cores, notes, say)
     ok.sort(key=lambda c: c.predicted_ms)

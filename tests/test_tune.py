@@ -8,6 +8,7 @@ import json
 import math
 import statistics
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -232,3 +233,52 @@ def test_replaying_a_recorded_run_reproduces_its_predictions_and_fits_1f1b() -> 
     assert res["compute_scale"] == pytest.approx(base["measured_busy_ms"] / base["predicted_busy_ms"], rel=1e-6)
     # every prediction moves: the same orders with the fitted compute scale and message time
     assert all(r["calibrated_ms"] != r["before_ms"] for r in res["rows"])
+
+
+def _fake_candidates() -> list[T.Candidate]:
+    out = []
+    for name, path in (("1f1b", "std:1f1b"), ("gpipe", "std:gpipe"), ("zb-h1", "std:zb-h1")):
+        c = T.Candidate(name, path, None, 1)
+        api._tune_predict(c, api.compile(path, {"p": 4, "m": 8, "tc": 0.1}), 4, None)
+        out.append(c)
+    return out
+
+
+def _fake_measure(cands: list[T.Candidate], calls: list[str]) -> Any:
+    profiled = {c.name: c.program for c in cands}  # calibration replaces c.program
+
+    def measure(c: T.Candidate) -> None:  # a "run" 30% slower in compute, messages 0.5 ms
+        calls.append(c.name)
+        run = api.simulate(T.with_comm(profiled[c.name], 0.1, 0.5, 1.3))
+        c.measured_steps_ms.append(run.makespan)
+        c.measured_ms = statistics.median(c.measured_steps_ms)
+        c.busy_steps_ms.append(max(r.busy for r in run.ranks))
+        c.measured_busy_ms = statistics.median(c.busy_steps_ms)
+    return measure
+
+
+@pytest.mark.parametrize("case", ["calibrated", "shared-cores", "off", "no-1f1b"])
+def test_tune_runs_1f1b_first_and_calibrates_only_where_it_means_something(case: str) -> None:
+    cands = _fake_candidates()
+    if case == "no-1f1b":
+        cands = cands[1:]
+    calls: list[str] = []
+    notes: list[str] = []
+    cores = 2.0 if case == "shared-cores" else None
+    to_run, scale, tc = api._tune_runs(cands, _fake_measure(cands, calls), 1, 2, case != "off", 0.1, 4, cores, notes,
+                                       lambda _line: None)
+    if case == "calibrated":
+        # 1F1B first, then the best predicted and 1F1B take turns: 1F1B ran twice in all
+        assert calls[0] == "1f1b" and calls.count("1f1b") == 2 and len(calls) == 4
+        assert scale == pytest.approx(1.3) and tc == pytest.approx(0.5, rel=1e-5)
+        # the "runs" are the calibrated model exactly, so every prediction is now what they measure
+        assert all(c.predicted_ms == pytest.approx(c.measured_ms, rel=1e-5) for c in to_run)
+        assert all(c.predicted_first_ms < c.predicted_ms for c in cands)
+        assert len(notes) == 1 and notes[0].startswith("calibrated on 1F1B's first run")
+    else:
+        assert (scale, tc) == (1.0, 0.1) and all(math.isnan(c.predicted_first_ms) for c in cands)
+        assert calls == [c.name for c in to_run] * 2  # the rounds only, in turn
+        expect = {"shared-cores": ["not calibrated: 4 ranks share 2 cores"], "off": [],
+                  "no-1f1b": ["not calibrated: 1F1B, the run it calibrates on, does not fit"]}[case]
+        assert [n[:len(e)] for n, e in zip(notes, expect, strict=True)] == expect
+    assert [c.predicted_ms for c in cands] == sorted(c.predicted_ms for c in cands)
