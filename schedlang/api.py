@@ -1206,11 +1206,11 @@ def tune(model: str = "schedlang.runtime.models:tiny_gpt", nproc: int = 4, *, mi
     the processors the ranks share (default: on a CPU, this process's cores over ``threads``; on
     GPUs none are shared), below ``nproc`` the prediction shares them among the busy ranks. The measured step time of a candidate is the median over its steps after the first,
     over ``rounds`` runs each (the candidates take turns, so a busy spell of the machine is
-    spread over them rather than landing on one). With ``calibrate`` (and no ``tc`` given), 1F1B
-    runs first and the cost of a message is fitted so that its prediction matches its measured
-    step (the runtime's instructions and wake-ups, which a bare message between two processes
-    does not pay); every candidate is then re-predicted with it, in the same orders, before the
-    best ``top`` are chosen."""
+    spread over them rather than landing on one). With ``calibrate`` (no ``tc`` given, and a core
+    per rank), 1F1B runs first, and the ops' speed against the profile and the cost of a message
+    in a run (the runtime's instructions and wake-ups, which a bare message between two processes
+    does not pay) are fitted to its run (:func:`schedlang.tune.calibrate`); every candidate is
+    then predicted again with both, in its own orders, before the best ``top`` are chosen."""
     _require_torch("tune")
     from schedlang import tune as T
 
