@@ -3,9 +3,10 @@
 A record is what ``benchmarks/tune.py`` writes: the profiled stages of both partitions, the
 message time measured alone, and every candidate's predicted and measured step. The replay
 schedules every candidate again on those costs (as :func:`schedlang.api.tune` does: the same
-candidates, p = 4, m = 8, no memory limit), checks that its predictions are the recorded ones,
+candidates, the record's process count p, m = 2p, no memory limit), checks that its predictions are the recorded ones,
 then calibrates on 1F1B's first round as the tune of today does (the busiest rank's compute for
-the scale, a message time by bisection) and re-predicts every candidate in its own orders.
+the scale, a message time by bisection) and re-predicts every candidate in its own orders (a
+record of a calibrated run must be reproduced there too).
 For each record it prints the candidates (prediction before, calibrated, measured) and, for the
 candidates that ran, how many pairs predicted more than 10% apart the measurements order the same
 way, before and after (and without the pairs that hold 1F1B, whose calibrated prediction is
@@ -63,7 +64,8 @@ def replay(path: str, optimizer: bool = True) -> dict[str, Any]:
     if tc is None:  # records before calibration noted the message time only in words (4 decimals)
         tc = float(next(n for n in tuned["notes"] if n.startswith("communication:")).split()[1])
         rel = 1e-3  # a message time rounded by at most 5e-5 ms moves a 15 ms step by about 1e-3 ms
-    nproc, m = 4, 8
+    nproc = int(doc.get("args", {}).get("nproc", 4))
+    m = 2 * nproc  # tune's default microbatches
     cands = [T.Candidate(n, p, s, v) for n, p, s, v in T.candidate_specs(nproc, math.inf, 10.0, optimizer)
              if v in profiles]
     for c in cands:
@@ -78,14 +80,21 @@ def replay(path: str, optimizer: bool = True) -> dict[str, Any]:
     busy_steps = rec.get("measured_busy_steps_ms") or []
     base.measured_busy_ms = statistics.median(busy_steps[:steps]) if busy_steps else rec["measured_busy_ms"]
     notes: list[str] = []
+    # calibration needs a core per rank: replayed so, whatever the machine the record came from
     scale, tc_run = api._tune_calibrate(ok, base, tc, nproc, None, notes, lambda _line: None)
     rows = []
     for c in sorted(ok, key=lambda c: c.predicted_ms):
         r = recorded.get(c.name, {})
-        rows.append({"name": c.name, "recorded_ms": r.get("predicted_ms"), "before_ms": before[c.name],
-                     "calibrated_ms": c.predicted_ms, "measured_ms": r.get("measured_ms")})
+        live = r.get("predicted_before_calibration_ms")  # a record of a calibrated run
+        rows.append({"name": c.name, "recorded_ms": live if live is not None else r.get("predicted_ms"),
+                     "recorded_calibrated_ms": r.get("predicted_ms") if live is not None else None,
+                     "before_ms": before[c.name], "calibrated_ms": c.predicted_ms,
+                     "measured_ms": r.get("measured_ms")})
+    # the optimizer's orders depend on its clock: left out of the comparison
     same = all(r["recorded_ms"] is not None and math.isclose(r["before_ms"], r["recorded_ms"], rel_tol=rel)
-               for r in rows if r["name"] != "optimizer")  # the optimizer's orders depend on its clock
+               and (r["recorded_calibrated_ms"] is None
+                    or math.isclose(r["calibrated_ms"], r["recorded_calibrated_ms"], rel_tol=1e-6))
+               for r in rows if r["name"] != "optimizer")
     return {"record": path, "message_alone_ms": tc, "message_ms": tc_run, "compute_scale": scale,
             "first_round_1f1b_ms": base.measured_ms, "reproduces_recorded": same, "rows": rows,
             "before": _pairs(rows, "before_ms"), "calibrated": _pairs(rows, "calibrated_ms"),

@@ -233,6 +233,11 @@ def test_replaying_a_recorded_run_reproduces_its_predictions_and_fits_1f1b() -> 
     assert res["compute_scale"] == pytest.approx(base["measured_busy_ms"] / base["predicted_busy_ms"], rel=1e-6)
     # every prediction moves: the same orders with the fitted compute scale and message time
     assert all(r["calibrated_ms"] != r["before_ms"] for r in res["rows"])
+    # a record of a calibrated run (2 processes on this kind of 2-core machine): the replay's
+    # calibration gives the very predictions the live run made
+    live = module.replay(str(root / "data" / "tune-2core-n2-b.json"), optimizer=False)
+    assert live["reproduces_recorded"]
+    assert all(r["recorded_calibrated_ms"] is not None for r in live["rows"] if r["name"] != "optimizer")
 
 
 def _fake_candidates() -> list[T.Candidate]:
