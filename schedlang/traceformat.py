@@ -49,6 +49,8 @@ def span_bubble(busy: Sequence[float], spans: Sequence[float]) -> SpanBubble:
         return SpanBubble(0.0, 0.0, 0.0)
     cost = max(spans)
     bubble = cost - max(busy, default=0.0)
+    if -1e-9 * cost < bubble < 0:  # a rank busy all its span, its times summed in another order
+        bubble = 0.0
     return SpanBubble(cost, bubble, bubble / cost if cost > 0 else 0.0)
 
 

@@ -33,6 +33,12 @@ def test_span_bubble() -> None:
     assert (fig.cost, fig.bubble, fig.bubble_rate) == (5.0, 2.0, 0.4)
     assert span_bubble([], []).cost == 0.0
     assert span_bubble([0.0], [0.0]).bubble_rate == 0.0
+    # a rank busy its whole span, its op times summed in another order than the span's: the
+    # rounding (0.1 + 0.2 + 0.3 > 0.6) is no bubble, and never "-0.0000" in a printed rate
+    busy = 0.1 + 0.2 + 0.3
+    assert busy > 0.6
+    fig = span_bubble([busy], [0.6])
+    assert fig.bubble == 0.0 and f"{fig.bubble_rate:.4f}" == "0.0000"
 
 
 def test_measured_bubble_is_the_simulators() -> None:
