@@ -4,8 +4,9 @@ A record is what ``benchmarks/tune.py`` writes: the profiled stages of both part
 message time measured alone, and every candidate's predicted and measured step. The replay
 schedules every candidate again on those costs (as :func:`schedlang.api.tune` does: the same
 candidates, the record's process count p, m = 2p, no memory limit), checks that its predictions are the recorded ones,
-then calibrates on 1F1B's first round as the tune of today does (the busiest rank's compute for
-the scale, a message time by bisection) and re-predicts every candidate in its own orders (a
+then calibrates on 1F1B's first round as the tune of today does (a scale and a fixed cost per op
+fitted to 1F1B's op times where the record kept them, else the busiest rank's compute for the
+scale; then a message time by bisection) and re-predicts every candidate in its own orders (a
 record of a calibrated run must be reproduced there too).
 For each record it prints the candidates (prediction before, calibrated, measured) and, for the
 candidates that ran, how many pairs predicted more than 10% apart the measurements order the same
@@ -81,7 +82,8 @@ def replay(path: str, optimizer: bool = True) -> dict[str, Any]:
     base.measured_busy_ms = statistics.median(busy_steps[:steps]) if busy_steps else rec["measured_busy_ms"]
     notes: list[str] = []
     # calibration needs a core per rank: replayed so, whatever the machine the record came from
-    scale, tc_run = api._tune_calibrate(ok, base, tc, nproc, None, notes, lambda _line: None)
+    base.op_samples = [tuple(x) for x in calib.get("op_samples") or []]  # a record that kept them
+    fit = api._tune_calibrate(ok, base, tc, nproc, None, notes, lambda _line: None)
     rows = []
     for c in sorted(ok, key=lambda c: c.predicted_ms):
         r = recorded.get(c.name, {})
@@ -95,7 +97,8 @@ def replay(path: str, optimizer: bool = True) -> dict[str, Any]:
                and (r["recorded_calibrated_ms"] is None
                     or math.isclose(r["calibrated_ms"], r["recorded_calibrated_ms"], rel_tol=1e-6))
                for r in rows if r["name"] != "optimizer")
-    return {"record": path, "message_alone_ms": tc, "message_ms": tc_run, "compute_scale": scale,
+    return {"record": path, "message_alone_ms": tc, "message_ms": fit.message_ms, "compute_scale": fit.scale,
+            "op_overhead_ms": fit.overhead_ms,
             "first_round_1f1b_ms": base.measured_ms, "reproduces_recorded": same, "rows": rows,
             "before": _pairs(rows, "before_ms"), "calibrated": _pairs(rows, "calibrated_ms"),
             "abs_errors_pct": {k: [abs(100 * (r[k] - r["measured_ms"]) / r["measured_ms"]) for r in rows
@@ -120,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         res = replay(path, args.optimizer)
         results.append(res)
         print(f"{path}: a message {res['message_alone_ms']:.4f} ms alone -> {res['message_ms']:.4f} ms in a run, "
-              f"compute x {res['compute_scale']:.3f}; replay reproduces the recorded predictions: "
+              f"ops x {res['compute_scale']:.3f} + {res['op_overhead_ms']:.4f} ms; replay reproduces the recorded "
+              "predictions: "
               f"{res['reproduces_recorded']}")
         print(f"  {'schedule':18s} {'before':>8s} {'err':>6s} {'calibr.':>8s} {'err':>6s} {'measured':>9s}")
         for r in res["rows"]:

@@ -538,15 +538,9 @@ def summarize_timelines(out_dir: str) -> tuple[list[Any], dict[str, Any]]:
     }
 
 
-def measured_program(program: Program, events: Sequence[Any]) -> tuple[Program, int]:
-    """``program`` with each op's time replaced by its mean measured duration in ``events``
-    (the runtime's :class:`schedlang.runtime.timeline.Event` records, in seconds; the steps after
-    the first when there are several) and every dependency's latency set to 0; returns it and the
-    number of ops that had no event of their own (an overlapped ``FB`` slot is recorded as one
-    event) and keep their planned time, scaled like the rest.
-
-    Its simulation is the schedule's bubble on this run's op times with communication free: the
-    difference to the measured bubble is what communication and waiting cost."""
+def measured_op_times(program: Program, events: Sequence[Any]) -> dict[int, float]:
+    """Each op's mean measured duration in ``events`` (seconds; the steps after the first when
+    there are several), by op id, for the ops that have an event of their own."""
     from schedlang.ir import Role
 
     steps = sorted({e.step for e in events})
@@ -564,6 +558,19 @@ def measured_program(program: Program, events: Sequence[Any]) -> tuple[Program, 
         key = (op.kind if role is Role.USER else role.value, op.stage, op.mb)
         if key in count:
             times[op.id] = total[key] / count[key]
+    return times
+
+
+def measured_program(program: Program, events: Sequence[Any]) -> tuple[Program, int]:
+    """``program`` with each op's time replaced by its mean measured duration in ``events``
+    (the runtime's :class:`schedlang.runtime.timeline.Event` records, in seconds; the steps after
+    the first when there are several) and every dependency's latency set to 0; returns it and the
+    number of ops that had no event of their own (an overlapped ``FB`` slot is recorded as one
+    event) and keep their planned time, scaled like the rest.
+
+    Its simulation is the schedule's bubble on this run's op times with communication free: the
+    difference to the measured bubble is what communication and waiting cost."""
+    times = measured_op_times(program, events)
     # ops without an event keep their planned time, in seconds at the run's mean ratio
     planned = sum(program.ops[k].time for k in times)
     scale = sum(times.values()) / planned if planned > 0 else 1.0
@@ -1055,22 +1062,24 @@ def _predicted_step(prog: Program, nproc: int, cores: float | None, makespan: fl
 
 
 def _tune_calibrate(cands: list[Any], base: Any, tc: float, nproc: int, cores: float | None,
-                    notes: list[str], say: Callable[[str], None]) -> tuple[float, float]:
+                    notes: list[str], say: Callable[[str], None]) -> Any:
     """After 1F1B's first run: the compute scale and message cost that make its prediction meet
     its measured step (:func:`schedlang.tune.calibrate`), and every candidate re-predicted with
-    them, in the same orders. Returns the scale and the communication time now assumed."""
+    them, in the same orders. Returns the :class:`schedlang.tune.Calibration`."""
     from schedlang import tune as T
 
-    scale, tc_run = T.calibrate(base.program, base.measured_ms, base.measured_busy_ms, tc,
-                                lambda p: _predicted_step(p, nproc, cores))
+    fit = T.calibrate(base.program, base.measured_ms, base.measured_busy_ms, tc,
+                      lambda p: _predicted_step(p, nproc, cores), base.op_samples)
     for c in cands:
         c.predicted_first_ms = c.predicted_ms
-        _tune_predict(c, T.with_comm(c.program, tc, tc_run, scale), nproc, cores)
-    notes.append(f"calibrated on 1F1B's first run ({base.measured_ms:.2f} ms a step): the ops ran at "
-                 f"{scale:.3f} x their profiled times and a message costs {tc_run:.4f} ms in a run "
-                 f"(alone: {tc:.4f} ms); every prediction uses both (1F1B's own is fitted, not predicted)")
+        _tune_predict(c, T.with_comm(c.program, tc, fit.message_ms, fit.scale, fit.overhead_ms), nproc, cores)
+    ops = (f"{fit.scale:.3f} x their profiled times + {fit.overhead_ms:.4f} ms each" if fit.overhead_ms
+           else f"{fit.scale:.3f} x their profiled times")
+    notes.append(f"calibrated on 1F1B's first run ({base.measured_ms:.2f} ms a step): the ops ran at {ops}, and "
+                 f"a message costs {fit.message_ms:.4f} ms in a run (alone: {tc:.4f} ms); every prediction uses "
+                 "these (1F1B's own is fitted, not predicted)")
     say(notes[-1])
-    return scale, tc_run
+    return fit
 
 
 def _tune_profiles(families: tuple[int, ...], nproc: int, m: int, model: str, build: int, notes: list[str],
@@ -1093,11 +1102,14 @@ def _tune_profiles(families: tuple[int, ...], nproc: int, m: int, model: str, bu
 
 def _tune_runs(ok: list[Any], measure: Callable[[Any], None], top: int, rounds: int, calibrate: bool, tc: float,
                nproc: int, cores: float | None, notes: list[str],
-               say: Callable[[str], None]) -> tuple[list[Any], float, float]:
+               say: Callable[[str], None]) -> tuple[list[Any], Any]:
     """Run the candidates (see :func:`tune`): 1F1B first when calibrating, then the best ``top``
-    predicted and 1F1B, ``rounds`` times in turn. Sorts ``ok`` by prediction; returns those run,
-    the compute scale and the communication time the predictions assume."""
-    scale = 1.0
+    predicted and 1F1B, ``rounds`` times in turn. Sorts ``ok`` by prediction; returns those run
+    and the :class:`schedlang.tune.Calibration` the predictions assume (none fitted: scale 1,
+    no overhead, the message time as given)."""
+    from schedlang import tune as T
+
+    fit = T.Calibration(1.0, 0.0, tc)
     base = next((c for c in ok if c.name == "1f1b"), None)
     shared = cores is not None and cores < nproc
     if calibrate and shared:
@@ -1111,14 +1123,14 @@ def _tune_runs(ok: list[Any], measure: Callable[[Any], None], top: int, rounds: 
         if math.isnan(first.measured_ms) or math.isnan(first.measured_busy_ms):
             notes.append(f"not calibrated: 1F1B's run measured no step ({first.run_error or 'no timeline'})")
         else:
-            scale, tc = _tune_calibrate(ok, first, tc, nproc, cores, notes, say)
+            fit = _tune_calibrate(ok, first, tc, nproc, cores, notes, say)
     ok.sort(key=lambda c: c.predicted_ms)
     to_run = ok[:top] + [c for c in ok[top:] if c.name == "1f1b"]
     for r in range(rounds):
         for c in to_run:
             if not (r == 0 and c is first):  # its first round ran already
                 measure(c)
-    return to_run, scale, tc
+    return to_run, fit
 
 
 def _tune_machine(profile: Any, nproc: int, threads: int, cores: float | None, tc: float | None,
@@ -1171,6 +1183,9 @@ def _tune_measure(c: Any, profile: Any, unit: float, model: str, nproc: int, ste
     if not res.measured:
         c.run_error = "no timeline was measured"
         return
+    if not c.op_samples:  # each op's planned time and its mean measured one (ms), first run only
+        measured_ops = measured_op_times(c.program, res.events)
+        c.op_samples = [(c.program.ops[k].time, 1e3 * t) for k, t in sorted(measured_ops.items())]
     c.measured_steps_ms += [1e3 * t for t in res.measured["step_makespans_s"]]
     c.measured_ms = statistics.median(c.measured_steps_ms)
     busy: dict[tuple[int, int], float] = {}
@@ -1254,16 +1269,17 @@ def tune(model: str = "schedlang.runtime.models:tiny_gpt", nproc: int = 4, *, mi
             say(f"running {c.name} for {steps} steps on {nproc} processes")
             _tune_measure(c, profiles[c.v], unit, model, nproc, steps, split_backward, launcher, timeout, threads)
 
-    to_run, scale, tc = _tune_runs(ok, measure, top, rounds, calibrate, tc, nproc, cores, notes, say)
+    to_run, fit = _tune_runs(ok, measure, top, rounds, calibrate, tc, nproc, cores, notes, say)
     ran = [c for c in to_run if not math.isnan(c.measured_ms)]
     chosen = min(ran, key=lambda c: c.measured_ms) if ran else None
     result = T.TuneResult(ok + [c for c in cands if c.error], chosen, profiles, unit, mem_limit, notes=notes,
-                          comm_alone_ms=tc_alone, comm_ms=tc, compute_scale=scale)
+                          comm_alone_ms=tc_alone, comm_ms=fit.message_ms, compute_scale=fit.scale,
+                          op_overhead_ms=fit.overhead_ms, calibration_samples=fit.samples)
     if chosen is not None:
         chosen.chosen = True
         try:
             result.csv_text = emit(chosen.program, "torch-csv")
         except SchedlangError as exc:
             notes.append(f"{chosen.name} has no PyTorch CSV: {exc.message}")
-        result.sched_text = T.sched_text(chosen.program, result.csv_text, profiles[chosen.v], unit, tc)
+        result.sched_text = T.sched_text(chosen.program, result.csv_text, profiles[chosen.v], unit, fit.message_ms)
     return result

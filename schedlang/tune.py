@@ -32,13 +32,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from schedlang.source import SchedlangError
 
-__all__ = ["Candidate", "TuneResult", "calibrate", "candidate_specs", "check_machine_options", "check_options",
+__all__ = ["Calibration", "Candidate", "TuneResult", "calibrate", "fit_op_times", "candidate_specs", "check_machine_options", "check_options",
            "params_for", "sched_text", "with_comm"]
 
 COSTS = ("tf", "tb", "tw", "mem_f", "mem_w")
@@ -72,6 +72,7 @@ class Candidate:
     chosen: bool = False
     program: Any = None
     predicted_first_ms: float = math.nan  # before the message cost was calibrated on 1F1B's run
+    op_samples: list[tuple[float, float]] = field(default_factory=list)  # (planned, measured) ms, first run
 
     @property
     def error_pct(self) -> float:
@@ -117,6 +118,8 @@ class TuneResult:
     comm_alone_ms: float = math.nan  # one message between two processes, measured (or --tc)
     comm_ms: float = math.nan  # what the predictions assume: calibrated on 1F1B's run, or the above
     compute_scale: float = 1.0  # the profiled op times' factor in the predictions (calibrated, or 1)
+    op_overhead_ms: float = 0.0  # and the fixed cost per op added to them (calibrated, or 0)
+    calibration_samples: tuple[tuple[float, float], ...] = ()  # 1F1B's (planned, measured) op times
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data (``schedlang tune --json``)."""
@@ -127,7 +130,8 @@ class TuneResult:
             "chosen": self.chosen.name if self.chosen else None,
             "calibration": {"message_alone_ms": None if math.isnan(self.comm_alone_ms) else self.comm_alone_ms,
                             "message_ms": None if math.isnan(self.comm_ms) else self.comm_ms,
-                            "compute_scale": self.compute_scale},
+                            "compute_scale": self.compute_scale, "op_overhead_ms": self.op_overhead_ms,
+                            "op_samples": [list(x) for x in self.calibration_samples]},
             "candidates": [c.as_dict() for c in self.candidates],
             "partitions": {str(v): {"cuts": list(p.cuts), "layers_from": p.layers_from, "partition": p.partition,
                                     "stages": list(p.stages)} for v, p in self.profiles.items()},
@@ -172,43 +176,85 @@ def params_for(profile: Any, unit: float, tc: float, fused: bool = False) -> dic
     return out
 
 
-def with_comm(program: Any, old: float, new: float, scale: float = 1.0) -> Any:
+def with_comm(program: Any, old: float, new: float, scale: float = 1.0, overhead: float = 0.0) -> Any:
     """``program`` (same ops and orders) with each dependency between two ranks whose latency is
     the communication time ``old`` (the program's ``comm``) set to ``new``, a rule's own latency
-    of another value kept, and every op's time multiplied by ``scale``."""
+    of another value kept, and every op's time ``t`` made ``scale * t + overhead``."""
     from dataclasses import replace
 
     ops = program.ops
     edges = tuple(replace(e, latency=new) if e.latency == old and ops[e.src].rank != ops[e.dst].rank else e
                   for e in program.edges)
-    if scale != 1.0:
-        ops = tuple(replace(o, time=o.time * scale) for o in ops)
+    if scale != 1.0 or overhead != 0.0:
+        ops = tuple(replace(o, time=o.time * scale + overhead) for o in ops)
     return replace(program, ops=ops, edges=edges)
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """What :func:`calibrate` fitted: an op planned at ``t`` ms takes ``scale * t + overhead_ms``
+    in a run, a message between ranks ``message_ms``; ``samples`` are the (planned, measured) op
+    times in ms the first two came from (none when only the busiest rank's compute was known)."""
+
+    scale: float
+    overhead_ms: float
+    message_ms: float
+    samples: tuple[tuple[float, float], ...] = ()
+
+
+def fit_op_times(samples: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
+    """Least squares ``measured = scale * planned + overhead`` over (planned, measured) op times;
+    None when the planned times do not vary enough to tell the two apart (all within 10% of each
+    other) or the fit is not physical (a scale or an overhead below zero)."""
+    if len(samples) < 2:
+        return None
+    xs = [x for x, _ in samples]
+    if max(xs) <= 1.1 * min(xs):
+        return None
+    n = len(samples)
+    mx, my = sum(xs) / n, sum(y for _, y in samples) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    scale = sum((x - mx) * (y - my) for x, y in samples) / sxx
+    overhead = my - scale * mx
+    if scale <= 0 or overhead < 0:
+        return None
+    return scale, overhead
+
+
 def calibrate(program: Any, measured_ms: float, measured_busy_ms: float, tc: float,
-              predict: Callable[[Any], float]) -> tuple[float, float]:
-    """Fit two figures to one measured run of ``program`` (fixed orders): ``scale``, the busiest
-    rank's measured compute over its simulated compute (how much slower or faster the ops ran in
-    the run than in the profile), then the communication time per message at which ``predict``
-    (a program's predicted step, ms) of the program with its ops scaled meets ``measured_ms``:
+              predict: Callable[[Any], float], samples: Sequence[tuple[float, float]] = ()) -> Calibration:
+    """Fit the ops' speed and the cost of a message to one measured run of ``program`` (fixed
+    orders). The ops: from ``samples``, (planned, measured) ms per op, a scale and a fixed cost
+    per op (:func:`fit_op_times`: small ops pay the runtime's per-instruction cost more than big
+    ones); without usable samples, the busiest rank's measured compute over its simulated
+    compute as the scale. Then the communication time per message at which ``predict`` (a
+    program's predicted step, ms) of the program with its ops so timed meets ``measured_ms``:
     what a message costs in the runtime, its instructions and wake-ups included. The prediction
-    never falls as latencies grow, so the second is a bisection; it is 0 when even free messages
-    predict a longer step. Returns ``(scale, message time)``."""
+    never falls as latencies grow, so this is a bisection; it is 0 when even free messages
+    predict a longer step."""
     from schedlang.simulate import simulate
 
-    busy = max(r.busy for r in simulate(program).ranks)
-    scale = measured_busy_ms / busy if busy > 0 and measured_busy_ms > 0 else 1.0
+    fitted = fit_op_times(samples)
+    if fitted is not None:
+        scale, overhead = fitted
+        used = tuple(samples)
+    else:
+        busy = max(r.busy for r in simulate(program).ranks)
+        scale = measured_busy_ms / busy if busy > 0 and measured_busy_ms > 0 else 1.0
+        overhead, used = 0.0, ()
 
     def at(x: float) -> float:
-        return predict(with_comm(program, tc, x, scale))
+        return predict(with_comm(program, tc, x, scale, overhead))
+
+    def done(msg: float) -> Calibration:
+        return Calibration(scale, overhead, msg, used)
 
     if at(0.0) >= measured_ms:
-        return scale, 0.0
+        return done(0.0)
     hi = max(tc, 1e-3)
     while at(hi) < measured_ms:
         if hi > measured_ms:  # a message costing a whole step does not explain it either
-            return scale, hi
+            return done(hi)
         hi *= 2
     lo = 0.0
     for _ in range(60):
@@ -219,7 +265,7 @@ def calibrate(program: Any, measured_ms: float, measured_busy_ms: float, tc: flo
             hi = mid
         if hi - lo <= 1e-7 * hi:
             break
-    return scale, hi
+    return done(hi)
 
 
 def check_options(nproc: int, steps: int, top: int, time_limit: float, mem_limit: float, microbatches: int) -> None:

@@ -123,7 +123,8 @@ def test_tune_runs_the_best_and_writes_a_choice_that_compiles_back(tmp_path: Pat
         assert base.predicted_ms >= base.measured_ms
     for c in predicted:
         assert not math.isnan(c.predicted_first_ms)
-        again = T.with_comm(c.program, res.comm_ms, res.comm_alone_ms, 1 / res.compute_scale)
+        again = T.with_comm(c.program, res.comm_ms, res.comm_alone_ms, 1 / res.compute_scale,
+                            -res.op_overhead_ms / res.compute_scale)
         # the same orders, at the profiled op times and the message time measured alone
         assert api.simulate(again).makespan == pytest.approx(c.predicted_first_ms)
     for c in ran:
@@ -147,10 +148,17 @@ def test_tune_runs_the_best_and_writes_a_choice_that_compiles_back(tmp_path: Pat
     doc = json.loads(json.dumps(res.as_dict()))
     assert doc["chosen"] == res.chosen.name and len(doc["candidates"]) == len(res.candidates)
     assert doc["calibration"] == {"message_alone_ms": res.comm_alone_ms, "message_ms": res.comm_ms,
-                                  "compute_scale": res.compute_scale}
-    # the scale is the busiest rank's measured compute over its predicted, 1F1B's first run
-    assert res.compute_scale == pytest.approx(base.busy_steps_ms and statistics.median(base.busy_steps_ms[:2])
-                                              / (base.predicted_busy_ms / res.compute_scale))
+                                  "compute_scale": res.compute_scale, "op_overhead_ms": res.op_overhead_ms,
+                                  "op_samples": [list(x) for x in res.calibration_samples]}
+    # the ops' figures come from 1F1B's first run: a line through its op times where they tell a
+    # scale from a fixed cost, else its busiest rank's compute over the simulated
+    fitted = T.fit_op_times(base.op_samples)
+    if fitted is not None:
+        assert (res.compute_scale, res.op_overhead_ms) == fitted
+        assert list(res.calibration_samples) == base.op_samples and len(base.op_samples) >= 4
+    else:
+        assert res.op_overhead_ms == 0 and res.compute_scale == pytest.approx(
+            statistics.median(base.busy_steps_ms[:2]) / (base.predicted_busy_ms / res.compute_scale))
     table = render_table(res)
     assert "<- chosen" in table and "pred ms" in table and "meas ms" in table
 
@@ -170,12 +178,21 @@ def test_calibrate_finds_the_compute_scale_and_message_time_of_a_measured_step(n
     assert run.makespan > api.simulate(T.with_comm(prog, 0.1, 0.0, 1.25)).makespan  # messages matter
     predict = lambda p: api.simulate(p).makespan  # noqa: E731
     busy = max(r.busy for r in run.ranks)
-    scale, tc = T.calibrate(prog, run.makespan, busy, 0.1, predict)
-    assert scale == pytest.approx(1.25)
-    assert predict(T.with_comm(prog, 0.1, tc, scale)) == pytest.approx(run.makespan, rel=1e-6)
+    fit = T.calibrate(prog, run.makespan, busy, 0.1, predict)
+    assert fit.scale == pytest.approx(1.25) and fit.overhead_ms == 0 and fit.samples == ()
+    assert predict(T.with_comm(prog, 0.1, fit.message_ms, fit.scale)) == pytest.approx(run.makespan, rel=1e-6)
+    assert fit.message_ms == pytest.approx(0.37, rel=1e-5)
     # faster than even free messages allow: no message time explains it
-    assert T.calibrate(prog, 0.9 * api.simulate(T.with_comm(prog, 0.1, 0.0, 1.25)).makespan, busy, 0.1,
-                       predict) == (pytest.approx(1.25), 0.0)
+    slow = T.calibrate(prog, 0.9 * api.simulate(T.with_comm(prog, 0.1, 0.0, 1.25)).makespan, busy, 0.1, predict)
+    assert slow.scale == pytest.approx(1.25) and slow.message_ms == 0.0
+    # with each op's time: a scale and a fixed cost per op, then the message time
+    run = api.simulate(T.with_comm(prog, 0.1, 0.37, 1.25, 0.05))
+    samples = [(o.time, 1.25 * o.time + 0.05) for o in prog.ops]
+    fit = T.calibrate(prog, run.makespan, 0.0, 0.1, predict, samples)
+    assert (fit.scale, fit.overhead_ms) == (pytest.approx(1.25), pytest.approx(0.05))
+    assert predict(T.with_comm(prog, 0.1, fit.message_ms, fit.scale, fit.overhead_ms)) == \
+        pytest.approx(run.makespan, rel=1e-6)
+    assert fit.samples == tuple(samples)
 
 
 def test_p2p_seconds_measures_a_message_and_refuses_bad_arguments() -> None:
@@ -254,7 +271,9 @@ def _fake_measure(cands: list[T.Candidate], calls: list[str]) -> Any:
 
     def measure(c: T.Candidate) -> None:  # a "run" 30% slower in compute, messages 0.5 ms
         calls.append(c.name)
-        run = api.simulate(T.with_comm(profiled[c.name], 0.1, 0.5, 1.3))
+        run = api.simulate(T.with_comm(profiled[c.name], 0.1, 0.5, 1.3, 0.02))
+        if not c.op_samples:
+            c.op_samples = [(o.time, 1.3 * o.time + 0.02) for o in c.program.ops]
         c.measured_steps_ms.append(run.makespan)
         c.measured_ms = statistics.median(c.measured_steps_ms)
         c.busy_steps_ms.append(max(r.busy for r in run.ranks))
@@ -270,18 +289,20 @@ def test_tune_runs_1f1b_first_and_calibrates_only_where_it_means_something(case:
     calls: list[str] = []
     notes: list[str] = []
     cores = 2.0 if case == "shared-cores" else None
-    to_run, scale, tc = api._tune_runs(cands, _fake_measure(cands, calls), 1, 2, case != "off", 0.1, 4, cores, notes,
+    to_run, fit = api._tune_runs(cands, _fake_measure(cands, calls), 1, 2, case != "off", 0.1, 4, cores, notes,
                                        lambda _line: None)
     if case == "calibrated":
         # 1F1B first, then the best predicted and 1F1B take turns: 1F1B ran twice in all
         assert calls[0] == "1f1b" and calls.count("1f1b") == 2 and len(calls) == 4
-        assert scale == pytest.approx(1.3) and tc == pytest.approx(0.5, rel=1e-5)
+        assert (fit.scale, fit.overhead_ms) == (pytest.approx(1.3), pytest.approx(0.02))
+        assert fit.message_ms == pytest.approx(0.5, rel=1e-5)
         # the "runs" are the calibrated model exactly, so every prediction is now what they measure
         assert all(c.predicted_ms == pytest.approx(c.measured_ms, rel=1e-5) for c in to_run)
         assert all(c.predicted_first_ms < c.predicted_ms for c in cands)
         assert len(notes) == 1 and notes[0].startswith("calibrated on 1F1B's first run")
     else:
-        assert (scale, tc) == (1.0, 0.1) and all(math.isnan(c.predicted_first_ms) for c in cands)
+        assert (fit.scale, fit.overhead_ms, fit.message_ms) == (1.0, 0.0, 0.1)
+        assert all(math.isnan(c.predicted_first_ms) for c in cands)
         assert calls == [c.name for c in to_run] * 2  # the rounds only, in turn
         expect = {"shared-cores": ["not calibrated: 4 ranks share 2 cores"], "off": [],
                   "no-1f1b": ["not calibrated: 1F1B, the run it calibrates on, does not fit"]}[case]
