@@ -32,7 +32,7 @@ What it offers, by ``schedlang`` command:
 - ``render``: :func:`render` (a scene to write as SVG or PNG), :func:`read_trace`.
 - ``run``: :func:`run`, :func:`check_run`, :func:`check_model`, :func:`runner_from_program`,
   :func:`summarize_timelines` (need torch), :func:`measured_program` (the program on a run's
-  measured op times); :func:`weights_note` (how a program with an asynchronous weight-update
+  measured op times, each op's from :func:`measured_op_times`); :func:`weights_note` (how a program with an asynchronous weight-update
   policy trains).
 - ``profile``: :func:`profile` (a :class:`Profile`), :func:`check_profile_options`,
   :func:`profile_program`, :func:`model_parts`, :func:`resolve_partition`, :func:`partition_for`,
