@@ -1273,8 +1273,7 @@ def tune(model: str = "schedlang.runtime.models:tiny_gpt", nproc: int = 4, *, mi
     ran = [c for c in to_run if not math.isnan(c.measured_ms)]
     chosen = min(ran, key=lambda c: c.measured_ms) if ran else None
     result = T.TuneResult(ok + [c for c in cands if c.error], chosen, profiles, unit, mem_limit, notes=notes,
-                          comm_alone_ms=tc_alone, comm_ms=fit.message_ms, compute_scale=fit.scale,
-                          op_overhead_ms=fit.overhead_ms, calibration_samples=fit.samples)
+                          comm_alone_ms=tc_alone, calibration=fit)
     if chosen is not None:
         chosen.chosen = True
         try:

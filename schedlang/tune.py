@@ -38,8 +38,8 @@ from typing import Any
 
 from schedlang.source import SchedlangError
 
-__all__ = ["Calibration", "Candidate", "TuneResult", "calibrate", "fit_op_times", "candidate_specs", "check_machine_options", "check_options",
-           "params_for", "sched_text", "with_comm"]
+__all__ = ["Calibration", "Candidate", "TuneResult", "calibrate", "candidate_specs", "check_machine_options",
+           "check_options", "fit_op_times", "params_for", "sched_text", "with_comm"]
 
 COSTS = ("tf", "tb", "tw", "mem_f", "mem_w")
 
@@ -101,6 +101,18 @@ class Candidate:
                 "run_error": self.run_error or None, "chosen": self.chosen}
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """What :func:`calibrate` fitted: an op planned at ``t`` ms takes ``scale * t + overhead_ms``
+    in a run, a message between ranks ``message_ms``; ``samples`` are the (planned, measured) op
+    times in ms the first two came from (none when only the busiest rank's compute was known)."""
+
+    scale: float
+    overhead_ms: float
+    message_ms: float
+    samples: tuple[tuple[float, float], ...] = ()
+
+
 @dataclass
 class TuneResult:
     """What :func:`tune` found: every candidate (best predicted first), the chosen one, the
@@ -116,22 +128,21 @@ class TuneResult:
     csv_text: str = ""
     notes: list[str] = field(default_factory=list)
     comm_alone_ms: float = math.nan  # one message between two processes, measured (or --tc)
-    comm_ms: float = math.nan  # what the predictions assume: calibrated on 1F1B's run, or the above
-    compute_scale: float = 1.0  # the profiled op times' factor in the predictions (calibrated, or 1)
-    op_overhead_ms: float = 0.0  # and the fixed cost per op added to them (calibrated, or 0)
-    calibration_samples: tuple[tuple[float, float], ...] = ()  # 1F1B's (planned, measured) op times
+    # what the predictions assume: fitted to 1F1B's run, or scale 1, no overhead, the message alone
+    calibration: Calibration = field(default_factory=lambda: Calibration(1.0, 0.0, math.nan))
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data (``schedlang tune --json``)."""
+        fit = self.calibration
         return {
             "units": {"time": "ms", "memory": "activations of one microbatch on stage 0",
                       "activation_bytes": self.unit_bytes},
             "mem_limit": None if math.isinf(self.mem_limit) else self.mem_limit,
             "chosen": self.chosen.name if self.chosen else None,
             "calibration": {"message_alone_ms": None if math.isnan(self.comm_alone_ms) else self.comm_alone_ms,
-                            "message_ms": None if math.isnan(self.comm_ms) else self.comm_ms,
-                            "compute_scale": self.compute_scale, "op_overhead_ms": self.op_overhead_ms,
-                            "op_samples": [list(x) for x in self.calibration_samples]},
+                            "message_ms": None if math.isnan(fit.message_ms) else fit.message_ms,
+                            "compute_scale": fit.scale, "op_overhead_ms": fit.overhead_ms,
+                            "op_samples": [list(x) for x in fit.samples]},
             "candidates": [c.as_dict() for c in self.candidates],
             "partitions": {str(v): {"cuts": list(p.cuts), "layers_from": p.layers_from, "partition": p.partition,
                                     "stages": list(p.stages)} for v, p in self.profiles.items()},
@@ -188,18 +199,6 @@ def with_comm(program: Any, old: float, new: float, scale: float = 1.0, overhead
     if scale != 1.0 or overhead != 0.0:
         ops = tuple(replace(o, time=o.time * scale + overhead) for o in ops)
     return replace(program, ops=ops, edges=edges)
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """What :func:`calibrate` fitted: an op planned at ``t`` ms takes ``scale * t + overhead_ms``
-    in a run, a message between ranks ``message_ms``; ``samples`` are the (planned, measured) op
-    times in ms the first two came from (none when only the busiest rank's compute was known)."""
-
-    scale: float
-    overhead_ms: float
-    message_ms: float
-    samples: tuple[tuple[float, float], ...] = ()
 
 
 def fit_op_times(samples: Sequence[tuple[float, float]]) -> tuple[float, float] | None:

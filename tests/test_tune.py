@@ -117,14 +117,14 @@ def test_tune_runs_the_best_and_writes_a_choice_that_compiles_back(tmp_path: Pat
     # was re-predicted with the fitted message cost, in its own orders
     base = rows["1f1b"]
     assert any(n.startswith("calibrated on 1F1B's first run") for n in res.notes)
-    if res.comm_ms > 0:
+    if res.calibration.message_ms > 0:
         assert base.predicted_ms == pytest.approx(base.measured_ms, rel=1e-4)
     else:
         assert base.predicted_ms >= base.measured_ms
     for c in predicted:
         assert not math.isnan(c.predicted_first_ms)
-        again = T.with_comm(c.program, res.comm_ms, res.comm_alone_ms, 1 / res.compute_scale,
-                            -res.op_overhead_ms / res.compute_scale)
+        again = T.with_comm(c.program, res.calibration.message_ms, res.comm_alone_ms, 1 / res.calibration.scale,
+                            -res.calibration.overhead_ms / res.calibration.scale)
         # the same orders, at the profiled op times and the message time measured alone
         assert api.simulate(again).makespan == pytest.approx(c.predicted_first_ms)
     for c in ran:
@@ -147,18 +147,18 @@ def test_tune_runs_the_best_and_writes_a_choice_that_compiles_back(tmp_path: Pat
     assert api.orders(api.import_torch_csv(str(csv))[1]) == api.orders(res.chosen.program)
     doc = json.loads(json.dumps(res.as_dict()))
     assert doc["chosen"] == res.chosen.name and len(doc["candidates"]) == len(res.candidates)
-    assert doc["calibration"] == {"message_alone_ms": res.comm_alone_ms, "message_ms": res.comm_ms,
-                                  "compute_scale": res.compute_scale, "op_overhead_ms": res.op_overhead_ms,
-                                  "op_samples": [list(x) for x in res.calibration_samples]}
+    assert doc["calibration"] == {"message_alone_ms": res.comm_alone_ms, "message_ms": res.calibration.message_ms,
+                                  "compute_scale": res.calibration.scale, "op_overhead_ms": res.calibration.overhead_ms,
+                                  "op_samples": [list(x) for x in res.calibration.samples]}
     # the ops' figures come from 1F1B's first run: a line through its op times where they tell a
     # scale from a fixed cost, else its busiest rank's compute over the simulated
     fitted = T.fit_op_times(base.op_samples)
     if fitted is not None:
-        assert (res.compute_scale, res.op_overhead_ms) == fitted
-        assert list(res.calibration_samples) == base.op_samples and len(base.op_samples) >= 4
+        assert (res.calibration.scale, res.calibration.overhead_ms) == fitted
+        assert list(res.calibration.samples) == base.op_samples and len(base.op_samples) >= 4
     else:
-        assert res.op_overhead_ms == 0 and res.compute_scale == pytest.approx(
-            statistics.median(base.busy_steps_ms[:2]) / (base.predicted_busy_ms / res.compute_scale))
+        assert res.calibration.overhead_ms == 0 and res.calibration.scale == pytest.approx(
+            statistics.median(base.busy_steps_ms[:2]) / (base.predicted_busy_ms / res.calibration.scale))
     table = render_table(res)
     assert "<- chosen" in table and "pred ms" in table and "meas ms" in table
 

@@ -51,8 +51,9 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
                    help="communication time (ms) per message the prediction assumes (default: measured, one "
                         "stage output sent between two processes)")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
-                   help="predict with the measured message time as it is (default: run 1F1B first and fit "
-                        "what a message costs in a run to its measured step; off when --tc is given)")
+                   help="predict with the profiled op times and the measured message time as they are "
+                        "(default: run 1F1B first and fit the ops' speed and what a message costs in a run "
+                        "to it; off when --tc is given or the ranks share cores)")
     p.add_argument("--cores", type=float, default=None,
                    help="processors the ranks share (default: on a CPU, this machine's cores over --threads; "
                         "on GPUs none are shared); with fewer than --nproc the prediction shares them")
